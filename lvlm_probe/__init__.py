@@ -1,0 +1,24 @@
+"""lvlm_probe: explain and diagnose misalignment in large vision-language models.
+
+Typical use::
+
+    import lvlm_probe as lp
+    model = lp.load("llava-hf/llava-1.5-7b-hf")          # or a local directory
+    batch = model.prepare([image], ["What is in the image?"])
+    batch.roles.image, batch.roles.patch_coords          # which tokens are patches, and where
+    gen = model.generate(batch, max_new_tokens=32)
+    store = lp.capture(model, items, sites=["llm.resid_post.*"], select=["image_mean"], out="runs/store")
+"""
+
+from lvlm_probe._version import __version__
+from lvlm_probe.capture import SELECTIONS, ActivationStore, capture
+from lvlm_probe.data import Item, load_image, read_items
+from lvlm_probe.errors import InputError, LvlmProbeError, SiteError, StoreError, UnsupportedModelError
+from lvlm_probe.models import (ROLE_NAMES, SITE_DOCS, LVLM, Batch, Generation, TokenRoles, load,
+                               supported_families)
+
+__all__ = [
+    "ActivationStore", "Batch", "Generation", "InputError", "Item", "LVLM", "LvlmProbeError", "ROLE_NAMES",
+    "SELECTIONS", "SITE_DOCS", "SiteError", "StoreError", "TokenRoles", "UnsupportedModelError", "__version__",
+    "capture", "load", "load_image", "read_items", "supported_families",
+]

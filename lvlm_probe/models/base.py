@@ -1,0 +1,264 @@
+"""Family adapters: every architecture-specific fact lives in one adapter module per family.
+
+An adapter knows the image placeholder and token id, how images become pixel tensors and how
+many LLM tokens each image yields (the patch grid), the default chat template, and how each
+canonical capture site maps to a TransformerBridge hook name and back to patch coordinates.
+Nothing outside ``lvlm_probe/models`` may hard-code any of these.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Sequence
+
+import torch
+from PIL import Image
+
+from lvlm_probe.errors import SiteError
+
+#: Canonical site templates and what they are (documented in docs/sites.md).
+SITE_DOCS: dict[str, str] = {
+    "vision.resid_post.{l}": "output of vision-encoder layer l, one vector per patch",
+    "projector.in": "input of the vision-language projector, one vector per patch",
+    "projector.out": "output of the projector: the image-token embeddings the LLM receives",
+    "llm.resid_pre.{l}": "input of LLM decoder layer l (layer 0: the merged text+image embeddings)",
+    "llm.resid_mid.{l}": "LLM residual stream after attention, before the MLP, in layer l",
+    "llm.resid_post.{l}": "output of LLM decoder layer l (before the final norm)",
+    "llm.attn_out.{l}": "attention block output of LLM layer l (added to the residual)",
+    "llm.mlp_out.{l}": "MLP output of LLM layer l (added to the residual)",
+    "llm.attn_pattern.{l}": "post-softmax attention pattern of LLM layer l [heads, query, key]",
+    "llm.final_norm": "final norm output (what the unembedding reads)",
+}
+
+#: Bridge hook templates shared by the LLM side of every family (TransformerBridge canonical names).
+LLM_HOOKS: dict[str, str] = {
+    "llm.resid_pre": "blocks.{l}.hook_resid_pre",
+    "llm.resid_mid": "blocks.{l}.hook_resid_mid",
+    "llm.resid_post": "blocks.{l}.hook_resid_post",
+    "llm.attn_out": "blocks.{l}.hook_attn_out",
+    "llm.mlp_out": "blocks.{l}.hook_mlp_out",
+    "llm.attn_pattern": "blocks.{l}.attn.hook_pattern",
+}
+
+
+@dataclass(frozen=True)
+class Site:
+    """A parsed canonical site name.
+
+    Attributes
+    ----------
+    name : str
+        Full canonical name, e.g. ``llm.resid_post.3`` or ``projector.out``.
+    stem : str
+        Name without the layer, e.g. ``llm.resid_post``.
+    layer : int or None
+    kind : {"vision", "llm", "pattern"}
+        ``vision``: per-patch tensors of the vision side; ``llm``: [B, T, d] sequence tensors;
+        ``pattern``: [B, H, Q, K] attention patterns.
+    """
+
+    name: str
+    stem: str
+    layer: int | None
+    kind: str
+
+
+@dataclass
+class ImageInputs:
+    """Processed images of one batch (all items' images concatenated in item order).
+
+    Attributes
+    ----------
+    pixel_values : torch.Tensor
+    extras : dict
+        Other forward inputs (e.g. ``image_grid_thw``).
+    llm_grids : list of (rows, cols)
+        Per image: the grid of LLM image tokens.
+    tokens_per_image : list of int
+        Per image: number of LLM image tokens (rows*cols, plus any non-grid tokens).
+    vision_grids : list of (rows, cols)
+        Per image: the vision encoder's patch grid.
+    """
+
+    pixel_values: torch.Tensor
+    extras: dict[str, torch.Tensor]
+    llm_grids: list[tuple[int, int]]
+    tokens_per_image: list[int]
+    vision_grids: list[tuple[int, int]]
+
+
+class FamilyAdapter(ABC):
+    """Base class: one subclass per architecture family.
+
+    Subclasses set the class attributes and implement the abstract methods.
+    """
+
+    #: Short family name used in messages and manifests.
+    family: ClassVar[str] = ""
+    #: ``config.model_type`` values this adapter serves.
+    model_types: ClassVar[tuple[str, ...]] = ()
+    #: The placeholder a raw prompt (``chat_template=False``) carries once per image.
+    image_placeholder: ClassVar[str] = "<image>"
+
+    def __init__(self, hf_config: Any, tokenizer: Any, image_processor: Any, hf_model: Any) -> None:
+        self.hf_config = hf_config
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.hf_model = hf_model
+
+    # ---- facts -------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def image_token_id(self) -> int:
+        """Id of the image token that stands for one image feature in input_ids."""
+
+    @property
+    def n_llm_layers(self) -> int:
+        return int(self.hf_config.text_config.num_hidden_layers)
+
+    @property
+    @abstractmethod
+    def n_vision_layers(self) -> int:
+        """Number of vision-encoder layers."""
+
+    def template_token_ids(self) -> set[int]:
+        """Special ids that are scaffolding even when they come from the user's raw prompt."""
+        ids = set(getattr(self.tokenizer, "all_special_ids", []) or [])
+        ids.discard(self.image_token_id)
+        return ids
+
+    # ---- prompts -----------------------------------------------------------------------------
+    @abstractmethod
+    def default_chat_template(self) -> str:
+        """Jinja template used when the checkpoint ships none."""
+
+    def render_chat(
+        self, question: str, n_images: int, system: str | None, chat_template: str
+    ) -> str:
+        """Render one user turn (images first, then the question) plus the generation prompt."""
+        from jinja2 import Template  # transformers depends on jinja2
+
+        content: list[dict] = [{"type": "image"} for _ in range(n_images)]
+        content.append({"type": "text", "text": question})
+        messages: list[dict] = []
+        if system is not None:
+            messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+        messages.append({"role": "user", "content": content})
+        env_kwargs = {
+            "messages": messages,
+            "add_generation_prompt": True,
+            "bos_token": self.tokenizer.bos_token or "",
+            "eos_token": self.tokenizer.eos_token or "",
+        }
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, chat_template=chat_template, tokenize=False, add_generation_prompt=True
+            )
+        except Exception:  # noqa: BLE001 - some templates need the plain jinja path
+            return Template(chat_template).render(**env_kwargs)
+
+    def answer_prefix(self) -> str:
+        """Text inserted between the generation prompt and a teacher-forced answer."""
+        return " "
+
+    # ---- images ------------------------------------------------------------------------------
+    @abstractmethod
+    def process_images(self, images: Sequence[Image.Image]) -> ImageInputs:
+        """Turn PIL images into pixel tensors and report each image's grids and token count."""
+
+    @abstractmethod
+    def image_token_coords(self, grid: tuple[int, int], n_tokens: int) -> list[tuple[int, int]]:
+        """(row, col) of each of one image's LLM tokens in sequence order ((-1, -1) for non-grid tokens)."""
+
+    # ---- sites -------------------------------------------------------------------------------
+    def parse_site(self, name: str) -> Site:
+        """Parse a concrete canonical site name (no wildcard)."""
+        parts = name.split(".")
+        if name in ("projector.in", "projector.out"):
+            return Site(name, name, None, "vision")
+        if name == "llm.final_norm":
+            return Site(name, name, None, "llm")
+        if len(parts) == 3 and parts[2].isdigit():
+            stem, layer = f"{parts[0]}.{parts[1]}", int(parts[2])
+            if stem == "vision.resid_post":
+                if layer >= self.n_vision_layers:
+                    raise SiteError(
+                        f"site {name!r}: the vision encoder has {self.n_vision_layers} layers (0..{self.n_vision_layers - 1})"
+                    )
+                return Site(name, stem, layer, "vision")
+            if stem in LLM_HOOKS:
+                if layer >= self.n_llm_layers:
+                    raise SiteError(f"site {name!r}: the LLM has {self.n_llm_layers} layers (0..{self.n_llm_layers - 1})")
+                return Site(name, stem, layer, "pattern" if stem == "llm.attn_pattern" else "llm")
+        raise SiteError(
+            f"unknown site {name!r}; canonical sites are {sorted(SITE_DOCS)} with {{l}} a layer number or '*'"
+        )
+
+    def expand_sites(self, patterns: Sequence[str]) -> list[Site]:
+        """Expand names with ``{l}`` = ``*`` into concrete sites, validating each."""
+        out: list[Site] = []
+        for pat in patterns:
+            if pat.endswith(".*"):
+                stem = pat[:-2]
+                n = self.n_vision_layers if stem == "vision.resid_post" else self.n_llm_layers
+                if stem != "vision.resid_post" and stem not in LLM_HOOKS:
+                    raise SiteError(f"unknown site {pat!r}; layered sites are vision.resid_post and {sorted(LLM_HOOKS)}")
+                out.extend(self.parse_site(f"{stem}.{i}") for i in range(n))
+            else:
+                out.append(self.parse_site(pat))
+        names = [s.name for s in out]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise SiteError(f"site(s) {sorted(dup)} requested twice")
+        return out
+
+    def all_sites(self) -> list[str]:
+        """Every concrete site this model offers."""
+        pats = ["vision.resid_post.*", "projector.in", "projector.out"]
+        pats += [f"{s}.*" for s in LLM_HOOKS] + ["llm.final_norm"]
+        return [s.name for s in self.expand_sites(pats)]
+
+    def hook_name(self, site: Site) -> str:
+        """The TransformerBridge hook name of a site."""
+        if site.stem in LLM_HOOKS:
+            return LLM_HOOKS[site.stem].format(l=site.layer)
+        if site.stem == "llm.final_norm":
+            return "ln_final.hook_out"
+        return self.vision_hook_name(site)
+
+    @abstractmethod
+    def vision_hook_name(self, site: Site) -> str:
+        """Bridge hook name of a vision-side site (vision.resid_post.{l}, projector.in/out)."""
+
+    @abstractmethod
+    def vision_patches(
+        self, site: Site, tensor: torch.Tensor, images: ImageInputs
+    ) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+        """Split a vision-side hook tensor into per-image patch matrices in raster order.
+
+        Returns
+        -------
+        list of (Tensor [rows*cols, d], (rows, cols))
+            One entry per image of the batch, rows in row-major order of the returned grid.
+        """
+        ...
+
+    # ---- misc --------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        """JSON-able facts for manifests and ``lvlm-probe info``."""
+        return {
+            "family": self.family,
+            "model_type": self.hf_config.model_type,
+            "image_token_id": self.image_token_id,
+            "image_placeholder": self.image_placeholder,
+            "n_llm_layers": self.n_llm_layers,
+            "n_vision_layers": self.n_vision_layers,
+        }
+
+    def config_hash(self) -> str:
+        import hashlib
+
+        blob = json.dumps(self.hf_config.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,517 @@
+"""`load` and the `LVLM` wrapper: one code path for hub ids, local directories and organisms."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from lvlm_probe.data.items import load_image
+from lvlm_probe.errors import InputError, UnsupportedModelError
+from lvlm_probe.models.base import FamilyAdapter, ImageInputs, Site
+from lvlm_probe.models.llava import LlavaAdapter
+from lvlm_probe.models.qwen2_5_vl import Qwen2_5_VLAdapter
+from lvlm_probe.models.records import ROLE_NAMES, Batch, Generation, TokenRoles
+
+#: Supported architecture families, keyed by HF ``config.model_type``.
+FAMILIES: dict[str, type[FamilyAdapter]] = {
+    mt: cls for cls in (LlavaAdapter, Qwen2_5_VLAdapter) for mt in cls.model_types
+}
+
+
+def supported_families() -> dict[str, str]:
+    """``{model_type: family}`` of every architecture lvlm_probe can load."""
+    return {mt: cls.family for mt, cls in FAMILIES.items()}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` → CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {str(dev)!r} requested but CUDA is not available; pass device='cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None`` → float32 on CPU, bfloat16 (or float16) on CUDA; strings like ``"float16"`` accepted."""
+    if dtype is None:
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if isinstance(dtype, str):
+        name = dtype.replace("torch.", "")
+        aliases = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+        name = aliases.get(name, name)
+        if not isinstance(getattr(torch, name, None), torch.dtype):
+            raise InputError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
+        return getattr(torch, name)
+    return dtype
+
+
+@contextlib.contextmanager
+def _bridge_without_torchvision(model_type: str) -> Iterator[None]:
+    """TransformerLens' Qwen2.5-VL adapter insists on torchvision, which only HF's *fast* image
+    processors need; lvlm_probe uses the PIL processors, so the check is relaxed while booting."""
+    if model_type != "qwen2_5_vl" or importlib.util.find_spec("torchvision") is not None:
+        yield
+        return
+    from transformer_lens.model_bridge.supported_architectures import qwen2_5_vl as tl_qwen
+
+    cls = tl_qwen.Qwen2_5_VLArchitectureAdapter
+    saved = cls.required_libraries
+    cls.required_libraries = []
+    try:
+        yield
+    finally:
+        cls.required_libraries = saved
+
+
+def _find_chat_template(name_or_path: str, tokenizer: Any, revision: str | None) -> str | None:
+    tmpl = getattr(tokenizer, "chat_template", None)
+    if isinstance(tmpl, str) and tmpl:
+        return tmpl
+    from transformers.utils import cached_file
+
+    for fname, key in (("chat_template.jinja", None), ("chat_template.json", "chat_template"),
+                       ("processor_config.json", "chat_template")):
+        try:
+            path = cached_file(name_or_path, fname, revision=revision, _raise_exceptions_for_missing_entries=False)
+        except Exception:  # noqa: BLE001 - offline / missing: fall back to the family default
+            path = None
+        if path and os.path.isfile(path):
+            text = Path(path).read_text(encoding="utf-8")
+            if key is None:
+                return text
+            data = json.loads(text)
+            if isinstance(data.get(key), str):
+                return data[key]
+    return None
+
+
+def load(
+    name_or_path: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    revision: str | None = None,
+) -> "LVLM":
+    """Load an LVLM through TransformerBridge.
+
+    Parameters
+    ----------
+    name_or_path : str or path
+        A hub id (e.g. ``"llava-hf/llava-1.5-7b-hf"``), a local directory holding config, weights,
+        tokenizer and image processor, or ``"organism:NAME"`` for a model of the organism zoo.
+    device : str or torch.device, optional
+        Default: CUDA when available, else CPU.
+    dtype : torch.dtype or str, optional
+        Default: float32 on CPU, bfloat16 (float16 without bf16 support) on CUDA.
+    revision : str, optional
+        Hub revision (branch, tag or commit).
+
+    Returns
+    -------
+    LVLM
+
+    Raises
+    ------
+    UnsupportedModelError
+        The architecture has no family adapter; the message lists the supported families.
+    """
+    name = str(name_or_path)
+    if name.startswith("organism:"):
+        org = name.split(":", 1)[1]
+        try:
+            from lvlm_probe.organisms import organism_path  # type: ignore[import-not-found]
+        except ImportError:
+            raise InputError(
+                f"'organism:{org}': the organism zoo is not part of this installation yet; "
+                "load a local model directory instead"
+            ) from None
+        name = str(organism_path(org))
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+    if os.path.exists(name) and not os.path.isfile(os.path.join(name, "config.json")):
+        raise InputError(f"{name!r} has no config.json; a model directory needs config, weights, tokenizer and image processor")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    config = AutoConfig.from_pretrained(name, revision=revision)
+    adapter_cls = FAMILIES.get(config.model_type)
+    if adapter_cls is None:
+        fam = ", ".join(f"{mt} ({cls.family})" for mt, cls in FAMILIES.items())
+        raise UnsupportedModelError(
+            f"{name!r} is a {config.model_type!r} model ({', '.join(config.architectures or [])}); "
+            f"lvlm_probe supports: {fam}. Adding a family is one adapter module in lvlm_probe/models/."
+        )
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with _bridge_without_torchvision(config.model_type):
+        bridge = TransformerBridge.boot_transformers(name, device=str(dev), dtype=dt, revision=revision)
+    bridge.eval()
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+    image_processor = AutoImageProcessor.from_pretrained(name, revision=revision)
+    adapter = adapter_cls(config, tokenizer, image_processor, bridge.original_model)
+    chat = _find_chat_template(name, tokenizer, revision) or adapter.default_chat_template()
+    return LVLM(bridge, adapter, name=str(name_or_path), path=name, revision=revision, device=dev, dtype=dt,
+                chat_template=chat)
+
+
+class LVLM:
+    """A loaded vision-language model: TransformerBridge + family adapter + tokenizer/processor.
+
+    Use :func:`load` to build one. Attributes ``bridge`` (TransformerBridge), ``hf_model`` (the
+    wrapped HF model), ``adapter``, ``tokenizer``, ``image_processor``, ``device``, ``dtype``.
+    """
+
+    def __init__(self, bridge: Any, adapter: FamilyAdapter, *, name: str, path: str, revision: str | None,
+                 device: torch.device, dtype: torch.dtype, chat_template: str) -> None:
+        self.bridge = bridge
+        self.adapter = adapter
+        self.name = name
+        self.path = path
+        self.revision = revision
+        self.device = device
+        self.dtype = dtype
+        self.chat_template = chat_template
+        self.tokenizer = adapter.tokenizer
+        self.image_processor = adapter.image_processor
+
+    def __repr__(self) -> str:
+        return (f"LVLM({self.name!r}, family={self.adapter.family}, device={self.device}, dtype={self.dtype}, "
+                f"llm_layers={self.adapter.n_llm_layers}, vision_layers={self.adapter.n_vision_layers})")
+
+    # ---- facts -------------------------------------------------------------------------------
+    @property
+    def hf_model(self) -> Any:
+        return self.bridge.original_model
+
+    @property
+    def family(self) -> str:
+        return self.adapter.family
+
+    @property
+    def image_token_id(self) -> int:
+        return self.adapter.image_token_id
+
+    def sites(self) -> list[str]:
+        """Every concrete canonical site name of this model."""
+        return self.adapter.all_sites()
+
+    def hook_name(self, site: str | Site) -> str:
+        """The TransformerBridge hook name behind a canonical site."""
+        s = site if isinstance(site, Site) else self.adapter.parse_site(site)
+        return self.adapter.hook_name(s)
+
+    def info(self) -> dict:
+        """JSON-able description (family, layers, ids, device, dtype, config hash, revision)."""
+        return {
+            "name": self.name,
+            "revision": self.revision,
+            "config_hash": self.adapter.config_hash(),
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            **self.adapter.describe(),
+        }
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def prepare(
+        self,
+        images: Sequence[Any] | Any,
+        prompts: Sequence[str] | str,
+        *,
+        chat_template: bool = True,
+        system: str | None = None,
+        answers: Sequence[str | None] | None = None,
+        item_ids: Sequence[str] | None = None,
+    ) -> Batch:
+        """Tokenise prompts, process images and build the token-role map.
+
+        Parameters
+        ----------
+        images : sequence
+            One entry per prompt: a PIL image, a path, a list of those (several images) or None.
+        prompts : sequence of str
+            With ``chat_template=True`` the bare question (images go first in the user turn);
+            with ``chat_template=False`` the full prompt, carrying the family's image placeholder
+            once per image (``<image>`` is accepted for every family).
+        system : str, optional
+            System message (chat template only); its tokens get the ``system`` role.
+        answers : sequence of str, optional
+            Teacher-forced answers appended after the generation prompt (role ``answer``).
+        item_ids : sequence of str, optional
+            Used in error messages and carried on the batch.
+
+        Returns
+        -------
+        Batch
+            Left-padded, on the model's device, pixel values in the model's dtype.
+        """
+        if isinstance(prompts, str):
+            prompts, images = [prompts], [images]
+        prompts = list(prompts)
+        images = list(images)
+        ids = [str(i) for i in item_ids] if item_ids is not None else [str(k) for k in range(len(prompts))]
+        if len(images) != len(prompts):
+            raise InputError(f"{len(prompts)} prompts but {len(images)} image entries; give one entry per prompt")
+        if answers is not None and len(answers) != len(prompts):
+            raise InputError(f"{len(prompts)} prompts but {len(answers)} answers")
+        ad = self.adapter
+        per_item_imgs: list[list] = []
+        for iid, im in zip(ids, images):
+            raw = [] if im is None else (list(im) if isinstance(im, (list, tuple)) else [im])
+            per_item_imgs.append([load_image(x, item_id=iid) for x in raw])
+        flat = [im for lst in per_item_imgs for im in lst]
+        img_inputs: ImageInputs | None = ad.process_images(flat) if flat else None
+
+        tok = self.tokenizer
+        special = ad.template_token_ids()
+        seqs: list[list[int]] = []
+        role_seqs: list[list[int]] = []
+        coord_seqs: list[list[tuple[int, int, int]]] = []
+        rendered: list[str] = []
+        grids: list[list[tuple[int, int]]] = []
+        n_image_tokens: list[int] = []
+        img_cursor = 0
+        rid = {n: k for k, n in enumerate(ROLE_NAMES)}
+        for b, (iid, prompt) in enumerate(zip(ids, prompts)):
+            n_img = len(per_item_imgs[b])
+            spans: dict[str, tuple[int, int]] = {}
+            if chat_template:
+                if ad.image_placeholder in prompt or "<image>" in prompt:
+                    raise InputError(
+                        f"item {iid!r}: the prompt contains an image placeholder but chat_template=True places "
+                        "images itself; pass the bare question, or use chat_template=False"
+                    )
+                text = ad.render_chat(prompt, n_img, system, self.chat_template)
+                q0 = text.rfind(prompt) if prompt else -1
+                if q0 >= 0:
+                    spans["question"] = (q0, q0 + len(prompt))
+                if system:
+                    s0 = text.find(system)
+                    if s0 >= 0:
+                        spans["system"] = (s0, s0 + len(system))
+            else:
+                text = prompt
+                if ad.image_placeholder != "<image>":
+                    text = text.replace("<image>", ad.image_placeholder)
+                spans["question"] = (0, len(text))
+            if answers is not None and answers[b] is not None:
+                a0 = len(text) + len(ad.answer_prefix())
+                text = text + ad.answer_prefix() + answers[b]
+                spans["answer"] = (a0, len(text))
+            rendered.append(text)
+            bos = tok.bos_token
+            add_special = not (bos and text.startswith(bos))
+            enc = tok(text, add_special_tokens=add_special, return_offsets_mapping=True)
+            tids, offs = enc["input_ids"], enc["offset_mapping"]
+            n_ph = sum(1 for t in tids if t == ad.image_token_id)
+            if n_ph != n_img:
+                how = ("add the placeholder " + repr(ad.image_placeholder) + " once per image") if not chat_template \
+                    else "check the chat template"
+                raise InputError(
+                    f"item {iid!r}: prompt has {n_ph} image placeholder(s) but {n_img} image(s) were given; {how}"
+                )
+            out_ids, out_roles, out_coords = [], [], []
+            k_img = 0
+            item_grids: list[tuple[int, int]] = []
+            for t, (s, e) in zip(tids, offs):
+                if t == ad.image_token_id:
+                    assert img_inputs is not None
+                    g = img_inputs.llm_grids[img_cursor + k_img]
+                    n_tok = img_inputs.tokens_per_image[img_cursor + k_img]
+                    item_grids.append(g)
+                    for r, c in ad.image_token_coords(g, n_tok):
+                        out_ids.append(t)
+                        out_roles.append(rid["image"])
+                        out_coords.append((k_img, r, c))
+                    k_img += 1
+                    continue
+                role = "template"
+                if t not in special and e > s:
+                    for name in ("answer", "question", "system"):
+                        if name in spans and s < spans[name][1] and e > spans[name][0]:
+                            role = name
+                            break
+                out_ids.append(t)
+                out_roles.append(rid[role])
+                out_coords.append((-1, -1, -1))
+            img_cursor += n_img
+            seqs.append(out_ids)
+            role_seqs.append(out_roles)
+            coord_seqs.append(out_coords)
+            grids.append(item_grids)
+            n_image_tokens.append(sum(1 for r in out_roles if r == rid["image"]))
+
+        T = max(len(s) for s in seqs)
+        B = len(seqs)
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+        attn = torch.zeros((B, T), dtype=torch.long)
+        role_id = torch.full((B, T), -1, dtype=torch.long)
+        coords = torch.full((B, T, 3), -1, dtype=torch.long)
+        for b in range(B):
+            n = len(seqs[b])
+            input_ids[b, T - n:] = torch.tensor(seqs[b], dtype=torch.long)
+            attn[b, T - n:] = 1
+            role_id[b, T - n:] = torch.tensor(role_seqs[b], dtype=torch.long)
+            coords[b, T - n:] = torch.tensor(coord_seqs[b], dtype=torch.long)
+        roles = TokenRoles(patch_coords=coords, grids=grids, **{n: role_id == k for k, n in enumerate(ROLE_NAMES)})
+        batch = Batch(
+            input_ids=input_ids,
+            attention_mask=attn,
+            pixel_values=img_inputs.pixel_values if img_inputs is not None else None,
+            extras=dict(img_inputs.extras) if img_inputs is not None else {},
+            roles=roles,
+            prompts=rendered,
+            n_images=[len(x) for x in per_item_imgs],
+            item_ids=ids,
+            n_image_tokens=n_image_tokens,
+            image_inputs=img_inputs,
+        )
+        return batch.to(self.device, self.dtype)
+
+    def check_batch(self, batch: Batch) -> None:
+        """Raise a clear error when a batch cannot run on this model (device, image-token count)."""
+        if batch.input_ids.device.type != self.device.type or (
+            self.device.index is not None and batch.input_ids.device.index not in (None, self.device.index)
+        ):
+            raise InputError(
+                f"batch tensors are on {batch.input_ids.device} but the model is on {self.device}; "
+                "call batch.to(model.device) or prepare() with this model"
+            )
+        if batch.pixel_values is not None and batch.pixel_values.device != batch.input_ids.device:
+            raise InputError(f"pixel_values on {batch.pixel_values.device} but input_ids on {batch.input_ids.device}; "
+                             "move the whole batch with batch.to(device)")
+        found = (batch.input_ids == self.image_token_id).sum(dim=1).tolist()
+        ids = batch.item_ids or [str(k) for k in range(len(found))]
+        expected = batch.n_image_tokens or [0] * len(found)
+        for iid, f, e in zip(ids, found, expected):
+            if f != e:
+                raise InputError(
+                    f"item {iid!r}: input_ids hold {f} image tokens but its image(s) give {e} features; "
+                    "build inputs with LVLM.prepare (it expands each placeholder to the right count)"
+                )
+
+    # ---- running -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Iterator["LVLM"]:
+        """Temporarily add bridge forward hooks (by bridge hook name); removed on exit, also on error."""
+        with self.bridge.hooks(fwd_hooks=list(fwd_hooks)):
+            yield self
+
+    @torch.no_grad()
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Logits [B, T, V] of the batch (hooks added with :meth:`hooks` fire)."""
+        self.check_batch(batch)
+        out = self.hf_model(input_ids=batch.input_ids, **batch.model_inputs(), use_cache=False)
+        return out.logits
+
+    @torch.no_grad()
+    def run_with_cache(self, batch: Batch, sites: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward once and return logits and the raw tensors of canonical sites (``*`` expands)."""
+        self.check_batch(batch)
+        parsed = self.adapter.expand_sites(sites)
+        names = {self.adapter.hook_name(s): s.name for s in parsed}
+        self._check_hooks(names)
+        cache: dict[str, torch.Tensor] = {}
+
+        def grab(t: torch.Tensor, hook: Any) -> torch.Tensor:
+            cache[names.get(hook.name, hook.name)] = t.detach()
+            return t
+
+        hooks = [(h, grab) for h in names]
+        with self.hooks(hooks):
+            logits = self.forward(batch)
+        # bridge hook names may resolve to aliases: map back through the hook point names
+        return logits, cache
+
+    def _check_hooks(self, names: dict[str, str]) -> None:
+        hd = self.bridge.hook_dict
+        missing = [f"{c} -> {h}" for h, c in names.items() if h not in hd]
+        if missing:
+            raise InputError(f"bridge has no hook for site(s) {missing}; this model's bridge does not expose them")
+
+    @torch.no_grad()
+    def generate(
+        self,
+        batch: Batch,
+        *,
+        max_new_tokens: int,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        output_scores: bool = False,
+    ) -> Generation:
+        """Generate with HF ``generate`` (KV cache) while bridge hooks stay active.
+
+        Parameters
+        ----------
+        batch : Batch
+        max_new_tokens : int
+        do_sample, temperature, top_p, top_k :
+            Decoding settings; greedy by default (``top_k=0`` disables top-k).
+        seed : int, optional
+            Seeds torch's RNG for sampling, restored afterwards.
+        output_scores : bool
+            Keep the raw per-step logits [B, G, V].
+
+        Returns
+        -------
+        Generation
+        """
+        self.check_batch(batch)
+        if max_new_tokens < 1:
+            raise InputError("max_new_tokens must be >= 1")
+        from transformers import GenerationConfig
+
+        base = getattr(self.hf_model, "generation_config", None)
+        cfg = GenerationConfig(**(base.to_dict() if base is not None else {}))
+        eos = cfg.eos_token_id if cfg.eos_token_id is not None else self.tokenizer.eos_token_id
+        eos_list = [eos] if isinstance(eos, int) else list(eos or [])
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (eos_list[0] if eos_list else 0)
+        cfg.update(
+            max_new_tokens=max_new_tokens, min_new_tokens=None, max_length=None, do_sample=do_sample,
+            num_beams=1, pad_token_id=pad, eos_token_id=eos_list or None, return_dict_in_generate=True,
+            output_logits=output_scores, output_scores=False,
+            temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
+            top_k=(top_k if top_k > 0 else None) if do_sample else None,
+            repetition_penalty=None,
+        )
+        settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
+                    "top_p": top_p, "top_k": top_k, "seed": seed}
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.hf_model.generate(input_ids=batch.input_ids, **batch.model_inputs(), generation_config=cfg)
+        seq = out.sequences
+        T = batch.input_ids.shape[1]
+        new = seq[:, T:]
+        G = new.shape[1]
+        tokens: list[list[int]] = []
+        gen_mask = torch.zeros_like(new, dtype=torch.bool)
+        for b in range(new.shape[0]):
+            row = new[b].tolist()
+            n = len(row)
+            for k, t in enumerate(row):
+                if t in eos_list:
+                    n = k + 1
+                    break
+            tokens.append(row[:n])
+            gen_mask[b, :n] = True
+        text = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+        attn = torch.cat([batch.attention_mask, gen_mask.long()], dim=1)
+        scores = torch.stack([s.float() for s in out.logits], dim=1) if output_scores and out.logits else None
+        return Generation(
+            text=text, tokens=tokens, sequences=seq, attention_mask=attn, roles=batch.roles.extend(G, gen_mask),
+            prompt_length=T, scores=scores, batch=batch, settings=settings,
+        )

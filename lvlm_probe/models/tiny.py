@@ -1,0 +1,189 @@
+"""Build small random-init LVLM checkpoints on disk, exactly as a hub checkpoint is laid out.
+
+They exercise the full loading path offline (tests, the demo, benchmarks) and are the base the
+organism zoo trains. A directory holds ``config.json``, ``model.safetensors``, a word-level
+tokenizer and the family's image processor, so ``lvlm_probe.load(dir)`` treats it like a hub model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+#: Default vocabulary: enough words for the demo prompts and simple scene captions.
+DEFAULT_WORDS: tuple[str, ...] = (
+    "what", "is", "in", "the", "image", "?", "a", "an", "there", "are", "and", "of", "to", "on", "yes", "no",
+    "describe", "picture", "colour", "color", "shape", "left", "right", "above", "below", "next", "object",
+    "objects", "red", "green", "blue", "yellow", "purple", "orange", "white", "black", "small", "large",
+    "circle", "square", "triangle", "star", "cross", "ring", "diamond", "heart", "one", "two", "three", "four",
+    "five", ".", ",", "how", "many", "which", "does", "contain", "it", "this", "with",
+)
+
+
+def word_tokenizer(words: Sequence[str], *, specials: Sequence[str], bos: str | None, eos: str, pad: str,
+                   unk: str = "<unk>", extra_special: Sequence[str] = (), template_words: Sequence[str] = ()):
+    """A whitespace word-level fast tokenizer (HF ``PreTrainedTokenizerFast``), BOS added when given."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for w in [pad, unk, *([bos] if bos else []), eos, *specials, *extra_special, *template_words, *words]:
+        if w not in vocab:
+            vocab[w] = len(vocab)
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
+    if bos:
+        tk.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, vocab[bos])]
+        )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk,
+    )
+    extra = [s for s in [*specials, *extra_special] if s not in (bos, eos, pad, unk)]
+    fast.add_special_tokens({"additional_special_tokens": extra})
+    return fast
+
+
+def build_tiny_llava(
+    out_dir: str | os.PathLike,
+    *,
+    words: Sequence[str] = DEFAULT_WORDS,
+    image_size: int = 32,
+    patch_size: int = 8,
+    vision_hidden: int = 32,
+    vision_layers: int = 2,
+    vision_heads: int = 2,
+    text_hidden: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    text_kv_heads: int = 2,
+    intermediate_mult: int = 2,
+    init_std: float = 0.02,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a random-init ``LlavaForConditionalGeneration`` (CLIP vision + Llama LM) to ``out_dir``.
+
+    The image grid is ``(image_size // patch_size)²`` tokens per image (16 at the defaults).
+
+    Returns
+    -------
+    Path
+        The directory, loadable with ``lvlm_probe.load``.
+    """
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = word_tokenizer(words, specials=["<image>"], bos="<s>", eos="</s>", pad="<pad>",
+                         template_words=["USER:", "ASSISTANT:"])
+    vc = CLIPVisionConfig(
+        hidden_size=vision_hidden, intermediate_size=vision_hidden * intermediate_mult,
+        num_hidden_layers=vision_layers, num_attention_heads=vision_heads, image_size=image_size,
+        patch_size=patch_size, projection_dim=vision_hidden, initializer_range=init_std,
+    )
+    tc = LlamaConfig(
+        vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * intermediate_mult,
+        num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+        max_position_embeddings=512, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, initializer_range=init_std, tie_word_embeddings=False,
+    )
+    cfg = LlavaConfig(
+        vision_config=vc, text_config=tc, image_token_index=tok.convert_tokens_to_ids("<image>"),
+        projector_hidden_act="gelu", vision_feature_select_strategy="default", vision_feature_layer=-2,
+        image_seq_length=(image_size // patch_size) ** 2, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(cfg).to(dtype).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    ip = _image_processor("clip", image_size)
+    ip.save_pretrained(out)
+    return out
+
+
+def build_tiny_qwen2_5_vl(
+    out_dir: str | os.PathLike,
+    *,
+    words: Sequence[str] = DEFAULT_WORDS,
+    patch_size: int = 14,
+    merge: int = 2,
+    window_size: int = 56,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 112 * 112,
+    vision_hidden: int = 32,
+    vision_layers: int = 2,
+    vision_heads: int = 2,
+    text_hidden: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    text_kv_heads: int = 2,
+    init_std: float = 0.02,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a random-init ``Qwen2_5_VLForConditionalGeneration`` to ``out_dir``.
+
+    Images are resized within ``[min_pixels, max_pixels]`` so grids vary with aspect ratio, as in
+    the real model; the last vision block uses full attention, the others windowed attention.
+    """
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    specials = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tok = word_tokenizer(words, specials=specials, bos=None, eos="<|im_end|>", pad="<|endoftext|>",
+                         template_words=["system", "user", "assistant", "You", "are", "helpful", "assistant."])
+    head_dim = text_hidden // text_heads
+    # mRoPE splits the rotary half-dim into temporal / height / width sections
+    mrope = [head_dim // 2 - 2 * (head_dim // 8), head_dim // 8, head_dim // 8]
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
+            num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+            max_position_embeddings=1024, initializer_range=init_std, tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "mrope_section": mrope, "rope_theta": 10000.0},
+        ),
+        vision_config=dict(
+            depth=vision_layers, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
+            num_heads=vision_heads, out_hidden_size=text_hidden, patch_size=patch_size, spatial_merge_size=merge,
+            temporal_patch_size=2, window_size=window_size, fullatt_block_indexes=[vision_layers - 1],
+            in_channels=3, initializer_range=init_std,
+        ),
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    ip = _image_processor("qwen2_vl", patch_size=patch_size, merge=merge, min_pixels=min_pixels,
+                          max_pixels=max_pixels)
+    ip.save_pretrained(out)
+    return out
+
+
+def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merge: int = 2,
+                     min_pixels: int = 0, max_pixels: int = 0):
+    """The family's PIL image processor (no torchvision needed)."""
+    import transformers
+
+    if kind == "clip":
+        cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+        return cls(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    cls = getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
+    return cls(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch_size, merge_size=merge,
+               temporal_patch_size=2)
