@@ -317,11 +317,16 @@ def capture(
     }
     store = ActivationStore.open_for_capture(out, model=model.info(), settings=settings, overwrite=overwrite)
     done = set(store.item_ids)
-    todo = [it for it in items if it.id not in done]
+    # Batches are cut from the full item list, so a resumed run pads and batches exactly as an
+    # uninterrupted one would (identical tensors); batches already in the store are skipped.
+    chunks = [items[k : k + batch_size] for k in range(0, len(items), batch_size)]
     buffer: list[dict] = []
-    bar = tqdm(total=len(todo), desc="capture", unit="item", disable=not progress)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
+    bar = tqdm(total=len(items), initial=len(done & {it.id for it in items}), desc="capture", unit="item",
+               disable=not progress)
+    for full_chunk in chunks:
+        chunk = [it for it in full_chunk if it.id not in done]
+        if not chunk:
+            continue
         try:
             recs = _run_batch(model, chunk, plan, chat_template, store_dtype, system)
         except Exception:  # noqa: BLE001 - isolate the bad item(s), keep the rest

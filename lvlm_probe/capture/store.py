@@ -336,7 +336,7 @@ class ActivationStore:
             if missing:
                 raise StoreError(f"item(s) {missing[:5]} are not in the store")
             m = index["item_id"].isin(want).to_numpy()
-            rows, index = rows[torch.from_numpy(m)], index[m].reset_index(drop=True)
+            rows, index = rows[torch.from_numpy(m.copy())], index[m].reset_index(drop=True)
         return rows, index
 
     def get(self, site: str, select: str, *, items: Sequence[str] | None = None, as_numpy: bool = False,

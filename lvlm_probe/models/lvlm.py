@@ -422,14 +422,16 @@ class LVLM:
         self._check_hooks(names)
         cache: dict[str, torch.Tensor] = {}
 
-        def grab(t: torch.Tensor, hook: Any) -> torch.Tensor:
-            cache[names.get(hook.name, hook.name)] = t.detach()
-            return t
+        def grabber(canonical: str) -> Callable:
+            # bridge hook points may report an alias as their name, so key by closure, not hook.name
+            def grab(t: torch.Tensor, hook: Any = None) -> torch.Tensor:
+                cache[canonical] = t.detach()
+                return t
 
-        hooks = [(h, grab) for h in names]
-        with self.hooks(hooks):
+            return grab
+
+        with self.hooks([(h, grabber(c)) for h, c in names.items()]):
             logits = self.forward(batch)
-        # bridge hook names may resolve to aliases: map back through the hook point names
         return logits, cache
 
     def _check_hooks(self, names: dict[str, str]) -> None:

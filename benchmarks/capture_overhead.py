@@ -1,0 +1,239 @@
+"""Capture overhead: how much slower is ``lp.capture`` than a plain Hugging Face forward?
+
+What is measured
+----------------
+A random-init LLaVA (CLIP vision tower + Llama LM, ~30M parameters; ``--quick``: ~3M) is written
+to a temporary directory with ``build_tiny_llava`` and loaded twice: once as a plain
+``transformers.LlavaForConditionalGeneration`` with eager attention (the baseline) and once
+through ``lvlm_probe.load`` (TransformerBridge). One batch of ``--batch-size`` items (random
+224x224 RGB images, 256 image tokens each, prompt "what is in the image ?") is timed with each
+variant. Every variant runs once as a warm-up, then ``--repeats`` times; the variants are run
+round-robin (one of each per repeat) so that a change in machine load hits them all alike, and
+the table reports the median (with min and max) of each.
+
+Rows (all under ``torch.no_grad()``, ``use_cache=False``, on CPU, default thread count):
+
+1. ``HF eager forward`` - the baseline: ``hf(input_ids, attention_mask, pixel_values)``.
+2. ``HF eager + hidden_states`` - the same with ``output_hidden_states=True``, the cheapest way
+   to get every layer's residual stream with plain HF.
+3. ``bridge forward, no hooks`` - the bridge-wrapped HF model called directly without hooks:
+   the fixed cost of TransformerBridge's wrapper modules.
+4. ``bridge run_with_cache (all hooks)`` - ``model.bridge.run_with_cache(...)``, caching every
+   hook point (TransformerLens' usual way of reading activations).
+5. ``capture forward-only`` - the forward ``lp.capture`` runs (``hf_model(...,
+   logits_to_keep=1)`` inside ``model.hooks``) with the very hooks capture installs for
+   ``llm.resid_post.*`` x (``image_mean``, ``last_prompt``), plus the copy of the selected rows
+   to CPU; no preprocessing and no disk (uses capture's private recorder; skipped if absent).
+6. ``lp.capture (whole call)`` - ``lp.capture(model, items, ...)`` for the same items streamed to
+   a temporary store with ``overwrite=True``: preprocessing, forward, pooling, shard + manifest
+   write (with fsync) included.
+7. ``model.prepare only`` - tokenisation + image preprocessing of the batch, to show how much of
+   row 6 is input preparation rather than forward.
+
+How to read the ratios
+----------------------
+Each ratio is that row's median divided by row 1's median from the same run, so 1.00 means "as
+fast as plain HF eager" and 1.25 means 25% slower. Ratios compare like with like only within
+one run; absolute milliseconds depend on the machine and its load. Rows 3 and 5 separate the
+cost of the bridge wrappers from the cost of the capture hooks; row 6 minus row 5 is roughly
+preprocessing (row 7) plus the disk write. The final ``TARGET`` line checks row 6 against the
+goal ``capture <= 1.10x HF eager``. A sanity line also checks that capture stored the same
+numbers HF returns (layer-0 residual at the last prompt position).
+
+Run: ``python benchmarks/capture_overhead.py [--quick] [--repeats N] [--batch-size B]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+#: build_tiny_llava settings: ~30M parameters (full) and ~3M (quick); 224 px / 14 px patches
+#: give 256 image tokens per image in both.
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "full": {"image_size": 224, "patch_size": 14, "vision_hidden": 256, "vision_layers": 6, "vision_heads": 8,
+             "text_hidden": 512, "text_layers": 10, "text_heads": 8, "text_kv_heads": 8},
+    "quick": {"image_size": 224, "patch_size": 14, "vision_hidden": 128, "vision_layers": 2, "vision_heads": 4,
+              "text_hidden": 256, "text_layers": 4, "text_heads": 4, "text_kv_heads": 4},
+}
+PROMPT = "what is in the image ?"
+SITES = ["llm.resid_post.*"]
+SELECT = ["image_mean", "last_prompt"]
+TARGET_RATIO = 1.10
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per variant after one warm-up (default 5)")
+    p.add_argument("--batch-size", type=int, default=8, help="items in the timed batch (default 8)")
+    p.add_argument("--quick", action="store_true", help="~3M-parameter model for a smoke run (default ~30M)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and images")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when the TARGET line fails")
+    args = p.parse_args(argv)
+    if args.repeats < 1 or args.batch_size < 1:
+        p.error("--repeats and --batch-size must be >= 1")
+    return args
+
+
+def time_round_robin(variants: list[tuple[str, Callable[[], object]]], repeats: int) -> dict[str, list[float]]:
+    """One warm-up call of each variant, then ``repeats`` rounds of one timed call each (seconds)."""
+    for _, fn in variants:
+        fn()
+    times: dict[str, list[float]] = {name: [] for name, _ in variants}
+    for _ in range(repeats):
+        for name, fn in variants:
+            gc.collect()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import numpy as np
+    import torch
+    import transformers
+    from PIL import Image
+    from transformers import LlavaForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    import lvlm_probe as lp
+    from lvlm_probe.models.tiny import build_tiny_llava
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    size = "quick" if args.quick else "full"
+    B = args.batch_size
+
+    with tempfile.TemporaryDirectory(prefix="lvlm_probe_bench_") as tmp:
+        tmp_path = Path(tmp)
+        model_dir = build_tiny_llava(tmp_path / "model", seed=args.seed, **MODEL_SIZES[size])
+        hf = LlavaForConditionalGeneration.from_pretrained(model_dir, attn_implementation="eager").eval()
+        model = lp.load(model_dir, device="cpu")
+        n_params = sum(p.numel() for p in hf.parameters())
+
+        rng = np.random.default_rng(args.seed)
+        side = MODEL_SIZES[size]["image_size"]
+        images = [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(B)]
+        items = [lp.Item(id=str(k), image=im, prompt=PROMPT) for k, im in enumerate(images)]
+        batch = model.prepare(images, [PROMPT] * B)
+        ids, inputs = batch.input_ids, batch.model_inputs()
+        store_dir = tmp_path / "store"
+
+        print("capture overhead benchmark")
+        print(f"  model          tiny llava ({size}): {n_params:,} parameters ({n_params / 1e6:.1f}M), "
+              f"{model.adapter.n_vision_layers} vision + {model.adapter.n_llm_layers} LLM layers")
+        print(f"  batch          {B} items x {ids.shape[1]} tokens ({batch.n_image_tokens[0]} image tokens each)")
+        print(f"  capture        sites {SITES} -> {len(model.adapter.expand_sites(SITES))} hooks, select {SELECT}")
+        print(f"  torch          {torch.__version__}, threads {torch.get_num_threads()} "
+              f"(interop {torch.get_num_interop_threads()}), cpu count {os.cpu_count()}")
+        print(f"  transformers   {transformers.__version__}, lvlm_probe {lp.__version__}, "
+              f"python {platform.python_version()}")
+        print(f"  timing         median of {args.repeats} round-robin repeats after 1 warm-up")
+        print()
+
+        @torch.no_grad()
+        def hf_eager() -> object:
+            return hf(input_ids=ids, **inputs, use_cache=False)
+
+        @torch.no_grad()
+        def hf_hidden() -> object:
+            return hf(input_ids=ids, **inputs, use_cache=False, output_hidden_states=True)
+
+        @torch.no_grad()
+        def bridge_plain() -> object:
+            return model.hf_model(input_ids=ids, **inputs, use_cache=False)
+
+        @torch.no_grad()
+        def bridge_cache() -> object:
+            return model.bridge.run_with_cache(ids, **inputs)
+
+        def capture_call() -> object:
+            store = lp.capture(model, items, sites=SITES, select=SELECT, out=store_dir, batch_size=B,
+                               progress=False, overwrite=True)
+            # capture isolates failures instead of raising: a "fast" run that stored nothing is no result
+            if len(store) != B or store.failed:
+                raise RuntimeError(f"capture stored {len(store)}/{B} items; failed: {store.failed}")
+            return store
+
+        def prepare_only() -> object:
+            return model.prepare(images, [PROMPT] * B)
+
+        variants: list[tuple[str, Callable[[], object]]] = [
+            ("HF eager forward (baseline)", hf_eager),
+            ("HF eager + output_hidden_states", hf_hidden),
+            ("bridge forward, no hooks", bridge_plain),
+            ("bridge run_with_cache (all hooks)", bridge_cache),
+        ]
+        fwd_only = _capture_forward_only(model, batch)
+        if fwd_only is not None:
+            variants.append(("capture forward-only (hooks+copy)", fwd_only))
+        else:
+            print("note: capture forward-only skipped (capture internals not importable)\n")
+        variants += [("lp.capture (whole call)", capture_call), ("model.prepare only", prepare_only)]
+
+        times = time_round_robin(variants, args.repeats)
+
+        # sanity: capture stored what HF computes (layer-0 output at the last prompt position)
+        hs = hf_hidden().hidden_states
+        store = lp.ActivationStore(store_dir)
+        got = store.get("llm.resid_post.0", "last_prompt", items=[it.id for it in items])
+        diff = (got.float() - hs[1][:, -1].float()).abs().max().item()
+
+    base = statistics.median(times[variants[0][0]])
+    width = max(len(n) for n, _ in variants) + 4
+    print(f"{'#':>2} {'variant':<{width}}{'median ms':>11}{'min ms':>10}{'max ms':>10}{'ratio':>8}")
+    for k, (name, _) in enumerate(variants, 1):
+        ts = times[name]
+        med = statistics.median(ts)
+        print(f"{k:>2} {name:<{width}}{med * 1e3:>11.1f}{min(ts) * 1e3:>10.1f}{max(ts) * 1e3:>10.1f}"
+              f"{med / base:>7.2f}x")
+    print()
+    print(f"check: capture vs HF hidden_states, llm.resid_post.0 last_prompt max |diff| = {diff:.2e} "
+          f"({'ok' if diff < 1e-4 else 'MISMATCH'})")
+    ratio = statistics.median(times["lp.capture (whole call)"]) / base
+    ok = ratio <= TARGET_RATIO
+    print(f"TARGET capture <= {TARGET_RATIO:.2f}x HF eager: {'PASS' if ok else 'FAIL'} (ratio {ratio:.2f})")
+    return 1 if (args.strict and not ok) else 0
+
+
+def _capture_forward_only(model: object, batch: object) -> Callable[[], object] | None:
+    """The forward ``lp.capture`` runs for one batch, with its own hooks (None if its internals moved)."""
+    import torch
+
+    try:
+        from lvlm_probe.capture.run import _Plan, _Recorder, validate_selections
+    except ImportError:
+        return None
+    ad = model.adapter  # type: ignore[attr-defined]
+    pairs = validate_selections(ad.expand_sites(SITES), SELECT)
+    by_hook: dict = {}
+    for site, sel in pairs:
+        by_hook.setdefault(ad.hook_name(site), (site, []))[1].append(sel)
+    plan = _Plan([s for s, _ in pairs], by_hook, None)
+
+    def run() -> object:
+        rec = _Recorder(model, batch, plan, model.dtype)  # type: ignore[attr-defined]
+        with model.hooks([(h, rec.hook_fn(h)) for h in by_hook]), torch.no_grad():  # type: ignore[attr-defined]
+            model.hf_model(input_ids=batch.input_ids, **batch.model_inputs(),  # type: ignore[attr-defined]
+                           use_cache=False, logits_to_keep=1)
+        return rec.records(None, None)
+
+    return run
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+import torch
+
+from conftest import mixed_batch
+
+
+def test_generation_record(family):
+    model, _ = family
+    batch = mixed_batch(model)
+    gen = model.generate(batch, max_new_tokens=6, output_scores=True)
+    T = batch.input_ids.shape[1]
+    assert gen.prompt_length == T
+    assert gen.sequences.shape == (2, T + gen.scores.shape[1])
+    assert gen.scores.shape[:2] == (2, gen.sequences.shape[1] - T)
+    for b in range(2):
+        n = len(gen.tokens[b])
+        # greedy: each token is the argmax of its step's logits
+        assert gen.scores[b, :n].argmax(-1).tolist() == gen.tokens[b]
+        assert gen.roles.generated[b, T:T + n].all() and not gen.roles.generated[b, :T].any()
+        assert gen.text[b] == model.tokenizer.decode(gen.tokens[b], skip_special_tokens=True).strip()
+    full = gen.as_batch()
+    assert full.input_ids.shape == gen.sequences.shape
+
+
+def test_sampling_is_seeded(llava):
+    batch = mixed_batch(llava)
+    kw = dict(max_new_tokens=10, do_sample=True, temperature=1.5, top_p=0.95, top_k=20)
+    a = llava.generate(batch, seed=3, **kw).tokens
+    b = llava.generate(batch, seed=3, **kw).tokens
+    c = llava.generate(batch, seed=4, **kw).tokens
+    assert a == b
+    assert a != c
+    rng_before = torch.random.get_rng_state()
+    llava.generate(batch, seed=5, **kw)
+    assert torch.equal(rng_before, torch.random.get_rng_state()), "seeded sampling must not disturb global RNG"
+
+
+def test_generate_stops_at_eos(llava):
+    batch = mixed_batch(llava)
+    eos = llava.tokenizer.eos_token_id
+    gen = llava.generate(batch, max_new_tokens=30)
+    for toks in gen.tokens:
+        assert eos not in toks[:-1]

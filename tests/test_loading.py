@@ -1,0 +1,58 @@
+import os
+
+import pytest
+
+import lvlm_probe as lp
+
+
+def test_offline_mode_is_on():
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_load_local_directories(llava, qwen):
+    assert llava.family == "llava" and qwen.family == "qwen2_5_vl"
+    assert llava.adapter.n_llm_layers == 2 and llava.adapter.n_vision_layers == 2
+    assert type(llava.hf_model).__name__ == "LlavaForConditionalGeneration"
+    assert type(qwen.hf_model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    for m in (llava, qwen):
+        s = m.sites()
+        assert {"vision.resid_post.1", "projector.out", "llm.resid_post.1", "llm.attn_pattern.0",
+                "llm.final_norm"} <= set(s)
+        for site in s:  # every canonical site maps to a hook the bridge really has
+            assert m.hook_name(site) in m.bridge.hook_dict
+        info = m.info()
+        assert info["config_hash"] and info["image_token_id"] == m.image_token_id
+
+
+def test_unsupported_architecture_lists_families(tmp_path):
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=10, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                num_attention_heads=2).save_pretrained(tmp_path)
+    with pytest.raises(lp.UnsupportedModelError) as ei:
+        lp.load(tmp_path)
+    msg = str(ei.value)
+    assert "'llama'" in msg and "llava" in msg and "qwen2_5_vl" in msg
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(lp.InputError, match="no config.json"):
+        lp.load(tmp_path)
+
+
+def test_organism_prefix_is_reserved():
+    with pytest.raises(lp.InputError, match="organism"):
+        lp.load("organism:clean")
+
+
+def test_supported_families():
+    assert lp.supported_families() == {"llava": "llava", "qwen2_5_vl": "qwen2_5_vl"}
+
+
+def test_dtype_argument(llava_dir):
+    m = lp.load(llava_dir, device="cpu", dtype="bfloat16")
+    assert next(m.hf_model.parameters()).dtype.is_floating_point
+    assert m.dtype.__repr__() == "torch.bfloat16"
+    b = m.prepare([None], ["what is in the image ?"])
+    assert b.pixel_values is None
+    assert m.forward(b).shape[:2] == b.input_ids.shape
