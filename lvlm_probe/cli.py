@@ -1,0 +1,99 @@
+"""The ``lvlm-probe`` command: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+
+def _cmd_info(a: argparse.Namespace) -> int:
+    import lvlm_probe as lp
+
+    m = lp.load(a.model, device=a.device, dtype=a.dtype)
+    print(json.dumps({**m.info(), "sites": m.sites()}, indent=1))
+    return 0
+
+
+def _cmd_capture(a: argparse.Namespace) -> int:
+    import lvlm_probe as lp
+
+    m = lp.load(a.model, device=a.device, dtype=a.dtype)
+    items = lp.read_items(a.items)
+    store = lp.capture(m, items, sites=a.sites, select=a.select, out=a.out, batch_size=a.batch_size,
+                       generate=a.generate, chat_template=not a.raw_prompts, overwrite=a.overwrite)
+    print(json.dumps({"store": str(store.path), "items": len(store), "failed": store.failed}, indent=1))
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from lvlm_probe.demo import run_demo
+
+    s = run_demo(a.out, n=a.n, model=a.model)
+    print(f"captured {s['n_items']} items ({len(s['failed'])} failed) in {s['seconds']} s")
+    print(f"report: {a.out}/report.html")
+    return 0
+
+
+def _cmd_make_tiny(a: argparse.Namespace) -> int:
+    from lvlm_probe.models.tiny import build_tiny_llava, build_tiny_qwen2_5_vl
+
+    fn = build_tiny_llava if a.family == "llava" else build_tiny_qwen2_5_vl
+    print(fn(a.out, seed=a.seed))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lvlm-probe", description="Explain and diagnose misalignment in LVLMs.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+        sp.add_argument("--dtype", default=None, help="float32, float16 or bfloat16")
+
+    sp = sub.add_parser("info", help="describe a model: family, layers, image token, capture sites")
+    sp.add_argument("model", help="hub id, local directory or organism:NAME")
+    model_args(sp)
+    sp.set_defaults(fn=_cmd_info)
+
+    sp = sub.add_parser("capture", help="capture activations of items (JSON lines) into a store")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--items", required=True, help="JSON lines: id, image, prompt[, answer, meta]")
+    sp.add_argument("--sites", nargs="+", required=True, help="e.g. llm.resid_post.* projector.out")
+    sp.add_argument("--select", nargs="+", required=True, help="image_mean image_patches last_prompt text_mean generated")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--batch-size", type=int, default=8)
+    sp.add_argument("--generate", type=int, default=None, help="max new tokens to generate while capturing")
+    sp.add_argument("--raw-prompts", action="store_true", help="prompts carry the image placeholder; no chat template")
+    sp.add_argument("--overwrite", action="store_true")
+    model_args(sp)
+    sp.set_defaults(fn=_cmd_capture)
+
+    sp = sub.add_parser("demo", help="end-to-end demo on a locally built tiny LLaVA; writes a report")
+    sp.add_argument("--out", default="runs/demo")
+    sp.add_argument("--n", type=int, default=64)
+    sp.add_argument("--model", default=None, help="use this model instead of the tiny local one")
+    sp.set_defaults(fn=_cmd_demo)
+
+    sp = sub.add_parser("make-tiny", help="write a tiny random-init model directory (for trying things offline)")
+    sp.add_argument("out")
+    sp.add_argument("--family", choices=["llava", "qwen2_5_vl"], default="llava")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(fn=_cmd_make_tiny)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from lvlm_probe.errors import LvlmProbeError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except LvlmProbeError as exc:
+        print(f"lvlm-probe: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
