@@ -112,7 +112,7 @@ def test_generated_rows_equal_teacher_forced_states(family, tmp_path):
 def test_store_round_trip_and_manifest(llava, tmp_path):
     items = _items(5)
     items[2].meta = {"split": "random"}
-    store = lp.capture(llava, items, sites=["llm.resid_post.*", "projector.out"],
+    lp.capture(llava, items, sites=["llm.resid_post.*", "projector.out"],
                        select=["image_mean", "last_prompt"], out=tmp_path / "s", batch_size=2, shard_items=2,
                        progress=False)
     again = lp.ActivationStore(tmp_path / "s")

@@ -60,7 +60,7 @@ def test_killed_capture_resumes_to_identical_tensors(llava, llava_dir, tmp_path)
                 try:
                     n_shards = len(json.loads(manifest.read_text())["shards"])
                 except json.JSONDecodeError:  # pragma: no cover - would mean a torn manifest
-                    raise AssertionError("manifest was visible half-written")
+                    raise AssertionError("manifest was visible half-written") from None
                 if n_shards >= 3:
                     break
             time.sleep(0.02)

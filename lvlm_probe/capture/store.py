@@ -25,7 +25,7 @@ import platform
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -117,7 +117,7 @@ class ActivationStore:
     # ---- creation / appending (used by capture) ---------------------------------------------
     @classmethod
     def open_for_capture(cls, path: str | os.PathLike, *, model: dict, settings: dict,
-                         overwrite: bool = False) -> "ActivationStore":
+                         overwrite: bool = False) -> ActivationStore:
         """Create a store, or reopen a compatible one to resume it.
 
         Raises
@@ -222,7 +222,7 @@ class ActivationStore:
         self._ids: list[str] = [i for s in self._m["shards"] for i in s["items"]]
         self._pos = {i: k for k, i in enumerate(self._ids)}
 
-    def reload(self) -> "ActivationStore":
+    def reload(self) -> ActivationStore:
         """Re-read the manifest (e.g. while another process is capturing)."""
         self.__init__(self.path)  # type: ignore[misc]
         return self

@@ -39,7 +39,7 @@ class LlavaAdapter(FamilyAdapter):
         cfg = self.hf_config
         tid = getattr(cfg, "image_token_id", None)
         if tid is None:
-            tid = getattr(cfg, "image_token_index")
+            tid = cfg.image_token_index
         return int(tid)
 
     @property

@@ -101,7 +101,7 @@ def load(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     revision: str | None = None,
-) -> "LVLM":
+) -> LVLM:
     """Load an LVLM through TransformerBridge.
 
     Parameters
@@ -401,7 +401,7 @@ class LVLM:
 
     # ---- running -----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def hooks(self, fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Iterator["LVLM"]:
+    def hooks(self, fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Iterator[LVLM]:
         """Temporarily add bridge forward hooks (by bridge hook name); removed on exit, also on error."""
         with self.bridge.hooks(fwd_hooks=list(fwd_hooks)):
             yield self

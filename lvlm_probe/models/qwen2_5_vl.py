@@ -131,7 +131,7 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
         sub = torch.arange(unit.numel()) % mu
         img = torch.searchsorted(starts, unit, right=True) - 1
         dest = torch.empty_like(unit)
-        for k, (t, h, w) in enumerate(unit_grid):
+        for k, (_t, h, w) in enumerate(unit_grid):
             sel = img == k
             local = unit[sel] - unit_img_start[k]
             hm, wm = h // m, w // m

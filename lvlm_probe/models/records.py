@@ -64,11 +64,11 @@ class TokenRoles:
             out[getattr(self, name)] = k
         return out
 
-    def to(self, device: torch.device | str) -> "TokenRoles":
+    def to(self, device: torch.device | str) -> TokenRoles:
         kw = {n: getattr(self, n).to(device) for n in ROLE_NAMES}
         return replace(self, patch_coords=self.patch_coords.to(device), **kw)
 
-    def extend(self, n_new: int, generated: torch.Tensor) -> "TokenRoles":
+    def extend(self, n_new: int, generated: torch.Tensor) -> TokenRoles:
         """Roles for a sequence extended by ``n_new`` positions whose generated mask is given [B, n_new]."""
         B = self.image.shape[0]
         pad = torch.zeros(B, n_new, dtype=torch.bool, device=self.image.device)
@@ -152,7 +152,7 @@ class Batch:
         kw.update(self.extras)
         return kw
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Batch":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
         """A copy on ``device``; floating pixel tensors are cast to ``dtype`` when given."""
         pv = self.pixel_values
         if pv is not None:

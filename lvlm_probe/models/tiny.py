@@ -75,7 +75,7 @@ def build_tiny_llava(
     Path
         The directory, loadable with ``lvlm_probe.load``.
     """
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration)
 
     out = Path(out_dir)
