@@ -27,6 +27,8 @@ def make_items():
 CHILD = textwrap.dedent(
     """
     import sys, time
+    import torch
+    torch.set_num_threads(1)  # bitwise-reproducible reductions, whatever the machine's load
     sys.path.insert(0, {tests!r})
     import lvlm_probe as lp
     import importlib
@@ -48,7 +50,7 @@ CHILD = textwrap.dedent(
 def test_killed_capture_resumes_to_identical_tensors(llava, llava_dir, tmp_path):
     out = tmp_path / "killed"
     script = CHILD.format(tests=str(Path(__file__).parent), model=str(llava_dir), out=str(out))
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     manifest = out / "manifest.json"
@@ -76,8 +78,13 @@ def test_killed_capture_resumes_to_identical_tensors(llava, llava_dir, tmp_path)
     partial.get("llm.resid_post.1", "image_mean")  # every listed shard is readable
 
     kw = dict(sites=SITES, select=SELECT, batch_size=BS, shard_items=2, progress=False)
-    resumed = lp.capture(llava, make_items(), out=out, **kw)
-    fresh = lp.capture(llava, make_items(), out=tmp_path / "fresh", **kw)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # same thread count as the child: CPU GEMM splits change the last bits
+    try:
+        resumed = lp.capture(llava, make_items(), out=out, **kw)
+        fresh = lp.capture(llava, make_items(), out=tmp_path / "fresh", **kw)
+    finally:
+        torch.set_num_threads(threads)
     assert resumed.item_ids == fresh.item_ids == [it.id for it in make_items()]
     for site, sel in fresh.keys():
         if sel == "image_patches":
