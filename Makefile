@@ -10,10 +10,10 @@ export TOKENIZERS_PARALLELISM ?= false
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip -q
-	# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+	# The CPU build of torch first, and pinned again beside the project so that no resolver step
+	# swaps it for a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	$(BIN)/python -m pip install -q torch==2.13.0 -e ".[dev,bench]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -91,3 +91,19 @@ def test_hooks_are_removed_after_errors(llava):
             llava.forward(b)
     llava.forward(b)  # would raise if the hook leaked
     assert torch.isfinite(llava.forward(b)).all()
+
+
+def test_systematic_failure_stops_capture(llava, tmp_path, monkeypatch):
+    """A non-input error on every item of a batch is a bug, not bad data: capture raises."""
+    import importlib
+
+    run = importlib.import_module("lvlm_probe.capture.run")
+
+    def broken(self, *a, **k):
+        raise RuntimeError("recorder bug")
+
+    monkeypatch.setattr(run._Recorder, "_llm", broken)
+    items = [lp.Item(id=str(k), image=rand_image(k), prompt="what ?") for k in range(3)]
+    with pytest.raises(RuntimeError, match="recorder bug"):
+        lp.capture(llava, items, sites=["llm.resid_post.0"], select=["image_mean"], out=tmp_path / "s",
+                   progress=False)

@@ -131,7 +131,7 @@ class _Recorder:
             if "text_mean" in sels:
                 self._masked_mean(site, "text_mean", t, self.q_mask)
             if "last_prompt" in sels:
-                last = t[:, -1]
+                last = t[:, -1].clone()  # a copy: a view would keep the whole [B, T, d] tensor alive
                 for b in range(self.B):
                     self._put(key_name(site.name, "last_prompt"), b, last[b : b + 1])
             if "image_patches" in sels:
@@ -142,7 +142,7 @@ class _Recorder:
                     ix = torch.cat([torch.zeros_like(c[:, :1]), c], 1)
                     self._put(key_name(site.name, "image_patches"), b, rows[m], ix)
         if "generated" in sels and self.plan.gen_kwargs is not None:
-            row = t[:, -1] if call == 0 else t[:, 0]
+            row = (t[:, -1] if call == 0 else t[:, 0]).clone()
             for b in range(self.B):
                 ix = torch.tensor([[0, call, -1, -1]], device=row.device)
                 self._put(key_name(site.name, "generated"), b, row[b : b + 1], ix)
@@ -331,11 +331,17 @@ def capture(
             recs = _run_batch(model, chunk, plan, chat_template, store_dtype, system)
         except Exception:  # noqa: BLE001 - isolate the bad item(s), keep the rest
             recs = []
+            errors: list[Exception] = []
             for it in chunk:
                 try:
                     recs.extend(_run_batch(model, [it], plan, chat_template, store_dtype, system))
                 except Exception as exc:  # noqa: BLE001
                     store.record_failure(it.id, f"{type(exc).__name__}: {exc}")
+                    errors.append(exc)
+            # Bad *data* (InputError) is recorded and skipped; a non-input error that hits every item
+            # of a batch is a bug or a misconfiguration, so it stops the run instead of an empty store.
+            if len(errors) == len(chunk) and not all(isinstance(e, InputError) for e in errors):
+                raise errors[-1] from None
         buffer.extend(recs)
         bar.update(len(chunk))
         if len(buffer) >= shard_items:

@@ -315,7 +315,6 @@ class ActivationStore:
         spec = self._m["keys"][key]
         vals, idxs = self._read_key(key, spec["multi_row"])
         frames, tens = [], []
-        base = 0
         for sh, v, ix in zip(self._m["shards"], vals, idxs):
             ids = sh["items"]
             if spec["multi_row"]:
@@ -327,7 +326,6 @@ class ActivationStore:
                 df = pd.DataFrame({"item_id": ids})
             frames.append(df)
             tens.append(v)
-            base += len(ids)
         index = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"item_id": []})
         rows = torch.cat(tens, 0) if tens else torch.empty(0)
         if items is not None:
