@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Sequence
 
+from lvlm_probe.benchmarks.cli import add_eval_parser
+
 
 def _cmd_info(a: argparse.Namespace) -> int:
     import lvlm_probe as lp
@@ -81,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--family", choices=["llava", "qwen2_5_vl"], default="llava")
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(fn=_cmd_make_tiny)
+
+    add_eval_parser(sub)
     return p
 
 
