@@ -78,7 +78,9 @@ def read_records(path: PathLike) -> List[Record]:
         try:
             return decoder.raw_decode(text, p)
         except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+            start = _line_of(text, p)
+            where = f"column {exc.colno}" if exc.lineno == start else f"line {exc.lineno} column {exc.colno}"
+            raise InputError(f"{path}: line {start}: invalid JSON in the record starting there ({exc.msg} at {where})") from None
 
     if text[pos] == "[":
         pos = _skip_ws(text, pos + 1)

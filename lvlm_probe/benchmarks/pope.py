@@ -89,7 +89,7 @@ def load_pope_questions(path: PathLike, split: Optional[str] = None) -> pd.DataF
     dup = ids[ids.duplicated()]
     if len(dup):
         line = int(df.loc[dup.index[0], "line"])
-        raise InputError(f"{path}: line {line}: duplicate question_id {dup.iloc[0]!r}")
+        raise InputError(f"{path}: line {line}: duplicate question_id {_py(dup.iloc[0])!r}")
     return df
 
 
@@ -116,7 +116,7 @@ def load_pope_answers(path: PathLike) -> pd.DataFrame:
         raise InputError(f"{path}: line {line}: missing key 'question_id' (other records of the file have one)")
     dup = ids.dropna()[ids.dropna().duplicated()]
     if len(dup):
-        raise InputError(f"{path}: line {int(df.loc[dup.index[0], 'line'])}: duplicate question_id {dup.iloc[0]!r}")
+        raise InputError(f"{path}: line {int(df.loc[dup.index[0], 'line'])}: duplicate question_id {_py(dup.iloc[0])!r}")
     return df
 
 
@@ -189,10 +189,10 @@ def _pair_single(q: pd.DataFrame, a: pd.DataFrame, qpath: PathLike, apath: PathL
         ans_by_q: Dict[int, str] = {}
         for qid, ans, line in zip(a["question_id"], a["answer"], a["line"]):
             if qid not in pos:
-                raise InputError(f"{apath}: line {line}: key 'question_id' = {qid!r} matches no question of {qpath}")
+                raise InputError(f"{apath}: line {line}: key 'question_id' = {_py(qid)!r} matches no question of {qpath}")
             ans_by_q[pos[qid]] = ans
         missing = [i for i in range(len(q)) if i not in ans_by_q]
-        _missing(len(missing), f"question_id {q['question_id'].iloc[missing[0]]!r}" if missing else "", allow_missing,
+        _missing(len(missing), f"question_id {_py(q['question_id'].iloc[missing[0]])!r}" if missing else "", allow_missing,
                  str(apath))
         keep = sorted(ans_by_q)
         out = q.iloc[keep][cols].copy()
@@ -223,7 +223,7 @@ def _pair_llava(q: pd.DataFrame, a: pd.DataFrame, qpath: PathLike, apath: PathLi
     answer_of: Dict[int, str] = {}
     for qid, ans, line in zip(a["question_id"], a["answer"], a["line"]):
         if qid not in by_id:
-            raise InputError(f"{apath}: line {line}: key 'question_id' = {qid!r} matches no question of {qpath}")
+            raise InputError(f"{apath}: line {line}: key 'question_id' = {_py(qid)!r} matches no question of {qpath}")
         answer_of[by_id[qid]] = ans
     splits = list(dict.fromkeys(q["split"]))  # order of first appearance (adversarial, random, popular)
     if split is not None:
@@ -243,7 +243,7 @@ def _pair_llava(q: pd.DataFrame, a: pd.DataFrame, qpath: PathLike, apath: PathLi
         lab_recs = read_records(files[s])
         sub = q[q["split"] == s]
         missing = [i for i in sub.index if i not in answer_of]
-        _missing(len(missing), f"question_id {q['question_id'].iloc[missing[0]]!r}" if missing else "", allow_missing,
+        _missing(len(missing), f"question_id {_py(q['question_id'].iloc[missing[0]])!r}" if missing else "", allow_missing,
                  f"{apath} ({s})")
         if len(sub) > len(lab_recs):
             raise InputError(f"{files[s]} has {len(lab_recs)} labels but {qpath} has {len(sub)} '{s}' questions")
@@ -257,7 +257,7 @@ def _pair_llava(q: pd.DataFrame, a: pd.DataFrame, qpath: PathLike, apath: PathLi
             label = get_key(files[s], line, rec, "label", str)
             if image != q["image"].iloc[i]:
                 raise InputError(f"{files[s]}: line {line}: image {image!r} does not match question_id "
-                                 f"{q['question_id'].iloc[i]!r} of {qpath} ({q['image'].iloc[i]!r}); "
+                                 f"{_py(q['question_id'].iloc[i])!r} of {qpath} ({q['image'].iloc[i]!r}); "
                                  "is this the label file version the questions were made from (POPE e3e39262 for LLaVA)?")
             ltext = rec.get("text") if isinstance(rec, dict) else None
             qtext = q["question"].iloc[i].split("\n")[0]
@@ -314,6 +314,11 @@ def pope_summary(scores: pd.DataFrame, keys: Sequence[str] = ("accuracy", "preci
     pooled = {k: _num(v) for k, v in scores.attrs.get("pooled", {}).items() if k in keys}
     return {"splits": splits, "mean_f1": _num(scores.attrs.get("mean_f1", mean_f1(scores))), "pooled": pooled,
             "parser": scores.attrs.get("parser")}
+
+
+def _py(v: Any) -> Any:
+    """A numpy scalar as the plain Python value (for messages)."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def _num(v: Any) -> Any:
