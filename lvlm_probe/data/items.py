@@ -29,10 +29,12 @@ class Item:
         The question / instruction. With ``chat_template=True`` it is the bare user text; with
         ``chat_template=False`` it is the full prompt and must contain the family's image
         placeholder (e.g. ``<image>``) once per image.
-    scene : optional
-        Ground-truth scene graph (a ``SceneGraph`` once the scene world lands).
+    scene : SceneGraph, optional
+        Ground-truth scene graph (objects, attributes, relations) that outputs are judged against.
     answer : str, optional
         Expected answer (QA items) or reference caption.
+    task : str, optional
+        Task kind: ``"caption"``, ``"exists"``, ``"attribute"``, ``"relation"`` or a benchmark's own.
     meta : dict, optional
         Anything else (benchmark split, question type, ...); must be JSON-serialisable to be kept
         in a store manifest.
@@ -44,12 +46,17 @@ class Item:
     scene: Any = None
     answer: str | None = None
     meta: dict = field(default_factory=dict)
+    task: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str):
             self.id = str(self.id)
         if self.meta is None:
             self.meta = {}
+        if isinstance(self.scene, dict):
+            from lvlm_probe.data.scene import SceneGraph
+
+            self.scene = SceneGraph.from_dict(self.scene)
 
     def images(self) -> list[Image.Image]:
         """Load this item's images as RGB PIL images (a list, even for one image)."""
@@ -97,7 +104,8 @@ def read_items(path: str | os.PathLike, *, image_root: str | os.PathLike | None 
     """Read items from a JSON-lines file.
 
     Each line is an object with ``id``, ``image`` (path, relative to ``image_root`` or to the
-    file's folder), ``prompt`` and optionally ``answer`` and ``meta``.
+    file's folder), ``prompt`` and optionally ``answer``, ``task``, ``scene`` (a
+    :meth:`SceneGraph.to_dict` object) and ``meta``.
 
     Returns
     -------
@@ -131,9 +139,22 @@ def read_items(path: str | os.PathLike, *, image_root: str | os.PathLike | None 
                     prompt=rec["prompt"],
                     answer=rec.get("answer"),
                     meta=rec.get("meta") or {},
+                    task=rec.get("task"),
+                    scene=_scene_or_error(rec.get("scene"), path, lineno),
                 )
             )
     return items
+
+
+def _scene_or_error(scene: Any, path: Path, lineno: int) -> Any:
+    if scene is None:
+        return None
+    from lvlm_probe.data.scene import SceneGraph
+
+    try:
+        return SceneGraph.from_dict(scene)
+    except (InputError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}:{lineno}: bad 'scene' ({exc}); see SceneGraph.to_dict for the format") from exc
 
 
 def check_unique_ids(items: Sequence[Item]) -> None:
