@@ -145,7 +145,8 @@ def get_key(path: PathLike, line: int, obj: Any, key: str, types: Union[type, Tu
     return val
 
 
-def first_key(path: PathLike, line: int, obj: Any, keys: Iterable[str], types: Union[type, Tuple[type, ...], None] = None) -> Tuple[str, Any]:
+def first_key(path: PathLike, line: int, obj: Any, keys: Iterable[str],
+              types: Union[type, Tuple[type, ...], None] = None) -> Tuple[str, Any]:
     """Return the first of ``keys`` present in the record (key, value); error naming all of them otherwise."""
     d = require_dict(path, line, obj)
     keys = list(keys)

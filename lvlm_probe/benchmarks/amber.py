@@ -80,7 +80,7 @@ def _prf(correct: float, n: float, ans_no_score: float, ans_no_num: float, no_sc
     return {"accuracy": acc, "precision": p, "recall": r, "f1": f1}
 
 
-def amber_discriminative(annotations: "PathLike | Dict[int, dict]", responses: "PathLike | Sequence[Tuple[int, int, str]]",
+def amber_discriminative(annotations: PathLike | Dict[int, dict], responses: PathLike | Sequence[Tuple[int, int, str]],
                          type: str = "d", *, responses_name: str = "responses") -> pd.DataFrame:
     """AMBER discriminative scores exactly as ``inference.py --evaluation_type`` prints them.
 
@@ -222,8 +222,8 @@ def load_safe_words(path: PathLike) -> List[str]:
     return [line.split("\n")[0] for line in read_text(path).splitlines(True)]
 
 
-def amber_generative(annotations: "PathLike | Dict[int, dict]", responses: "PathLike | Sequence[Tuple[int, int, str]]",
-                     association: "PathLike | Dict[str, List[str]]", safe_words: "PathLike | Sequence[str]", *,
+def amber_generative(annotations: PathLike | Dict[int, dict], responses: PathLike | Sequence[Tuple[int, int, str]],
+                     association: PathLike | Dict[str, List[str]], safe_words: PathLike | Sequence[str], *,
                      extract_nouns: Optional[Callable[[str], List[str]]] = None,
                      similarity: Optional[Callable[[str, str], float]] = None, threshold: float = 0.8) -> pd.DataFrame:
     """Per-response AMBER generative counts, reproducing ``inference.py``'s matching rules.

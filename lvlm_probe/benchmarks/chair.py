@@ -182,7 +182,8 @@ def load_ground_truth(path: PathLike, vocab: Optional[ChairVocab] = None) -> Dic
     return gt
 
 
-def load_captions(path: PathLike, image_id_key: str = "image_id", caption_key: str = "caption") -> List[Tuple[Union[int, str], str]]:
+def load_captions(path: PathLike, image_id_key: str = "image_id",
+                  caption_key: str = "caption") -> List[Tuple[Union[int, str], str]]:
     """Generated captions (JSON list or JSON lines; OPERA's ``{"image_id", "caption"}``) as ``(image_id, caption)``."""
     out = []
     for line, obj in read_records(path):

@@ -46,7 +46,8 @@ def load_rbench_answers(path: PathLike) -> Dict[QID, str]:
     return out
 
 
-def rbench_metrics(answers: Mapping[QID, str], labels: Mapping[QID, Optional[str]], question_ids: Sequence[QID]) -> Dict[str, float]:
+def rbench_metrics(answers: Mapping[QID, str], labels: Mapping[QID, Optional[str]],
+                   question_ids: Sequence[QID]) -> Dict[str, float]:
     """R-Bench's ``eval_pope`` on one list of question ids (fractions; yes ratio NaN + warning when nothing answered)."""
     tp = fp = tn = fn = 0
     n_yes = n = 0
