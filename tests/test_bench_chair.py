@@ -102,3 +102,22 @@ def test_missing_nltk_message() -> None:
             nltk_tokenizer()
     else:
         pytest.skip("nltk is installed")
+
+
+def test_ground_truth_from_coco(vocab, tmp_path: Path) -> None:
+    from lvlm_probe.benchmarks.chair import ground_truth_from_coco
+
+    inst = tmp_path / "instances_val2014.json"
+    inst.write_text(json.dumps({"categories": [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}],
+                                "annotations": [{"image_id": 9, "category_id": 1}, {"image_id": 9, "category_id": 3}]}))
+    caps = tmp_path / "captions_val2014.json"
+    caps.write_text(json.dumps({"annotations": [{"image_id": 9, "caption": "A puppy near a truck."},
+                                                {"image_id": 10, "caption": "Two cats."}]}))
+    gt = ground_truth_from_coco(vocab, simple_tokenize, [inst], [caps])
+    assert gt == {9: {"person", "car", "dog", "truck"}, 10: {"cat"}}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"annotations": []}))
+    from lvlm_probe.errors import InputError
+
+    with pytest.raises(InputError, match="missing key 'categories'"):
+        ground_truth_from_coco(vocab, simple_tokenize, [bad])

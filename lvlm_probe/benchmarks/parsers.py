@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 from lvlm_probe.errors import InputError
@@ -154,15 +153,6 @@ def _f1(p: float, r: float, profile: str) -> float:
 def _guarded(num: float, den: float) -> float:
     """lmms-eval / VLMEvalKit style: 0 when the denominator is 0 (no error in the original)."""
     return num / den if den != 0 else 0.0
-
-
-@dataclass(frozen=True)
-class _Counts:
-    tp: int = 0
-    fp: int = 0
-    tn: int = 0
-    fn: int = 0
-    unknown: int = 0
 
 
 def pope_metrics(answers: Sequence[str], labels: Sequence[str], profile: str = "pope") -> Dict[str, float]:
