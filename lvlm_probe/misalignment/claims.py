@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from lvlm_probe.errors import InputError
-from lvlm_probe.misalignment.vocab import WORD_RE, Vocabulary
+from lvlm_probe.misalignment.vocab import WORD_RE, Vocabulary, default_vocabulary
 
 CLAIM_KINDS: tuple[str, ...] = ("object", "attribute", "relation")
 
@@ -225,7 +225,7 @@ def extract_claims(text: str, vocabulary: Vocabulary | None = None, token_spans:
     """
     if not isinstance(text, str):
         raise InputError(f"extract_claims needs a str, got {type(text).__name__}; pass generation.text[b]")
-    vocab = Vocabulary.synthetic() if vocabulary is None else vocabulary
+    vocab = default_vocabulary() if vocabulary is None else vocabulary
     if not isinstance(vocab, Vocabulary):
         raise InputError(f"vocabulary must be a Vocabulary (e.g. Vocabulary.synthetic()), got {type(vocab).__name__}")
     units = _lex(text, vocab)

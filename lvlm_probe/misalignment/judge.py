@@ -29,7 +29,7 @@ import pandas as pd
 from lvlm_probe.data.scene import GEOMETRIC_RELATIONS, SceneGraph
 from lvlm_probe.errors import InputError
 from lvlm_probe.misalignment.claims import NOT_WORDS, Claim, Span, _lex, extract_claims, tokens_for_span
-from lvlm_probe.misalignment.vocab import WORD_RE, Vocabulary
+from lvlm_probe.misalignment.vocab import WORD_RE, Vocabulary, default_vocabulary
 
 KINDS: tuple[str, ...] = ("object", "attribute", "relation")
 POLARITIES: tuple[str, ...] = ("hallucinated", "omitted")
@@ -173,7 +173,7 @@ def _scene(scene: Any, item: Any) -> SceneGraph:
 
 def _vocab(vocabulary: Any) -> Vocabulary:
     if vocabulary is None:
-        return Vocabulary.synthetic()
+        return default_vocabulary()
     if not isinstance(vocabulary, Vocabulary):
         raise InputError(f"vocabulary must be a Vocabulary (e.g. Vocabulary.synthetic()), got "
                          f"{type(vocabulary).__name__}")

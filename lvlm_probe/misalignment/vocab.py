@@ -130,6 +130,10 @@ class Vocabulary:
         self.relations = {" ".join(phrase_key(k)): str(v).lower() for k, v in self.relations.items() if phrase_key(k)}
         self.attribute_names = {k.lower(): v.lower() for k, v in self.attribute_names.items()}
 
+    def __repr__(self) -> str:
+        return (f"Vocabulary(name={self.name!r}, {len(self.classes)} classes / {len(self.objects)} object phrases, "
+                f"{len(self.attributes)} attribute phrases, {len(self.relations)} relation phrases)")
+
     # ---- built-ins --------------------------------------------------------------------------------
     @classmethod
     def synthetic(cls, classes: Iterable[str] | None = None, colors: Iterable[str] | None = None,
@@ -228,9 +232,29 @@ class Vocabulary:
         return self.relations.get(key, key)
 
     def phrase_table(self) -> tuple[dict[tuple[str, ...], dict[str, Any]], int]:
-        """Word tuple -> ``{"object": cls, "attribute": (type, value), "relation": predicate}`` and the longest length."""
+        """Word tuple -> ``{"object": cls, "attribute": (type, value), "relation": predicate}`` and the longest length.
+
+        Cached while the three dicts are the same objects with the same sizes; treat a vocabulary as read-only
+        (use :meth:`extend` for changes).
+        """
+        key = tuple((id(d), len(d)) for d in (self.objects, self.attributes, self.relations))
+        cached = self.__dict__.get("_table_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         table: dict[tuple[str, ...], dict[str, Any]] = {}
         for kind, src in (("object", self.objects), ("attribute", self.attributes), ("relation", self.relations)):
             for phrase, meaning in src.items():
                 table.setdefault(phrase_key(phrase), {})[kind] = meaning
-        return table, max((len(k) for k in table), default=1)
+        result = (table, max((len(k) for k in table), default=1))
+        self.__dict__["_table_cache"] = (key, result)
+        return result
+
+
+_DEFAULT: list[Vocabulary] = []
+
+
+def default_vocabulary() -> Vocabulary:
+    """The shared :meth:`Vocabulary.synthetic` used when no vocabulary is given (built once)."""
+    if not _DEFAULT:
+        _DEFAULT.append(Vocabulary.synthetic())
+    return _DEFAULT[0]
