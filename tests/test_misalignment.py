@@ -362,6 +362,12 @@ def test_vocabulary_helpers() -> None:
     small = Vocabulary.synthetic(classes=["circle"], colors=["red"], sizes=[])
     assert extract_claims("a red circle and a blue square", small)[0].value == "red"
     assert [c.value for c in extract_claims("a red circle and a blue square", small)] == ["red", "circle"]
+    # the cached phrase table follows additions; extend() leaves the original alone
+    small.objects["square"] = "square"
+    assert [c.value for c in extract_claims("a blue square", small)] == ["square"]
+    bigger = small.extend(attributes={"blue": ("color", "blue")})
+    assert [c.value for c in extract_claims("a blue square", bigger)] == ["blue", "square"]
+    assert "blue" not in small.attributes and "8 classes" in repr(v)
 
 
 # ----------------------------------------------------------------------------------------------- errors
