@@ -12,7 +12,9 @@ Typical use::
 
 from lvlm_probe._version import __version__
 from lvlm_probe.capture import SELECTIONS, ActivationStore, capture
-from lvlm_probe.data import Item, load_image, read_items
+from lvlm_probe import benchmarks, misalignment, organisms
+from lvlm_probe.data import Item, SceneGraph, SceneObject, SceneWorld, WorldConfig, load_image, read_items
+from lvlm_probe.misalignment import Misalignment, Vocabulary, extract_claims, judge, judge_batch
 from lvlm_probe.errors import InputError, LvlmProbeError, SiteError, StoreError, UnsupportedModelError
 from lvlm_probe.models import (ROLE_NAMES, SITE_DOCS, LVLM, Batch, Generation, TokenRoles, load,
                                supported_families)
@@ -20,5 +22,8 @@ from lvlm_probe.models import (ROLE_NAMES, SITE_DOCS, LVLM, Batch, Generation, T
 __all__ = [
     "ActivationStore", "Batch", "Generation", "InputError", "Item", "LVLM", "LvlmProbeError", "ROLE_NAMES",
     "SELECTIONS", "SITE_DOCS", "SiteError", "StoreError", "TokenRoles", "UnsupportedModelError", "__version__",
-    "capture", "load", "load_image", "read_items", "supported_families",
+    "Misalignment", "Vocabulary", "benchmarks", "extract_claims", "judge", "judge_batch", "misalignment",
+    "SceneGraph", "SceneObject", "SceneWorld", "WorldConfig", "capture", "load", "load_image", "organisms",
+    "read_items", "supported_families", "train_organism",
 ]
+train_organism = organisms.train_organism

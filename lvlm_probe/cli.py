@@ -8,6 +8,7 @@ import sys
 from typing import Sequence
 
 from lvlm_probe.benchmarks.cli import add_eval_parser
+from lvlm_probe.organisms.cli import add_organisms_parser
 
 
 def _cmd_info(a: argparse.Namespace) -> int:
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=_cmd_make_tiny)
 
     add_eval_parser(sub)
+    add_organisms_parser(sub)
     return p
 
 

@@ -86,8 +86,8 @@ class WorldConfig:
     cooccurrence: tuple[tuple[str, str, float], ...] = ()
     attribute_prior: tuple[tuple[str, str, float], ...] = ()
     relation_prior: tuple[tuple[str, str, str, float], ...] = ()
-    task_mix: tuple[tuple[str, float], ...] = (("caption", 0.4), ("exists", 0.3), ("attribute", 0.15),
-                                               ("relation", 0.15))
+    task_mix: tuple[tuple[str, float], ...] = (("caption", 0.3), ("exists", 0.3), ("attribute", 0.2),
+                                               ("relation", 0.2))
 
     def __post_init__(self) -> None:
         bad = [c for c in self.classes if c not in CLASSES]
@@ -450,8 +450,6 @@ class SceneWorld:
         for k in range(n):
             t = task if task != "mix" else tasks[int(rng.choice(len(tasks), p=w))]
             nobj = n_objects
-            if t == "relation" and nobj is None:
-                nobj = None
             scene = self.sample_scene(rng, n_objects=nobj)
             while t == "relation" and len(scene.objects) < 2:
                 scene = self.sample_scene(rng, n_objects=nobj)

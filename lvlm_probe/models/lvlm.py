@@ -511,9 +511,30 @@ class LVLM:
             tokens.append(row[:n])
             gen_mask[b, :n] = True
         text = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+        spans = [_token_char_spans(self.tokenizer, t, txt) for t, txt in zip(tokens, text)]
         attn = torch.cat([batch.attention_mask, gen_mask.long()], dim=1)
         scores = torch.stack([s.float() for s in out.logits], dim=1) if output_scores and out.logits else None
         return Generation(
             text=text, tokens=tokens, sequences=seq, attention_mask=attn, roles=batch.roles.extend(G, gen_mask),
-            prompt_length=T, scores=scores, batch=batch, settings=settings,
+            prompt_length=T, scores=scores, batch=batch, settings=settings, token_spans=spans,
         )
+
+
+def _token_char_spans(tokenizer: Any, tokens: list[int], text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of each generated token in the decoded ``text`` (empty span for special tokens).
+
+    Decodes growing prefixes, so it holds for any tokenizer whose prefix decodings are prefixes of
+    the full decoding (true for word-level, BPE and SentencePiece up to whitespace cleanup).
+    """
+    spans: list[tuple[int, int]] = []
+    prev = 0
+    for k in range(len(tokens)):
+        cur = tokenizer.decode(tokens[: k + 1], skip_special_tokens=True).strip()
+        end = min(len(cur), len(text)) if text.startswith(cur[: len(text)]) else prev
+        end = max(end, prev)
+        start = prev
+        while start < end and text[start].isspace():
+            start += 1
+        spans.append((start, end))
+        prev = end
+    return spans

@@ -190,6 +190,10 @@ class Generation:
         The batch it was generated from.
     settings : dict
         The decoding settings used.
+    token_spans : list of list of (int, int)
+        Per item, the character span of each generated token in ``text`` (``tokens[b][k]`` covers
+        ``text[b][start:end]``; special tokens get an empty span). Misalignment judging maps claim
+        spans to generated-token indices with it.
     """
 
     text: list[str]
@@ -201,6 +205,7 @@ class Generation:
     scores: torch.Tensor | None
     batch: Batch
     settings: dict = field(default_factory=dict)
+    token_spans: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.text)
