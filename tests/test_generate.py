@@ -17,6 +17,12 @@ def test_generation_record(family):
         assert gen.scores[b, :n].argmax(-1).tolist() == gen.tokens[b]
         assert gen.roles.generated[b, T:T + n].all() and not gen.roles.generated[b, :T].any()
         assert gen.text[b] == model.tokenizer.decode(gen.tokens[b], skip_special_tokens=True).strip()
+        # token_spans: each non-special token covers exactly its own decoded text
+        assert len(gen.token_spans[b]) == n
+        special = set(model.tokenizer.all_special_ids)
+        for t, (s0, s1) in zip(gen.tokens[b], gen.token_spans[b]):
+            piece = model.tokenizer.decode([t], skip_special_tokens=True).strip()
+            assert gen.text[b][s0:s1] == ("" if t in special else piece)
     full = gen.as_batch()
     assert full.input_ids.shape == gen.sequences.shape
 
