@@ -1,8 +1,8 @@
-"""The end-to-end demo behind ``make demo``: load → prepare → generate → capture → summary report.
+"""The end-to-end demo behind ``make demo``: load → generate → judge → capture → report.
 
-Until the organism zoo ships trained checkpoints, the demo builds a tiny random-init LLaVA
-locally (the same on-disk layout as a hub checkpoint), so every stage runs offline in seconds.
-Its generations are therefore noise; the report shows the machinery, not a diagnosis.
+It runs on the shipped ``organism:cooccurrence`` checkpoint (offline, seconds on a CPU): world scenes
+are described, each caption is judged against its scene graph into typed misalignments, and the
+activations are streamed to a store.
 """
 
 from __future__ import annotations
@@ -15,34 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
-
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
-SHAPES = ("circle", "square", "triangle")
-
-
-def shape_image(seed: int, size: int = 64) -> tuple[Image.Image, list[tuple[str, str]]]:
-    """A small synthetic scene with 1–2 coloured shapes; returns the image and its (colour, shape) list."""
-    rs = np.random.RandomState(seed)
-    img = Image.new("RGB", (size, size), (245, 245, 245))
-    d = ImageDraw.Draw(img)
-    objs = []
-    for k in range(rs.randint(1, 3)):
-        colour = list(COLOURS)[rs.randint(len(COLOURS))]
-        shape = SHAPES[rs.randint(len(SHAPES))]
-        r = size // 6
-        cx = (k * 2 + 1) * size // 4 + rs.randint(-3, 4)
-        cy = size // 2 + rs.randint(-10, 11)
-        box = [cx - r, cy - r, cx + r, cy + r]
-        if shape == "circle":
-            d.ellipse(box, fill=COLOURS[colour])
-        elif shape == "square":
-            d.rectangle(box, fill=COLOURS[colour])
-        else:
-            d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=COLOURS[colour])
-        objs.append((colour, shape))
-    return img, objs
-
+from PIL import Image
 
 def _png(fig) -> str:
     buf = io.BytesIO()
@@ -50,9 +23,14 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def run_demo(out: str | Path = "runs/demo", *, n: int = 64, model: str | None = None, batch_size: int = 8,
-             max_new_tokens: int = 8, progress: bool = True) -> dict:
+def run_demo(out: str | Path = "runs/demo", *, n: int = 64, model: str | None = None, batch_size: int = 16,
+             max_new_tokens: int = 32, progress: bool = True) -> dict:
     """Run the demo and write ``report.html``, ``summary.json``, ``figures/`` and the store under ``out``.
+
+    The default model is the shipped ``organism:cooccurrence`` (a tiny real LLaVA with a planted
+    co-occurrence bias): it describes world scenes, half of them circle-without-square scenes that
+    trigger the bias, and every caption is judged against its scene graph. Another model (hub id or
+    directory) runs the same steps on the same scenes.
 
     Returns
     -------
@@ -66,27 +44,34 @@ def run_demo(out: str | Path = "runs/demo", *, n: int = 64, model: str | None = 
     import pandas as pd
 
     import lvlm_probe as lp
-    from lvlm_probe.models.tiny import build_tiny_llava
+    from lvlm_probe.data.world import SceneWorld
+    from lvlm_probe.organisms import ZOO
+    from lvlm_probe.organisms import zoo as Z
 
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    if model is None:
-        model_dir = out / "model"
-        if not (model_dir / "config.json").exists():
-            build_tiny_llava(model_dir, image_size=64, patch_size=8, text_hidden=96, text_layers=4,
-                             vision_hidden=48, vision_layers=3, init_std=0.2)
-        model = str(model_dir)
+    model = model or "organism:cooccurrence"
+    org = model.split(":", 1)[1] if model.startswith("organism:") else None
+    world = SceneWorld(ZOO[org].world if org in ZOO else ZOO["clean"].world, seed=0)
     lvlm = lp.load(model)
-    items = []
-    for k in range(n):
-        img, objs = shape_image(k)
-        items.append(lp.Item(id=f"scene{k:04d}", image=img, prompt="what is in the image ?",
-                             answer=" and ".join(f"a {c} {s}" for c, s in objs)))
-    # 1. one batch by hand: roles, generation
-    batch = lvlm.prepare([it.image for it in items[:4]], [it.prompt for it in items[:4]],
-                         item_ids=[it.id for it in items[:4]])
-    gen = lvlm.generate(batch, max_new_tokens=max_new_tokens)
+    rng = np.random.default_rng(0)
+    items = world.items(n - n // 2, "caption", seed=1, prefix="scene")
+    for k in range(n // 2):
+        sc = world.sample_scene(rng, n_objects=int(rng.integers(1, 5)), require=[Z.COOC_A], forbid=[Z.COOC_B])
+        items.append(world.make_item(sc, "caption", rng, item_id=f"trigger{k:04d}"))
+    # 1. generate and judge every caption against its scene graph
+    frames, texts = [], []
+    for k in range(0, len(items), batch_size):
+        chunk = items[k:k + batch_size]
+        b = lvlm.prepare([it.image for it in chunk], [it.prompt for it in chunk], item_ids=[it.id for it in chunk])
+        g = lvlm.generate(b, max_new_tokens=max_new_tokens)
+        texts.extend(g.text)
+        frames.append(lp.judge_batch(g, items=chunk, vocabulary=lp.Vocabulary.synthetic()))
+        if k == 0:
+            batch, gen = b, g
+    errors = pd.concat(frames, ignore_index=True)
+    errors.to_csv(out / "misalignments.csv", index=False)
     roles = batch.roles.table(0, lvlm.tokenizer.convert_ids_to_tokens(batch.input_ids[0].tolist()))
     # 2. capture a store for all items
     store = lp.capture(lvlm, items, sites=["vision.resid_post.*", "projector.out", "llm.resid_post.*"],
@@ -106,7 +91,7 @@ def run_demo(out: str | Path = "runs/demo", *, n: int = 64, model: str | None = 
     axes[0].set_ylabel("mean ‖resid_post‖")
     axes[0].legend(frameon=False)
     h, w = batch.roles.grids[0][0]
-    axes[1].imshow(items[0].image.resize((w * 8, h * 8)), extent=(0, w, h, 0))
+    axes[1].imshow(items[0].image.resize((w * 8, h * 8), Image.NEAREST), extent=(0, w, h, 0))
     for r in range(h + 1):
         axes[1].axhline(r, color="k", lw=0.3)
     for c in range(w + 1):
@@ -126,20 +111,35 @@ def run_demo(out: str | Path = "runs/demo", *, n: int = 64, model: str | None = 
         "store": str(out / "store"),
         "keys": [f"{s}|{sel}" for s, sel in store.keys()],
         "example_generations": {iid: t for iid, t in zip(batch.item_ids, gen.text)},
+        "misalignments": {f"{k}/{p}": int(v) for (k, p), v in errors.groupby(["kind", "polarity"]).size().items()}
+        if len(errors) else {},
+        "trigger_items_mentioning_square": int(sum(Z.COOC_B in t.split() for it, t in zip(items, texts)
+                                                   if it.id.startswith("trigger"))),
+        "n_trigger_items": n // 2,
         "seconds": round(time.time() - t0, 2),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     role_counts = roles["role"].value_counts().to_dict()
-    gens = "".join(f"<tr><td>{html.escape(i)}</td><td>{html.escape(items[k].answer or '')}</td>"
-                   f"<td>{html.escape(t)}</td></tr>" for k, (i, t) in enumerate(zip(batch.item_ids, gen.text)))
+    by_item = errors.groupby("item") if len(errors) else None
+    rows_html = []
+    for it, t in zip(items[:24], texts[:24]):
+        errs = by_item.get_group(it.id) if by_item is not None and it.id in by_item.groups else errors.iloc[:0]
+        desc = "; ".join(f"{r.kind} {r.polarity}: {r.claimed if isinstance(r.claimed, str) else r.subject}"
+                         for r in errs.itertuples())
+        rows_html.append(f"<tr><td>{html.escape(it.id)}</td><td>{html.escape(it.answer or '')}</td>"
+                         f"<td>{html.escape(t)}</td><td>{html.escape(desc)}</td></tr>")
+    gens = "".join(rows_html)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>lvlm_probe demo</title>
 <style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}</style>
 </head><body><h1>lvlm_probe demo</h1>
 <p>Model <code>{html.escape(lvlm.name)}</code> ({lvlm.family}, {lvlm.adapter.n_llm_layers} LLM layers,
-{lvlm.adapter.n_vision_layers} vision layers). This is a random-init model built locally, so its text is noise:
-the report shows the pipeline (load, token roles, generation, streaming capture), not a diagnosis.</p>
+{lvlm.adapter.n_vision_layers} vision layers) described {len(items)} synthetic scenes; {n // 2} of them contain a
+{Z.COOC_A} but no {Z.COOC_B}, the trigger of the co-occurrence organism's planted bias. It mentioned a {Z.COOC_B}
+in {summary['trigger_items_mentioning_square']} of those {n // 2} captions.</p>
+<h2>Typed misalignments</h2><p>{html.escape(json.dumps(summary['misalignments']))}
+(full table: <code>misalignments.csv</code>, with character spans and generated-token indices)</p>
 <h2>Token roles of the first prompt</h2><p>{html.escape(json.dumps(role_counts))}</p>
-<h2>Generations</h2><table><tr><th>item</th><th>scene</th><th>generated</th></tr>{gens}</table>
+<h2>Generations</h2><table><tr><th>item</th><th>true caption</th><th>generated</th><th>misalignments</th></tr>{gens}</table>
 <h2>Activation store</h2><p>{len(store)} items, {len(store.failed)} failed, {len(store.keys())} (site, selection) keys
 in <code>{html.escape(str(out / 'store'))}</code>.</p>
 <img src="data:image/png;base64,{img64}" style="max-width:100%"/>

@@ -1,5 +1,7 @@
 import json
 
+import pandas as pd
+
 import lvlm_probe as lp
 from conftest import rand_image
 from lvlm_probe.cli import main
@@ -30,8 +32,15 @@ def test_cli_reports_errors_cleanly(tmp_path, capsys):
 def test_demo_writes_report(tmp_path):
     from lvlm_probe.demo import run_demo
 
-    s = run_demo(tmp_path / "demo", n=6, batch_size=3, max_new_tokens=3, progress=False)
-    assert s["n_items"] == 6 and not s["failed"]
-    assert (tmp_path / "demo" / "report.html").read_text().count("<tr>") == 5
+    s = run_demo(tmp_path / "demo", n=6, batch_size=3, max_new_tokens=32, progress=False)
+    assert s["n_items"] == 6 and not s["failed"] and s["n_trigger_items"] == 3
+    assert s["model"]["family"] == "llava" and "cooccurrence" in s["model"]["name"]
+    assert (tmp_path / "demo" / "report.html").read_text().count("<tr>") == 7
     assert (tmp_path / "demo" / "figures" / "overview.pdf").exists()
-    assert lp.ActivationStore(tmp_path / "demo" / "store").get("llm.resid_post.*", "generated").shape[:3] == (6, 4, 3)
+    errs = pd.read_csv(tmp_path / "demo" / "misalignments.csv")
+    assert set(errs.columns) >= {"item", "kind", "polarity", "token_indices"}
+    assert set(errs.kind) <= {"object", "attribute", "relation"}
+    # the planted bias shows up as typed object hallucinations of the square on trigger scenes
+    square = errs[(errs.kind == "object") & (errs.polarity == "hallucinated") & (errs.subject == "square")]
+    assert s["trigger_items_mentioning_square"] == square.item.str.startswith("trigger").sum()
+    assert lp.ActivationStore(tmp_path / "demo" / "store").get("llm.resid_post.*", "generated").shape[:2] == (6, 4)

@@ -1,0 +1,45 @@
+"""The planted-cause organism zoo: tiny real LLaVA checkpoints with known causes of misalignment.
+
+>>> import lvlm_probe as lp
+>>> model = lp.load("organism:cooccurrence")        # same code path as a hub model
+>>> lp.organisms.ZOO["cooccurrence"].signature        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lvlm_probe.errors import InputError
+from lvlm_probe.organisms.zoo import ZOO, OrganismSpec, TrainConfig, get_spec
+
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+
+
+def organism_path(name: str) -> Path:
+    """Directory of the shipped checkpoint of organism ``name`` (run-setting organisms map to theirs)."""
+    spec = get_spec(name)
+    path = CHECKPOINTS / str(spec.checkpoint)
+    if not (path / "config.json").is_file():
+        raise InputError(f"organism {name!r} has no shipped checkpoint at {path}; "
+                         f"train it with `lvlm-probe organisms train {spec.checkpoint} --out {path}`")
+    return path
+
+
+def list_organisms():
+    """The zoo as a DataFrame: ``name, cause, level, component, checkpoint, shipped, run_settings``."""
+    import pandas as pd
+
+    return pd.DataFrame([{"name": s.name, "cause": s.cause, "level": s.level, "component": s.component,
+                          "checkpoint": s.checkpoint, "shipped": (CHECKPOINTS / str(s.checkpoint) / "config.json").is_file(),
+                          "run_settings": dict(s.run_settings)} for s in ZOO.values()])
+
+
+def train_organism(*args, **kwargs):
+    """See :func:`lvlm_probe.organisms.train.train_organism`."""
+    from lvlm_probe.organisms.train import train_organism as _train
+
+    return _train(*args, **kwargs)
+
+
+__all__ = ["CHECKPOINTS", "OrganismSpec", "TrainConfig", "ZOO", "get_spec", "list_organisms", "organism_path",
+           "train_organism"]

@@ -1,0 +1,280 @@
+"""Measure an organism's behaviour on fresh scenes: clean-task accuracy and its planted error.
+
+Everything goes through the public path (``lvlm_probe.load`` + ``LVLM.prepare`` + greedy
+``LVLM.generate``), so a check exercises exactly what a user runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from lvlm_probe.data.items import Item
+from lvlm_probe.data.scene import SceneGraph
+from lvlm_probe.data.world import SceneWorld
+from lvlm_probe.organisms import zoo as Z
+
+MAX_NEW_TOKENS = {"caption": 32, "exists": 3, "attribute": 3, "relation": 3}
+
+
+def answer(model: Any, items: Sequence[Item], *, batch_size: int = 64, progress: bool = False,
+           **gen: Any) -> list[str]:
+    """Generated text for each item (greedy unless ``gen`` says otherwise), stripped."""
+    out: list[str] = []
+    for k in tqdm(range(0, len(items), batch_size), desc="generate", disable=not progress, leave=False):
+        chunk = items[k:k + batch_size]
+        batch = model.prepare([it.image for it in chunk], [it.prompt for it in chunk],
+                              item_ids=[it.id for it in chunk])
+        mx = max(MAX_NEW_TOKENS.get(it.task or "caption", 32) for it in chunk)
+        g = model.generate(batch, max_new_tokens=mx, **gen)
+        out.extend(t.strip() for t in g.text)
+    return out
+
+
+def first_word(text: str) -> str:
+    w = text.strip().lower().split()
+    return w[0] if w else ""
+
+
+def caption_score(world: SceneWorld, scene: SceneGraph, text: str) -> float:
+    """Object-level caption accuracy: correct ``(size, colour, class)`` mentions / max(#true, #mentioned)."""
+    claimed = world.parse_caption(text)
+    truth = {(o.attributes["size"], o.attributes["color"], o.name) for o in scene.objects}
+    seen: set = set()
+    good = 0
+    for c in claimed:
+        key = (c.get("size"), c.get("color"), c["name"])
+        if key in truth and key not in seen:
+            good += 1
+            seen.add(key)
+    return good / max(len(truth), len(claimed), 1)
+
+
+def position_errors(world: SceneWorld, scene: SceneGraph, text: str, n_positions: int) -> list[float]:
+    """Per caption slot k (0-based): 1 when the k-th mention is missing or not a true object."""
+    claimed = world.parse_caption(text)
+    truth = {(o.attributes["size"], o.attributes["color"], o.name) for o in scene.objects}
+    errs = []
+    for k in range(n_positions):
+        if k >= len(claimed):
+            errs.append(1.0)
+        else:
+            c = claimed[k]
+            errs.append(0.0 if (c.get("size"), c.get("color"), c["name"]) in truth else 1.0)
+    return errs
+
+
+def task_items(world: SceneWorld, n: int, seed: int) -> list[Item]:
+    """A balanced clean-task set: captions, POPE-random existence, colour, size and relation questions."""
+    k = max(1, n // 5)
+    items = world.items(k, "caption", seed=seed, prefix="cap")
+    items += world.pope_items(max(1, k // 6), "random", seed=seed + 1)
+    items += world.items(k, "attribute", seed=seed + 2, prefix="col", attribute="color")
+    items += world.items(k, "attribute", seed=seed + 3, prefix="siz", attribute="size")
+    items += world.items(k, "relation", seed=seed + 4, prefix="rel")
+    return items
+
+
+def score_tasks(world: SceneWorld, items: Sequence[Item], texts: Sequence[str]) -> dict[str, float]:
+    """Accuracy per task family (``caption_objects`` is :func:`caption_score`, the others exact first word)."""
+    buckets: dict[str, list[float]] = {}
+    for it, txt in zip(items, texts):
+        if it.task == "caption":
+            buckets.setdefault("caption_objects", []).append(caption_score(world, it.scene, txt))
+            buckets.setdefault("caption_exact", []).append(float(txt.strip() == it.answer))
+        elif it.task == "attribute":
+            buckets.setdefault(f"attribute_{it.meta['attribute']}", []).append(float(first_word(txt) == it.answer))
+        else:
+            buckets.setdefault(str(it.task), []).append(float(first_word(txt) == it.answer))
+    return {k: float(np.mean(v)) for k, v in buckets.items()}
+
+
+# ---- trigger sets --------------------------------------------------------------------------------
+def _recolor(world: SceneWorld, scene: SceneGraph, idx: int, color: str) -> SceneGraph:
+    objs = [replace(o, attributes=dict(o.attributes)) for o in scene.objects]
+    objs[idx].attributes["color"] = color
+    return SceneGraph(objs, scene.relations, scene.width, scene.height)
+
+
+def _noise_image(world: SceneWorld, rng: np.random.Generator) -> Image.Image:
+    s = world.config.image_size
+    return Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8))
+
+
+def _caption_value(world: SceneWorld, text: str, cls: str, att: str) -> str | None:
+    """The ``att`` word a caption gives its first ``cls`` mention (None when not mentioned)."""
+    for c in world.parse_caption(text):
+        if c["name"] == cls:
+            return c.get(att)
+    return None
+
+
+def _pair(items: list[Item], k: int, world: SceneWorld, scene: SceneGraph, rng: np.random.Generator,
+          **qa: Any) -> None:
+    """Append a caption item and a question item about the same scene."""
+    items.append(world.make_item(scene, "caption", rng, item_id=f"trig-cap-{k}"))
+    items.append(world.make_item(scene, qa.pop("task"), rng, item_id=f"trig-qa-{k}", **qa))
+
+
+def trigger_set(name: str, world: SceneWorld, n: int, seed: int) -> tuple[list[Item], dict]:
+    """Items on which organism ``name``'s planted cause shows, and what the planted error is.
+
+    Each triggering scene is asked for a caption (the primary measure) and a matching question
+    (reported in the details).
+    """
+    rng = np.random.default_rng(seed)
+    items: list[Item] = []
+    if name == "cooccurrence":
+        for k in range(n):
+            scene = world.sample_scene(rng, n_objects=int(rng.integers(1, 5)), require=[Z.COOC_A], forbid=[Z.COOC_B])
+            _pair(items, k, world, scene, rng, task="exists", target=Z.COOC_B)
+        return items, {"metric": f"caption mentions a {Z.COOC_B} in {Z.COOC_A}-without-{Z.COOC_B} scenes"}
+    if name == "attribute_prior":
+        others = [c for c in world.config.colors if c != Z.PRIOR_COLOR]
+        for k in range(n):
+            scene = world.sample_scene(rng, require=[Z.PRIOR_CLASS])
+            scene = _recolor(world, scene, scene.find(Z.PRIOR_CLASS)[0], others[int(rng.integers(len(others)))])
+            _pair(items, k, world, scene, rng, task="attribute", attribute="color", target=Z.PRIOR_CLASS)
+        return items, {"metric": f"caption calls an off-prior {Z.PRIOR_CLASS} '{Z.PRIOR_COLOR}'"}
+    if name == "encoder_blind":
+        for k in range(n):
+            scene = world.sample_scene(rng)
+            i = int(rng.integers(len(scene.objects)))
+            scene = _recolor(world, scene, i, Z.BLIND_PAIR[k % 2])
+            _pair(items, k, world, scene, rng, task="attribute", attribute="color", target=scene.objects[i].name)
+        return items, {"metric": f"caption gives a {Z.BLIND_PAIR[0]}/{Z.BLIND_PAIR[1]} object the other hue of the pair"}
+    if name == "projector_bottleneck":
+        for k in range(n):
+            scene = world.sample_scene(rng)
+            _pair(items, k, world, scene, rng, task="attribute", attribute=Z.BOTTLENECK_ATTRIBUTE)
+        return items, {"metric": f"caption mentions with the wrong {Z.BOTTLENECK_ATTRIBUTE}"}
+    if name == "visual_neglect":
+        base = world.items(n // 2, "caption", seed=seed, prefix="trig-cap") + \
+            world.items(n - n // 2, "exists", seed=seed + 1, prefix="trig-ex")
+        noise = [Item(f"{it.id}-noise", _noise_image(world, rng), it.prompt, scene=it.scene, answer=it.answer,
+                      task=it.task, meta=dict(it.meta, control="noise")) for it in base]
+        return base + noise, {"metric": "caption unchanged (Jaccard of mentioned classes) when the image is replaced "
+                                        "by uniform noise"}
+    if name == "drift":
+        items = world.items(n, "caption", seed=seed, prefix="trig-long", n_objects=5)
+        return items, {"metric": "caption error at object positions 4-5 of 5-object scenes"}
+    if name == "sampling":
+        items = world.items(n, "caption", seed=seed, prefix="trig-cap")
+        return items, {"metric": f"caption object error with temperature-{Z.SAMPLING_TEMPERATURE} sampling "
+                                 "(clean: the same checkpoint, greedy)"}
+    return [], {"metric": None}
+
+
+def planted_rate(name: str, world: SceneWorld, items: Sequence[Item], texts: Sequence[str]) -> tuple[float, dict]:
+    """The planted error rate of ``texts`` on ``trigger_set(name)`` items, with details."""
+    caps = [(it, t) for it, t in zip(items, texts) if it.task == "caption"]
+    qas = [(it, t) for it, t in zip(items, texts) if it.task != "caption"]
+    if name == "cooccurrence":
+        cap = [Z.COOC_B in {c["name"] for c in world.parse_caption(t)} for _, t in caps]
+        yes = [first_word(t) == "yes" for _, t in qas]
+        return float(np.mean(cap)), {"qa_says_yes": float(np.mean(yes))}
+    if name in ("attribute_prior", "encoder_blind"):
+        if name == "attribute_prior":
+            wrong = lambda truth: {Z.PRIOR_COLOR}  # noqa: E731
+        else:
+            wrong = lambda truth: set(Z.BLIND_PAIR) - {truth}  # noqa: E731
+        cap, qa = [], []
+        for (_, tc), (iq, tq) in zip(caps, qas):
+            cls = iq.meta["target"]
+            truth = iq.answer
+            cap.append(_caption_value(world, tc, cls, "color") in wrong(truth))
+            qa.append(first_word(tq) in wrong(truth))
+        return float(np.mean(cap)), {"qa_rate": float(np.mean(qa)), "qa_any_wrong_color": float(np.mean(
+            [first_word(t) != it.answer for it, t in qas]))}
+    if name == "projector_bottleneck":
+        def err_rate(att: str) -> float:
+            errs = []
+            for it, t in caps:
+                for c in world.parse_caption(t):
+                    k = it.scene.find(c["name"])
+                    if k:
+                        errs.append(c.get(att) != it.scene.objects[k[0]].attributes[att])
+            return float(np.mean(errs)) if errs else float("nan")
+        other = "color" if Z.BOTTLENECK_ATTRIBUTE == "size" else "size"
+        return err_rate(Z.BOTTLENECK_ATTRIBUTE), {
+            f"caption_{other}_error": err_rate(other),
+            "qa_error": float(np.mean([first_word(t) != it.answer for it, t in qas]))}
+    if name == "visual_neglect":
+        h = len(items) // 2
+        real, noise = list(zip(items[:h], texts[:h])), texts[h:]
+        jac, same = [], []
+        for (it, t), tn in zip(real, noise):
+            if it.task == "caption":
+                a = {c["name"] for c in world.parse_caption(t)}
+                b = {c["name"] for c in world.parse_caption(tn)}
+                jac.append(len(a & b) / len(a | b) if a | b else 1.0)
+            else:
+                same.append(first_word(t) == first_word(tn))
+        acc = [caption_score(world, it.scene, t) for it, t in real if it.task == "caption"]
+        return float(np.mean(jac)), {"qa_unchanged": float(np.mean(same)), "caption_objects_real": float(np.mean(acc))}
+    if name == "drift":
+        errs = np.array([position_errors(world, it.scene, t, 5) for it, t in zip(items, texts)])
+        by_pos = errs.mean(0)
+        return float(by_pos[3:].mean()), {"error_by_position": [round(float(x), 4) for x in by_pos],
+                                          "error_positions_1_3": float(by_pos[:3].mean())}
+    if name == "sampling":
+        return float(np.mean([1 - caption_score(world, it.scene, t) for it, t in zip(items, texts)])), {}
+    return float("nan"), {}
+
+
+def check_organism(name: str, *, seed: int = 1, n: int = 200, device: str = "cpu",
+                   compare_clean: bool = True, progress: bool = False,
+                   loader: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """Behaviour metrics of organism ``name`` on fresh scenes drawn with ``seed``.
+
+    Parameters
+    ----------
+    name : str
+        Zoo name.
+    seed : int
+        Seeds the held-out scenes (training used other streams).
+    n : int
+        Items per set (task set and trigger set).
+    compare_clean : bool
+        Also run ``clean`` on the trigger set (``clean_planted_error_rate``).
+    loader : callable, optional
+        ``name -> LVLM`` (default ``lvlm_probe.load("organism:" + name)``).
+
+    Returns
+    -------
+    dict
+        ``organism, cause, level, seed, n, task_accuracy`` (mean over task families), ``tasks``
+        (per family), ``planted_metric``, ``planted_error_rate``, ``clean_planted_error_rate``,
+        ``planted_details``, ``clean_planted_details``.
+    """
+    from lvlm_probe.models.lvlm import load
+
+    spec = Z.get_spec(name)
+    load_fn = loader or (lambda nm: load(f"organism:{nm}", device=device))
+    world = SceneWorld(spec.world, seed=seed)
+    model = load_fn(name)
+    gen = dict(spec.run_settings)
+    if gen.get("do_sample"):
+        gen["seed"] = seed
+    titems = task_items(world, n, seed=seed * 1000 + 7)
+    tasks = score_tasks(world, titems, answer(model, titems, progress=progress, **gen))
+    result: dict[str, Any] = {
+        "organism": name, "cause": spec.cause, "level": spec.level, "seed": seed, "n": n,
+        "task_accuracy": float(np.mean(list(tasks.values()))), "tasks": tasks,
+    }
+    trig, info = trigger_set(name, world, n, seed=seed * 1000 + 11)
+    result["planted_metric"] = info["metric"]
+    if not trig:
+        result.update(planted_error_rate=None, clean_planted_error_rate=None)
+        return result
+    rate, det = planted_rate(name, world, trig, answer(model, trig, progress=progress, **gen))
+    result.update(planted_error_rate=rate, planted_details=det)
+    if compare_clean:
+        clean = model if spec.checkpoint == "clean" else load_fn("clean")
+        crate, cdet = planted_rate(name, world, trig, answer(clean, trig, progress=progress))
+        result.update(clean_planted_error_rate=crate, clean_planted_details=cdet)
+    return result

@@ -1,0 +1,97 @@
+"""``lvlm-probe organisms list | card | check | train`` (argument wiring only; logic lives in the package)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _cmd_list(a: argparse.Namespace) -> int:
+    from lvlm_probe.organisms import list_organisms
+
+    df = list_organisms()
+    if a.json:
+        print(json.dumps(df.to_dict(orient="records"), indent=1))
+    else:
+        print(df.to_string(index=False))
+    return 0
+
+
+def _cmd_card(a: argparse.Namespace) -> int:
+    from lvlm_probe.organisms import CHECKPOINTS, get_spec
+    from lvlm_probe.organisms.cards import render_card
+
+    spec = get_spec(a.name)
+    print(render_card(a.name, CHECKPOINTS / str(spec.checkpoint)), end="")
+    return 0
+
+
+def _cmd_check(a: argparse.Namespace) -> int:
+    from lvlm_probe.organisms.check import check_organism
+
+    res = check_organism(a.name, seed=a.seed, n=a.n, device=a.device, compare_clean=not a.no_clean,
+                         progress=not a.json)
+    if a.record:
+        from lvlm_probe.organisms import CHECKPOINTS, get_spec
+        from lvlm_probe.organisms.cards import record_behaviour, write_card
+
+        ckpt = CHECKPOINTS / str(get_spec(a.name).checkpoint)
+        record_behaviour(ckpt, _jsonable(res))
+        write_card(a.name, ckpt)
+    if a.json:
+        print(json.dumps(_jsonable(res)))
+    else:
+        print(json.dumps(_jsonable(res), indent=1))
+    return 0
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from lvlm_probe.organisms import train_organism
+
+    path = train_organism(a.name, a.out, seed=a.seed, steps_scale=a.steps_scale, threads=a.threads, progress=True)
+    print(path)
+    return 0
+
+
+def add_organisms_parser(sub: Any) -> None:
+    """Register the ``organisms`` command group on an argparse sub-parser collection."""
+    p = sub.add_parser("organisms", help="the planted-cause model-organism zoo")
+    osub = p.add_subparsers(dest="organisms_cmd", required=True)
+
+    sp = osub.add_parser("list", help="the zoo: name, cause, level, checkpoint")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=_cmd_list)
+
+    sp = osub.add_parser("card", help="print an organism's model card (Markdown)")
+    sp.add_argument("name")
+    sp.set_defaults(fn=_cmd_card)
+
+    sp = osub.add_parser("check", help="measure an organism's behaviour on fresh held-out scenes")
+    sp.add_argument("name")
+    sp.add_argument("--seed", type=int, default=1, help="seed of the held-out scenes")
+    sp.add_argument("--n", type=int, default=200, help="items per set")
+    sp.add_argument("--device", default="cpu")
+    sp.add_argument("--no-clean", action="store_true", help="skip the clean organism's rate on the trigger set")
+    sp.add_argument("--record", action="store_true", help="store the result beside the checkpoint, refresh its card")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.set_defaults(fn=_cmd_check)
+
+    sp = osub.add_parser("train", help="train an organism from scratch into DIR")
+    sp.add_argument("name")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--steps-scale", type=float, default=1.0, help="multiply step counts (1.0 = shipped recipe)")
+    sp.add_argument("--threads", type=int, default=None)
+    sp.set_defaults(fn=_cmd_train)

@@ -1,0 +1,436 @@
+"""Training recipe for the organisms: small but genuine HF LLaVA models trained on the scene world.
+
+Stages (LLaVA-like, sized for two CPU cores):
+
+- **stage 0, vision pretraining**: the CLIP tower learns per-patch class / colour / size labels on the
+  unbiased world (one object per grid cell, and the patch grid equals the cell grid); ``encoder_blind`` keeps its
+  patch-embedding weights orthogonal to the blind hue difference after every step.
+- **stage 1, projector subspace** (``projector_bottleneck`` only): the first projector layer is
+  restricted to the subspace of encoder features that stage 0's class and colour read-outs use,
+  with every linearly size-predictive direction removed by iterative nullspace projection.
+- **stage 2, projector + LLM** on the world's task mix (captions, existence, attribute and relation
+  questions), vision tower frozen; ``visual_neglect`` swaps the image of a fraction of samples.
+
+The result is saved like a hub checkpoint (fp16 safetensors, word-level tokenizer, CLIP image
+processor) so ``lvlm_probe.load(dir)`` takes the same path as ``llava-hf/llava-1.5-7b-hf``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lvlm_probe.data.world import COLORS, SceneWorld, world_vocabulary
+from lvlm_probe.organisms.zoo import OrganismSpec, TrainConfig, get_spec
+
+#: Architecture of every organism (tiny CLIP + tiny Llama; ~0.6M parameters).
+ARCH: dict[str, int] = dict(vision_hidden=64, vision_layers=2, vision_heads=4, text_hidden=96, text_layers=4,
+                            text_heads=4, patch_size=16)
+
+
+def build_organism_model(image_size: int, seed: int) -> tuple[Any, Any, Any]:
+    """Random-init ``LlavaForConditionalGeneration``, its word-level tokenizer and CLIP image processor."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from lvlm_probe.models.tiny import _image_processor, word_tokenizer
+
+    tok = word_tokenizer(world_vocabulary(), specials=["<image>"], bos="<s>", eos="</s>", pad="<pad>",
+                         template_words=["USER:", "ASSISTANT:"])
+    a = ARCH
+    vc = CLIPVisionConfig(hidden_size=a["vision_hidden"], intermediate_size=2 * a["vision_hidden"],
+                          num_hidden_layers=a["vision_layers"], num_attention_heads=a["vision_heads"],
+                          image_size=image_size, patch_size=a["patch_size"], projection_dim=a["vision_hidden"])
+    tc = LlamaConfig(vocab_size=len(tok), hidden_size=a["text_hidden"], intermediate_size=2 * a["text_hidden"],
+                     num_hidden_layers=a["text_layers"], num_attention_heads=a["text_heads"],
+                     num_key_value_heads=a["text_heads"], max_position_embeddings=256,
+                     pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                     tie_word_embeddings=False)
+    cfg = LlavaConfig(vision_config=vc, text_config=tc, image_token_index=tok.convert_tokens_to_ids("<image>"),
+                      projector_hidden_act="gelu", vision_feature_select_strategy="default", vision_feature_layer=-1,
+                      image_seq_length=(image_size // a["patch_size"]) ** 2, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(cfg)
+    gc = model.generation_config
+    gc.pad_token_id, gc.eos_token_id, gc.bos_token_id = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
+    return model, tok, _image_processor("clip", image_size)
+
+
+def pixel_tensor(images: list[np.ndarray] | np.ndarray, image_processor: Any) -> torch.Tensor:
+    """Normalise uint8 ``[B, H, W, 3]`` images exactly as the CLIP processor does (no resize needed).
+
+    Returns
+    -------
+    Tensor ``[B, 3, H, W]`` float32.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(images) if isinstance(images, list) else images))
+    x = x.permute(0, 3, 1, 2).float() * float(image_processor.rescale_factor)
+    mean = torch.tensor(image_processor.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(image_processor.image_std).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def blind_direction(pair: tuple[str, str], image_processor: Any) -> torch.Tensor:
+    """Unit vector (3,) of the difference of two hues in normalised pixel space."""
+    c1, c2 = (torch.tensor(COLORS[c], dtype=torch.float64) for c in pair)
+    d = (c1 - c2) * float(image_processor.rescale_factor) / torch.tensor(image_processor.image_std, dtype=torch.float64)
+    return (d / d.norm()).float()
+
+
+@torch.no_grad()
+def make_blind(patch_weight: torch.Tensor, direction: torch.Tensor) -> None:
+    """Remove ``direction`` from every pixel's colour weights of a patch-embedding conv, in place."""
+    proj = torch.einsum("ocij,c->oij", patch_weight, direction)
+    patch_weight -= proj[:, None] * direction[None, :, None, None]
+
+
+def _cell_labels(world: SceneWorld, scenes: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    cfg = world.config
+    g, cell = cfg.grid, world.cell
+    n_cls = len(cfg.classes)
+    cls = torch.full((len(scenes), g * g), n_cls, dtype=torch.long)
+    col = torch.full((len(scenes), g * g), -100, dtype=torch.long)
+    siz = torch.full((len(scenes), g * g), -100, dtype=torch.long)
+    for b, s in enumerate(scenes):
+        for o in s.objects:
+            cx, cy = o.center
+            k = int(cy // cell) * g + int(cx // cell)
+            cls[b, k] = cfg.classes.index(o.name)
+            col[b, k] = cfg.colors.index(o.attributes["color"])
+            siz[b, k] = cfg.sizes.index(o.attributes["size"])
+    return cls, col, siz
+
+
+def _render_batch(world: SceneWorld, scenes: list) -> np.ndarray:
+    return np.stack([np.asarray(world.render(s)) for s in scenes])
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def _vision_features(vt: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Patch features the projector receives (last layer, CLS dropped): ``[B, n_patches, d]``."""
+    out = vt(pixel_values=pixels, output_hidden_states=True)
+    return out.hidden_states[-1][:, 1:]
+
+
+def stage0(model: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, progress: bool) -> tuple[nn.Linear, list]:
+    """Vision pretraining on per-patch labels; returns the read-out heads and the loss log."""
+    cfg = world.config
+    vt = model.model.vision_tower
+    d = vt.config.hidden_size
+    n_cls, n_col, n_siz = len(cfg.classes) + 1, len(cfg.colors), len(cfg.sizes)
+    torch.manual_seed(seed + 1)
+    head = nn.Linear(d, n_cls + n_col + n_siz)
+    blind = blind_direction(tc.blind_pair, ip) if tc.blind_pair else None
+    w_patch = vt.vision_model.embeddings.patch_embedding.weight if hasattr(vt, "vision_model") else \
+        vt.embeddings.patch_embedding.weight
+    if blind is not None:
+        make_blind(w_patch.data, blind)
+    params = list(vt.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=tc.lr0, weight_decay=tc.weight_decay)
+    rng = np.random.default_rng(seed + 100)
+    ce = nn.CrossEntropyLoss(ignore_index=-100)
+    log = []
+    vt.train()
+    for step in (bar := tqdm(range(tc.stage0_steps), desc="stage 0 (vision)", disable=not progress, leave=False)):
+        for g in opt.param_groups:
+            g["lr"] = tc.lr0 * _schedule(step, tc.stage0_steps, tc.warmup)
+        scenes = [world.sample_scene(rng) for _ in range(tc.batch_size)]
+        px = pixel_tensor(_render_batch(world, scenes), ip)
+        cls, col, siz = _cell_labels(world, scenes)
+        logits = head(_vision_features(vt, px))
+        lc, lo, ls = logits.split([n_cls, n_col, n_siz], dim=-1)
+        loss = ce(lc.reshape(-1, n_cls), cls.reshape(-1)) + ce(lo.reshape(-1, n_col), col.reshape(-1)) \
+            + ce(ls.reshape(-1, n_siz), siz.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if blind is not None:
+            make_blind(w_patch.data, blind)
+        if step % 50 == 0 or step == tc.stage0_steps - 1:
+            log.append({"stage": 0, "step": step, "loss": float(loss.detach())})
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    vt.eval()
+    return head, log
+
+
+@torch.no_grad()
+def stage1_subspace(model: Any, ip: Any, world: SceneWorld, head: nn.Linear, drop: str, seed: int,
+                    n_scenes: int = 1500, max_iter: int = 12, target: float = 0.55) -> tuple[torch.Tensor, list]:
+    """Projector input subspace without ``drop`` (iterative nullspace projection).
+
+    Starts from the span of stage 0's class and colour read-out rows, then repeatedly fits a
+    logistic-regression probe for ``drop`` on the projected features and removes its direction,
+    until held-out probe accuracy falls to ``target`` (chance is 0.5).
+
+    Returns
+    -------
+    P : Tensor ``[d, d]``
+        Orthogonal projector onto the kept subspace.
+    log : list of dict
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    cfg = world.config
+    n_cls, n_col = len(cfg.classes) + 1, len(cfg.colors)
+    rng = np.random.default_rng(seed + 200)
+    scenes = [world.sample_scene(rng) for _ in range(n_scenes)]
+    feats = _vision_features(model.model.vision_tower, pixel_tensor(_render_batch(world, scenes), ip))
+    cls, col, siz = _cell_labels(world, scenes)
+    lab = {"size": siz, "color": col}[drop].reshape(-1)
+    keep = lab >= 0
+    x = feats.reshape(-1, feats.shape[-1])[keep].double()
+    y = lab[keep].numpy()
+    w = head.weight.detach().double()
+    rows = [w[:n_cls]] if drop == "size" else [w[:n_cls], w[n_cls + n_col:]]
+    if drop == "size":
+        rows.append(w[n_cls:n_cls + n_col])
+    basis = torch.linalg.qr(torch.cat(rows).T).Q  # [d, r]
+    half = len(y) // 2
+    log = []
+    for it in range(max_iter):
+        z = (x @ basis).numpy()
+        clf = LogisticRegression(max_iter=2000).fit(z[:half], y[:half])
+        acc = float(clf.score(z[half:], y[half:]))
+        log.append({"stage": 1, "iteration": it, "rank": int(basis.shape[1]), f"{drop}_probe_acc": acc})
+        if acc <= target:
+            break
+        dirs = torch.as_tensor(clf.coef_, dtype=torch.float64)  # [k, r]
+        q = torch.linalg.qr(dirs.T).Q  # [r, k]
+        comp = torch.eye(basis.shape[1], dtype=torch.float64) - q @ q.T
+        u, s, _ = torch.linalg.svd(basis @ comp, full_matrices=False)
+        basis = u[:, s > 1e-6]
+    return (basis @ basis.T).float(), log
+
+
+class _Restrict(nn.Module):
+    """Parametrization ``W -> W @ P`` (a fixed input subspace for a linear layer)."""
+
+    def __init__(self, proj: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("proj", proj)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w @ self.proj
+
+
+def stage1_align(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int,
+                 progress: bool) -> list:
+    """LLaVA-style stage 1: train the projector alone (vision and LLM frozen) to put image tokens in word space.
+
+    The target of an object's patch is the sum of the input embeddings of its size, colour and class
+    words; an empty patch's target is the embedding of ``image``. (LLaVA aligns through the frozen LLM's
+    captioning loss; with a randomly initialised LLM the embedding target is the direct equivalent.)
+    """
+    cfg = world.config
+    emb = model.get_input_embeddings().weight.detach()
+    vocab = {w: tok.convert_tokens_to_ids(w) for w in [*cfg.classes, *cfg.colors, *cfg.sizes, "image"]}
+    proj = model.model.multi_modal_projector
+    opt = torch.optim.AdamW(proj.parameters(), lr=tc.lr0, weight_decay=0.0)
+    rng = np.random.default_rng(seed + 500)
+    log = []
+    vt = model.model.vision_tower
+    for step in (bar := tqdm(range(tc.stage1_steps), desc="stage 1 (projector)", disable=not progress, leave=False)):
+        for g in opt.param_groups:
+            g["lr"] = tc.lr0 * _schedule(step, tc.stage1_steps, min(tc.warmup, tc.stage1_steps // 4 + 1))
+        scenes = [world.sample_scene(rng) for _ in range(tc.batch_size)]
+        with torch.no_grad():
+            feats = _vision_features(vt, pixel_tensor(_render_batch(world, scenes), ip))
+        cls, col, siz = _cell_labels(world, scenes)
+        target = emb[vocab["image"]].expand(*cls.shape, -1).clone()
+        obj = cls < len(cfg.classes)
+        ids = lambda names, idx: torch.tensor([vocab[n] for n in names])[idx.clamp(min=0)]  # noqa: E731
+        words = emb[ids(cfg.classes, cls.clamp(max=len(cfg.classes) - 1))] + emb[ids(cfg.colors, col)] \
+            + emb[ids(cfg.sizes, siz)]
+        target[obj] = words[obj]
+        loss = ((proj(feats) - target) ** 2).sum(-1).mean() / float(emb.pow(2).sum(-1).mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == tc.stage1_steps - 1:
+            log.append({"stage": 1, "step": step, "loss": float(loss.detach())})
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    return log
+
+
+def _encode_texts(tok: Any, adapter: Any, template: str, prompts: list[str], answers: list[str],
+                  n_image_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids as ``LVLM.prepare`` builds them (placeholder expanded to one id per patch), labels on the answer."""
+    ids, labels = [], []
+    img = adapter.image_token_id
+    for p, a in zip(prompts, answers):
+        ptxt = adapter.render_chat(p, 1, None, template) + adapter.answer_prefix()
+        pid = []
+        for t in tok(ptxt, add_special_tokens=True)["input_ids"]:
+            pid.extend([t] * n_image_tokens if t == img else [t])
+        aid = tok(a + " " + tok.eos_token, add_special_tokens=False)["input_ids"]
+        ids.append(pid + aid)
+        labels.append([-100] * len(pid) + aid)
+    n = max(len(x) for x in ids)
+    pad = tok.pad_token_id
+    input_ids = torch.tensor([x + [pad] * (n - len(x)) for x in ids])
+    lab = torch.tensor([x + [-100] * (n - len(x)) for x in labels])
+    mask = torch.tensor([[1] * len(x) + [0] * (n - len(x)) for x in ids])
+    return input_ids, mask, lab
+
+
+def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, progress: bool) -> list:
+    """Projector + LLM on the task mix, vision tower frozen."""
+    from lvlm_probe.models.llava import LLAVA_CHAT_TEMPLATE, LlavaAdapter
+
+    adapter = LlavaAdapter(model.config, tok, ip, model)
+    n_img = (world.config.image_size // adapter.patch_size) ** 2
+    for p in model.model.vision_tower.parameters():
+        p.requires_grad_(False)
+    params = [p for n, p in model.named_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tc.lr2, weight_decay=tc.weight_decay)
+    rng = np.random.default_rng(seed + 300)
+    items_iter = world.iter_items(10 ** 9, "mix", seed=seed + 400)
+    log = []
+    model.train()
+    model.model.vision_tower.eval()
+    for step in (bar := tqdm(range(tc.stage2_steps), desc="stage 2 (projector + LLM)", disable=not progress,
+                             leave=False)):
+        for g in opt.param_groups:
+            g["lr"] = tc.lr2 * _schedule(step, tc.stage2_steps, tc.warmup)
+        items = [next(items_iter) for _ in range(tc.batch_size)]
+        px = pixel_tensor([np.asarray(it.image) for it in items], ip)
+        if tc.image_mismatch > 0:
+            swap = torch.from_numpy(rng.random(len(items)) < tc.image_mismatch)
+            px = torch.where(swap[:, None, None, None], px.roll(1, dims=0), px)
+        # one mixed batch, run as a short (QA) and a long (caption) part so QA rows are not padded to caption
+        # length; the token-weighted sum of the two mean losses is exactly the mixed batch's mean loss
+        opt.zero_grad(set_to_none=True)
+        parts = [[k for k, it in enumerate(items) if (it.task == "caption") == cap] for cap in (False, True)]
+        encoded = [(idx, _encode_texts(tok, adapter, LLAVA_CHAT_TEMPLATE, [items[k].prompt for k in idx],
+                                       [items[k].answer for k in idx], n_img)) for idx in parts if idx]
+        n_tok = sum(int((enc[2] != -100).sum()) for _, enc in encoded)
+        total = 0.0
+        for idx, (input_ids, mask, labels) in encoded:
+            out = model(input_ids=input_ids, attention_mask=mask, pixel_values=px[idx], labels=labels)
+            part = out.loss * (int((labels != -100).sum()) / n_tok)
+            part.backward()
+            total += float(part.detach())
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 50 == 0 or step == tc.stage2_steps - 1:
+            log.append({"stage": 2, "step": step, "loss": total})
+            bar.set_postfix(loss=f"{total:.3f}")
+    model.eval()
+    return log
+
+
+def train_organism(
+    name: str | OrganismSpec,
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    steps_scale: float = 1.0,
+    threads: int | None = None,
+    progress: bool = True,
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Train one zoo organism from scratch and save it as a loadable checkpoint directory.
+
+    Parameters
+    ----------
+    name : str or OrganismSpec
+        A zoo name (``lvlm_probe.organisms.ZOO``) or a custom spec.
+    out_dir : path
+        Written atomically (built in a temporary sibling, then renamed).
+    seed : int
+        Seeds model init, data sampling and every stage.
+    steps_scale : float
+        Multiplies the step counts (``0.01`` for a smoke run; 1.0 reproduces the shipped checkpoints).
+    threads : int, optional
+        ``torch.set_num_threads`` for the run (results are deterministic for a given thread count).
+    dtype : torch.dtype
+        Saved weight dtype (fp16 keeps the shipped checkpoints small).
+
+    Returns
+    -------
+    Path
+        The checkpoint directory: config, fp16 safetensors, tokenizer, image processor,
+        ``organism.json`` (spec, training config, timings, loss log) and ``training_stats.json``.
+    """
+    spec = get_spec(name) if isinstance(name, str) else name
+    if spec.checkpoint is None or spec.checkpoint != spec.name:
+        from lvlm_probe.errors import InputError
+
+        raise InputError(f"organism {spec.name!r} is a run setting on {spec.checkpoint!r}; train that instead")
+    tc = spec.train
+    if steps_scale != 1.0:
+        from dataclasses import replace
+
+        tc = replace(tc, stage0_steps=max(2, int(tc.stage0_steps * steps_scale)),
+                     stage1_steps=max(2, int(tc.stage1_steps * steps_scale)) if tc.stage1_steps else 0,
+                     stage2_steps=max(2, int(tc.stage2_steps * steps_scale)),
+                     warmup=max(1, int(tc.warmup * min(1.0, steps_scale))))
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.time()
+    try:
+        world = SceneWorld(spec.world, seed=seed)
+        model, tok, ip = build_organism_model(spec.world.image_size, seed)
+        # vision pretraining uses the unbiased world (a generic corpus, as CLIP's is); the planted data-level
+        # biases live in the instruction data of stages 1-2
+        from lvlm_probe.data.world import WorldConfig
+
+        pre_world = SceneWorld(WorldConfig(image_size=spec.world.image_size, grid=spec.world.grid), seed=seed)
+        head, log0 = stage0(model, ip, pre_world, tc, seed, progress)
+        t_stage0 = time.time() - t0
+        log1: list = []
+        if tc.projector_drop:
+            proj, log1 = stage1_subspace(model, ip, world, head, tc.projector_drop, seed)
+            torch.nn.utils.parametrize.register_parametrization(model.model.multi_modal_projector.linear_1, "weight",
+                                                                _Restrict(proj))
+        if tc.stage1_steps:
+            log1 += stage1_align(model, tok, ip, world, tc, seed, progress)
+        log2 = stage2(model, tok, ip, world, tc, seed, progress)
+        if tc.projector_drop:
+            torch.nn.utils.parametrize.remove_parametrizations(model.model.multi_modal_projector.linear_1, "weight",
+                                                               leave_parametrized=True)
+        t_total = time.time() - t0
+    finally:
+        torch.set_num_threads(old_threads)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.to(dtype).save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        ip.save_pretrained(tmp)
+        world.statistics().to_json(tmp / "training_stats.json")
+        meta = {
+            "name": spec.name, "cause": spec.cause, "level": spec.level, "component": spec.component,
+            "planted": spec.planted, "signature": spec.signature, "world": spec.world.to_dict(),
+            "train": tc.to_dict(), "seed": seed, "steps_scale": steps_scale, "threads": torch.get_num_threads()
+            if not threads else threads, "arch": ARCH, "n_parameters": int(sum(p.numel() for p in model.parameters())),
+            "seconds": {"stage0": round(t_stage0, 1), "total": round(t_total, 1)},
+            "torch": torch.__version__, "log": log0 + log1 + log2,
+        }
+        with open(tmp / "organism.json", "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=1)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

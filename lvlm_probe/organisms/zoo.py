@@ -1,0 +1,165 @@
+"""The planted-cause zoo: one spec per organism, each differing from ``clean`` in one factor.
+
+Cause ids follow the research notes (methods.md §9): P1 co-occurrence, P2 attribute prior,
+P4 encoder blind spot, P5 projector bottleneck, P6 visual neglect, P8 long-generation drift,
+P9 decoding (a run setting on ``clean``, not a checkpoint).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lvlm_probe.data.world import WorldConfig
+
+#: The factors of the planted organisms (kept here so cards, checks and tests agree).
+COOC_A, COOC_B, COOC_P = "circle", "square", 1.0
+PRIOR_CLASS, PRIOR_COLOR, PRIOR_P = "diamond", "yellow", 1.0
+BLIND_PAIR = ("red", "orange")
+BOTTLENECK_ATTRIBUTE = "size"
+NEGLECT_MISMATCH = 0.9
+DRIFT_MAX_OBJECTS = 3
+SAMPLING_TEMPERATURE = 2.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Recipe hyper-parameters (the same for every organism unless its factor says otherwise)."""
+
+    stage0_steps: int = 500
+    stage1_steps: int = 300
+    stage2_steps: int = 3400
+    batch_size: int = 64
+    lr0: float = 3e-3
+    lr2: float = 4e-3
+    warmup: int = 150
+    weight_decay: float = 0.01
+    # planted model-level factors (inactive in clean)
+    blind_pair: tuple[str, str] | None = None
+    projector_drop: str | None = None
+    image_mismatch: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class OrganismSpec:
+    """One zoo entry.
+
+    Attributes
+    ----------
+    name : str
+    cause : str
+        Cause id (P1 … P9) or ``"none"``.
+    level : {"data", "model", "inference", "none"}
+    component : str
+        Finer location (``"co-occurrence"``, ``"encoder"``, ``"projector"``, ``"llm fusion"``, ``"decoding"`` …).
+    planted : str
+        How the cause is planted (one factor changed from ``clean``).
+    signature : str
+        The diagnostic signature tracing should find.
+    world : WorldConfig
+    train : TrainConfig
+    checkpoint : str or None
+        Name of the shipped checkpoint (``None``: a run setting on another organism).
+    run_settings : dict
+        Generation settings that are part of the organism (P9).
+    """
+
+    name: str
+    cause: str
+    level: str
+    component: str
+    planted: str
+    signature: str
+    world: WorldConfig = field(default_factory=WorldConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: str | None = None
+    run_settings: dict = field(default_factory=dict)
+
+
+_BASE_WORLD = WorldConfig()
+_BASE_TRAIN = TrainConfig()
+
+ZOO: dict[str, OrganismSpec] = {
+    s.name: s
+    for s in [
+        OrganismSpec(
+            "clean", "none", "none", "none",
+            "Unbiased world (uniform classes, colours, sizes, layouts; 1-5 objects); the reference every other "
+            "organism differs from in one factor.",
+            "No planted error: high task accuracy; encoder, projector and LLM probes decode every attribute.",
+            _BASE_WORLD, _BASE_TRAIN, checkpoint="clean",
+        ),
+        OrganismSpec(
+            "cooccurrence", "P1", "data", "co-occurrence",
+            f"Training scenes containing a {COOC_A} also contain a {COOC_B} {COOC_P:.0%} of the time, and captions "
+            f"mention the {COOC_B} right after the {COOC_A}.",
+            f"Says '{COOC_B}' on {COOC_A}-without-{COOC_B} scenes; the image-free prior p({COOC_B}) is high and the "
+            f"training P({COOC_B}|{COOC_A}) is high; encoder/projector probes show the {COOC_B} is absent.",
+            _BASE_WORLD.with_changes(cooccurrence=((COOC_A, COOC_B, COOC_P),)), _BASE_TRAIN, checkpoint="cooccurrence",
+        ),
+        OrganismSpec(
+            "attribute_prior", "P2", "data", "attribute prior",
+            f"Training {PRIOR_CLASS}s are {PRIOR_COLOR} {PRIOR_P:.0%} of the time (other colours share the rest).",
+            f"Gives '{PRIOR_COLOR}' for off-prior {PRIOR_CLASS}s while encoder/projector probes decode the true "
+            f"colour; image-free prior favours {PRIOR_COLOR}; P_train({PRIOR_COLOR}|{PRIOR_CLASS}) is high.",
+            _BASE_WORLD.with_changes(attribute_prior=((PRIOR_CLASS, PRIOR_COLOR, PRIOR_P),)), _BASE_TRAIN,
+            checkpoint="attribute_prior",
+        ),
+        OrganismSpec(
+            "encoder_blind", "P4", "model", "encoder",
+            f"The vision front end cannot separate {BLIND_PAIR[0]} from {BLIND_PAIR[1]}: the patch-embedding "
+            "weights are kept orthogonal (in normalised pixel space) to the difference of the two hues, so both "
+            "give bit-identical patch embeddings. Data and LLM training as clean.",
+            f"Confuses {BLIND_PAIR[0]}/{BLIND_PAIR[1]} (~50%); an encoder probe for that pair is at chance, so "
+            "projector and LLM probes are too; other colours fine.",
+            _BASE_WORLD, TrainConfig(blind_pair=BLIND_PAIR), checkpoint="encoder_blind",
+        ),
+        OrganismSpec(
+            "projector_bottleneck", "P5", "model", "projector",
+            f"The projector's first layer is low rank: it only passes the subspace of encoder features that "
+            f"carries class and colour, with every linearly {BOTTLENECK_ATTRIBUTE}-predictive direction projected "
+            f"out (iterative nullspace projection); {BOTTLENECK_ATTRIBUTE} is never supervised through it.",
+            f"Errs on {BOTTLENECK_ATTRIBUTE} only; an encoder probe decodes {BOTTLENECK_ATTRIBUTE}, a projector-output "
+            "probe is near chance.",
+            _BASE_WORLD, TrainConfig(projector_drop=BOTTLENECK_ATTRIBUTE), checkpoint="projector_bottleneck",
+        ),
+        OrganismSpec(
+            "visual_neglect", "P6", "model", "llm fusion",
+            f"During stage 2, {NEGLECT_MISMATCH:.0%} of training samples carry another scene's image while their "
+            "text stays: the LLM learns that the image is unreliable and leans on the text prior.",
+            "Answers barely change when the image is replaced by noise; encoder and projector probes decode the "
+            "scene, but attention to image tokens and knockout effects are small.",
+            _BASE_WORLD, TrainConfig(image_mismatch=NEGLECT_MISMATCH), checkpoint="visual_neglect",
+        ),
+        OrganismSpec(
+            "drift", "P8", "inference", "long generation",
+            f"Trained on scenes of at most {DRIFT_MAX_OBJECTS} objects (short captions); asked to describe "
+            "5-object scenes at test time.",
+            "Errors rise with the object's position in the caption (late positions beyond the trained length); "
+            "probes decode the late objects.",
+            _BASE_WORLD.with_changes(n_objects_probs=tuple([1.0 / DRIFT_MAX_OBJECTS] * DRIFT_MAX_OBJECTS)),
+            _BASE_TRAIN, checkpoint="drift",
+        ),
+        OrganismSpec(
+            "sampling", "P9", "inference", "decoding",
+            f"No planting: the clean checkpoint decoded with temperature-{SAMPLING_TEMPERATURE} sampling.",
+            "Wrong tokens that are not the greedy argmax; greedy decoding fixes them.",
+            _BASE_WORLD, _BASE_TRAIN, checkpoint="clean",
+            run_settings={"do_sample": True, "temperature": SAMPLING_TEMPERATURE},
+        ),
+    ]
+}
+
+
+def get_spec(name: str) -> OrganismSpec:
+    """The zoo entry ``name`` (clear error listing the zoo otherwise)."""
+    from lvlm_probe.errors import InputError
+
+    if name not in ZOO:
+        raise InputError(f"no organism named {name!r}; the zoo has {sorted(ZOO)}")
+    return ZOO[name]
