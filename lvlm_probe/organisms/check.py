@@ -139,7 +139,8 @@ def trigger_set(name: str, world: SceneWorld, n: int, seed: int) -> tuple[list[I
             scene = world.sample_scene(rng, require=[Z.PRIOR_CLASS])
             scene = _recolor(world, scene, scene.find(Z.PRIOR_CLASS)[0], others[int(rng.integers(len(others)))])
             _pair(items, k, world, scene, rng, task="attribute", attribute="color", target=Z.PRIOR_CLASS)
-        return items, {"metric": f"caption calls an off-prior {Z.PRIOR_CLASS} '{Z.PRIOR_COLOR}'"}
+        return items, {"metric": f"answers '{Z.PRIOR_COLOR}' to 'what color is the {Z.PRIOR_CLASS} ?' for off-prior "
+                                 f"{Z.PRIOR_CLASS}s"}
     if name == "encoder_blind":
         for k in range(n):
             scene = world.sample_scene(rng)
@@ -188,8 +189,11 @@ def planted_rate(name: str, world: SceneWorld, items: Sequence[Item], texts: Seq
             truth = iq.answer
             cap.append(_caption_value(world, tc, cls, "color") in wrong(truth))
             qa.append(first_word(tq) in wrong(truth))
-        return float(np.mean(cap)), {"qa_rate": float(np.mean(qa)), "qa_any_wrong_color": float(np.mean(
-            [first_word(t) != it.answer for it, t in qas]))}
+        det = {"qa_any_wrong_color": float(np.mean([first_word(t) != it.answer for it, t in qas]))}
+        if name == "attribute_prior":
+            # the prior bites on the question pathway; captions copy colour words from the aligned image tokens
+            return float(np.mean(qa)), {"caption_rate": float(np.mean(cap)), **det}
+        return float(np.mean(cap)), {"qa_rate": float(np.mean(qa)), **det}
     if name == "projector_bottleneck":
         def err_rate(att: str) -> float:
             errs = []
