@@ -40,9 +40,13 @@ def test_directory_without_config(tmp_path):
         lp.load(tmp_path)
 
 
-def test_organism_prefix_is_reserved():
-    with pytest.raises(lp.InputError, match="organism"):
-        lp.load("organism:clean")
+def test_organism_prefix_errors():
+    with pytest.raises(lp.InputError, match="no organism named 'unicorn'"):
+        lp.load("organism:unicorn")
+    unshipped = [n for n, s in lp.organisms.ZOO.items() if not (lp.organisms.CHECKPOINTS / str(s.checkpoint)).is_dir()]
+    for name in unshipped[:1]:
+        with pytest.raises(lp.InputError, match=f"organisms train {name}"):
+            lp.load(f"organism:{name}")
 
 
 def test_supported_families():
