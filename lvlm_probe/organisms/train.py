@@ -294,7 +294,8 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
     from lvlm_probe.models.llava import LLAVA_CHAT_TEMPLATE, LlavaAdapter
 
     adapter = LlavaAdapter(model.config, tok, ip, model)
-    n_img = (world.config.image_size // adapter.patch_size) ** 2
+    # image tokens per image, as the adapter counts them (the same count LVLM.prepare expands the placeholder to)
+    n_img = adapter.process_images([world.render(world.sample_scene(np.random.default_rng(0)))]).tokens_per_image[0]
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
     params = [p for n, p in model.named_parameters() if p.requires_grad]
