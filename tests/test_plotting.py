@@ -334,6 +334,17 @@ def test_logit_lens_heatmap_and_grid():
     lens.loc[(lens.layer == 0) & (lens.row == 0) & (lens.col == 0), "token"] = " square"
     mat = np.ma.filled(plot_logit_lens(lens, "circle").axes[0].images[0].get_array(), np.nan)
     assert np.isnan(mat[0, 0]) and mat[0, 1] == pytest.approx(0.001)
+    with pytest.raises(InputError, match="'dog' is never in the top k"):
+        plot_logit_lens(lens, "dog")
+    vision = df.assign(site=df["site"].str.replace("llm", "vision"), prob=0.0)
+    with pytest.raises(InputError, match="occurs more than once.*site"):
+        plot_logit_lens(pd.concat([df, vision]))
+    mat = plot_logit_lens(pd.concat([df, vision]), site="vision.resid_post.1").axes[0].images[0].get_array()
+    assert mat.shape == (1, 6) and np.all(mat == 0)
+    mat = plot_logit_lens(pd.concat([df, vision]), site="llm").axes[0].images[0].get_array()
+    np.testing.assert_allclose(mat, plot_logit_lens(df).axes[0].images[0].get_array())
+    with pytest.raises(InputError, match="no rows with site 'mlp'"):
+        plot_logit_lens(df, site="mlp")
     two = word_prob_frame(items=(0, 1))
     with pytest.raises(InputError, match="choose one with item="):
         plot_logit_lens(two)

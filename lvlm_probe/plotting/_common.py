@@ -64,7 +64,7 @@ def frame_to_grid(df: pd.DataFrame, value: str, func: str, shape: tuple[int, int
     dup = pd.Series(list(zip(r, c))).duplicated()
     if dup.any():
         raise InputError(f"{func}: patch (row, col) = {tuple(pd.Series(list(zip(r, c)))[dup].iloc[0])} occurs "
-                         f"more than once; filter the frame to one item / image / method / layer / head, "
+                         f"more than once; filter the frame to one item / image / method / site / layer / head, "
                          f"or average first (e.g. df.groupby(['row', 'col'], as_index=False)['{value}'].mean())")
     rows, cols = shape if shape is not None else (int(r.max()) + 1, int(c.max()) + 1)
     grid = np.full((rows, cols), np.nan)

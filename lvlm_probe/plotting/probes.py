@@ -167,7 +167,8 @@ def plot_logit_lens(lens_df: pd.DataFrame, word: str | None = None, *, item: int
     item : int or str, optional
         Batch index (``item``) or ``item_id``; required when the frame holds several items.
     site : str, optional
-        Keep one site when a layer number occurs at several sites.
+        Keep one site, or the sites under a prefix (``"llm"`` keeps ``llm.resid_post.*``), when a layer number
+        occurs at several sites.
     layers : sequence of int, optional
         Layers to show (all by default; the grid shows at most 12, evenly spaced, unless given).
     grid : bool
@@ -186,6 +187,24 @@ def plot_logit_lens(lens_df: pd.DataFrame, word: str | None = None, *, item: int
     """
     f = "plot_logit_lens"
     df = require_columns(lens_df, LENS_COLUMNS, f, "logit-lens frame")
+    if item is not None:
+        by = "item_id" if isinstance(item, str) and "item_id" in df.columns else "item"
+        df = select_one(df, by, item, f, "item")
+    elif "item" in df.columns:
+        df = select_one(df, "item", None, f, "item")
+    if site is not None:
+        if "site" not in df.columns:
+            raise InputError(f"{f}: site={site!r} given but the frame has no 'site' column")
+        keep = (df["site"] == site) | df["site"].astype(str).str.startswith(site.rstrip(".") + ".")
+        if not keep.any():
+            raise InputError(f"{f}: no rows with site {site!r} (or starting with {site.rstrip('.') + '.'!r}); "
+                             f"the frame has {sorted(set(df['site']))[:8]}")
+        df = df[keep]
+    base = df.dropna(subset=["row", "col"])  # every image token of this item: the grid's shape
+    if len(base) == 0:
+        raise InputError(f"{f}: no rows with patch coordinates (row, col); the lens frame must include image tokens")
+    shape = (int(base["row"].max()) + 1, int(base["col"].max()) + 1)
+    all_layers = sorted(int(v) for v in df["layer"].unique())
     if "word" in df.columns:
         if word is None:
             df = select_one(df, "word", None, f, "word")
@@ -203,16 +222,6 @@ def plot_logit_lens(lens_df: pd.DataFrame, word: str | None = None, *, item: int
     else:
         raise InputError(f"{f}: the frame needs a 'word' column (word_probability) or 'token' and 'rank' columns "
                          f"(logit_lens); it has {list(lens_df.columns)}")
-    if item is not None:
-        by = "item_id" if isinstance(item, str) and "item_id" in df.columns else "item"
-        df = select_one(df, by, item, f, "item")
-    elif "item" in df.columns:
-        df = select_one(df, "item", None, f, "item")
-    if site is not None:
-        df = select_one(df, "site", site, f, "site")
-    full = lens_df.dropna(subset=["row", "col"])
-    shape = (int(full["row"].max()) + 1, int(full["col"].max()) + 1)
-    all_layers = sorted(int(v) for v in lens_df["layer"].unique())
     if layers is None:
         layers = all_layers
         if grid and len(layers) > 12:
