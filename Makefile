@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-retrain demo lint bench clean
+.PHONY: install test test-retrain demo lint bench docs notebooks clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,19 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/capture_overhead.py
+
+# The documentation site (MkDocs, strict: any warning fails). Installs the docs extra on first use.
+docs: $(STAMP)
+	$(BIN)/python -c "import mkdocs, material, mkdocstrings_handlers.python" 2>/dev/null || \
+		$(BIN)/python -m pip install -q torch==2.13.0 -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
+# Execute every notebooks/*.ipynb on CPU, offline; a failing cell fails. The repository copies are not
+# modified (executed copies go to runs/notebooks/).
+notebooks: $(STAMP)
+	$(BIN)/python -c "import nbclient, nbformat, ipykernel" 2>/dev/null || \
+		$(BIN)/python -m pip install -q torch==2.13.0 -e ".[notebooks]"
+	CUDA_VISIBLE_DEVICES= $(BIN)/python notebooks/_execute.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
