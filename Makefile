@@ -10,10 +10,10 @@ export TOKENIZERS_PARALLELISM ?= false
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	# The CPU build of torch first, and pinned again beside the project so that no resolver step
-	# swaps it for a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q torch==2.13.0 -e ".[dev,bench]"
+	# The CPU build of torch first (a plain `torch` requirement would pull a multi-GB CUDA build). A venv
+	# that already has torch keeps it, so re-running after a setup.cfg edit never swaps the build.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,14 +37,14 @@ bench: $(STAMP)
 # The documentation site (MkDocs, strict: any warning fails). Installs the docs extra on first use.
 docs: $(STAMP)
 	$(BIN)/python -c "import mkdocs, material, mkdocstrings_handlers.python" 2>/dev/null || \
-		$(BIN)/python -m pip install -q torch==2.13.0 -e ".[docs]"
+		$(BIN)/python -m pip install -q -e ".[docs]"
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
 # Execute every notebooks/*.ipynb on CPU, offline; a failing cell fails. The repository copies are not
 # modified (executed copies go to runs/notebooks/).
 notebooks: $(STAMP)
 	$(BIN)/python -c "import nbclient, nbformat, ipykernel" 2>/dev/null || \
-		$(BIN)/python -m pip install -q torch==2.13.0 -e ".[notebooks]"
+		$(BIN)/python -m pip install -q -e ".[notebooks]"
 	CUDA_VISIBLE_DEVICES= $(BIN)/python notebooks/_execute.py
 
 clean:
