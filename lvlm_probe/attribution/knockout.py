@@ -1,8 +1,14 @@
 """Attention knockout: block attention edges (key roles → query roles) in a layer window.
 
-Blocked entries of the pre-softmax scores (bridge hook ``blocks.{l}.attn.hook_attn_scores``, where the
-causal and padding mask is already applied) are set to the dtype's most negative finite value, so the
+Blocked (query, key) entries get the dtype's most negative finite value before the softmax, so the
 query's softmax renormalises over the keys it may still see (Zhang et al. 2025; Geva et al. 2023).
+
+Where: the additive attention mask ([B, 1, Q, K], 0 or finfo.min) that each bridge attention component
+``blocks.{l}.attn`` receives is edited in a forward pre-hook; the mask is added to the scores before the
+softmax, so this equals setting the pre-softmax scores (``blocks.{l}.attn.hook_attn_scores``) to finfo.min.
+The scores hook is not used because TransformerBridge's Qwen2.5-VL attention delegates to the HF module and
+fires ``hook_attn_scores`` after the fact: edits there are discarded (TransformerLens warns). The mask edit
+works for every family; tests check that it equals the scores edit where the bridge honours one (LLaVA).
 """
 
 from __future__ import annotations
@@ -86,19 +92,35 @@ def block_attention(
     if bad:
         raise InputError(f"layer(s) {bad} out of range; the LLM has layers 0..{nL - 1}")
     m = edge_mask(batch, from_roles, to_roles)[:, None]  # [B, 1, Q, K]
+    modules = []
+    for x in layers:
+        try:
+            modules.append(model.bridge.blocks[int(x)].attn)
+        except (AttributeError, IndexError) as e:
+            raise InputError(f"the bridge has no attention component blocks.{int(x)}.attn; knockout cannot run "
+                             "on this model") from e
 
-    def fn(scores: torch.Tensor, hook: Any = None) -> torch.Tensor:
-        if scores.shape[-2:] != m.shape[-2:] or scores.shape[0] != m.shape[0]:
+    def pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        am = kwargs.get("attention_mask")
+        if am is None or am.dim() != 4 or not am.is_floating_point():
+            raise InputError("knockout needs the additive 4-D attention mask of eager attention; got "
+                             f"{None if am is None else (tuple(am.shape), am.dtype)}")
+        if am.shape[0] != m.shape[0] or am.shape[-2:] != m.shape[-2:]:
             raise InputError(f"block_attention was built for a batch of shape {tuple(m.shape[0::2])} but the "
-                             f"forward has attention scores {tuple(scores.shape)}; run the same batch inside")
-        return scores.masked_fill(m, torch.finfo(scores.dtype).min)
+                             f"forward has an attention mask {tuple(am.shape)}; run the same batch inside")
+        kwargs = dict(kwargs)
+        kwargs["attention_mask"] = am.masked_fill(m.to(am.device), torch.finfo(am.dtype).min)
+        return args, kwargs
 
-    names = [f"blocks.{int(x)}.attn.hook_attn_scores" for x in layers]
-    missing = [n for n in names if n not in model.bridge.hook_dict]
-    if missing:
-        raise InputError(f"the bridge has no hook(s) {missing}; knockout needs pre-softmax attention scores")
-    with model.hooks([(n, fn) for n in names]):
+    # plain torch pre-hooks (the bridge's hook points see no kwargs); removed in `finally`, also on error
+    handles = []
+    try:
+        for mod in modules:
+            handles.append(mod.register_forward_pre_hook(pre_hook, with_kwargs=True))
         yield model
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def layer_windows(layers: Sequence[int], window: int | None) -> list[list[int]]:
