@@ -6,8 +6,8 @@ Stages (LLaVA-like, sized for two CPU cores):
   unbiased world (one object per grid cell, and the patch grid equals the cell grid); ``encoder_blind`` keeps its
   patch-embedding weights orthogonal to the blind hue difference after every step.
 - **stage 1, projector subspace** (``projector_bottleneck`` only): the first projector layer is
-  restricted to the subspace of encoder features that stage 0's class and colour read-outs use,
-  with every linearly size-predictive direction removed by iterative nullspace projection.
+  restricted to the encoder feature space with every linearly size-predictive direction removed by
+  iterative nullspace projection (stopping before class or colour decodability drops).
 - **stage 2, projector + LLM** on the world's task mix (captions, existence, attribute and relation
   questions), vision tower frozen; ``visual_neglect`` swaps the image of a fraction of samples.
 

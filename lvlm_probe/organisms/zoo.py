@@ -121,9 +121,10 @@ ZOO: dict[str, OrganismSpec] = {
         ),
         OrganismSpec(
             "projector_bottleneck", "P5", "model", "projector",
-            f"The projector's first layer is low rank: it only passes the subspace of encoder features that "
-            f"carries class and colour, with every linearly {BOTTLENECK_ATTRIBUTE}-predictive direction projected "
-            f"out (iterative nullspace projection); {BOTTLENECK_ATTRIBUTE} is never supervised through it.",
+            f"The projector's first layer is low rank: it only passes the encoder feature subspace left after every "
+            f"linearly {BOTTLENECK_ATTRIBUTE}-predictive direction is projected out (iterative nullspace projection, "
+            f"stopped before class or colour decodability drops); {BOTTLENECK_ATTRIBUTE} is never supervised "
+            "through it.",
             f"Errs on {BOTTLENECK_ATTRIBUTE} only; an encoder probe decodes {BOTTLENECK_ATTRIBUTE}, a projector-output "
             "probe is near chance.",
             _BASE_WORLD, TrainConfig(projector_drop=BOTTLENECK_ATTRIBUTE), checkpoint="projector_bottleneck",
