@@ -158,9 +158,11 @@ def _live_blocks(model: Any, batch: Any, layers: list[int], positions: Any, stem
         yield {"site": site, "layer": lay, "meta": meta, "resid": cache[site][b_idx, t_idx]}
 
 
-def _nullable(t: torch.Tensor) -> pd.arrays.IntegerArray:
-    a = pd.array(t.numpy().astype(np.int64), dtype="Int64")
-    a[t.numpy() < 0] = pd.NA
+def _nullable(t: torch.Tensor | np.ndarray) -> pd.arrays.IntegerArray:
+    """Int64 array with NA where the coordinate is -1 (not an image patch)."""
+    v = (t.numpy() if isinstance(t, torch.Tensor) else np.asarray(t)).astype(np.int64)
+    a = pd.array(v, dtype="Int64")
+    a[v < 0] = pd.NA
     return a
 
 
@@ -176,7 +178,7 @@ def _store_blocks(store: Any, layers: list[int], selection: str, stem: str,
                              "position": pd.array([pd.NA] * n, dtype="Int64"),
                              "role": STORE_ROLES.get(selection, selection)})
         for c in ("image", "row", "col"):
-            meta[c] = _nullable(torch.as_tensor(index[c].to_numpy())) if c in index else pd.array([pd.NA] * n,
+            meta[c] = _nullable(index[c].to_numpy()) if c in index else pd.array([pd.NA] * n,
                                                                                                    dtype="Int64")
         if "step" in index:
             meta["step"] = index["step"].to_numpy()
