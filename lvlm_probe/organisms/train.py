@@ -171,7 +171,7 @@ def stage0(model: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, p
 
 @torch.no_grad()
 def stage1_subspace(model: Any, ip: Any, world: SceneWorld, head: nn.Linear, drop: str, seed: int,
-                    n_scenes: int = 1000, max_iter: int = 60, target: float = 0.56,
+                    n_scenes: int = 1500, max_iter: int = 60, target: float = 0.52,
                     guard: float = 0.97, n_fit: int = 6000) -> tuple[torch.Tensor, list]:
     """Projector input subspace without ``drop`` (iterative nullspace projection, INLP).
 
@@ -201,6 +201,7 @@ def stage1_subspace(model: Any, ip: Any, world: SceneWorld, head: nn.Linear, dro
     x = feats.reshape(-1, feats.shape[-1])[keep].double()
     x = x - x.mean(0)
     perm = torch.as_tensor(rng.permutation(len(x)))
+    n_fit = min(n_fit, len(x) // 2)
     fit, held = perm[:n_fit], perm[n_fit:2 * n_fit]
     ys = {k: v[keep].numpy() for k, v in labels.items()}
 
@@ -341,11 +342,13 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
         parts = [[k for k, it in enumerate(items) if (it.task == "caption") == cap] for cap in (False, True)]
         encoded = [(idx, _encode_texts(tok, adapter, LLAVA_CHAT_TEMPLATE, [items[k].prompt for k in idx],
                                        [items[k].answer for k in idx], n_img)) for idx in parts if idx]
-        n_tok = sum(int((enc[2] != -100).sum()) for _, enc in encoded)
+        # answer tokens weighted by task: qa_weight > 1 gives the short QA answers more of the gradient
+        weight = [(tc.qa_weight if items[idx[0]].task != "caption" else 1.0) * int((enc[2] != -100).sum())
+                  for idx, enc in encoded]
         total = 0.0
-        for idx, (input_ids, mask, labels) in encoded:
+        for (idx, (input_ids, mask, labels)), w in zip(encoded, weight):
             out = model(input_ids=input_ids, attention_mask=mask, pixel_values=px[idx], labels=labels)
-            part = out.loss * (int((labels != -100).sum()) / n_tok)
+            part = out.loss * (w / sum(weight))
             part.backward()
             total += float(part.detach())
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -34,6 +34,7 @@ class TrainConfig:
     lr2: float = 4e-3
     warmup: int = 150
     weight_decay: float = 0.01
+    qa_weight: float = 1.0  # stage 2 loss weight of QA answer tokens relative to caption tokens
     # planted model-level factors (inactive in clean)
     blind_pair: tuple[str, str] | None = None
     projector_drop: str | None = None
