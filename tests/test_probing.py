@@ -12,6 +12,15 @@ from lvlm_probe.probing import (LABEL_COLUMNS, PREDICTION_COLUMNS, SWEEP_COLUMNS
                                 check_labels, permutation_matches, probe_sweep, scene_labels, site_depth)
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models run fastest on one thread; two threads on a shared 2-core box can stall for minutes."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 # ---- helpers ----------------------------------------------------------------------------------
 def write_store(path, ids, single=None, patches=None, grid=(4, 4)):
     """A store with ``single[site]`` [N, d] as image_mean and ``patches[site]`` [N, H*W, d] as image_patches."""
@@ -202,6 +211,9 @@ def test_probe_recovers_planted_signal_and_control_stays_at_chance(tmp_path):
     assert set(p.fold) == set(range(5))
     assert (p.p_true > 0.5).eq(p.correct).mean() > 0.99
     assert (pred.groupby("item_id").fold.nunique() == 1).all()  # an item has one fold at every site
+    # control_by a column these image-level rows lack (name): each row falls back to its item as type
+    by_name = probe_sweep(store, labels, "llm.resid_post.2", control_by="name", progress=False).iloc[0]
+    assert abs(by_name.control_score - maj) < 0.1
     # more items -> narrower interval (same signal)
     small = probe_sweep(store, labels.iloc[:100], "llm.resid_post.2", progress=False)
     assert (small.ci_high - small.ci_low).iloc[0] > sig.ci_high - sig.ci_low

@@ -338,7 +338,8 @@ def probe_sweep(
     control : bool
         Also fit the control task (see Notes) and report ``control_score`` and ``selectivity``.
     control_by : str
-        Labels column whose values are the control *types* (default each item is a type).
+        Labels column whose values are the control *types* (default each item is a type); rows
+        where it is missing are typed by their item.
     n_permutations : int
         Permutations for ``p_value`` (0: skip).
     n_bootstrap : int
@@ -430,7 +431,9 @@ def probe_sweep(
             classes, y = None, rows["value"].to_numpy(dtype=float)
         yc = None
         if control:
-            types = rows[control_by].astype(str).to_numpy()
+            tcol = rows[control_by]
+            # rows without a type (e.g. image-level rows under control_by="name") are their item's type
+            types = np.where(tcol.isna(), "item:" + rows["item_id"], "type:" + tcol.astype(str)).astype(str)
             utypes, first = np.unique(types, return_index=True)
             crng = np.random.default_rng([seed, 31, len(concepts)])
             rep = y[first][crng.permutation(len(first))]
