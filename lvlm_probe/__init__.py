@@ -8,11 +8,18 @@ Typical use::
     batch.roles.image, batch.roles.patch_coords          # which tokens are patches, and where
     gen = model.generate(batch, max_new_tokens=32)
     store = lp.capture(model, items, sites=["llm.resid_post.*"], select=["image_mean"], out="runs/store")
+    rep = lp.diagnose("organism:cooccurrence", items)      # which outputs are misaligned, and why
+    rep.write("runs/diag")                                 # report.html, diagnosis.csv, figures/
 """
 
 from lvlm_probe._version import __version__
 from lvlm_probe.capture import SELECTIONS, ActivationStore, capture
-from lvlm_probe import benchmarks, misalignment, organisms
+from lvlm_probe import attribution, benchmarks, misalignment, organisms, probing, tracing
+from lvlm_probe.attribution import (PatchAttribution, image_attention, knockout, patch_activations,
+                                    patch_attribution)
+from lvlm_probe.probing import LinearProbe, logit_lens, probe_sweep, scene_labels, word_probability
+from lvlm_probe.report import Report
+from lvlm_probe.tracing import Diagnosis, DiagnosisReport, Thresholds, diagnose
 from lvlm_probe.data import Item, SceneGraph, SceneObject, SceneWorld, WorldConfig, load_image, read_items
 from lvlm_probe.misalignment import Misalignment, Vocabulary, extract_claims, judge, judge_batch
 from lvlm_probe.errors import InputError, LvlmProbeError, SiteError, StoreError, UnsupportedModelError
@@ -25,5 +32,8 @@ __all__ = [
     "Misalignment", "Vocabulary", "benchmarks", "extract_claims", "judge", "judge_batch", "misalignment",
     "SceneGraph", "SceneObject", "SceneWorld", "WorldConfig", "capture", "load", "load_image", "organisms",
     "read_items", "supported_families", "train_organism",
+    "attribution", "PatchAttribution", "image_attention", "knockout", "patch_activations", "patch_attribution",
+    "probing", "LinearProbe", "logit_lens", "probe_sweep", "scene_labels", "word_probability",
+    "Report", "tracing", "Diagnosis", "DiagnosisReport", "Thresholds", "diagnose",
 ]
 train_organism = organisms.train_organism

@@ -34,8 +34,35 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     from lvlm_probe.demo import run_demo
 
     s = run_demo(a.out, n=a.n, model=a.model)
-    print(f"captured {s['n_items']} items ({len(s['failed'])} failed) in {s['seconds']} s")
-    print(f"report: {a.out}/report.html")
+    print(f"diagnosed {s['n_items']} items, {s['n_errors']} errors ({s['levels']}) in {s['seconds']} s")
+    print(f"report: {s['report']}")
+    return 0
+
+
+def _cmd_diagnose(a: argparse.Namespace) -> int:
+    import lvlm_probe as lp
+    from lvlm_probe.tracing import diagnose
+    from lvlm_probe.tracing.diagnose import default_items
+
+    if a.items:
+        items = lp.read_items(a.items)
+    elif a.model.startswith("organism:"):
+        items = default_items(a.model, a.n, a.seed)
+    else:
+        raise lp.InputError(f"--items FILE is needed for {a.model!r} (JSON lines with image, prompt and scene; see "
+                            "docs/howto/items-file.md); only organisms have default items")
+    if a.n and a.items:
+        items = items[: a.n]
+    model = a.model
+    if a.device or a.dtype:
+        model = lp.load(a.model, device=a.device, dtype=a.dtype)
+    rep = diagnose(model, items, training_stats=a.training_stats or "auto", max_new_tokens=a.max_new_tokens,
+                   batch_size=a.batch_size, seed=a.seed)
+    path = rep.write(a.out)
+    d = rep.diagnoses
+    print(f"{len(items)} items, {len(rep.errors)} errors; levels: "
+          f"{d.level.value_counts().to_dict() if len(d) else {}}")
+    print(f"report: {path}")
     return 0
 
 
@@ -73,10 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(sp)
     sp.set_defaults(fn=_cmd_capture)
 
-    sp = sub.add_parser("demo", help="end-to-end demo on a locally built tiny LLaVA; writes a report")
+    sp = sub.add_parser("diagnose", help="find misaligned outputs and trace each to its cause; writes a report")
+    sp.add_argument("--model", required=True, help="hub id, local directory or organism:NAME")
+    sp.add_argument("--out", required=True, help="output directory (report.html, diagnosis.csv, ...)")
+    sp.add_argument("--items", default=None, help="items file (JSON lines: image, prompt, scene); organisms have "
+                    "default items")
+    sp.add_argument("--n", type=int, default=48, help="number of items (default items, or the first N of --items)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--training-stats", default=None, help="training_stats.json or a JSON-lines corpus of scenes "
+                    "(default: beside the model, as the organisms ship it)")
+    sp.add_argument("--max-new-tokens", type=int, default=48)
+    sp.add_argument("--batch-size", type=int, default=16)
+    model_args(sp)
+    sp.set_defaults(fn=_cmd_diagnose)
+
+    sp = sub.add_parser("demo", help="diagnose the shipped organism:cooccurrence (the bundled default); writes a report")
     sp.add_argument("--out", default="runs/demo")
     sp.add_argument("--n", type=int, default=64)
-    sp.add_argument("--model", default=None, help="use this model instead of the tiny local one")
+    sp.add_argument("--model", default=None, help="another organism:NAME instead of organism:cooccurrence")
     sp.set_defaults(fn=_cmd_demo)
 
     sp = sub.add_parser("make-tiny", help="write a tiny random-init model directory (for trying things offline)")

@@ -363,3 +363,25 @@ def _finite(x: Any) -> bool:
         return math.isfinite(float(x))
     except (TypeError, ValueError):
         return False
+
+
+def default_items(model: str, n: int = 48, seed: int = 0) -> list[Item]:
+    """Items for ``organism:NAME`` without an items file: half its triggering scenes, half ordinary captions.
+
+    The triggering half comes from :func:`lvlm_probe.organisms.check.trigger_set` (the scenes on which the
+    planted cause shows: e.g. circle-without-square scenes for ``cooccurrence``); the rest are fresh captioning
+    scenes of the organism's world. Seeded.
+    """
+    from lvlm_probe.data.world import SceneWorld
+    from lvlm_probe.organisms import ZOO
+    from lvlm_probe.organisms.check import trigger_set
+
+    name = model.split(":", 1)[1] if model.startswith("organism:") else model
+    if name not in ZOO:
+        raise InputError(f"{model!r} is not an organism; give an items file (--items FILE, JSON lines with image, "
+                         "prompt and scene; see docs/howto/items-file.md)")
+    world = SceneWorld(ZOO[name].world, seed=seed)
+    trig, _ = trigger_set(name, world, n, seed=seed * 1000 + 11)
+    trig = [it for it in trig if not it.id.endswith("-noise")][: n // 2]
+    rest = world.items(n - len(trig), "caption", seed=seed * 1000 + 13, prefix="scene")
+    return trig + rest
