@@ -32,15 +32,16 @@ def test_cli_reports_errors_cleanly(tmp_path, capsys):
 def test_demo_writes_report(tmp_path):
     from lvlm_probe.demo import run_demo
 
-    s = run_demo(tmp_path / "demo", n=6, batch_size=3, max_new_tokens=32, progress=False)
-    assert s["n_items"] == 6 and not s["failed"] and s["n_trigger_items"] == 3
-    assert s["model"]["family"] == "llava" and "cooccurrence" in s["model"]["name"]
-    assert (tmp_path / "demo" / "report.html").read_text().count("<tr>") == 7
-    assert (tmp_path / "demo" / "figures" / "overview.pdf").exists()
-    errs = pd.read_csv(tmp_path / "demo" / "misalignments.csv")
-    assert set(errs.columns) >= {"item", "kind", "polarity", "token_indices"}
-    assert set(errs.kind) <= {"object", "attribute", "relation"}
-    # the planted bias shows up as typed object hallucinations of the square on trigger scenes
-    square = errs[(errs.kind == "object") & (errs.polarity == "hallucinated") & (errs.subject == "square")]
-    assert s["trigger_items_mentioning_square"] == square.item.str.startswith("trigger").sum()
-    assert lp.ActivationStore(tmp_path / "demo" / "store").get("llm.resid_post.*", "generated").shape[:2] == (6, 4)
+    s = run_demo(tmp_path / "demo", n=16, batch_size=8, max_new_tokens=32, progress=False)
+    assert s["n_items"] == 16 and not s["failed"] and "cooccurrence" in s["model"]
+    assert sum(s["levels"].values()) == s["n_errors"] > 0
+    html = (tmp_path / "demo" / "report.html").read_text()
+    assert "Object errors" in html and "Manifest" in html
+    assert (tmp_path / "demo" / "figures" / "cause_bars.pdf").exists()
+    d = pd.read_csv(tmp_path / "demo" / "diagnosis.csv")
+    assert {"item_id", "kind", "level", "stage"} <= set(d.columns)
+    assert set(d.kind) <= {"object", "attribute", "relation"}
+    # the planted bias shows up as object hallucinations of the square, traced to the data level
+    square = d[(d.kind == "object") & (d.polarity == "hallucinated") & (d.claimed == "square")]
+    assert len(square) and (square.level == "data").mean() >= 0.5
+    assert json.loads((tmp_path / "demo" / "summary.json").read_text())["n_errors"] == s["n_errors"]

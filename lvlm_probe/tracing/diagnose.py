@@ -284,7 +284,10 @@ def diagnose(
     probe_set = [it for it in items if it.id not in failed] + list(probe_items or [])
     probe_curves = pd.DataFrame()
     pred = None
-    if len(errors) or curve_sites:
+    cv = min(5, len(probe_set))
+    if cv < 2:
+        timings["probes_skipped"] = f"{len(probe_set)} item(s): too few to cross-validate probes"
+    if (len(errors) or curve_sites) and cv >= 2:
         tmp = None
         t1 = time.time()
         where = store
@@ -298,14 +301,14 @@ def diagnose(
             labels = object_class_labels(scene_labels(probe_set, families=("object", "attribute", "relation"),
                                                       seed=seed))
             t1 = time.time()
-            _, pred = probe_sweep(st, labels, list(probe_sites), cv=5, control=False, n_permutations=0,
+            _, pred = probe_sweep(st, labels, list(probe_sites), cv=cv, control=False, n_permutations=0,
                                   n_bootstrap=0, seed=seed, return_predictions=True, progress=progress)
             timings["probe_verdicts"] = round(time.time() - t1, 1)
             t1 = time.time()
             if curve_sites:
                 curve_labels = labels[labels.family != "object"] if (labels.family != "object").any() else labels
                 curve_labels = pd.concat([curve_labels, labels[labels.concept == "class"]]).drop_duplicates()
-                probe_curves = probe_sweep(st, curve_labels, list(curve_sites), cv=5, control=True, n_permutations=0,
+                probe_curves = probe_sweep(st, curve_labels, list(curve_sites), cv=cv, control=True, n_permutations=0,
                                            n_bootstrap=0, seed=seed, progress=progress)
             timings["probe_curves"] = round(time.time() - t1, 1)
         finally:
