@@ -226,6 +226,7 @@ def stage1_subspace(model: Any, ip: Any, world: SceneWorld, head: nn.Linear, dro
             elif any(guards[k] < guard * start[k] for k in others):
                 basis = prev  # the last subspace that passed the guard
                 row["stopped"] = "guard"
+                row["rank"] = int(basis.shape[1])  # the subspace kept (the one the guard last passed)
                 log.append(row)
                 break
             prev = basis
