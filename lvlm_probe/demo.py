@@ -31,9 +31,7 @@ def run_demo(out: str | Path = "runs/demo", *, n: int = 48, model: str | None = 
 
     t0 = time.time()
     model = model or "organism:cooccurrence"
-    items = default_items(model, n, seed) if model.startswith("organism:") else None
-    if items is None:
-        raise ValueError("the demo runs on an organism; use `lvlm-probe diagnose --model M --items FILE` for others")
+    items = default_items(model, n, seed)  # an InputError pointing to `diagnose --items` for non-organisms
     rep = diagnose(model, items, batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, progress=progress)
     report = rep.write(out)
     d = rep.diagnoses

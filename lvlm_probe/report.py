@@ -17,13 +17,12 @@ Examples
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import io
 import json
 import os
 import re
-import tempfile
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -31,6 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from lvlm_probe._atomic import atomic_write_text
 from lvlm_probe.errors import InputError
 
 _CSS = """
@@ -159,12 +159,14 @@ def _md_cell(v: Any) -> str:
 
 # ---- blocks ---------------------------------------------------------------------------------------------------
 @dataclass
-class _Block:
-    def html(self) -> str:
-        raise NotImplementedError
+class _Block(ABC):
+    """One piece of a section, rendered to HTML and to Markdown."""
 
-    def markdown(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def html(self) -> str: ...
+
+    @abstractmethod
+    def markdown(self) -> str: ...
 
 
 @dataclass
@@ -532,15 +534,5 @@ class Report:
         if fmt not in ("html", "md"):
             raise InputError(f"Report.write: format={fmt!r}; use 'html' or 'md'")
         content = self.html() if fmt == "html" else self.markdown()  # fully built before anything is written
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(content)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, content)
         return path

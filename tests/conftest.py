@@ -22,6 +22,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two threads on a shared 2-core box can stall for minutes."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def rand_image(seed: int, h: int = 40, w: int = 48) -> Image.Image:
     rs = np.random.RandomState(seed)
     return Image.fromarray((rs.rand(h, w, 3) * 255).astype("uint8"))

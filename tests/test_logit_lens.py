@@ -13,13 +13,7 @@ from lvlm_probe.probing import (LENS_COLUMNS, WORD_COLUMNS, internal_confidence,
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a shared 2-core box can stall for minutes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_lens_at_last_layer_equals_model_logits(family):
     model, _ = family

@@ -13,13 +13,7 @@ from lvlm_probe.probing import (LABEL_COLUMNS, PREDICTION_COLUMNS, SWEEP_COLUMNS
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a shared 2-core box can stall for minutes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # ---- helpers ----------------------------------------------------------------------------------
 def write_store(path, ids, single=None, patches=None, grid=(4, 4)):

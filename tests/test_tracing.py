@@ -181,9 +181,11 @@ def test_cli_diagnose_on_a_model_directory_with_an_items_file(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "report:" in r.stdout and (tmp_path / "run" / "report.html").exists()
     d = pd.read_csv(tmp_path / "run" / "diagnosis.csv")
-    # training statistics were found beside the directory: data-level causes can be named
-    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["training_stats"] == "auto"
-    assert len(d) == 0 or {"item_id", "kind", "level", "stage"} <= set(d.columns)
+    errs = pd.read_csv(tmp_path / "run" / "errors.csv")
+    man = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    # training statistics were found beside the directory, and its probes trained on the organism's world
+    assert man["training_stats"] == "auto" and man["n_probe_items"] > 0 and man["n_items"] == 6
+    assert {"item_id", "kind", "level", "stage"} <= set(d.columns) and len(d) == len(errs) == man["n_errors"]
     r = subprocess.run([sys.executable, "-m", "lvlm_probe.cli", "diagnose", "--model", str(tmp_path),
                         "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "--items FILE is needed" in r.stderr

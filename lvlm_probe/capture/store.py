@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -30,6 +29,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from lvlm_probe._atomic import atomic_write_bytes
 from lvlm_probe.errors import StoreError
 
 FORMAT = "lvlm_probe.activation_store"
@@ -63,25 +63,11 @@ def library_versions() -> dict[str, str]:
             "transformer_lens": tl, "python": platform.python_version()}
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _atomic_save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     from safetensors.torch import save
 
     blob = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-    _atomic_write_bytes(path, blob)
+    atomic_write_bytes(path, blob)
 
 
 class ActivationStore:
@@ -154,12 +140,12 @@ class ActivationStore:
             "model": model, "settings": settings, "library": library_versions(),
             "keys": {}, "shards": [], "items": {}, "failed": {},
         }
-        _atomic_write_bytes(mf, json.dumps(manifest, indent=1).encode())
+        atomic_write_bytes(mf, json.dumps(manifest, indent=1).encode())
         return cls(p)
 
     def _write_manifest(self) -> None:
         self._m["updated"] = datetime.now(timezone.utc).isoformat()
-        _atomic_write_bytes(self.path / "manifest.json", json.dumps(self._m, indent=1).encode())
+        atomic_write_bytes(self.path / "manifest.json", json.dumps(self._m, indent=1).encode())
         self._reindex()
 
     def append(self, records: Sequence[dict]) -> None:

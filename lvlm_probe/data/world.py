@@ -30,6 +30,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from lvlm_probe.data.items import Item
+from lvlm_probe._atomic import atomic_write_text
 from lvlm_probe.data.scene import GEOMETRIC_RELATIONS, SceneGraph, SceneObject
 from lvlm_probe.errors import InputError
 
@@ -171,10 +172,7 @@ class WorldStats:
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Write atomically (temp file + rename)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=1)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WorldStats:

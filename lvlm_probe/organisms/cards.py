@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from lvlm_probe._atomic import atomic_write_text
 from lvlm_probe.organisms.zoo import get_spec
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_behaviour(ckpt: Path) -> dict[str, Any]:
@@ -26,7 +20,7 @@ def record_behaviour(ckpt: Path, result: dict[str, Any]) -> None:
     """Store one ``check_organism`` result under its organism name (atomic rewrite)."""
     data = read_behaviour(ckpt)
     data[result["organism"]] = result
-    _atomic_write(Path(ckpt) / "behaviour.json", json.dumps(data, indent=1))
+    atomic_write_text(Path(ckpt) / "behaviour.json", json.dumps(data, indent=1))
 
 
 def _fmt(x: Any) -> str:
@@ -90,5 +84,5 @@ def write_card(name: str, ckpt: Path) -> Path:
     spec = get_spec(name)
     fname = "MODEL_CARD.md" if spec.checkpoint == name else f"MODEL_CARD_{name}.md"
     path = Path(ckpt) / fname
-    _atomic_write(path, render_card(name, ckpt))
+    atomic_write_text(path, render_card(name, ckpt))
     return path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -12,6 +11,7 @@ import matplotlib as mpl
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from lvlm_probe._atomic import atomic_open
 from lvlm_probe.errors import InputError
 
 #: Path of the shipped matplotlib style file.
@@ -139,15 +139,7 @@ def save_figure(fig: Figure, path_stem: str | os.PathLike, formats: Sequence[str
         for fmt in formats:
             fmt = fmt.lower().lstrip(".")
             target = stem.parent / f"{stem.name}.{fmt}"
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fig.savefig(fh, format=fmt, dpi=dpi if dpi is not None else mpl.rcParams["savefig.dpi"])
-                os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            with atomic_open(target, "wb") as fh:
+                fig.savefig(fh, format=fmt, dpi=dpi if dpi is not None else mpl.rcParams["savefig.dpi"])
             written.append(target)
     return written

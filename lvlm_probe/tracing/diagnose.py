@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from lvlm_probe._atomic import atomic_write_text
 from lvlm_probe.data.items import Item
 from lvlm_probe.errors import InputError
 from lvlm_probe.tracing.cascade import STAGES, Thresholds, cascade, score_column, summarize
@@ -26,19 +26,6 @@ FLOAT_EVIDENCE = ("p_emit", "p_truth", "rank", "entropy", "p_noimg", "p_knock", 
                   "prior_lift", "class_freq", "pos_quantile")
 DEFAULT_PROBE_SITES = ("projector.in", "projector.out")
 CURVE_SITES_SMALL = ("vision.resid_post.*", "projector.in", "projector.out", "llm.resid_post.*")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass
@@ -106,8 +93,8 @@ class DiagnosisReport:
         out.mkdir(parents=True, exist_ok=True)
         for name, df in (("diagnosis", self.diagnoses), ("errors", self.errors), ("evidence", self.evidence),
                          ("generations", self.generations), ("probe_curves", self.probe_curves)):
-            _atomic_text(out / f"{name}.csv", df.to_csv(index=False))
-        _atomic_text(out / "manifest.json", json.dumps(self.manifest, indent=1, default=str))
+            atomic_write_text(out / f"{name}.csv", df.to_csv(index=False))
+        atomic_write_text(out / "manifest.json", json.dumps(self.manifest, indent=1, default=str))
         return write_report(self, out, figures=figures, max_examples=max_examples)
 
 
@@ -274,11 +261,12 @@ def diagnose(
     if curve_sites == "auto":
         curve_sites = CURVE_SITES_SMALL if n_params < 50_000_000 else tuple(probe_sites)
     sites = list(dict.fromkeys([*probe_sites, *(curve_sites or [])]))
-    if probe_items is None and spec is None and str(model_name).startswith("organism:") is False:
+    if spec is None:  # a shipped organism loaded by its directory gets the same default probe items
         from lvlm_probe.organisms import CHECKPOINTS
 
-        if Path(str(model.path)).resolve().parent == Path(CHECKPOINTS).resolve():
-            _, spec = _organism_settings("organism:" + Path(str(model.path)).name)
+        ckpt = Path(str(model.path)).resolve()
+        if ckpt.parent == Path(CHECKPOINTS).resolve():
+            _, spec = _organism_settings("organism:" + ckpt.name)
     if probe_items is None and spec is not None:
         probe_items = default_probe_items(spec, n_probe_items, seed)
     probe_set = [it for it in items if it.id not in failed] + list(probe_items or [])
@@ -359,13 +347,6 @@ def _versions() -> dict[str, str]:
         return library_versions()
     except Exception:  # noqa: BLE001 - versions are informative only
         return {}
-
-
-def _finite(x: Any) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
 
 
 def default_items(model: str, n: int = 48, seed: int = 0) -> list[Item]:

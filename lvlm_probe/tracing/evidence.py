@@ -17,7 +17,6 @@ import math
 from dataclasses import replace
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -247,10 +246,3 @@ def as_float(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
             df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     return df
 
-
-def first_present(values: Sequence[Any]) -> Any:
-    """First value that is not missing (None/NaN/NA), else NaN."""
-    for v in values:
-        if not _nan(v):
-            return v
-    return np.nan

@@ -83,7 +83,8 @@ def planted_errors(name: str, n: int, seed: int, *, thresholds: Thresholds | Non
     clean_err = judge_batch(texts, items=items)
     d = rep.diagnoses  # carries the misalignment columns (item, subject, ...) beside the diagnosis
     own = [tuple(map(str, t)) for t in d[KEY].itertuples(index=False, name=None)]
-    keep = np.array([k not in _keys(clean_err) for k in own], dtype=bool) & planted_pattern(name, d)
+    clean_keys = _keys(clean_err)
+    keep = np.array([k not in clean_keys for k in own], dtype=bool) & planted_pattern(name, d)
     d = d[keep].copy()
     d["organism"] = name
     d["planted_stage"] = PLANTED_STAGE[name]
