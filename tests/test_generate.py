@@ -46,3 +46,20 @@ def test_generate_stops_at_eos(llava):
     gen = llava.generate(batch, max_new_tokens=30)
     for toks in gen.tokens:
         assert eos not in toks[:-1]
+
+
+def test_cached_generation_matches_full_forward(family):
+    """KV-cached greedy decoding through the bridge equals argmax of a cache-free forward over the whole sequence.
+
+    Catches a bridge/transformers mismatch in how the cache is handed to attention (transformers 5.24 renamed
+    ``past_key_values`` to ``cache``; TransformerLens 4.3's attention bridge then silently ran without a cache).
+    """
+    model, _ = family
+    batch = mixed_batch(model)
+    gen = model.generate(batch, max_new_tokens=8)
+    logits = model.forward(gen.as_batch())
+    T = gen.prompt_length
+    for b in range(2):
+        n = len(gen.tokens[b])
+        assert n >= 3, "the test needs a few generated tokens"
+        assert logits[b, T - 1:T - 1 + n].argmax(-1).tolist() == gen.tokens[b]
