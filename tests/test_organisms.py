@@ -13,6 +13,7 @@ from lvlm_probe.data.world import COLORS, SceneWorld
 from lvlm_probe.data.scene import SceneGraph, SceneObject
 from lvlm_probe.organisms import CHECKPOINTS, ZOO, organism_path
 from lvlm_probe.organisms import zoo as Z
+from lvlm_probe.organisms.cards import render_card
 from lvlm_probe.organisms.check import check_organism
 from lvlm_probe.organisms.train import blind_direction, pixel_tensor, train_organism
 
@@ -80,6 +81,7 @@ def test_checkpoint_is_a_small_real_llava_with_a_card(ckpt):
     assert cfg["vision_config"]["model_type"] == "clip_vision_model" and cfg["text_config"]["model_type"] == "llama"
     assert (path / "model.safetensors").stat().st_size <= 4 * 1024 * 1024
     card = (path / "MODEL_CARD.md").read_text()
+    assert card == render_card(ckpt, path), "stale card: rewrite it with lvlm_probe.organisms.cards.write_card"
     assert "Measured behaviour" in card and "Planted cause" in card and "How planted" in card
     beh = json.loads((path / "behaviour.json").read_text())[ckpt]
     assert f"| {beh['task_accuracy']:.3f} |" in card.replace("task accuracy (mean) ", "")

@@ -10,6 +10,11 @@ from lvlm_probe._atomic import atomic_write_text
 from lvlm_probe.organisms.zoo import get_spec
 
 
+#: Yes/no task families of ``organisms check`` and how far above 0.5 still counts as chance level in a card.
+YES_NO_TASKS: tuple[str, ...] = ("exists", "relation")
+CHANCE_MARGIN = 0.1
+
+
 def read_behaviour(ckpt: Path) -> dict[str, Any]:
     """Measured behaviour stored beside a checkpoint (``behaviour.json``: zoo name -> check result)."""
     p = Path(ckpt) / "behaviour.json"
@@ -62,6 +67,14 @@ def render_card(name: str, ckpt: Path) -> str:
             for k, v in (beh.get("planted_details") or {}).items():
                 cv = (beh.get("clean_planted_details") or {}).get(k)
                 lines.append(f"| {k} | {_fmt(v)}" + (f" (clean {_fmt(cv)})" if cv is not None else "") + " |")
+        at_chance = [f"{k} {_fmt(beh['tasks'][k])}" for k in YES_NO_TASKS
+                     if k in beh["tasks"] and beh["tasks"][k] <= 0.5 + CHANCE_MARGIN]
+        if at_chance:
+            verb = "is" if len(at_chance) == 1 else "are"
+            lines += ["", f"**Known limitation**: {' and '.join(at_chance)} {verb} at the chance level of a yes/no "
+                          "question (0.5): the LLM does not match a question's words to the image tokens, so these "
+                          "answers reflect the recipe's missing retrieval skill, not a planted cause "
+                          "(docs/organisms.md, 'Known limitation')."]
     else:
         lines.append("Not measured yet: run `lvlm-probe organisms check " + name + " --json`.")
     if meta:
