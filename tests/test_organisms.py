@@ -241,7 +241,7 @@ def test_same_seed_retrains_bitwise(tmp_path):
 
 @pytest.mark.retrain
 def test_full_retrain_reproduces_shipped_behaviour(tmp_path):
-    """A from-scratch retrain of ``clean`` (same seed, 2 threads; ~8 min) matches the shipped metrics."""
+    """A from-scratch retrain of ``clean`` (same seed, 2 threads; ~9 min with the check) matches the shipped metrics."""
     out = train_organism("clean", tmp_path / "clean", seed=0, threads=2, progress=False)
     shipped = json.loads((organism_path("clean") / "behaviour.json").read_text())["clean"]
     r = check_organism("clean", seed=shipped["seed"], n=shipped["n"], compare_clean=False,
