@@ -249,3 +249,42 @@ def test_full_retrain_reproduces_shipped_behaviour(tmp_path):
     assert abs(r["task_accuracy"] - shipped["task_accuracy"]) <= 0.05, (r["tasks"], shipped["tasks"])
     for k, v in shipped["tasks"].items():
         assert abs(r["tasks"][k] - v) <= 0.1, (k, r["tasks"][k], v)
+
+
+def test_experimental_recipe_knobs(tmp_path, monkeypatch):
+    """lm_init_std, align_target and exists_first_steps (issue 3 experiments) do what they say; defaults are off."""
+    from dataclasses import replace
+
+    import lvlm_probe.organisms.train as T
+
+    base = ZOO["clean"].train
+    assert (base.lm_init_std, base.align_target, base.exists_first_steps) == (None, "words", 0)
+    m0, _, _ = T.build_organism_model(64, 0)
+    m1, _, _ = T.build_organism_model(64, 0, lm_init_std=0.1)
+    p0, p1 = dict(m0.named_parameters()), dict(m1.named_parameters())
+    lm = [n for n in p1 if ("language_model" in n or "lm_head" in n) and p1[n].dim() == 2]
+    assert lm and all(0.08 < float(p1[n].detach().std()) < 0.12 for n in lm)
+    assert all(float(p0[n].detach().std()) < 0.03 for n in lm)
+    assert all(torch.equal(p0[n], p1[n]) for n in p1 if n not in lm)  # vision tower and projector untouched
+
+    answers: list[list[str]] = []
+    encode = T._encode_texts
+
+    def spy(tok, adapter, template, prompts, answers_, n_img):
+        answers.append(list(answers_))
+        return encode(tok, adapter, template, prompts, answers_, n_img)
+
+    monkeypatch.setattr(T, "_encode_texts", spy)
+    spec = replace(ZOO["clean"], train=replace(base, lm_init_std=0.1, align_target="class", exists_first_steps=1000,
+                                                 batch_size=8))
+    out = train_organism(spec, tmp_path / "x", seed=3, steps_scale=0.004, threads=1, progress=False)
+    meta = json.loads((out / "organism.json").read_text())
+    assert meta["train"]["exists_first_steps"] == 4 and meta["train"]["align_target"] == "class"
+    # stage 2 = 13 steps; the first 4 see existence questions only (one encoded part per step), then the mix
+    first = [a for part in answers[:4] for a in part]
+    assert set(first) <= {"yes", "no"} and len(first) == 4 * 8
+    assert any(len(a.split()) > 1 for part in answers[4:] for a in part)  # captions appear in the mix
+
+    bad = replace(spec, train=replace(spec.train, align_target="nope"))
+    with pytest.raises(lp.InputError, match="align_target must be 'words' or 'class'"):
+        train_organism(bad, tmp_path / "y", steps_scale=0.004, progress=False)

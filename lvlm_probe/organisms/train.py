@@ -39,8 +39,12 @@ ARCH: dict[str, int] = dict(vision_hidden=64, vision_layers=2, vision_heads=4, t
                             text_heads=4, patch_size=16)
 
 
-def build_organism_model(image_size: int, seed: int) -> tuple[Any, Any, Any]:
-    """Random-init ``LlavaForConditionalGeneration``, its word-level tokenizer and CLIP image processor."""
+def build_organism_model(image_size: int, seed: int, lm_init_std: float | None = None) -> tuple[Any, Any, Any]:
+    """Random-init ``LlavaForConditionalGeneration``, its word-level tokenizer and CLIP image processor.
+
+    ``lm_init_std`` re-draws every LM matrix and embedding (``language_model.*``, ``lm_head``) from
+    N(0, lm_init_std) with a generator seeded by ``seed`` (None keeps HF's init, std 0.02).
+    """
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     from lvlm_probe.models.tiny import _image_processor, word_tokenizer
@@ -61,6 +65,12 @@ def build_organism_model(image_size: int, seed: int) -> tuple[Any, Any, Any]:
                       image_seq_length=(image_size // a["patch_size"]) ** 2, pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(cfg)
+    if lm_init_std is not None:
+        gen = torch.Generator().manual_seed(seed + 7)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if ("language_model" in n or "lm_head" in n) and p.dim() == 2:
+                    p.copy_(torch.randn(p.shape, generator=gen) * lm_init_std)
     gc = model.generation_config
     gc.pad_token_id, gc.eos_token_id, gc.bos_token_id = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
     return model, tok, _image_processor("clip", image_size)
@@ -256,9 +266,12 @@ def stage1_align(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConf
                  progress: bool) -> list:
     """LLaVA-style stage 1: train the projector alone (vision and LLM frozen) to put image tokens in word space.
 
-    The target of an object's patch is the sum of the input embeddings of its size, colour and class
-    words; an empty patch's target is the embedding of ``image``. (LLaVA aligns through the frozen LLM's
-    captioning loss; with a randomly initialised LLM the embedding target is the direct equivalent.)
+    With ``tc.align_target == "words"`` (the shipped recipe) the target of an object's patch is the sum of the
+    input embeddings of its size, colour and class words and an empty patch's target the embedding of
+    ``image``. With ``"class"`` (an experiment, see docs/organisms.md) it is sqrt(3) times the class word's
+    embedding (empty: sqrt(3) times ``image``'s), so an image token looks like the word a question names;
+    colour and size then reach the image tokens in stage 2. (LLaVA aligns through the
+    frozen LLM's captioning loss; with a randomly initialised LLM the embedding target is the direct equivalent.)
     """
     cfg = world.config
     emb = model.get_input_embeddings().weight.detach()
@@ -275,12 +288,20 @@ def stage1_align(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConf
         with torch.no_grad():
             feats = _vision_features(vt, pixel_tensor(_render_batch(world, scenes), ip))
         cls, col, siz = _cell_labels(world, scenes)
-        target = emb[vocab["image"]].expand(*cls.shape, -1).clone()
         obj = cls < len(cfg.classes)
         ids = lambda names, idx: torch.tensor([vocab[n] for n in names])[idx.clamp(min=0)]  # noqa: E731
-        words = emb[ids(cfg.classes, cls.clamp(max=len(cfg.classes) - 1))] + emb[ids(cfg.colors, col)] \
-            + emb[ids(cfg.sizes, siz)]
-        target[obj] = words[obj]
+        cls_emb = emb[ids(cfg.classes, cls.clamp(max=len(cfg.classes) - 1))]
+        if tc.align_target == "class":
+            target = math.sqrt(3) * emb[vocab["image"]].expand(*cls.shape, -1).clone()
+            target[obj] = math.sqrt(3) * cls_emb[obj]
+        elif tc.align_target == "words":
+            target = emb[vocab["image"]].expand(*cls.shape, -1).clone()
+            words = cls_emb + emb[ids(cfg.colors, col)] + emb[ids(cfg.sizes, siz)]
+            target[obj] = words[obj]
+        else:
+            from lvlm_probe.errors import InputError
+
+            raise InputError(f"TrainConfig.align_target must be 'class' or 'words', got {tc.align_target!r}")
         loss = ((proj(feats) - target) ** 2).sum(-1).mean() / float(emb.pow(2).sum(-1).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -313,7 +334,7 @@ def _encode_texts(tok: Any, adapter: Any, template: str, prompts: list[str], ans
 
 
 def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, progress: bool) -> list:
-    """Projector + LLM on the task mix, vision tower frozen."""
+    """Projector + LLM, vision tower frozen: ``tc.exists_first_steps`` steps of existence questions, then the task mix."""
     from lvlm_probe.models.llava import LLAVA_CHAT_TEMPLATE, LlavaAdapter
 
     adapter = LlavaAdapter(model.config, tok, ip, model)
@@ -325,6 +346,7 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
     opt = torch.optim.AdamW(params, lr=tc.lr2, weight_decay=tc.weight_decay)
     rng = np.random.default_rng(seed + 300)
     items_iter = world.iter_items(10 ** 9, "mix", seed=seed + 400)
+    exists_iter = world.iter_items(10 ** 9, "exists", seed=seed + 401)
     log = []
     model.train()
     model.model.vision_tower.eval()
@@ -332,7 +354,8 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
                              leave=False)):
         for g in opt.param_groups:
             g["lr"] = tc.lr2 * _schedule(step, tc.stage2_steps, tc.warmup)
-        items = [next(items_iter) for _ in range(tc.batch_size)]
+        source = exists_iter if step < tc.exists_first_steps else items_iter
+        items = [next(source) for _ in range(tc.batch_size)]
         px = pixel_tensor([np.asarray(it.image) for it in items], ip)
         if tc.image_mismatch > 0:
             swap = torch.from_numpy(rng.random(len(items)) < tc.image_mismatch)
@@ -406,14 +429,20 @@ def train_organism(
         tc = replace(tc, stage0_steps=max(2, int(tc.stage0_steps * steps_scale)),
                      stage1_steps=max(2, int(tc.stage1_steps * steps_scale)) if tc.stage1_steps else 0,
                      stage2_steps=max(2, int(tc.stage2_steps * steps_scale)),
+                     exists_first_steps=int(tc.exists_first_steps * steps_scale),
                      warmup=max(1, int(tc.warmup * min(1.0, steps_scale))))
+    if tc.align_target not in ("words", "class"):
+        from lvlm_probe.errors import InputError
+
+        raise InputError(f"organism {spec.name!r}: TrainConfig.align_target must be 'words' or 'class', "
+                         f"got {tc.align_target!r}")
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     t0 = time.time()
     try:
         world = SceneWorld(spec.world, seed=seed)
-        model, tok, ip = build_organism_model(spec.world.image_size, seed)
+        model, tok, ip = build_organism_model(spec.world.image_size, seed, lm_init_std=tc.lm_init_std)
         # vision pretraining uses the unbiased world (a generic corpus, as CLIP's is); the planted data-level
         # biases live in the instruction data of stages 1-2
         from lvlm_probe.data.world import WorldConfig

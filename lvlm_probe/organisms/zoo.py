@@ -35,6 +35,14 @@ class TrainConfig:
     warmup: int = 150
     weight_decay: float = 0.01
     qa_weight: float = 1.0  # stage 2 loss weight of QA answer tokens relative to caption tokens
+    # Experimental knobs (issue 3: existence questions are not learned yet); the defaults are the shipped recipe.
+    # lm_init_std: re-draw every LM matrix and embedding from N(0, std) (None: HF's init, std 0.02).
+    lm_init_std: float | None = None
+    # align_target: stage 1 target of an object patch, "words" (sum of its size, colour and class embeddings) or
+    # "class" (sqrt(3) x its class embedding).
+    align_target: str = "words"
+    # exists_first_steps: the first stage-2 steps train on existence questions only (a curriculum).
+    exists_first_steps: int = 0
     # planted model-level factors (inactive in clean)
     blind_pair: tuple[str, str] | None = None
     projector_drop: str | None = None
