@@ -285,6 +285,26 @@ def test_experimental_recipe_knobs(tmp_path, monkeypatch):
     assert set(first) <= {"yes", "no"} and len(first) == 4 * 8
     assert any(len(a.split()) > 1 for part in answers[4:] for a in part)  # captions appear in the mix
 
-    bad = replace(spec, train=replace(spec.train, align_target="nope"))
-    with pytest.raises(lp.InputError, match="align_target must be 'words' or 'class'"):
-        train_organism(bad, tmp_path / "y", steps_scale=0.004, progress=False)
+    with pytest.raises(lp.InputError, match=r"align_target must be one of \['words', 'class'\], got 'nope'"):
+        train_organism(replace(spec, train=replace(spec.train, align_target="nope")), tmp_path / "y",
+                       steps_scale=0.004, progress=False)
+
+
+def test_stage1_align_targets():
+    """'words': sum of the class, colour and size embeddings; 'class': sqrt(3) x the class embedding; empty: image."""
+    from lvlm_probe.organisms.train import align_targets
+
+    cfg = SceneWorld().config
+    words = ["image", *cfg.classes, *cfg.colors, *cfg.sizes]
+    vocab = {w: k for k, w in enumerate(words)}
+    emb = torch.randn(len(words), 5, generator=torch.Generator().manual_seed(0))
+    e = lambda w: emb[vocab[w]]  # noqa: E731
+    n = len(cfg.classes)
+    cls = torch.tensor([[cfg.classes.index("ring"), n]])  # one ring cell, one empty cell
+    col = torch.tensor([[cfg.colors.index("blue"), -100]])
+    siz = torch.tensor([[cfg.sizes.index("small"), -100]])
+    w = align_targets(emb, vocab, cfg, cls, col, siz, "words")
+    c = align_targets(emb, vocab, cfg, cls, col, siz, "class")
+    assert w.shape == c.shape == (1, 2, 5)
+    assert torch.allclose(w[0, 0], e("ring") + e("blue") + e("small")) and torch.allclose(w[0, 1], e("image"))
+    assert torch.allclose(c[0, 0], 3 ** 0.5 * e("ring")) and torch.allclose(c[0, 1], 3 ** 0.5 * e("image"))

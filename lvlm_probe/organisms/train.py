@@ -262,6 +262,31 @@ class _Restrict(nn.Module):
         return w @ self.proj
 
 
+def align_targets(emb: torch.Tensor, vocab: dict[str, int], cfg: Any, cls: torch.Tensor, col: torch.Tensor,
+                  siz: torch.Tensor, mode: str) -> torch.Tensor:
+    """Stage-1 targets of every patch from its cell labels (:func:`_cell_labels`).
+
+    ``mode="words"``: an object patch's target is the sum of the input embeddings of its class, colour and size
+    words, an empty patch's the embedding of ``image``. ``mode="class"``: sqrt(3) times the class word's
+    embedding (empty: sqrt(3) times ``image``'s).
+
+    Returns
+    -------
+    Tensor ``[B, n_patches, d]``.
+    """
+    obj = cls < len(cfg.classes)
+    ids = lambda names, idx: torch.tensor([vocab[n] for n in names])[idx.clamp(min=0)]  # noqa: E731
+    cls_emb = emb[ids(cfg.classes, cls.clamp(max=len(cfg.classes) - 1))]
+    if mode == "class":
+        target = math.sqrt(3) * emb[vocab["image"]].expand(*cls.shape, -1).clone()
+        target[obj] = math.sqrt(3) * cls_emb[obj]
+    else:
+        target = emb[vocab["image"]].expand(*cls.shape, -1).clone()
+        words = cls_emb + emb[ids(cfg.colors, col)] + emb[ids(cfg.sizes, siz)]
+        target[obj] = words[obj]
+    return target
+
+
 def stage1_align(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int,
                  progress: bool) -> list:
     """LLaVA-style stage 1: train the projector alone (vision and LLM frozen) to put image tokens in word space.
@@ -288,20 +313,7 @@ def stage1_align(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConf
         with torch.no_grad():
             feats = _vision_features(vt, pixel_tensor(_render_batch(world, scenes), ip))
         cls, col, siz = _cell_labels(world, scenes)
-        obj = cls < len(cfg.classes)
-        ids = lambda names, idx: torch.tensor([vocab[n] for n in names])[idx.clamp(min=0)]  # noqa: E731
-        cls_emb = emb[ids(cfg.classes, cls.clamp(max=len(cfg.classes) - 1))]
-        if tc.align_target == "class":
-            target = math.sqrt(3) * emb[vocab["image"]].expand(*cls.shape, -1).clone()
-            target[obj] = math.sqrt(3) * cls_emb[obj]
-        elif tc.align_target == "words":
-            target = emb[vocab["image"]].expand(*cls.shape, -1).clone()
-            words = cls_emb + emb[ids(cfg.colors, col)] + emb[ids(cfg.sizes, siz)]
-            target[obj] = words[obj]
-        else:
-            from lvlm_probe.errors import InputError
-
-            raise InputError(f"TrainConfig.align_target must be 'class' or 'words', got {tc.align_target!r}")
+        target = align_targets(emb, vocab, cfg, cls, col, siz, tc.align_target)
         loss = ((proj(feats) - target) ** 2).sum(-1).mean() / float(emb.pow(2).sum(-1).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -431,11 +443,6 @@ def train_organism(
                      stage2_steps=max(2, int(tc.stage2_steps * steps_scale)),
                      exists_first_steps=int(tc.exists_first_steps * steps_scale),
                      warmup=max(1, int(tc.warmup * min(1.0, steps_scale))))
-    if tc.align_target not in ("words", "class"):
-        from lvlm_probe.errors import InputError
-
-        raise InputError(f"organism {spec.name!r}: TrainConfig.align_target must be 'words' or 'class', "
-                         f"got {tc.align_target!r}")
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

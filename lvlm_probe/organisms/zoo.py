@@ -20,6 +20,7 @@ BOTTLENECK_ATTRIBUTE = "size"
 NEGLECT_MISMATCH = 0.9
 DRIFT_MAX_OBJECTS = 3
 SAMPLING_TEMPERATURE = 2.0
+ALIGN_TARGETS = ("words", "class")  # stage-1 targets (TrainConfig.align_target)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,13 @@ class TrainConfig:
     blind_pair: tuple[str, str] | None = None
     projector_drop: str | None = None
     image_mismatch: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.align_target not in ALIGN_TARGETS:
+            from lvlm_probe.errors import InputError
+
+            raise InputError(f"TrainConfig.align_target must be one of {list(ALIGN_TARGETS)}, got "
+                             f"{self.align_target!r}")
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
