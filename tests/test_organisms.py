@@ -288,6 +288,36 @@ def test_experimental_recipe_knobs(tmp_path, monkeypatch):
     with pytest.raises(lp.InputError, match=r"align_target must be one of \['words', 'class'\], got 'nope'"):
         train_organism(replace(spec, train=replace(spec.train, align_target="nope")), tmp_path / "y",
                        steps_scale=0.004, progress=False)
+    with pytest.raises(lp.InputError, match="exists_every and exists_first_steps must be >= 0"):
+        replace(base, exists_every=-1)
+
+
+def test_exists_interleave_schedule_and_monitor(tmp_path):
+    """exists_every interleaves existence-only steps after the curriculum; the existence monitor logs its values."""
+    from dataclasses import replace
+
+    import lvlm_probe.organisms.train as T
+
+    tc = replace(ZOO["clean"].train, exists_first_steps=2, exists_every=3)
+    assert [s for s in range(12) if T.exists_only_step(s, tc)] == [0, 1, 4, 7, 10]
+    assert not any(T.exists_only_step(s, ZOO["clean"].train) for s in range(50))  # the shipped recipe: never
+
+    world = SceneWorld(seed=0)
+    monitor = T.existence_monitor(world, n_scenes=4)
+    calls: list[int] = []
+
+    def spy(step, model, tok, ip):
+        assert not model.training  # the monitor must not see dropout / train mode
+        calls.append(step)
+        return monitor(step, model, tok, ip)
+
+    spec = replace(ZOO["clean"], train=replace(tc, batch_size=8))
+    out = train_organism(spec, tmp_path / "m", seed=3, steps_scale=0.004, threads=1, progress=False, monitor=spy)
+    rows = [r for r in json.loads((out / "organism.json").read_text())["log"] if "monitor" in r]
+    assert calls == [0, 12] and [r["step"] for r in rows] == calls  # step 0 and the last of 13 stage-2 steps
+    m = rows[-1]["monitor"]
+    assert set(m) == {"exists_loss", "exists_acc", "exists_yes_frac", "caption_loss"}
+    assert 0 <= m["exists_acc"] <= 1 and 0 <= m["exists_yes_frac"] <= 1 and m["exists_loss"] > 0
 
 
 def test_stage1_align_targets():

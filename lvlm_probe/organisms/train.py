@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -345,8 +345,25 @@ def _encode_texts(tok: Any, adapter: Any, template: str, prompts: list[str], ans
     return input_ids, mask, lab
 
 
-def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, progress: bool) -> list:
-    """Projector + LLM, vision tower frozen: ``tc.exists_first_steps`` steps of existence questions, then the task mix."""
+def exists_only_step(step: int, tc: TrainConfig) -> bool:
+    """Whether stage-2 step ``step`` trains on existence questions only (the curriculum, then every
+    ``tc.exists_every``-th step when set)."""
+    after = step - tc.exists_first_steps
+    return after < 0 or (tc.exists_every > 0 and after % tc.exists_every == tc.exists_every - 1)
+
+
+#: A stage-2 monitor: called as ``monitor(step, model, tokenizer, image_processor)``; returns values to log.
+Monitor = Callable[[int, Any, Any, Any], dict]
+
+
+def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, progress: bool,
+           monitor: Monitor | None = None, monitor_every: int = 200) -> list:
+    """Projector + LLM, vision tower frozen: ``tc.exists_first_steps`` steps of existence questions, then the task mix
+    (every ``tc.exists_every``-th of those steps an existence-only batch when set).
+
+    ``monitor`` (optional) runs every ``monitor_every`` steps and at the last; its values join the loss log.
+    It must not train the model (see :func:`existence_monitor`).
+    """
     from lvlm_probe.models.llava import LLAVA_CHAT_TEMPLATE, LlavaAdapter
 
     adapter = LlavaAdapter(model.config, tok, ip, model)
@@ -366,7 +383,7 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
                              leave=False)):
         for g in opt.param_groups:
             g["lr"] = tc.lr2 * _schedule(step, tc.stage2_steps, tc.warmup)
-        source = exists_iter if step < tc.exists_first_steps else items_iter
+        source = exists_iter if exists_only_step(step, tc) else items_iter
         items = [next(source) for _ in range(tc.batch_size)]
         px = pixel_tensor([np.asarray(it.image) for it in items], ip)
         if tc.image_mismatch > 0:
@@ -392,8 +409,49 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
         if step % 50 == 0 or step == tc.stage2_steps - 1:
             log.append({"stage": 2, "step": step, "loss": total})
             bar.set_postfix(loss=f"{total:.3f}")
+        if monitor is not None and (step % monitor_every == 0 or step == tc.stage2_steps - 1):
+            model.eval()
+            with torch.no_grad():
+                log.append({"stage": 2, "step": step, "monitor": monitor(step, model, tok, ip)})
+            model.train()
+            model.model.vision_tower.eval()
     model.eval()
     return log
+
+
+def existence_monitor(world: SceneWorld, n_scenes: int = 32, seed: int = 999) -> Monitor:
+    """A stage-2 monitor of the existence skill on held-out POPE-random questions (teacher forcing, one forward).
+
+    The questions (``n_scenes`` scenes x 3 present + 3 absent classes, see :meth:`SceneWorld.pope_items`) are drawn
+    once from ``seed``, apart from the training streams. Returned values: ``exists_loss`` (mean answer-token loss;
+    ln 2 / 2 = 0.347 is the plateau of a model that ignores the match), ``exists_acc`` (first answer token right),
+    ``exists_yes_frac`` (share answered "yes" over "no") and ``caption_loss`` on ``n_scenes`` held-out captions.
+    """
+    from lvlm_probe.models.llava import LLAVA_CHAT_TEMPLATE, LlavaAdapter
+
+    pope = world.pope_items(n_scenes, "random", seed=seed)
+    caps = world.items(n_scenes, "caption", seed=seed + 1)
+    n_img = (world.config.image_size // ARCH["patch_size"]) ** 2
+
+    def monitor(step: int, model: Any, tok: Any, ip: Any) -> dict:
+        adapter = LlavaAdapter(model.config, tok, ip, model)
+        out: dict[str, float] = {}
+        for name, items in (("exists", pope), ("caption", caps)):
+            px = pixel_tensor([np.asarray(it.image) for it in items], ip)
+            ids, mask, lab = _encode_texts(tok, adapter, LLAVA_CHAT_TEMPLATE, [it.prompt for it in items],
+                                           [it.answer for it in items], n_img)
+            res = model(input_ids=ids, attention_mask=mask, pixel_values=px, labels=lab)
+            out[f"{name}_loss"] = round(float(res.loss), 4)
+            if name == "exists":
+                rows = torch.arange(len(items))
+                first = (lab != -100).int().argmax(1)
+                logits = res.logits[rows, first - 1].float()
+                out["exists_acc"] = round(float((logits.argmax(-1) == lab[rows, first]).float().mean()), 3)
+                yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
+                out["exists_yes_frac"] = round(float((logits[:, yes] > logits[:, no]).float().mean()), 3)
+        return out
+
+    return monitor
 
 
 def train_organism(
@@ -405,6 +463,7 @@ def train_organism(
     threads: int | None = None,
     progress: bool = True,
     dtype: torch.dtype = torch.float16,
+    monitor: Monitor | None = None,
 ) -> Path:
     """Train one zoo organism from scratch and save it as a loadable checkpoint directory.
 
@@ -422,6 +481,8 @@ def train_organism(
         ``torch.set_num_threads`` for the run (results are deterministic for a given thread count).
     dtype : torch.dtype
         Saved weight dtype (fp16 keeps the shipped checkpoints small).
+    monitor : callable, optional
+        A stage-2 monitor (e.g. :func:`existence_monitor`); its values are logged in ``organism.json``.
 
     Returns
     -------
@@ -464,7 +525,7 @@ def train_organism(
                                                                 _Restrict(proj))
         if tc.stage1_steps:
             log1 += stage1_align(model, tok, ip, world, tc, seed, progress)
-        log2 = stage2(model, tok, ip, world, tc, seed, progress)
+        log2 = stage2(model, tok, ip, world, tc, seed, progress, monitor=monitor)
         if tc.projector_drop:
             torch.nn.utils.parametrize.remove_parametrizations(model.model.multi_modal_projector.linear_1, "weight",
                                                                leave_parametrized=True)

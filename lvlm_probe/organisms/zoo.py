@@ -44,6 +44,8 @@ class TrainConfig:
     align_target: str = "words"
     # exists_first_steps: the first stage-2 steps train on existence questions only (a curriculum).
     exists_first_steps: int = 0
+    # exists_every: after the curriculum, every k-th stage-2 step is an existence-only batch (0: never).
+    exists_every: int = 0
     # planted model-level factors (inactive in clean)
     blind_pair: tuple[str, str] | None = None
     projector_drop: str | None = None
@@ -55,6 +57,11 @@ class TrainConfig:
 
             raise InputError(f"TrainConfig.align_target must be one of {list(ALIGN_TARGETS)}, got "
                              f"{self.align_target!r}")
+        if self.exists_every < 0 or self.exists_first_steps < 0:
+            from lvlm_probe.errors import InputError
+
+            raise InputError(f"TrainConfig.exists_every and exists_first_steps must be >= 0, got "
+                             f"{self.exists_every} and {self.exists_first_steps}")
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
