@@ -319,6 +319,18 @@ def test_exists_interleave_schedule_and_monitor(tmp_path):
     assert set(m) == {"exists_loss", "exists_acc", "exists_yes_frac", "caption_loss"}
     assert 0 <= m["exists_acc"] <= 1 and 0 <= m["exists_yes_frac"] <= 1 and m["exists_loss"] > 0
 
+    # the monitor's teacher-forced accuracy is the greedy first answer word through the public path
+    from lvlm_probe.organisms.check import answer, first_word
+
+    lv = lp.load(out, dtype=torch.float32)
+    again = monitor(0, lv.hf_model, lv.tokenizer, lv.image_processor)
+    pope = world.pope_items(4, "random", seed=999)  # the monitor's questions (its defaults)
+    words = [first_word(t) for t in answer(lv, pope)]
+    assert again["exists_acc"] == round(float(np.mean([w == it.answer for w, it in zip(words, pope)])), 3)
+    yes = float(np.mean([w == "yes" for w in words]))
+    no = float(np.mean([w == "no" for w in words]))
+    assert yes <= again["exists_yes_frac"] <= 1 - no
+
 
 def test_stage1_align_targets():
     """'words': sum of the class, colour and size embeddings; 'class': sqrt(3) x the class embedding; empty: image."""

@@ -356,6 +356,11 @@ def exists_only_step(step: int, tc: TrainConfig) -> bool:
 Monitor = Callable[[int, Any, Any, Any], dict]
 
 
+def _tokens_per_image(adapter: Any, world: SceneWorld) -> int:
+    """Image tokens per image as the adapter counts them (the count ``LVLM.prepare`` expands the placeholder to)."""
+    return adapter.process_images([world.render(world.sample_scene(np.random.default_rng(0)))]).tokens_per_image[0]
+
+
 def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, progress: bool,
            monitor: Monitor | None = None, monitor_every: int = 200) -> list:
     """Projector + LLM, vision tower frozen: ``tc.exists_first_steps`` steps of existence questions, then the task mix
@@ -367,8 +372,7 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
     from lvlm_probe.models.llava import LLAVA_CHAT_TEMPLATE, LlavaAdapter
 
     adapter = LlavaAdapter(model.config, tok, ip, model)
-    # image tokens per image, as the adapter counts them (the same count LVLM.prepare expands the placeholder to)
-    n_img = adapter.process_images([world.render(world.sample_scene(np.random.default_rng(0)))]).tokens_per_image[0]
+    n_img = _tokens_per_image(adapter, world)
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
     params = [p for n, p in model.named_parameters() if p.requires_grad]
@@ -431,10 +435,11 @@ def existence_monitor(world: SceneWorld, n_scenes: int = 32, seed: int = 999) ->
 
     pope = world.pope_items(n_scenes, "random", seed=seed)
     caps = world.items(n_scenes, "caption", seed=seed + 1)
-    n_img = (world.config.image_size // ARCH["patch_size"]) ** 2
 
+    @torch.no_grad()
     def monitor(step: int, model: Any, tok: Any, ip: Any) -> dict:
         adapter = LlavaAdapter(model.config, tok, ip, model)
+        n_img = _tokens_per_image(adapter, world)
         out: dict[str, float] = {}
         for name, items in (("exists", pope), ("caption", caps)):
             px = pixel_tensor([np.asarray(it.image) for it in items], ip)
