@@ -6,6 +6,7 @@ LM init std of 0.1 leaves the plateau within ~200 steps; docs/organisms.md lists
 
     python benchmarks/existence_plateau.py --steps 1200 --mix caption:0.5,exists:0.5 --out runs/exists_mix
     python benchmarks/existence_plateau.py --steps 1200 --mix exists:1 --out runs/exists_only
+    python benchmarks/existence_plateau.py --steps 3800 --first 800 --freeze --restart --every 2 --out runs/keep
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def main() -> None:
     ap.add_argument("--target", default="words", help="stage-1 target (TrainConfig.align_target)")
     ap.add_argument("--mix", default=None, help="stage-2 task mix, e.g. caption:0.5,exists:0.5 (default: the world's)")
     ap.add_argument("--first", type=int, default=0, help="existence-only steps first (exists_first_steps)")
+    ap.add_argument("--freeze", action="store_true", help="hold lm_head, final norm, projector in the curriculum")
+    ap.add_argument("--restart", action="store_true", help="own lr schedule for the curriculum, restarted after it")
     ap.add_argument("--every", type=int, default=0, help="then every k-th step existence-only (exists_every)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -40,7 +43,8 @@ def main() -> None:
         mix = tuple((t, float(w)) for t, w in (part.split(":") for part in args.mix.split(",")))
         world_cfg = world_cfg.with_changes(task_mix=mix)
     tc = replace(spec.train, stage2_steps=args.steps, lm_init_std=args.std, align_target=args.target,
-                 exists_first_steps=args.first, exists_every=args.every)
+                 exists_first_steps=args.first, exists_every=args.every,
+                 exists_first_freeze=args.freeze, exists_first_restart=args.restart)
     spec = replace(spec, world=world_cfg, train=tc)
     t0 = time.time()
     out = train_organism(spec, args.out, seed=args.seed, threads=args.threads,

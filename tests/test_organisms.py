@@ -332,7 +332,39 @@ def test_exists_interleave_schedule_and_monitor(tmp_path):
     assert yes <= again["exists_yes_frac"] <= 1 - no
 
 
-def test_stage1_align_targets():
+
+def test_exists_curriculum_freeze_and_restart(tmp_path):
+    """exists_first_freeze holds lm_head and the final norm (and projector) during the curriculum only;
+    exists_first_restart gives the curriculum its own schedule and restarts it afterwards."""
+    from dataclasses import replace
+
+    import lvlm_probe.organisms.train as T
+
+    base = ZOO["clean"].train
+    plain = replace(base, stage2_steps=1000, exists_first_steps=200)
+    restart = replace(plain, exists_first_restart=True)
+    assert [T.stage2_lr_factor(s, plain) for s in (0, 199, 200, 999)] == \
+        [T._schedule(s, 1000, base.warmup) for s in (0, 199, 200, 999)]  # off: one schedule
+    assert T.stage2_lr_factor(0, restart) == pytest.approx(1 / 51)  # curriculum warm-up min(150, 200 // 4 + 1)
+    assert T.stage2_lr_factor(199, restart) == pytest.approx(0.1, abs=0.01)  # curriculum cosine ends at 0.1
+    assert T.stage2_lr_factor(200, restart) == pytest.approx(1 / base.warmup)  # fresh warm-up after it
+
+    tc = replace(base, lm_init_std=0.1, exists_first_steps=1000, exists_first_freeze=True, batch_size=8)
+    init, _, _ = T.build_organism_model(64, 3, lm_init_std=0.1)
+    head0 = init.lm_head.weight.detach().clone()
+    q0 = init.model.language_model.layers[0].self_attn.q_proj.weight.detach().clone()
+    seen: dict[int, tuple] = {}
+
+    def spy(step, model, tok, ip):
+        lm = model.model.language_model
+        seen[step] = (torch.equal(model.lm_head.weight, head0), bool((lm.norm.weight == 1).all()),
+                      torch.equal(lm.layers[0].self_attn.q_proj.weight, q0))
+        return {}
+
+    train_organism(replace(ZOO["clean"], train=tc), tmp_path / "f", seed=3, steps_scale=0.004, threads=1,
+                   progress=False, monitor=spy)
+    assert seen[0] == (True, True, False)  # step 0 is in the curriculum (4 steps): head and norm held, LM trained
+    assert seen[12][0] is False and seen[12][1] is False  # released after the curriculum
     """'words': sum of the class, colour and size embeddings; 'class': sqrt(3) x the class embedding; empty: image."""
     from lvlm_probe.organisms.train import align_targets
 

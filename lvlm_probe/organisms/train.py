@@ -356,6 +356,23 @@ def exists_only_step(step: int, tc: TrainConfig) -> bool:
 Monitor = Callable[[int, Any, Any, Any], dict]
 
 
+def stage2_lr_factor(step: int, tc: TrainConfig) -> float:
+    """Learning-rate factor of stage-2 step ``step``: one warm-up + cosine over all steps, or, with
+    ``tc.exists_first_restart``, one for the existence curriculum and a fresh one for the steps after it."""
+    first = tc.exists_first_steps
+    if not (tc.exists_first_restart and 0 < first < tc.stage2_steps):
+        return _schedule(step, tc.stage2_steps, tc.warmup)
+    if step < first:
+        return _schedule(step, first, min(tc.warmup, first // 4 + 1))
+    return _schedule(step - first, tc.stage2_steps - first, tc.warmup)
+
+
+def _curriculum_frozen(model: Any) -> list[nn.Parameter]:
+    """Parameters ``TrainConfig.exists_first_freeze`` holds during the curriculum: lm_head, final norm, projector."""
+    return [*model.lm_head.parameters(), *model.model.language_model.norm.parameters(),
+            *model.model.multi_modal_projector.parameters()]
+
+
 def _tokens_per_image(adapter: Any, world: SceneWorld) -> int:
     """Image tokens per image as the adapter counts them (the count ``LVLM.prepare`` expands the placeholder to)."""
     return adapter.process_images([world.render(world.sample_scene(np.random.default_rng(0)))]).tokens_per_image[0]
@@ -364,7 +381,8 @@ def _tokens_per_image(adapter: Any, world: SceneWorld) -> int:
 def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, progress: bool,
            monitor: Monitor | None = None, monitor_every: int = 200) -> list:
     """Projector + LLM, vision tower frozen: ``tc.exists_first_steps`` steps of existence questions, then the task mix
-    (every ``tc.exists_every``-th of those steps an existence-only batch when set).
+    (every ``tc.exists_every``-th of those steps an existence-only batch when set). ``tc.exists_first_freeze`` and
+    ``tc.exists_first_restart`` shape the curriculum (see :class:`TrainConfig`).
 
     ``monitor`` (optional) runs every ``monitor_every`` steps and at the last; its values join the loss log.
     It must not train the model (see :func:`existence_monitor`).
@@ -386,7 +404,10 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
     for step in (bar := tqdm(range(tc.stage2_steps), desc="stage 2 (projector + LLM)", disable=not progress,
                              leave=False)):
         for g in opt.param_groups:
-            g["lr"] = tc.lr2 * _schedule(step, tc.stage2_steps, tc.warmup)
+            g["lr"] = tc.lr2 * stage2_lr_factor(step, tc)
+        if tc.exists_first_freeze and step in (0, tc.exists_first_steps):
+            for p in _curriculum_frozen(model):  # frozen params get no grad, so AdamW skips them
+                p.requires_grad_(step >= tc.exists_first_steps)
         source = exists_iter if exists_only_step(step, tc) else items_iter
         items = [next(source) for _ in range(tc.batch_size)]
         px = pixel_tensor([np.asarray(it.image) for it in items], ip)

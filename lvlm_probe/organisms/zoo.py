@@ -44,6 +44,10 @@ class TrainConfig:
     align_target: str = "words"
     # exists_first_steps: the first stage-2 steps train on existence questions only (a curriculum).
     exists_first_steps: int = 0
+    # exists_first_freeze: during the curriculum, lm_head, the LM's final norm and the projector are frozen.
+    exists_first_freeze: bool = False
+    # exists_first_restart: the curriculum has its own warm-up + cosine; the schedule restarts for the rest.
+    exists_first_restart: bool = False
     # exists_every: after the curriculum, every k-th stage-2 step is an existence-only batch (0: never).
     exists_every: int = 0
     # planted model-level factors (inactive in clean)
