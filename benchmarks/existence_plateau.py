@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--freeze", action="store_true", help="hold lm_head, final norm, projector in the curriculum")
     ap.add_argument("--restart", action="store_true", help="own lr schedule for the curriculum, restarted after it")
     ap.add_argument("--every", type=int, default=0, help="then every k-th step existence-only (exists_every)")
+    ap.add_argument("--layers", type=int, default=0, help="split the LM by task at this layer (exists_layers)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/existence_plateau", help="checkpoint directory (organism.json has the log)")
@@ -44,11 +45,17 @@ def main() -> None:
         world_cfg = world_cfg.with_changes(task_mix=mix)
     tc = replace(spec.train, stage2_steps=args.steps, lm_init_std=args.std, align_target=args.target,
                  exists_first_steps=args.first, exists_every=args.every,
-                 exists_first_freeze=args.freeze, exists_first_restart=args.restart)
+                 exists_first_freeze=args.freeze, exists_first_restart=args.restart, exists_layers=args.layers)
     spec = replace(spec, world=world_cfg, train=tc)
     t0 = time.time()
-    out = train_organism(spec, args.out, seed=args.seed, threads=args.threads,
-                         monitor=existence_monitor(SceneWorld(world_cfg, seed=args.seed)))
+    inner = existence_monitor(SceneWorld(world_cfg, seed=args.seed))
+
+    def monitor(step, model, tok, ip):  # noqa: ANN001, ANN202 - prints each reading as it comes
+        values = inner(step, model, tok, ip)
+        print(f"step {step}: {values} ({time.time() - t0:.0f} s)", flush=True)
+        return values
+
+    out = train_organism(spec, args.out, seed=args.seed, threads=args.threads, monitor=monitor)
     meta = json.loads((out / "organism.json").read_text())
     rows = [{"step": r["step"], **r["monitor"]} for r in meta["log"] if "monitor" in r]
     pd.set_option("display.width", 200)

@@ -288,7 +288,7 @@ def test_experimental_recipe_knobs(tmp_path, monkeypatch):
     with pytest.raises(lp.InputError, match=r"align_target must be one of \['words', 'class'\], got 'nope'"):
         train_organism(replace(spec, train=replace(spec.train, align_target="nope")), tmp_path / "y",
                        steps_scale=0.004, progress=False)
-    with pytest.raises(lp.InputError, match="exists_every and exists_first_steps must be >= 0"):
+    with pytest.raises(lp.InputError, match="exists_every, exists_first_steps and exists_layers must be >= 0"):
         replace(base, exists_every=-1)
 
 
@@ -332,7 +332,6 @@ def test_exists_interleave_schedule_and_monitor(tmp_path):
     assert yes <= again["exists_yes_frac"] <= 1 - no
 
 
-
 def test_exists_curriculum_freeze_and_restart(tmp_path):
     """exists_first_freeze holds lm_head and the final norm (and projector) during the curriculum only;
     exists_first_restart gives the curriculum its own schedule and restarts it afterwards."""
@@ -365,6 +364,53 @@ def test_exists_curriculum_freeze_and_restart(tmp_path):
                    progress=False, monitor=spy)
     assert seen[0] == (True, True, False)  # step 0 is in the curriculum (4 steps): head and norm held, LM trained
     assert seen[12][0] is False and seen[12][1] is False  # released after the curriculum
+
+
+
+def test_exists_layers_split_the_lm_by_task(tmp_path):
+    """exists_layers=1: the curriculum moves only the embeddings and layer 0; a mixed step moves only the layers
+    above, the final norm and lm_head; an existence-only step after the curriculum moves everything but the tower."""
+    from dataclasses import replace
+
+    import lvlm_probe.organisms.train as T
+
+    # 13 stage-2 steps at steps_scale 0.004: curriculum steps 0-3, then every 2nd existence-only (5, 7, 9, 11)
+    tc = replace(ZOO["clean"].train, lm_init_std=0.1, exists_first_steps=1000, exists_every=2, exists_layers=1,
+                 batch_size=8)
+    snaps: dict[int, dict[str, torch.Tensor]] = {}
+
+    def spy(step, model, tok, ip):
+        snaps[step] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        return {}
+
+    orig = T.stage2  # run the spy at every stage-2 step
+
+    def every_step(*a, **k):
+        k["monitor_every"] = 1
+        return orig(*a, **k)
+
+    import unittest.mock as um
+
+    with um.patch.object(T, "stage2", every_step):
+        train_organism(replace(ZOO["clean"], train=tc), tmp_path / "s", seed=3, steps_scale=0.004, threads=1,
+                       progress=False, monitor=spy)
+    assert sorted(snaps) == list(range(13))
+
+    def moved(a: int, b: int) -> set[str]:
+        groups = set()
+        for n in snaps[a]:
+            if not torch.equal(snaps[a][n], snaps[b][n]):
+                groups.add("embed" if "embed_tokens" in n else "layer0" if ".layers.0." in n else
+                           "upper" if ".layers." in n or "lm_head" in n or "language_model.norm" in n else
+                           "projector" if "projector" in n else "vision" if "vision_tower" in n else n)
+        return groups
+
+    assert moved(0, 1) == {"embed", "layer0"}  # step 1: curriculum
+    assert moved(3, 4) == {"upper"}  # step 4: the first mixed step
+    assert moved(4, 5) == {"embed", "layer0", "upper", "projector"}  # step 5: existence-only, all but the tower
+    assert moved(5, 6) == {"upper"}
+
+def test_align_targets_words_and_class():
     """'words': sum of the class, colour and size embeddings; 'class': sqrt(3) x the class embedding; empty: image."""
     from lvlm_probe.organisms.train import align_targets
 

@@ -373,6 +373,16 @@ def _curriculum_frozen(model: Any) -> list[nn.Parameter]:
             *model.model.multi_modal_projector.parameters()]
 
 
+def _layer_split(model: Any, k: int) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """``TrainConfig.exists_layers`` groups: (embeddings + first ``k`` decoder layers, layers above + final norm +
+    lm_head)."""
+    lm = model.model.language_model
+    lower = [*lm.embed_tokens.parameters(), *(p for layer in lm.layers[:k] for p in layer.parameters())]
+    upper = [*(p for layer in lm.layers[k:] for p in layer.parameters()), *lm.norm.parameters(),
+             *model.lm_head.parameters()]
+    return lower, upper
+
+
 def _tokens_per_image(adapter: Any, world: SceneWorld) -> int:
     """Image tokens per image as the adapter counts them (the count ``LVLM.prepare`` expands the placeholder to)."""
     return adapter.process_images([world.render(world.sample_scene(np.random.default_rng(0)))]).tokens_per_image[0]
@@ -381,8 +391,8 @@ def _tokens_per_image(adapter: Any, world: SceneWorld) -> int:
 def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, progress: bool,
            monitor: Monitor | None = None, monitor_every: int = 200) -> list:
     """Projector + LLM, vision tower frozen: ``tc.exists_first_steps`` steps of existence questions, then the task mix
-    (every ``tc.exists_every``-th of those steps an existence-only batch when set). ``tc.exists_first_freeze`` and
-    ``tc.exists_first_restart`` shape the curriculum (see :class:`TrainConfig`).
+    (every ``tc.exists_every``-th of those steps an existence-only batch when set). ``tc.exists_first_freeze``,
+    ``tc.exists_first_restart`` and ``tc.exists_layers`` shape the curriculum (see :class:`TrainConfig`).
 
     ``monitor`` (optional) runs every ``monitor_every`` steps and at the last; its values join the loss log.
     It must not train the model (see :func:`existence_monitor`).
@@ -399,6 +409,7 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
     items_iter = world.iter_items(10 ** 9, "mix", seed=seed + 400)
     exists_iter = world.iter_items(10 ** 9, "exists", seed=seed + 401)
     log = []
+    lower, upper = _layer_split(model, tc.exists_layers) if tc.exists_layers else ([], [])
     model.train()
     model.model.vision_tower.eval()
     for step in (bar := tqdm(range(tc.stage2_steps), desc="stage 2 (projector + LLM)", disable=not progress,
@@ -429,7 +440,17 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
             part = out.loss * (w / sum(weight))
             part.backward()
             total += float(part.detach())
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if tc.exists_layers:  # a held parameter gets no grad, so AdamW neither moves nor decays it this step
+            if step < tc.exists_first_steps:
+                keep = {id(p) for p in lower}
+            elif not exists_only_step(step, tc):
+                keep = {id(p) for p in upper}
+            else:
+                keep = {id(p) for p in params}
+            for p in params:
+                if id(p) not in keep:
+                    p.grad = None
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # params without a grad are skipped
         opt.step()
         if step % 50 == 0 or step == tc.stage2_steps - 1:
             log.append({"stage": 2, "step": step, "loss": total})

@@ -50,6 +50,10 @@ class TrainConfig:
     exists_first_restart: bool = False
     # exists_every: after the curriculum, every k-th stage-2 step is an existence-only batch (0: never).
     exists_every: int = 0
+    # exists_layers: split the LM by task. The curriculum trains only the embeddings and the first k decoder layers;
+    # after it, mixed batches train only the layers above k, the final norm and lm_head (embeddings, lower layers
+    # and projector held), while existence-only batches train everything (0: no split).
+    exists_layers: int = 0
     # planted model-level factors (inactive in clean)
     blind_pair: tuple[str, str] | None = None
     projector_drop: str | None = None
@@ -61,11 +65,11 @@ class TrainConfig:
 
             raise InputError(f"TrainConfig.align_target must be one of {list(ALIGN_TARGETS)}, got "
                              f"{self.align_target!r}")
-        if self.exists_every < 0 or self.exists_first_steps < 0:
+        if self.exists_every < 0 or self.exists_first_steps < 0 or self.exists_layers < 0:
             from lvlm_probe.errors import InputError
 
-            raise InputError(f"TrainConfig.exists_every and exists_first_steps must be >= 0, got "
-                             f"{self.exists_every} and {self.exists_first_steps}")
+            raise InputError(f"TrainConfig.exists_every, exists_first_steps and exists_layers must be >= 0, got "
+                             f"{self.exists_every}, {self.exists_first_steps} and {self.exists_layers}")
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
