@@ -1,12 +1,14 @@
 """Existence-skill experiment (issue 3): does a stage-2 schedule leave the ln 2 / 2 plateau on POPE questions?
 
-Trains ``clean`` with the experimental ``TrainConfig`` knobs and logs a held-out existence monitor
-(:func:`lvlm_probe.organisms.train.existence_monitor`) every 200 stage-2 steps. Existence-only training with an
-LM init std of 0.1 leaves the plateau within ~200 steps; docs/organisms.md lists the schedules that do not.
+Trains ``clean`` with the shipped recipe (or, with ``--existence``, ``EXISTENCE_RECIPE``), the existence knobs of
+``TrainConfig`` overridden by the flags,
+and logs a held-out existence monitor (:func:`lvlm_probe.organisms.train.existence_monitor`) every 200 stage-2
+steps. docs/organisms.md ("Known limitation") tells the story these runs measured.
 
-    python benchmarks/existence_plateau.py --steps 1200 --mix caption:0.5,exists:0.5 --out runs/exists_mix
-    python benchmarks/existence_plateau.py --steps 1200 --mix exists:1 --out runs/exists_only
-    python benchmarks/existence_plateau.py --steps 3800 --first 800 --freeze --restart --every 2 --out runs/keep
+    python benchmarks/existence_plateau.py --existence --out runs/existence        # learns existence and captions
+    python benchmarks/existence_plateau.py --std 0.1 --steps 600 --mix exists:1 --out runs/escape  # escapes
+    python benchmarks/existence_plateau.py --std 0.1 --mix caption:0.5,exists:0.5 --out runs/block  # blocked
+    python benchmarks/existence_plateau.py --existence --image-scale 1 --out runs/unscaled  # colour lost
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ from dataclasses import replace
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1200, help="stage-2 steps")
-    ap.add_argument("--std", type=float, default=0.1, help="LM init std (TrainConfig.lm_init_std)")
-    ap.add_argument("--target", default="words", help="stage-1 target (TrainConfig.align_target)")
+    ap.add_argument("--existence", action="store_true", help="start from EXISTENCE_RECIPE, not the shipped recipe")
+    ap.add_argument("--steps", type=int, default=None, help="stage-2 steps (default: the shipped recipe's)")
+    ap.add_argument("--std", type=float, default=None, help="LM init std (TrainConfig.lm_init_std)")
+    ap.add_argument("--target", default=None, help="stage-1 target (TrainConfig.align_target)")
     ap.add_argument("--mix", default=None, help="stage-2 task mix, e.g. caption:0.5,exists:0.5 (default: the world's)")
-    ap.add_argument("--first", type=int, default=0, help="existence-only steps first (exists_first_steps)")
-    ap.add_argument("--freeze", action="store_true", help="hold lm_head, final norm, projector in the curriculum")
-    ap.add_argument("--restart", action="store_true", help="own lr schedule for the curriculum, restarted after it")
-    ap.add_argument("--every", type=int, default=0, help="then every k-th step existence-only (exists_every)")
-    ap.add_argument("--layers", type=int, default=0, help="split the LM by task at this layer (exists_layers)")
+    ap.add_argument("--first", type=int, default=None, help="existence-only steps first (exists_first_steps)")
+    ap.add_argument("--freeze", action=argparse.BooleanOptionalAction, default=None,
+                    help="hold lm_head, final norm, projector in the curriculum (exists_first_freeze)")
+    ap.add_argument("--restart", action=argparse.BooleanOptionalAction, default=None,
+                    help="own lr schedule for the curriculum, restarted after it (exists_first_restart)")
+    ap.add_argument("--every", type=int, default=None, help="then every k-th step existence-only (exists_every)")
+    ap.add_argument("--layers", type=int, default=None, help="split the LM by task at this layer (exists_layers)")
+    ap.add_argument("--image-scale", type=float, default=None, help="image-token scale after stage 1 (image_scale)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/existence_plateau", help="checkpoint directory (organism.json has the log)")
@@ -36,6 +42,7 @@ def main() -> None:
 
     from lvlm_probe.data.world import SceneWorld
     from lvlm_probe.organisms import ZOO
+    from lvlm_probe.organisms.zoo import EXISTENCE_RECIPE
     from lvlm_probe.organisms.train import existence_monitor, train_organism
 
     spec = ZOO["clean"]
@@ -43,9 +50,12 @@ def main() -> None:
     if args.mix:
         mix = tuple((t, float(w)) for t, w in (part.split(":") for part in args.mix.split(",")))
         world_cfg = world_cfg.with_changes(task_mix=mix)
-    tc = replace(spec.train, stage2_steps=args.steps, lm_init_std=args.std, align_target=args.target,
-                 exists_first_steps=args.first, exists_every=args.every,
-                 exists_first_freeze=args.freeze, exists_first_restart=args.restart, exists_layers=args.layers)
+    overrides = {"stage2_steps": args.steps, "lm_init_std": args.std, "align_target": args.target,
+                 "exists_first_steps": args.first, "exists_every": args.every, "exists_first_freeze": args.freeze,
+                 "exists_first_restart": args.restart, "exists_layers": args.layers, "image_scale": args.image_scale}
+    base = replace(spec.train, **EXISTENCE_RECIPE) if args.existence else spec.train
+    tc = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    print("recipe:", {k: getattr(tc, k) for k in overrides}, flush=True)
     spec = replace(spec, world=world_cfg, train=tc)
     t0 = time.time()
     inner = existence_monitor(SceneWorld(world_cfg, seed=args.seed))

@@ -374,13 +374,28 @@ def _curriculum_frozen(model: Any) -> list[nn.Parameter]:
 
 
 def _layer_split(model: Any, k: int) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """``TrainConfig.exists_layers`` groups: (embeddings + first ``k`` decoder layers, layers above + final norm +
-    lm_head)."""
+    """``TrainConfig.exists_layers`` groups: (embeddings + first ``k`` decoder layers: what the curriculum trains,
+    every stage-2 parameter but those ``k`` layers: what mixed batches train)."""
     lm = model.model.language_model
-    lower = [*lm.embed_tokens.parameters(), *(p for layer in lm.layers[:k] for p in layer.parameters())]
-    upper = [*(p for layer in lm.layers[k:] for p in layer.parameters()), *lm.norm.parameters(),
-             *model.lm_head.parameters()]
-    return lower, upper
+    held = [p for layer in lm.layers[:k] for p in layer.parameters()]
+    lower = [*lm.embed_tokens.parameters(), *held]
+    held_ids = {id(p) for p in held}
+    mixed = [p for n, p in model.named_parameters() if "vision_tower" not in n and id(p) not in held_ids]
+    return lower, mixed
+
+
+def scale_image_tokens(model: Any, scale: float) -> None:
+    """Multiply the projector's output layer (weight and bias) by ``scale`` (``TrainConfig.image_scale``).
+
+    Every image token ``[n_patches, d]`` the LM receives is then ``scale`` times what it was. Pre-norm layers read
+    ``RMSNorm`` of the residual, so the first layer sees the same inputs; what changes is how much the layers'
+    outputs at image positions weigh against the token itself.
+    """
+    proj = model.model.multi_modal_projector.linear_2
+    with torch.no_grad():
+        proj.weight.mul_(scale)
+        if proj.bias is not None:
+            proj.bias.mul_(scale)
 
 
 def _tokens_per_image(adapter: Any, world: SceneWorld) -> int:
@@ -409,7 +424,7 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
     items_iter = world.iter_items(10 ** 9, "mix", seed=seed + 400)
     exists_iter = world.iter_items(10 ** 9, "exists", seed=seed + 401)
     log = []
-    lower, upper = _layer_split(model, tc.exists_layers) if tc.exists_layers else ([], [])
+    lower, mixed = _layer_split(model, tc.exists_layers) if tc.exists_layers else ([], [])
     model.train()
     model.model.vision_tower.eval()
     for step in (bar := tqdm(range(tc.stage2_steps), desc="stage 2 (projector + LLM)", disable=not progress,
@@ -444,7 +459,7 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
             if step < tc.exists_first_steps:
                 keep = {id(p) for p in lower}
             elif not exists_only_step(step, tc):
-                keep = {id(p) for p in upper}
+                keep = {id(p) for p in mixed}
             else:
                 keep = {id(p) for p in params}
             for p in params:
@@ -572,6 +587,8 @@ def train_organism(
                                                                 _Restrict(proj))
         if tc.stage1_steps:
             log1 += stage1_align(model, tok, ip, world, tc, seed, progress)
+        if tc.image_scale != 1.0:
+            scale_image_tokens(model, tc.image_scale)
         log2 = stage2(model, tok, ip, world, tc, seed, progress, monitor=monitor)
         if tc.projector_drop:
             torch.nn.utils.parametrize.remove_parametrizations(model.model.multi_modal_projector.linear_1, "weight",

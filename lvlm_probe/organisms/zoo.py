@@ -36,7 +36,8 @@ class TrainConfig:
     warmup: int = 150
     weight_decay: float = 0.01
     qa_weight: float = 1.0  # stage 2 loss weight of QA answer tokens relative to caption tokens
-    # Experimental knobs (issue 3: existence questions are not learned yet); the defaults are the shipped recipe.
+    # Existence-skill knobs (issue 3; docs/organisms.md explains each). The defaults are the shipped recipe;
+    # EXISTENCE_RECIPE (below) sets the values that teach clean POPE-style questions.
     # lm_init_std: re-draw every LM matrix and embedding from N(0, std) (None: HF's init, std 0.02).
     lm_init_std: float | None = None
     # align_target: stage 1 target of an object patch, "words" (sum of its size, colour and class embeddings) or
@@ -51,9 +52,12 @@ class TrainConfig:
     # exists_every: after the curriculum, every k-th stage-2 step is an existence-only batch (0: never).
     exists_every: int = 0
     # exists_layers: split the LM by task. The curriculum trains only the embeddings and the first k decoder layers;
-    # after it, mixed batches train only the layers above k, the final norm and lm_head (embeddings, lower layers
-    # and projector held), while existence-only batches train everything (0: no split).
+    # after it, mixed batches train everything but those k layers (embeddings, projector, upper layers, final norm,
+    # lm_head), while existence-only batches train everything (0: no split).
     exists_layers: int = 0
+    # image_scale: after stage 1, the projector's output layer is multiplied by this, so image tokens enter the LM at
+    # image_scale x the norm of the word-embedding sums they were aligned to (1.0: unchanged).
+    image_scale: float = 1.0
     # planted model-level factors (inactive in clean)
     blind_pair: tuple[str, str] | None = None
     projector_drop: str | None = None
@@ -70,11 +74,23 @@ class TrainConfig:
 
             raise InputError(f"TrainConfig.exists_every, exists_first_steps and exists_layers must be >= 0, got "
                              f"{self.exists_every}, {self.exists_first_steps} and {self.exists_layers}")
+        if not self.image_scale > 0:
+            from lvlm_probe.errors import InputError
+
+            raise InputError(f"TrainConfig.image_scale must be > 0 (1.0 leaves image tokens unchanged), got "
+                             f"{self.image_scale}")
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         return asdict(self)
+
+
+#: TrainConfig values with which stage 2 teaches existence questions (``replace(tc, **EXISTENCE_RECIPE)``):
+#: ``clean`` trained with it answers POPE-random questions at 1.00 with captions at 0.95 (docs/organisms.md), but the
+#: zoo retrained with it loses two planted behaviours, so it is not the shipped recipe yet.
+EXISTENCE_RECIPE: dict[str, Any] = dict(stage2_steps=3600, lm_init_std=0.1, image_scale=40.0, exists_first_steps=800,
+                                        exists_first_restart=True, exists_layers=1, exists_every=3)
 
 
 @dataclass(frozen=True)
