@@ -1,13 +1,13 @@
 """Existence-skill experiment (issue 3): does a stage-2 schedule leave the ln 2 / 2 plateau on POPE questions?
 
 Trains ``clean`` with the shipped recipe (or, with ``--existence``, ``EXISTENCE_RECIPE``), the existence knobs of
-``TrainConfig`` overridden by the flags,
-and logs a held-out existence monitor (:func:`lvlm_probe.organisms.train.existence_monitor`) every 200 stage-2
-steps. docs/organisms.md ("Known limitation") tells the story these runs measured.
+``TrainConfig`` overridden by the flags, and logs a held-out existence monitor
+(:func:`lvlm_probe.organisms.train.existence_monitor`) every 200 stage-2 steps. docs/organisms.md ("Known
+limitation" and the sections after it) tells the story these runs measured.
 
     python benchmarks/existence_plateau.py --existence --out runs/existence        # learns existence and captions
     python benchmarks/existence_plateau.py --std 0.1 --steps 600 --mix exists:1 --out runs/escape  # escapes
-    python benchmarks/existence_plateau.py --std 0.1 --mix caption:0.5,exists:0.5 --out runs/block  # blocked
+    python benchmarks/existence_plateau.py --std 0.1 --steps 1200 --mix caption:0.5,exists:0.5 --out runs/block  # blocked
     python benchmarks/existence_plateau.py --existence --image-scale 1 --out runs/unscaled  # colour lost
 """
 

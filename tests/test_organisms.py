@@ -376,7 +376,6 @@ def test_exists_curriculum_freeze_and_restart(tmp_path):
     assert seen[max(seen)][0] is False and seen[max(seen)][1] is False  # released after the curriculum
 
 
-
 def test_exists_layers_split_the_lm_by_task(tmp_path):
     """exists_layers=1: the curriculum moves only the embeddings and layer 0; a mixed step moves everything but layer
     0 and the tower; an existence-only step after the curriculum moves everything but the tower."""
@@ -429,9 +428,10 @@ def test_image_scale_multiplies_image_tokens(tmp_path):
     import lvlm_probe.organisms.train as T
 
     tokens = {}
+    size = ZOO["clean"].world.image_size
     for scale in (1.0, 8.0):
         def record(model, tok, ip, *a, _scale=scale, **k):  # stands in for stage 2: image tokens as it gets them
-            px = T.pixel_tensor(np.full((2, 64, 64, 3), 90, dtype=np.uint8), ip)
+            px = T.pixel_tensor(np.full((2, size, size, 3), 90, dtype=np.uint8), ip)
             with torch.no_grad():
                 tokens[_scale] = model.model.multi_modal_projector(T._vision_features(model.model.vision_tower, px))
             return []
@@ -439,7 +439,7 @@ def test_image_scale_multiplies_image_tokens(tmp_path):
         with um.patch.object(T, "stage2", record):
             train_organism(replace(ZOO["clean"], train=replace(ZOO["clean"].train, image_scale=scale, batch_size=4)),
                            tmp_path / f"s{scale}", seed=2, steps_scale=0.004, threads=1, progress=False)
-    assert tokens[1.0].shape[-1] == T.ARCH["text_hidden"]
+    assert tokens[1.0].shape[-1] == T.ARCH["text_hidden"] and float(tokens[1.0].norm()) > 0
     assert torch.allclose(tokens[8.0], 8.0 * tokens[1.0], rtol=1e-5, atol=1e-6)
     with pytest.raises(lp.InputError, match="image_scale"):
         replace(ZOO["clean"].train, image_scale=0.0)

@@ -88,7 +88,7 @@ class TrainConfig:
 
 #: TrainConfig values with which stage 2 teaches existence questions (``replace(tc, **EXISTENCE_RECIPE)``):
 #: ``clean`` trained with it answers POPE-random questions at 1.00 with captions at 0.95 (docs/organisms.md), but the
-#: zoo retrained with it loses two planted behaviours, so it is not the shipped recipe yet.
+#: zoo retrained with it loses three organisms' planted behaviour or basic skill, so it is not the shipped recipe yet.
 EXISTENCE_RECIPE: dict[str, Any] = dict(stage2_steps=3600, lm_init_std=0.1, image_scale=40.0, exists_first_steps=800,
                                         exists_first_restart=True, exists_layers=1, exists_every=3)
 
