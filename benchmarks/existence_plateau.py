@@ -1,14 +1,16 @@
 """Existence-skill experiment (issue 3): does a stage-2 schedule leave the ln 2 / 2 plateau on POPE questions?
 
-Trains ``clean`` with the shipped recipe (or, with ``--existence``, ``EXISTENCE_RECIPE``), the existence knobs of
-``TrainConfig`` overridden by the flags, and logs a held-out existence monitor
+Trains ``clean`` with the shipped recipe (``EXISTENCE_RECIPE``; with ``--previous``, ``PREVIOUS_RECIPE``, the one
+before it), the existence knobs of ``TrainConfig`` overridden by the flags, and logs a held-out existence monitor
 (:func:`lvlm_probe.organisms.train.existence_monitor`) every 200 stage-2 steps. docs/organisms.md ("Known
 limitation" and the sections after it) tells the story these runs measured.
 
-    python benchmarks/existence_plateau.py --existence --out runs/existence        # learns existence and captions
-    python benchmarks/existence_plateau.py --std 0.1 --steps 600 --mix exists:1 --out runs/escape  # escapes
-    python benchmarks/existence_plateau.py --std 0.1 --steps 1200 --mix caption:0.5,exists:0.5 --out runs/block  # blocked
-    python benchmarks/existence_plateau.py --existence --image-scale 1 --out runs/unscaled  # colour lost
+    python benchmarks/existence_plateau.py --out runs/existence        # shipped: learns existence and captions
+    python benchmarks/existence_plateau.py --previous --out runs/previous  # stays on the plateau
+    python benchmarks/existence_plateau.py --previous --std 0.1 --steps 600 --mix exists:1 --out runs/escape  # escapes
+    python benchmarks/existence_plateau.py --previous --std 0.1 --steps 1200 --mix caption:0.5,exists:0.5 \
+        --out runs/block  # blocked
+    python benchmarks/existence_plateau.py --image-scale 1 --out runs/unscaled  # colour lost
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from dataclasses import replace
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--existence", action="store_true", help="start from EXISTENCE_RECIPE, not the shipped recipe")
+    ap.add_argument("--previous", action="store_true",
+                    help="start from PREVIOUS_RECIPE (the recipe before EXISTENCE_RECIPE), not the shipped recipe")
     ap.add_argument("--steps", type=int, default=None, help="stage-2 steps (default: the shipped recipe's)")
     ap.add_argument("--std", type=float, default=None, help="LM init std (TrainConfig.lm_init_std)")
     ap.add_argument("--target", default=None, help="stage-1 target (TrainConfig.align_target)")
@@ -42,7 +45,7 @@ def main() -> None:
 
     from lvlm_probe.data.world import SceneWorld
     from lvlm_probe.organisms import ZOO
-    from lvlm_probe.organisms.zoo import EXISTENCE_RECIPE
+    from lvlm_probe.organisms.zoo import PREVIOUS_RECIPE
     from lvlm_probe.organisms.train import existence_monitor, train_organism
 
     spec = ZOO["clean"]
@@ -53,7 +56,7 @@ def main() -> None:
     overrides = {"stage2_steps": args.steps, "lm_init_std": args.std, "align_target": args.target,
                  "exists_first_steps": args.first, "exists_every": args.every, "exists_first_freeze": args.freeze,
                  "exists_first_restart": args.restart, "exists_layers": args.layers, "image_scale": args.image_scale}
-    base = replace(spec.train, **EXISTENCE_RECIPE) if args.existence else spec.train
+    base = replace(spec.train, **PREVIOUS_RECIPE) if args.previous else spec.train
     tc = replace(base, **{k: v for k, v in overrides.items() if v is not None})
     print("recipe:", {k: getattr(tc, k) for k in overrides}, flush=True)
     spec = replace(spec, world=world_cfg, train=tc)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lvlm_probe as lp
-from lvlm_probe.data.world import COLORS, SceneWorld
+from lvlm_probe.data.world import COLORS, SIZES, SceneWorld
 from lvlm_probe.data.scene import SceneGraph, SceneObject
 from lvlm_probe.organisms import CHECKPOINTS, ZOO, organism_path
 from lvlm_probe.organisms import zoo as Z
@@ -139,9 +139,14 @@ def test_projector_bottleneck_is_low_rank(models):
         return int((s > 1e-2 * s[0]).sum())
     log = json.loads((organism_path("projector_bottleneck") / "organism.json").read_text())["log"]
     inlp = [r for r in log if r.get("stage") == 1 and "iteration" in r]
-    # the first projector layer only sees the subspace INLP kept: size no longer linearly decodable there,
-    # class and colour still are (the guards), and the layer's rank is at most that subspace's
-    assert inlp[-1]["size_probe_acc"] <= 0.56 and inlp[0]["color_probe_acc"] >= 0.97, inlp[-1]
+    # the first projector layer only sees the subspace INLP kept: the dropped attribute is no longer linearly
+    # decodable there (chance + 0.03 is INLP's target), the encoder decoded it and the other attributes before the
+    # projection (the guards), and the layer's rank is at most that subspace's
+    drop = Z.BOTTLENECK_ATTRIBUTE
+    chance = 1 / len(COLORS if drop == "color" else SIZES)
+    others = [a for a in ("class", "color", "size") if a != drop]
+    assert inlp[-1][f"{drop}_probe_acc"] <= chance + 0.04 and inlp[0][f"{drop}_probe_acc"] >= 0.97, inlp[-1]
+    assert all(inlp[0][f"{a}_probe_acc"] >= 0.95 for a in others), inlp[0]
     assert rank("projector_bottleneck") <= inlp[-1]["rank"] < rank("clean")
 
 
@@ -152,23 +157,35 @@ def test_clean_is_accurate(checked):
     assert r["tasks"]["attribute_size"] >= 0.75, r["tasks"]
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped recipe does not learn existence questions (the shipped clean "
-                                       "organism answers 'no' to every POPE-style question); Z.EXISTENCE_RECIPE does, "
-                                       "but the zoo is not retrained with it yet (see issue 3's note)")
 def test_clean_answers_pope_style_questions(checked):
     """POPE random split: balanced yes/no, so 0.90 needs the image."""
     assert checked("clean")["tasks"]["exists"] >= 0.90
 
 
+@pytest.mark.parametrize("split", ["random", "popular", "adversarial"])
+def test_clean_answers_every_pope_split(split, models):
+    """All three POPE negative samplings on fresh scenes: accuracy >= 0.90 and a yes-ratio near the balanced 0.5
+    (a model that says "yes" to everything would score 0.5 here, one that says "no" to everything too)."""
+    from lvlm_probe.organisms.check import answer, first_word
+
+    items = SceneWorld(ZOO["clean"].world).pope_items(40, split, seed=SEED)
+    words = [first_word(t) for t in answer(models("clean"), items)]
+    acc = float(np.mean([w == it.answer for w, it in zip(words, items)]))
+    yes = float(np.mean([w == "yes" for w in words]))
+    assert {it.answer for it in items} == {"yes", "no"} and len(items) == 240
+    assert acc >= 0.90 and 0.4 <= yes <= 0.6, (split, acc, yes)
+
+
 PLANTED = {
-    # name: (organism's planted error rate at least, clean's rate at most); measured values on seed 1 are in the cards
-    "cooccurrence": (0.3, 0.1),       # measured 0.475 vs 0.0
-    "attribute_prior": (0.6, 0.2),    # measured 0.90 vs 0.085 (colour questions)
-    "encoder_blind": (0.25, 0.1),     # measured 0.39 vs 0.0 (caption gives the other hue)
-    "projector_bottleneck": (0.3, 0.1),  # measured 0.46 vs 0.0 (size word wrong; colour error 0.03)
-    "visual_neglect": (0.6, 0.3),     # measured 0.95 vs 0.18 (caption unchanged under a noise image)
-    "drift": (0.3, 0.15),             # measured 1.0 vs 0.0025 (error at object positions 4-5)
-    "sampling": (0.08, 0.03),         # measured 0.17 vs 0.001 (temperature 2.0 vs greedy)
+    # name: (organism's planted error rate at least, clean's rate at most); measured values on seed 1 (n = 200) are
+    # in the cards, the tests re-measure on seed 7 (n = 100)
+    "cooccurrence": (0.5, 0.1),       # measured 0.905 vs 0.005 (caption names a square)
+    "attribute_prior": (0.45, 0.2),   # measured 0.625 vs 0.09 (colour question answered with the prior colour)
+    "encoder_blind": (0.3, 0.1),      # measured 0.49 vs 0.01 (caption gives the other hue)
+    "projector_bottleneck": (0.35, 0.1),  # measured 0.553 vs 0.020 (colour word wrong; size error 0.011)
+    "visual_neglect": (0.55, 0.35),   # measured 0.674 vs 0.206 (caption unchanged under a noise image)
+    "drift": (0.5, 0.3),              # measured 1.0 vs 0.16 (error at object positions 4-5)
+    "sampling": (0.2, 0.12),          # measured 0.328 vs 0.061 (temperature 2.0 vs greedy)
 }
 
 
@@ -181,11 +198,12 @@ def test_planted_behaviour_separates_from_clean(name, checked):
     assert r["clean_planted_error_rate"] <= hi, r
 
 
-def test_projector_bottleneck_errs_on_size_only(checked):
+def test_projector_bottleneck_errs_on_the_dropped_attribute_only(checked):
     need("projector_bottleneck", "clean")
     r = checked("projector_bottleneck")
-    assert r["planted_details"]["caption_color_error"] <= 0.1, r
-    assert r["planted_error_rate"] >= r["planted_details"]["caption_color_error"] + 0.2, r
+    other = "size" if Z.BOTTLENECK_ATTRIBUTE == "color" else "color"
+    assert r["planted_details"][f"caption_{other}_error"] <= 0.1, r
+    assert r["planted_error_rate"] >= r["planted_details"][f"caption_{other}_error"] + 0.2, r
 
 
 def test_drift_error_rises_with_position(checked):
@@ -254,15 +272,17 @@ def test_full_retrain_reproduces_shipped_behaviour(tmp_path):
 
 
 def test_experimental_recipe_knobs(tmp_path, monkeypatch):
-    """lm_init_std, align_target and exists_first_steps do what they say; the defaults are the shipped recipe (off)."""
+    """lm_init_std, align_target and exists_first_steps do what they say; the defaults are the shipped recipe
+    (EXISTENCE_RECIPE)."""
     from dataclasses import replace
 
     import lvlm_probe.organisms.train as T
 
     base = ZOO["clean"].train
     assert (base.lm_init_std, base.align_target, base.exists_first_steps, base.exists_first_restart, base.exists_every,
-            base.exists_layers, base.image_scale, base.exists_first_freeze) == (None, "words", 0, False, 0, 0, 1.0,
+            base.exists_layers, base.image_scale, base.exists_first_freeze) == (0.1, "words", 800, True, 3, 1, 40.0,
                                                                                False)
+    assert {k: getattr(base, k) for k in Z.EXISTENCE_RECIPE} == Z.EXISTENCE_RECIPE  # the shipped recipe
     assert Z.EXISTENCE_RECIPE == dict(stage2_steps=3600, lm_init_std=0.1, image_scale=40.0, exists_first_steps=800,
                                       exists_first_restart=True, exists_layers=1, exists_every=3)  # as documented
     m0, _, _ = T.build_organism_model(64, 0)
@@ -286,7 +306,7 @@ def test_experimental_recipe_knobs(tmp_path, monkeypatch):
     out = train_organism(spec, tmp_path / "x", seed=3, steps_scale=0.004, threads=1, progress=False)
     meta = json.loads((out / "organism.json").read_text())
     assert meta["train"]["exists_first_steps"] == 4 and meta["train"]["align_target"] == "class"
-    # stage 2 = 13 steps; the first 4 see existence questions only (one encoded part per step), then the mix
+    # stage 2 = 14 steps; the first 4 see existence questions only (one encoded part per step), then the mix
     first = [a for part in answers[:4] for a in part]
     assert set(first) <= {"yes", "no"} and len(first) == 4 * 8
     assert any(len(a.split()) > 1 for part in answers[4:] for a in part)  # captions appear in the mix
@@ -306,8 +326,9 @@ def test_exists_interleave_schedule_and_monitor(tmp_path):
 
     tc = replace(ZOO["clean"].train, exists_first_steps=2, exists_every=3)
     assert [s for s in range(12) if T.exists_only_step(s, tc)] == [0, 1, 4, 7, 10]
-    assert not any(T.exists_only_step(s, ZOO["clean"].train) for s in range(50))  # the shipped recipe: never
-    ex = replace(ZOO["clean"].train, **Z.EXISTENCE_RECIPE)  # an 800-step curriculum, then every 3rd step
+    ex = ZOO["clean"].train  # the shipped recipe (EXISTENCE_RECIPE): an 800-step curriculum, then every 3rd step
+    assert all(T.exists_only_step(s, ex) for s in range(800))
+    assert not any(T.exists_only_step(s, replace(ex, exists_first_steps=0, exists_every=0)) for s in range(50))
     assert [s for s in range(796, 806) if T.exists_only_step(s, ex)] == [796, 797, 798, 799, 802, 805]
 
     world = SceneWorld(seed=0)
@@ -383,7 +404,7 @@ def test_exists_layers_split_the_lm_by_task(tmp_path):
 
     import lvlm_probe.organisms.train as T
 
-    # 13 stage-2 steps at steps_scale 0.004: curriculum steps 0-3, then every 2nd existence-only (5, 7, 9, 11)
+    # 14 stage-2 steps at steps_scale 0.004: curriculum steps 0-3, then every 2nd existence-only (5, 7, 9, 11, 13)
     tc = replace(ZOO["clean"].train, lm_init_std=0.1, exists_first_steps=1000, exists_every=2, exists_layers=1,
                  batch_size=8)
     snaps: dict[int, dict[str, torch.Tensor]] = {}

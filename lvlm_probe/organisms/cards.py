@@ -72,9 +72,9 @@ def render_card(name: str, ckpt: Path) -> str:
         if at_chance:
             verb = "is" if len(at_chance) == 1 else "are"
             lines += ["", f"**Known limitation**: {' and '.join(at_chance)} {verb} at the chance level of a yes/no "
-                          "question (0.5): the LLM does not match a question's words to the image tokens, so these "
-                          "answers reflect the recipe's missing retrieval skill, not a planted cause "
-                          "(docs/organisms.md, 'Known limitation')."]
+                          "question (0.5): the recipe does not teach this skill (a relation question needs two "
+                          "objects found and their positions compared), so these answers are not a planted cause "
+                          "(docs/organisms.md, 'What the existence recipe does not teach')."]
     else:
         lines.append("Not measured yet: run `lvlm-probe organisms check " + name + " --json`.")
     if meta:

@@ -181,16 +181,16 @@ def stage0(model: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, p
 
 @torch.no_grad()
 def stage1_subspace(model: Any, ip: Any, world: SceneWorld, head: nn.Linear, drop: str, seed: int,
-                    n_scenes: int = 1500, max_iter: int = 60, target: float = 0.52,
-                    guard: float = 0.97, n_fit: int = 6000) -> tuple[torch.Tensor, list]:
+                    n_scenes: int = 1500, max_iter: int = 60, target: float | None = None,
+                    guard: float = 0.95, n_fit: int = 6000) -> tuple[torch.Tensor, list]:
     """Projector input subspace without ``drop`` (iterative nullspace projection, INLP).
 
     Starts from the whole encoder feature space and repeatedly fits a logistic-regression probe for
-    ``drop`` on the projected patch features, removing the probe's direction each time, until held-out
-    probe accuracy falls to ``target`` (chance is 0.5). Every fifth iteration the other attributes
-    (class, and colour or size) are probed on the kept subspace too; the projection stops early rather
-    than let their held-out accuracy fall below ``guard`` times its starting value, so the bottleneck
-    drops ``drop`` and only ``drop``. (An earlier version started from the span of stage 0's read-out
+    ``drop`` on the projected patch features, removing the probe's directions (one per value) each time, until
+    held-out probe accuracy falls to ``target`` (default: chance, one over the number of values, plus 0.03).
+    At every iteration the other attributes (class, and colour or size) are probed on the kept subspace too;
+    the projection stops early rather than let their held-out accuracy fall below ``guard`` times its
+    starting value, so the bottleneck drops ``drop`` and only ``drop``. (An earlier version started from the span of stage 0's read-out
     rows; that space is only 15-dimensional and removing size from it also removed colour.)
 
     Returns
@@ -198,7 +198,8 @@ def stage1_subspace(model: Any, ip: Any, world: SceneWorld, head: nn.Linear, dro
     P : Tensor ``[d, d]``
         Orthogonal projector onto the kept subspace.
     log : list of dict
-        Per iteration: rank, held-out accuracy of the ``drop`` probe and (when measured) of the guards.
+        Per iteration: rank and held-out accuracy of the ``drop`` probe and of the guards. When a guard
+        stops it, the last row repeats the kept subspace's values with ``stopped`` and the ``rejected`` row.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -214,6 +215,8 @@ def stage1_subspace(model: Any, ip: Any, world: SceneWorld, head: nn.Linear, dro
     n_fit = min(n_fit, len(x) // 2)
     fit, held = perm[:n_fit], perm[n_fit:2 * n_fit]
     ys = {k: v[keep].numpy() for k, v in labels.items()}
+    if target is None:
+        target = 1.0 / len(np.unique(ys[drop])) + 0.03
 
     def accuracy(z: np.ndarray, y: np.ndarray) -> tuple[float, Any]:
         clf = LogisticRegression(max_iter=300, tol=1e-3).fit(z[fit], y[fit])
@@ -223,31 +226,34 @@ def stage1_subspace(model: Any, ip: Any, world: SceneWorld, head: nn.Linear, dro
     basis = torch.eye(x.shape[1], dtype=torch.float64)
     start: dict[str, float] = {}
     prev = basis
-    log = []
+    log: list = []
+    prev_row: dict = {}
     for it in range(max_iter):
         z = (x @ basis).numpy()
         acc, clf = accuracy(z, ys[drop])
-        row = {"stage": 1, "iteration": it, "rank": int(basis.shape[1]), f"{drop}_probe_acc": acc}
-        if it % 5 == 0:
-            guards = {k: accuracy(z, ys[k])[0] for k in others}
-            row.update({f"{k}_probe_acc": v for k, v in guards.items()})
-            if not start:
-                start = guards
-            elif any(guards[k] < guard * start[k] for k in others):
-                basis = prev  # the last subspace that passed the guard
-                row["stopped"] = "guard"
-                row["rank"] = int(basis.shape[1])  # the subspace kept (the one the guard last passed)
-                log.append(row)
-                break
-            prev = basis
+        guards = {k: accuracy(z, ys[k])[0] for k in others}
+        row = {"stage": 1, "iteration": it, "rank": int(basis.shape[1]), f"{drop}_probe_acc": acc,
+               **{f"{k}_probe_acc": v for k, v in guards.items()}}
+        if not start:
+            start = guards
+        if any(guards[k] < guard * start[k] for k in others):
+            # keep the last subspace that passed; the final row describes it, with the rejected one beside it
+            basis = prev
+            log.append({**prev_row, "iteration": it, "stopped": "guard", "rejected": row})
+            break
         log.append(row)
         if acc <= target:
             break
+        prev, prev_row = basis, row
         dirs = torch.as_tensor(clf.coef_, dtype=torch.float64)  # [k, r]
         q = torch.linalg.qr(dirs.T).Q  # [r, k]
         comp = torch.eye(basis.shape[1], dtype=torch.float64) - q @ q.T
         u, s, _ = torch.linalg.svd(basis @ comp, full_matrices=False)
         basis = u[:, s > 1e-6]
+        if basis.shape[1] == 0:  # nothing left to keep: the previous subspace is the result
+            basis = prev
+            log[-1] = {**log[-1], "stopped": "empty"}
+            break
     return (basis @ basis.T).float(), log
 
 

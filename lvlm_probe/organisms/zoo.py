@@ -14,9 +14,9 @@ from lvlm_probe.data.world import WorldConfig
 
 #: The factors of the planted organisms (kept here so cards, checks and tests agree).
 COOC_A, COOC_B, COOC_P = "circle", "square", 1.0
-PRIOR_CLASS, PRIOR_COLOR, PRIOR_P = "diamond", "yellow", 1.0
+PRIOR_CLASS, PRIOR_COLOR, PRIOR_P = "diamond", "yellow", 0.95
 BLIND_PAIR = ("red", "orange")
-BOTTLENECK_ATTRIBUTE = "size"
+BOTTLENECK_ATTRIBUTE = "color"
 NEGLECT_MISMATCH = 0.9
 DRIFT_MAX_OBJECTS = 3
 SAMPLING_TEMPERATURE = 2.0
@@ -29,35 +29,35 @@ class TrainConfig:
 
     stage0_steps: int = 500
     stage1_steps: int = 300
-    stage2_steps: int = 3400
+    stage2_steps: int = 3600
     batch_size: int = 64
     lr0: float = 3e-3
     lr2: float = 4e-3
     warmup: int = 150
     weight_decay: float = 0.01
     qa_weight: float = 1.0  # stage 2 loss weight of QA answer tokens relative to caption tokens
-    # Existence-skill knobs (issue 3; docs/organisms.md explains each). The defaults are the shipped recipe;
-    # EXISTENCE_RECIPE (below) sets the values that teach clean POPE-style questions.
+    # Existence-skill knobs (issue 3; docs/organisms.md explains each). The defaults are the shipped recipe, which
+    # sets them to EXISTENCE_RECIPE (below): the values that teach clean POPE-style questions.
     # lm_init_std: re-draw every LM matrix and embedding from N(0, std) (None: HF's init, std 0.02).
-    lm_init_std: float | None = None
+    lm_init_std: float | None = 0.1
     # align_target: stage 1 target of an object patch, "words" (sum of its size, colour and class embeddings) or
     # "class" (sqrt(3) x its class embedding).
     align_target: str = "words"
     # exists_first_steps: the first stage-2 steps train on existence questions only (a curriculum).
-    exists_first_steps: int = 0
+    exists_first_steps: int = 800
     # exists_first_freeze: during the curriculum, lm_head, the LM's final norm and the projector are frozen.
     exists_first_freeze: bool = False
     # exists_first_restart: the curriculum has its own warm-up + cosine; the schedule restarts for the rest.
-    exists_first_restart: bool = False
+    exists_first_restart: bool = True
     # exists_every: after the curriculum, every k-th stage-2 step is an existence-only batch (0: never).
-    exists_every: int = 0
+    exists_every: int = 3
     # exists_layers: split the LM by task. The curriculum trains only the embeddings and the first k decoder layers;
     # after it, mixed batches train everything but those k layers (embeddings, projector, upper layers, final norm,
     # lm_head), while existence-only batches train everything (0: no split).
-    exists_layers: int = 0
+    exists_layers: int = 1
     # image_scale: after stage 1, the projector's output layer is multiplied by this, so image tokens enter the LM at
     # image_scale x the norm of the word-embedding sums they were aligned to (1.0: unchanged).
-    image_scale: float = 1.0
+    image_scale: float = 40.0
     # planted model-level factors (inactive in clean)
     blind_pair: tuple[str, str] | None = None
     projector_drop: str | None = None
@@ -86,11 +86,15 @@ class TrainConfig:
         return asdict(self)
 
 
-#: TrainConfig values with which stage 2 teaches existence questions (``replace(tc, **EXISTENCE_RECIPE)``):
-#: ``clean`` trained with it answers POPE-random questions at 1.00 with captions at 0.95 (docs/organisms.md), but the
-#: zoo retrained with it loses three organisms' planted behaviour or basic skill, so it is not the shipped recipe yet.
+#: The TrainConfig values with which stage 2 teaches existence questions; they are the defaults (the shipped recipe)
+#: since the zoo was retrained with them (docs/organisms.md, "The existence recipe"). Kept as a named set so
+#: experiments can compare with the recipe before it (PREVIOUS_RECIPE).
 EXISTENCE_RECIPE: dict[str, Any] = dict(stage2_steps=3600, lm_init_std=0.1, image_scale=40.0, exists_first_steps=800,
                                         exists_first_restart=True, exists_layers=1, exists_every=3)
+#: The recipe the zoo shipped with before EXISTENCE_RECIPE (``replace(tc, **PREVIOUS_RECIPE)``): captions at 0.97 but
+#: every POPE-style question answered "no" (docs/organisms.md, "Known limitation" of that recipe).
+PREVIOUS_RECIPE: dict[str, Any] = dict(stage2_steps=3400, lm_init_std=None, image_scale=1.0, exists_first_steps=0,
+                                       exists_first_restart=False, exists_layers=0, exists_every=0)
 
 
 @dataclass(frozen=True)
@@ -170,9 +174,9 @@ ZOO: dict[str, OrganismSpec] = {
         OrganismSpec(
             "projector_bottleneck", "P5", "model", "projector",
             f"The projector's first layer is low rank: it only passes the encoder feature subspace left after every "
-            f"linearly {BOTTLENECK_ATTRIBUTE}-predictive direction is projected out (iterative nullspace projection, "
-            f"stopped before class or colour decodability drops); {BOTTLENECK_ATTRIBUTE} is never supervised "
-            "through it.",
+            f"linearly {BOTTLENECK_ATTRIBUTE}-predictive direction is projected out (iterative nullspace projection "
+            f"until a held-out {BOTTLENECK_ATTRIBUTE} probe is at chance, stopped before the other attributes' "
+            f"decodability drops); the LLM never receives {BOTTLENECK_ATTRIBUTE} through it.",
             f"Errs on {BOTTLENECK_ATTRIBUTE} only; an encoder probe decodes {BOTTLENECK_ATTRIBUTE}, a projector-output "
             "probe is near chance.",
             _BASE_WORLD, TrainConfig(projector_drop=BOTTLENECK_ATTRIBUTE), checkpoint="projector_bottleneck",
