@@ -330,14 +330,17 @@ words = model.tokenizer.convert_ids_to_tokens(one.tokens[0])
 classes = {o.name for o in item.scene.objects}
 steps = [t for t, w in enumerate(words) if w in classes]
 first = steps[0]
-ig = patch_attribution(model, one, step=first, method="integrated_gradients", n_steps=64, progress=False)
+ig = patch_attribution(model, one, step=first, method="integrated_gradients", n_steps=1024, progress=False)
 print(f"word {words[first]!r} at step {first}; f(input) = {float(ig.f_input[0]):.3f}, "
       f"f(baseline) = {float(ig.f_baseline[0]):.3f}, IG delta = {float(ig.delta[0]):.3f}")
 fig = plot_patch_heatmap(item.image, ig.frame(), boxes=item.scene, colorbar_label="IG (log p)",
                          title=f"integrated gradients: '{words[first]}'")"""),
     ("md", """\
 The attribution sits on the patch under the circle's box, and the IG delta (sum of attributions minus
-f(input) − f(baseline)) is a small fraction of the difference it explains. Checked, not eyeballed:"""),
+f(input) − f(baseline)) is a small fraction of the difference it explains. That needs many steps here: the
+organisms' image tokens enter the LLM at 40× the scale stage 1 aligned them to, so the log-probability
+changes steeply along the path. With 64 steps the delta was larger than the difference itself (13.2 against
+9.8); with 1,024 it is about −0.16. Checked, not eyeballed:"""),
     ("code", """\
 m = ig.maps[0][0]
 grid = tuple(m.shape)
@@ -346,12 +349,13 @@ top = divmod(int(m.argmax()), grid[1])
 obj = next(o for o in item.scene.objects if o.name == words[first])
 under = box_patches(obj.box, (W, H), grid)
 print(f"top patch {top}; patches under the {obj.name}'s box {under}")
-assert top in under"""),
+assert top in under
+assert abs(float(ig.delta[0])) < 0.1 * abs(float(ig.f_input[0] - ig.f_baseline[0]))"""),
     ("md", """\
 **Occlusion** is the perturbation view: replace one patch by the baseline and measure the drop in the
 word's probability (one forward per patch, no gradients). For the *second* object word it shows how much
 the answer depends on the baseline: the caption follows raster order, so the word after "circle ," is the
-next occupied cell. Darkening an *empty* cell before the hourglass makes that cell look occupied, and the
+next occupied cell. Darkening an *empty* cell before the hourglass can make that cell look occupied, and the
 model would name something else there."""),
     ("code", """\
 second = steps[1]
@@ -371,10 +375,13 @@ before = [(r, c) for r in range(grid[0]) for c in range(grid[1]) if (r, c) < own
 after = [(r, c) for r in range(grid[0]) for c in range(grid[1]) if (r, c) > own]
 om = occ.maps[0][0]
 print("own cell", own, "Δp", round(float(om[own]), 3), "| empty cells before it", before)
-assert om[own] > 0.5 and all(om[rc] > 0.5 for rc in before) and all(abs(om[rc]) < 0.1 for rc in after)"""),
+print({rc: round(float(om[rc]), 2) for rc in before})
+assert om[own] > 0.5 and max(om[rc] for rc in before) > 0.5 and all(abs(om[rc]) < 0.1 for rc in after)"""),
     ("md", """\
-Both readings are right: the word needs its own patch *and* the emptiness of the cells before it. Which of
-them an attribution shows depends on the baseline; look at more than one method, and at `delta`."""),
+Both readings are right: the word needs its own patch *and* the emptiness of (some of) the cells before it:
+darkening the empty cells of the first row removes the word (Δp up to 0.86), the empty cell just left of it
+much less. Cells after it do not matter. Which of them an attribution shows depends on the baseline; look at
+more than one method, and at `delta`."""),
     ("md", """\
 ## 2. Attention to the image, per layer
 
@@ -393,8 +400,9 @@ for ax, (name, a) in zip(axes, att.items()):
 fig.tight_layout()
 pd.DataFrame({name: a[a.to_role == "image"].groupby("layer").mass.mean() for name, a in att.items()}).round(3)"""),
     ("md", """\
-`visual_neglect` puts less of its attention on the image at every layer. Attention mass is not
-information flow, though: the causal test is to cut the edges."""),
+`visual_neglect` attends to the image *more* than `clean` in layer 0 and less in layers 1 and 2: attention
+mass alone does not say which model uses the image. It is not information flow; the causal test is to cut
+the edges."""),
     ("md", """\
 ## 3. Knockout
 
@@ -406,10 +414,11 @@ ko = knockout(model, gen, step=3, from_roles="image", to_roles="last", window=1)
 print(ko[ko.layer_start == 0][["item_id", "target", "p_base"]].to_string(index=False))
 ko.pivot(index="item_id", columns="layer_start", values="delta_p").round(3)"""),
     ("md", """\
-For three of the four first object words, cutting the image from the last position in the last layer
-alone removes the word (Δp ≈ −1); for item 2 no single layer does, because the other text positions read
-the image too and pass it on. Blocking the image from *every* text position in every layer removes it
-altogether. The same test on `visual_neglect`:"""),
+No single layer's image → last edge carries every word: cutting it in layer 0 removes most of the circle
+(Δp −0.90) and some of the diamond (−0.38), cutting it in the last layer some of the cross (−0.36), and for
+the ring no single layer matters. The other text positions read the image too and pass it on. Blocking the
+image from *every* text position in every layer removes three of the four words (the ring keeps p = 0.91).
+The same test on `visual_neglect`:"""),
     ("code", """\
 rows = []
 for name, m, g in (("clean", model, gen), ("visual_neglect", neglect, gen_n)):
@@ -417,10 +426,17 @@ for name, m, g in (("clean", model, gen), ("visual_neglect", neglect, gen_n)):
     rows.append(r.assign(organism=name))
 ko_all = pd.concat(rows, ignore_index=True)
 print(ko_all.groupby("organism").delta_p.mean().round(3).to_dict())
+vn = ko_all[ko_all.organism == "visual_neglect"]
+assert vn.target.nunique() == 1 and vn.p_base.max() - vn.p_base.min() < 0.01  # one word, whatever the image
+assert ko_all[ko_all.organism == "clean"].delta_p.mean() < -0.5
 ko_all[["organism", "item_id", "target", "p_base", "p_knock", "delta_p"]]"""),
     ("md", """\
-`clean` loses its object words without the image; `visual_neglect` says the same word for every image with
-the same probability, and knocking the image out changes nothing: it does not use the image at all.
+`clean` loses its object words without the image. `visual_neglect` says the same word ("bar") for every
+image with the same probability (0.136): what the image shows does not matter. Knocking the image out still
+removes the word, so its LLM does read something from the image tokens, but something that is the same for
+every image (their presence, their positions), not their content. Knockout alone would say "uses the image";
+the cascade's noise-image test (`pmi_img`, `img_use`: the same tokens with a uniform-noise image) tells
+content from presence.
 
 These are the instruments behind the cascade's *llm fusion* evidence (`img_attn_ratio`, `p_knock`,
 `knockout_effect` in the evidence frame); `04_diagnosis` puts them together per error."""),

@@ -13,6 +13,7 @@ import pytest
 
 import lvlm_probe as lp
 from lvlm_probe.organisms import ZOO, organism_path
+from lvlm_probe.organisms import zoo as Z
 from lvlm_probe.tracing import STAGES, Thresholds, cascade, diagnose_error, score_column
 from lvlm_probe.tracing.cascade import balanced_accuracy
 from lvlm_probe.tracing.stats import PriorLookup, prior_evidence, training_statistics
@@ -89,6 +90,14 @@ def test_omitted_objects_use_only_token_free_rules():
     assert diagnose_error(om).stage == "undetermined"
     assert diagnose_error({**om, "img_use": 0.01}).stage == "llm fusion"
     assert diagnose_error({**om, "pos_quantile": 1.0}).stage == "long generation"
+    # an omission is a length effect only when the caption stopped early (fewer mentions than scene objects)
+    assert diagnose_error({**om, "pos_quantile": 1.0, "n_mentions": 3, "n_scene_objects": 5}).stage == \
+        "long generation"
+    covered = {**om, "pos_quantile": 1.0, "n_mentions": 5, "n_scene_objects": 3}
+    assert diagnose_error(covered).stage == "undetermined"
+    assert diagnose_error({**covered, "img_use": 0.01}).stage == "llm fusion"  # a full-length caption, image unused
+    # a mentioned (hallucinated) object late in a full-length caption still counts
+    assert stage(kind="object", pos_quantile=1.0, n_mentions=6, n_scene_objects=3, truth=None) == "long generation"
     assert diagnose_error({**om, "enc_p_true": 0.3}).stage == "encoder"
     assert diagnose_error({**om, "sampled": True, "deviation_step": 4}).stage == "decoding"
 
@@ -114,7 +123,7 @@ def test_training_statistics_from_an_organism_and_from_scenes():
     assert p == pytest.approx(1.0) and ctx == "circle" and lift > 1.4
     ap = PriorLookup(training_statistics(str(organism_path("attribute_prior") / "training_stats.json")))
     p, lift = ap.attribute_prior("diamond", "color", "yellow")
-    assert p > 0.95 and lift == pytest.approx(p * 6)
+    assert p == pytest.approx(Z.PRIOR_P, abs=0.01) and lift == pytest.approx(p * 6)
     assert co.position_quantile(1) == 0.0 and 0.0 < co.position_quantile(3) < co.position_quantile(6) == 1.0
     # a user corpus of scene graphs gives the same tables
     world = lp.SceneWorld(ZOO["cooccurrence"].world, seed=0)

@@ -15,7 +15,8 @@ Rules, tried in order; the first that holds names the stage (every rule that hol
    the image (``p_noimg >= survive_ratio * p_emit``). Stage: co-occurrence (object), attribute prior or
    relation prior.
 5. **long generation** (inference): the error sits at an object position beyond what the training captions
-   reach (``pos_quantile >= drift_quantile``).
+   reach (``pos_quantile >= drift_quantile``). An omitted object counts only when the caption stopped early:
+   it names fewer objects than the scene holds (``n_mentions < n_scene_objects``).
 6. **llm fusion** (model): the model does not use the image: replacing it by noise changes the emitted token's
    log-probability (``|pmi_img|``) and the median over all its generated tokens (``img_use``) by at most
    ``fusion_pmi`` nats (an omitted object, which has no token, needs only the latter).
@@ -174,10 +175,14 @@ def diagnose_error(ev: dict[str, Any], th: Thresholds | None = None) -> Diagnosi
                           and survives,
                           f"P_train={prior:.2f} (lift {lift:.1f}) given {ev.get('prior_context')!r}; image-free "
                           f"p={p_free:.2f} vs p={p:.2f}")
-    holds["long generation"] = (_ok(q) and q >= th.drift_quantile,
-                                f"object position {ev.get('ordinal')} is beyond {q:.0%} of training captions")
     ignores = _ok(pmi) and abs(pmi) <= th.fusion_pmi
     omitted = ev.get("polarity") == "omitted" and not _ok(p)
+    # an omission is a length effect only when the caption stopped before it had named as many objects as the
+    # scene holds; a caption as long as the scene that names other objects did not run out of length
+    n_men, n_obj = _f(ev.get("n_mentions")), _f(ev.get("n_scene_objects"))
+    covered = omitted and _ok(n_men) and _ok(n_obj) and n_men >= n_obj
+    holds["long generation"] = (_ok(q) and q >= th.drift_quantile and not covered,
+                                f"object position {ev.get('ordinal')} is beyond {q:.0%} of training captions")
     holds["llm fusion"] = ((ignores or omitted) and _ok(use) and use <= th.fusion_pmi,
                            f"the model ignores the image: a noise image changes log p of this token by {pmi:+.2f} "
                            f"and of its generated tokens by {use:.2f} nats (median |.|) <= {th.fusion_pmi}")

@@ -18,7 +18,8 @@ from lvlm_probe._atomic import atomic_write_text
 from lvlm_probe.data.items import Item
 from lvlm_probe.errors import InputError
 from lvlm_probe.tracing.cascade import STAGES, Thresholds, cascade, score_column, summarize
-from lvlm_probe.tracing.evidence import EVIDENCE_COLUMNS, as_float, mention_ordinal, probe_evidence, token_evidence
+from lvlm_probe.tracing.evidence import (EVIDENCE_COLUMNS, as_float, mention_ordinal, n_object_mentions, probe_evidence,
+                                         token_evidence)
 from lvlm_probe.tracing.stats import PriorLookup, prior_evidence, training_statistics
 
 FLOAT_EVIDENCE = ("p_emit", "p_truth", "rank", "entropy", "p_noimg", "p_knock", "img_use", "deviation_step", "pmi_img",
@@ -247,12 +248,15 @@ def diagnose(
     for r in errors.to_dict(orient="records"):
         it = by_id[str(r["item"])]
         text = text_of.get(str(r["item"])) or ""
+        n_mentions = n_scene = None
         if it.task in (None, "caption"):
             ordinal, context = mention_ordinal(text, r, vocabulary)
+            n_mentions = n_object_mentions(text, vocabulary)
+            n_scene = len(it.scene.objects) if it.scene is not None else None
         else:
             ordinal, context = None, [w for w in (r.get("subject"), r.get("object")) if isinstance(w, str)]
         row = prior_evidence(r, lookup, context, ordinal)
-        row["ordinal"] = ordinal
+        row.update(ordinal=ordinal, n_mentions=n_mentions, n_scene_objects=n_scene)
         data_rows.append(row)
     data_ev = pd.DataFrame(data_rows, index=errors.index)
 

@@ -28,13 +28,18 @@ EVIDENCE_COLUMNS: tuple[str, ...] = (
     "p_emit", "rank", "greedy_token", "entropy", "p_truth", "p_noimg", "p_knock", "pmi_img", "knockout_effect", "img_use",
     "deviation_step",
     "img_attn", "img_attn_ratio", "enc_p_true", "proj_p_true", "enc_site", "proj_site",
-    "prior_train", "prior_lift", "prior_context", "class_freq", "pos_quantile",
+    "prior_train", "prior_lift", "prior_context", "class_freq", "pos_quantile", "n_mentions", "n_scene_objects",
 )
 TEXT_ROLES: tuple[str, ...] = ("system", "template", "question", "answer", "generated")
 
 
 def _nan(x: Any) -> bool:
     return x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x))
+
+
+def n_object_mentions(text: str, vocabulary: Any = None) -> int:
+    """Number of distinct (non-negated) object mentions in ``text``."""
+    return len({c.mention for c in extract_claims(text, vocabulary) if c.kind == "object" and not c.negated})
 
 
 def mention_ordinal(text: str, row: dict, vocabulary: Any = None) -> tuple[int, list[str]]:
