@@ -190,8 +190,9 @@ def stage1_subspace(model: Any, ip: Any, world: SceneWorld, head: nn.Linear, dro
     held-out probe accuracy falls to ``target`` (default: chance, one over the number of values, plus 0.03).
     At every iteration the other attributes (class, and colour or size) are probed on the kept subspace too;
     the projection stops early rather than let their held-out accuracy fall below ``guard`` times its
-    starting value, so the bottleneck drops ``drop`` and only ``drop``. (An earlier version started from the span of stage 0's read-out
-    rows; that space is only 15-dimensional and removing size from it also removed colour.)
+    starting value, so the bottleneck drops ``drop`` and only ``drop``. (An earlier version started from the
+    span of stage 0's read-out rows; that space is only 15-dimensional and removing size from it also removed
+    colour.)
 
     Returns
     -------

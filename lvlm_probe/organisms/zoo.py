@@ -92,7 +92,7 @@ class TrainConfig:
 EXISTENCE_RECIPE: dict[str, Any] = dict(stage2_steps=3600, lm_init_std=0.1, image_scale=40.0, exists_first_steps=800,
                                         exists_first_restart=True, exists_layers=1, exists_every=3)
 #: The recipe the zoo shipped with before EXISTENCE_RECIPE (``replace(tc, **PREVIOUS_RECIPE)``): captions at 0.97 but
-#: every POPE-style question answered "no" (docs/organisms.md, "Known limitation" of that recipe).
+#: every POPE-style question answered "no" (docs/organisms.md, "The existence recipe").
 PREVIOUS_RECIPE: dict[str, Any] = dict(stage2_steps=3400, lm_init_std=None, image_scale=1.0, exists_first_steps=0,
                                        exists_first_restart=False, exists_layers=0, exists_every=0)
 

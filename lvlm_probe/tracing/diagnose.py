@@ -24,7 +24,7 @@ from lvlm_probe.tracing.stats import PriorLookup, prior_evidence, training_stati
 
 FLOAT_EVIDENCE = ("p_emit", "p_truth", "rank", "entropy", "p_noimg", "p_knock", "img_use", "deviation_step", "pmi_img",
                   "knockout_effect", "img_attn", "img_attn_ratio", "enc_p_true", "proj_p_true", "prior_train",
-                  "prior_lift", "class_freq", "pos_quantile")
+                  "prior_lift", "class_freq", "pos_quantile", "n_mentions", "n_scene_objects")
 DEFAULT_PROBE_SITES = ("projector.in", "projector.out")
 CURVE_SITES_SMALL = ("vision.resid_post.*", "projector.in", "projector.out", "llm.resid_post.*")
 
