@@ -2,8 +2,8 @@
 
 Trains ``clean`` with the shipped recipe (``EXISTENCE_RECIPE``; with ``--previous``, ``PREVIOUS_RECIPE``, the one
 before it), the existence knobs of ``TrainConfig`` overridden by the flags, and logs a held-out existence monitor
-(:func:`lvlm_probe.organisms.train.existence_monitor`) every 200 stage-2 steps. docs/organisms.md ("Known
-limitation" and the sections after it) tells the story these runs measured.
+(:func:`lvlm_probe.organisms.train.existence_monitor`) every 200 stage-2 steps. docs/organisms.md ("The existence
+recipe" and the sections after it) tells the story these runs measured.
 
     python benchmarks/existence_plateau.py --out runs/existence        # shipped: learns existence and captions
     python benchmarks/existence_plateau.py --previous --out runs/previous  # stays on the plateau

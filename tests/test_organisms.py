@@ -147,6 +147,7 @@ def test_projector_bottleneck_is_low_rank(models):
     others = [a for a in ("class", "color", "size") if a != drop]
     assert inlp[-1][f"{drop}_probe_acc"] <= chance + 0.04 and inlp[0][f"{drop}_probe_acc"] >= 0.97, inlp[-1]
     assert all(inlp[0][f"{a}_probe_acc"] >= 0.95 for a in others), inlp[0]
+    assert all(inlp[-1][f"{a}_probe_acc"] >= 0.95 * inlp[0][f"{a}_probe_acc"] for a in others), inlp[-1]  # kept
     assert rank("projector_bottleneck") <= inlp[-1]["rank"] < rank("clean")
 
 
@@ -484,3 +485,43 @@ def test_align_targets_words_and_class():
     assert w.shape == c.shape == (1, 2, 5)
     assert torch.allclose(w[0, 0], e("ring") + e("blue") + e("small")) and torch.allclose(w[0, 1], e("image"))
     assert torch.allclose(c[0, 0], 3 ** 0.5 * e("ring")) and torch.allclose(c[0, 1], 3 ** 0.5 * e("image"))
+
+
+def test_inlp_stops_at_target_guard_or_empty_and_logs_the_kept_subspace(monkeypatch):
+    """stage1_subspace on synthetic patch features (class, colour and size in orthogonal directions):
+    it removes colour to chance while class and size survive; a guard that cannot hold keeps the whole space and
+    logs the rejected subspace beside it; a target it cannot reach ends at the last non-empty subspace."""
+    import types
+
+    import lvlm_probe.organisms.train as T
+
+    world = SceneWorld(seed=0)
+    d = 64
+    gen = torch.Generator().manual_seed(0)
+    basis = 3 * torch.linalg.qr(torch.randn(d, 9 + len(COLORS) + 2, generator=gen)).Q.T  # orthogonal rows
+    emb = dict(zip(("class", "color", "size"), basis.split([9, len(COLORS), 2])))
+
+    def features(_vt, scenes):  # one feature row per cell, built from the cell's labels plus a little noise
+        cls, col, siz = T._cell_labels(world, scenes)
+        f = emb["class"][cls] + emb["color"][col.clamp(min=0)] + emb["size"][siz.clamp(min=0)]
+        return f + 0.05 * torch.randn(f.shape, generator=gen)
+
+    monkeypatch.setattr(T, "_render_batch", lambda _w, scenes: scenes)
+    monkeypatch.setattr(T, "pixel_tensor", lambda scenes, _ip: scenes)
+    monkeypatch.setattr(T, "_vision_features", features)
+    model = types.SimpleNamespace(model=types.SimpleNamespace(vision_tower=None))
+    run = lambda **kw: T.stage1_subspace(model, None, world, None, "color", 0, n_scenes=300, n_fit=600, **kw)  # noqa: E731
+
+    P, log = run()
+    chance = 1 / len(COLORS)
+    assert log[0]["color_probe_acc"] >= 0.95 and log[-1]["color_probe_acc"] <= chance + 0.03 + 1e-9, \
+        json.dumps(log, default=str)
+    assert log[-1]["class_probe_acc"] >= 0.95 * log[0]["class_probe_acc"] and log[-1]["size_probe_acc"] >= 0.9
+    assert int(torch.linalg.matrix_rank(P)) == log[-1]["rank"] < d and "stopped" not in log[-1]
+
+    P, log = run(guard=1.01)  # no subspace but the first can pass: keep it, log what was rejected
+    assert log[-1]["stopped"] == "guard" and log[-1]["rank"] == d and log[-1]["rejected"]["rank"] < d
+    assert torch.allclose(P, torch.eye(d), atol=1e-5)
+
+    P, log = run(target=0.0, guard=0.0)  # the target is never reached: stop before the subspace is empty
+    assert log[-1]["stopped"] == "empty" and int(torch.linalg.matrix_rank(P)) == log[-1]["rank"] > 0

@@ -237,7 +237,7 @@ def stage1_subspace(model: Any, ip: Any, world: SceneWorld, head: nn.Linear, dro
                **{f"{k}_probe_acc": v for k, v in guards.items()}}
         if not start:
             start = guards
-        if any(guards[k] < guard * start[k] for k in others):
+        if it and any(guards[k] < guard * start[k] for k in others):  # the start is the reference, never rejected
             # keep the last subspace that passed; the final row describes it, with the rejected one beside it
             basis = prev
             log.append({**prev_row, "iteration": it, "stopped": "guard", "rejected": row})
