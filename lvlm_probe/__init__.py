@@ -22,12 +22,13 @@ from lvlm_probe.report import Report
 from lvlm_probe.tracing import Diagnosis, DiagnosisReport, Thresholds, diagnose
 from lvlm_probe.data import Item, SceneGraph, SceneObject, SceneWorld, WorldConfig, load_image, read_items
 from lvlm_probe.misalignment import Misalignment, Vocabulary, extract_claims, judge, judge_batch
-from lvlm_probe.errors import InputError, LvlmProbeError, SiteError, StoreError, UnsupportedModelError
+from lvlm_probe.errors import (InputError, LvlmProbeError, ModelLoadError, SiteError, StoreError,
+                               UnsupportedModelError)
 from lvlm_probe.models import (ROLE_NAMES, SITE_DOCS, LVLM, Batch, Generation, TokenRoles, load,
                                supported_families)
 
 __all__ = [
-    "ActivationStore", "Batch", "Generation", "InputError", "Item", "LVLM", "LvlmProbeError", "ROLE_NAMES",
+    "ActivationStore", "Batch", "Generation", "InputError", "Item", "LVLM", "LvlmProbeError", "ModelLoadError", "ROLE_NAMES",
     "SELECTIONS", "SITE_DOCS", "SiteError", "StoreError", "TokenRoles", "UnsupportedModelError", "__version__",
     "Misalignment", "Vocabulary", "benchmarks", "extract_claims", "judge", "judge_batch", "misalignment",
     "SceneGraph", "SceneObject", "SceneWorld", "WorldConfig", "capture", "load", "load_image", "organisms",

@@ -15,6 +15,11 @@ class UnsupportedModelError(LvlmProbeError, ValueError):
     """The architecture has no family adapter."""
 
 
+class ModelLoadError(LvlmProbeError, RuntimeError):
+    """A checkpoint that cannot be loaded as it is: weights missing, renamed or of the wrong shape, a corrupt
+    weights file, or a hub id that is neither cached nor reachable."""
+
+
 class SiteError(LvlmProbeError, KeyError):
     """Unknown capture site or selection."""
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random-init LLaVA and Qwen2.5-VL checkpoints built offline in a temp dir."""
+"""Shared fixtures: tiny random-init LLaVA and Qwen2.5-VL checkpoints built offline in a temp dir, and HF's own
+processor pipeline that every parity test compares against (never inputs built by lvlm_probe)."""
 
 from __future__ import annotations
 
@@ -77,8 +78,62 @@ def hf_eager(model_dir, model):
     return cls.from_pretrained(model_dir, attn_implementation="eager").eval()
 
 
+def hf_processor(model_dir, model):
+    """HF's own processor for a checkpoint directory (``AutoProcessor``), left padding, the model's chat template.
+
+    Qwen2.5-VL's processor also builds a video processor, which needs torchvision; the PyPI torchvision does
+    not import beside the CPU torch build, so without it the same processor class is built from the
+    directory's tokenizer and image processor with no video processor. Its processing code (placeholder
+    expansion, ``mm_token_type_ids``, pixel layout) is HF's either way.
+    """
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+    from transformers.processing_utils import ProcessorMixin
+
+    try:
+        proc = AutoProcessor.from_pretrained(model_dir)
+    except Exception:  # noqa: BLE001 - only the video processor is missing; checked below
+        cls = {"qwen2_5_vl": "Qwen2_5_VLProcessor"}[model.family]
+        import transformers
+
+        orig = ProcessorMixin.check_argument_for_proper_class
+
+        def check(self, name, arg):
+            return None if arg is None and name == "video_processor" else orig(self, name, arg)
+
+        ProcessorMixin.check_argument_for_proper_class = check
+        try:
+            proc = getattr(transformers, cls)(image_processor=AutoImageProcessor.from_pretrained(model_dir),
+                                              tokenizer=AutoTokenizer.from_pretrained(model_dir), video_processor=None)
+        finally:
+            ProcessorMixin.check_argument_for_proper_class = orig
+    proc.tokenizer.padding_side = "left"
+    if proc.chat_template is None:
+        proc.chat_template = model.chat_template
+    return proc
+
+
+def hf_pipeline_inputs(model_dir, model, images, questions):
+    """``AutoProcessor(images, text)`` output of HF's own pipeline: text from the processor's chat template.
+
+    ``images``: one entry per item (an image or a list of images); returns the processor's BatchFeature.
+    """
+    proc = hf_processor(model_dir, model)
+    texts, flat = [], []
+    for im, q in zip(images, questions):
+        ims = im if isinstance(im, list) else [im]
+        flat += ims
+        msgs = [{"role": "user", "content": [*({"type": "image"} for _ in ims), {"type": "text", "text": q}]}]
+        texts.append(proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
+    return proc(images=flat, text=texts, return_tensors="pt", padding=True)
+
+
+MIXED_QUESTIONS = ["what is in the image ?", "how many objects are there in this picture ?"]
+
+
+def mixed_images(n_images_second: int = 1):
+    return [rand_image(0, 40, 60), [rand_image(k + 1, 50 + 14 * k, 50) for k in range(n_images_second)]]
+
+
 def mixed_batch(model, n_images_second: int = 1):
     """Two items of different prompt lengths (and, for Qwen, image sizes)."""
-    imgs = [rand_image(0, 40, 60), [rand_image(k + 1, 50 + 14 * k, 50) for k in range(n_images_second)]]
-    return model.prepare(imgs, ["what is in the image ?", "how many objects are there in this picture ?"],
-                         item_ids=["a", "b"])
+    return model.prepare(mixed_images(n_images_second), MIXED_QUESTIONS, item_ids=["a", "b"])

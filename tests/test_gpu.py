@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lvlm_probe as lp
-from conftest import hf_eager, mixed_batch, rand_image
+from conftest import MIXED_QUESTIONS, hf_eager, hf_pipeline_inputs, mixed_batch, mixed_images, rand_image
 
 pytestmark = pytest.mark.gpu
 
@@ -16,8 +16,9 @@ def test_cuda_parity_and_capture(which, request, tmp_path):
     batch = mixed_batch(model)
     assert batch.input_ids.device.type == "cuda"
     hf = hf_eager(d, model).cuda()
+    ref_inputs = hf_pipeline_inputs(d, model, mixed_images(), MIXED_QUESTIONS).to("cuda")
     with torch.no_grad():
-        ref = hf(input_ids=batch.input_ids, **batch.model_inputs()).logits
+        ref = hf(**ref_inputs).logits
     keep = batch.attention_mask.bool()
     assert torch.allclose(model.forward(batch)[keep], ref[keep], atol=1e-4)
     items = [lp.Item(id=str(k), image=rand_image(k), prompt="what is in the image ?") for k in range(4)]

@@ -110,9 +110,9 @@ def _copies_forward(model: Any, batch: Batch, target: int, output: str) -> Calla
     def f(x: torch.Tensor) -> torch.Tensor:
         s = x.shape[0]
         pv = x.reshape(s * pv0.shape[0], *pv0.shape[1:])
-        extras = {k: torch.cat([v] * s, 0) for k, v in batch.extras.items()}
-        out = model.hf_model(input_ids=batch.input_ids.repeat(s, 1), attention_mask=batch.attention_mask.repeat(s, 1),
-                             pixel_values=pv, **extras, use_cache=False)
+        # every other input (attention mask, per-image and per-token extras) is repeated per copy
+        kw = {k: torch.cat([v] * s, 0) for k, v in batch.model_inputs().items() if k != "pixel_values"}
+        out = model.hf_model(input_ids=batch.input_ids.repeat(s, 1), pixel_values=pv, **kw, use_cache=False)
         return _scalar(out.logits[:, -1], tgt.repeat(s), output)
 
     return f

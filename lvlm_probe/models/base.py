@@ -101,12 +101,24 @@ class FamilyAdapter(ABC):
     model_types: ClassVar[tuple[str, ...]] = ()
     #: The placeholder a raw prompt (``chat_template=False``) carries once per image.
     image_placeholder: ClassVar[str] = "<image>"
+    #: Name of the HF model class in ``transformers`` (loaded by ``lvlm_probe.load``).
+    hf_class_name: ClassVar[str] = ""
+    #: Forward input that marks image tokens per position, for families whose positions depend on it
+    #: (Qwen2.5-VL builds its 3-D mRoPE positions only when ``mm_token_type_ids`` is passed); None if none.
+    token_type_input: ClassVar[str | None] = None
 
     def __init__(self, hf_config: Any, tokenizer: Any, image_processor: Any, hf_model: Any) -> None:
         self.hf_config = hf_config
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.hf_model = hf_model
+
+    @classmethod
+    def hf_class(cls) -> type:
+        """The ``transformers`` model class of this family."""
+        import transformers
+
+        return getattr(transformers, cls.hf_class_name)
 
     # ---- facts -------------------------------------------------------------------------------
     @property

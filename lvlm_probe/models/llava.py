@@ -33,6 +33,7 @@ class LlavaAdapter(FamilyAdapter):
     family = "llava"
     model_types = ("llava",)
     image_placeholder = "<image>"
+    hf_class_name = "LlavaForConditionalGeneration"
 
     @property
     def image_token_id(self) -> int:

@@ -6,13 +6,14 @@ import contextlib
 import importlib.util
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from lvlm_probe.data.items import load_image
-from lvlm_probe.errors import InputError, UnsupportedModelError
+from lvlm_probe.errors import InputError, ModelLoadError, UnsupportedModelError
 from lvlm_probe.models.base import FamilyAdapter, ImageInputs, Site
 from lvlm_probe.models.llava import LlavaAdapter
 from lvlm_probe.models.qwen2_5_vl import Qwen2_5_VLAdapter
@@ -55,22 +56,45 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return dtype
 
 
-@contextlib.contextmanager
-def _bridge_without_torchvision(model_type: str) -> Iterator[None]:
-    """TransformerLens' Qwen2.5-VL adapter insists on torchvision, which only HF's *fast* image
-    processors need; lvlm_probe uses the PIL processors, so the check is relaxed while booting."""
-    if model_type != "qwen2_5_vl" or importlib.util.find_spec("torchvision") is not None:
-        yield
-        return
-    from transformer_lens.model_bridge.supported_architectures import qwen2_5_vl as tl_qwen
+def _torchvision_importable() -> bool:
+    """True when torchvision really imports (a CUDA wheel beside a CPU torch is installed but does not)."""
+    if importlib.util.find_spec("torchvision") is None:
+        return False
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - any failure means the fast processors cannot use it
+        return False
+    return True
 
-    cls = tl_qwen.Qwen2_5_VLArchitectureAdapter
-    saved = cls.required_libraries
-    cls.required_libraries = []
+
+@contextlib.contextmanager
+def _quiet_bridge_boot(model_type: str) -> Iterator[None]:
+    """Boot TransformerBridge without its two side effects that hurt lvlm_probe users.
+
+    - TransformerLens 4.3 ``pip install``-s torchvision on the fly when a multimodal checkpoint has no
+      loadable ``AutoProcessor``; on a CPU torch that pulls a multi-GB CUDA torch build into the
+      environment and breaks it. lvlm_probe processes images itself, so the install is refused here.
+    - Its Qwen2.5-VL adapter insists on torchvision, which only HF's *fast* image processors need;
+      lvlm_probe uses the PIL processors, so that check is relaxed.
+    Both are restored on exit.
+    """
+    from transformer_lens.model_bridge.sources.transformers import helpers as tl_helpers
+
+    saved_ensure = tl_helpers._ensure_torchvision
+    tl_helpers._ensure_torchvision = _torchvision_importable
+    restore: list[tuple[Any, list]] = []
+    if model_type == "qwen2_5_vl" and not _torchvision_importable():
+        from transformer_lens.model_bridge.supported_architectures import qwen2_5_vl as tl_qwen
+
+        cls = tl_qwen.Qwen2_5_VLArchitectureAdapter
+        restore.append((cls, cls.required_libraries))
+        cls.required_libraries = []
     try:
         yield
     finally:
-        cls.required_libraries = saved
+        tl_helpers._ensure_torchvision = saved_ensure
+        for cls, libs in restore:
+            cls.required_libraries = libs
 
 
 def _find_chat_template(name_or_path: str, tokenizer: Any, revision: str | None) -> str | None:
@@ -124,8 +148,40 @@ def load(
     ------
     UnsupportedModelError
         The architecture has no family adapter; the message lists the supported families.
+    ModelLoadError
+        The checkpoint leaves a parameter unfilled (missing, renamed or mis-shaped tensors), a weights
+        file is corrupt, or a hub id is neither cached nor reachable.
     """
-    name = str(name_or_path)
+    name = _resolve_name(str(name_or_path))
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    config = _load_config(name, revision)
+    adapter_cls = FAMILIES.get(config.model_type)
+    if adapter_cls is None:
+        fam = ", ".join(f"{mt} ({cls.family})" for mt, cls in FAMILIES.items())
+        raise UnsupportedModelError(
+            f"{name!r} is a {config.model_type!r} model ({', '.join(config.architectures or [])}); "
+            f"lvlm_probe supports: {fam}. Adding a family is one adapter module in lvlm_probe/models/."
+        )
+    hf_model = load_hf_model(name, adapter_cls.hf_class(), config=config, revision=revision, device=dev, dtype=dt)
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with _quiet_bridge_boot(config.model_type):
+        bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, device=str(dev), dtype=dt,
+                                                     revision=revision)
+    bridge.eval()
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+    image_processor = AutoImageProcessor.from_pretrained(name, revision=revision)
+    adapter = adapter_cls(config, tokenizer, image_processor, bridge.original_model)
+    chat = _find_chat_template(name, tokenizer, revision) or adapter.default_chat_template()
+    return LVLM(bridge, adapter, name=str(name_or_path), path=name, revision=revision, device=dev, dtype=dt,
+                chat_template=chat)
+
+
+def _resolve_name(name: str) -> str:
+    """``organism:NAME`` → its checkpoint directory; a local path must hold a config.json."""
     if name.startswith("organism:"):
         org = name.split(":", 1)[1]
         try:
@@ -136,31 +192,80 @@ def load(
                 "load a local model directory instead"
             ) from None
         name = str(organism_path(org))
-    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
-
     if os.path.exists(name) and not os.path.isfile(os.path.join(name, "config.json")):
         raise InputError(f"{name!r} has no config.json; a model directory needs config, weights, tokenizer and image processor")
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    config = AutoConfig.from_pretrained(name, revision=revision)
-    adapter_cls = FAMILIES.get(config.model_type)
-    if adapter_cls is None:
-        fam = ", ".join(f"{mt} ({cls.family})" for mt, cls in FAMILIES.items())
-        raise UnsupportedModelError(
-            f"{name!r} is a {config.model_type!r} model ({', '.join(config.architectures or [])}); "
-            f"lvlm_probe supports: {fam}. Adding a family is one adapter module in lvlm_probe/models/."
-        )
-    from transformer_lens.model_bridge import TransformerBridge
+    return name
 
-    with _bridge_without_torchvision(config.model_type):
-        bridge = TransformerBridge.boot_transformers(name, device=str(dev), dtype=dt, revision=revision)
-    bridge.eval()
-    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-    image_processor = AutoImageProcessor.from_pretrained(name, revision=revision)
-    adapter = adapter_cls(config, tokenizer, image_processor, bridge.original_model)
-    chat = _find_chat_template(name, tokenizer, revision) or adapter.default_chat_template()
-    return LVLM(bridge, adapter, name=str(name_or_path), path=name, revision=revision, device=dev, dtype=dt,
-                chat_template=chat)
+
+def _load_config(name: str, revision: str | None) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name, revision=revision)
+    except (OSError, ValueError) as err:
+        if os.environ.get("HF_HUB_OFFLINE") == "1" and not os.path.exists(name):
+            raise ModelLoadError(
+                f"{name!r} is not in the local Hugging Face cache and offline mode is on (HF_HUB_OFFLINE=1); "
+                "download it once with network access, or pass a local model directory"
+            ) from None
+        raise ModelLoadError(f"{name!r}: cannot read its config ({err.__class__.__name__}: {err})") from None
+
+
+def load_hf_model(name: str, hf_class: type, *, config: Any, revision: str | None, device: torch.device,
+                  dtype: torch.dtype) -> Any:
+    """Load the HF model with eager attention and refuse a checkpoint that does not fill every parameter.
+
+    ``from_pretrained`` only logs missing or renamed tensors (and TransformerLens silences the
+    transformers logger), leaving them randomly initialised: such a model gives wrong logits with no
+    word. Here its loading report is checked: a missing or mis-shaped parameter raises
+    :class:`ModelLoadError` naming the tensors; tensors the model does not use give a warning.
+
+    Returns
+    -------
+    transformers.PreTrainedModel
+        In eval mode on ``device`` in ``dtype``.
+    """
+    try:
+        model, info = hf_class.from_pretrained(
+            name, config=config, revision=revision, dtype=dtype, attn_implementation="eager",
+            output_loading_info=True, ignore_mismatched_sizes=True,  # reported (and refused) below, by name
+        )
+    except (OSError, RuntimeError, ValueError) as err:
+        raise ModelLoadError(_weights_error(name, err)) from None
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a corrupt header
+        if type(err).__name__ != "SafetensorError":
+            raise
+        raise ModelLoadError(_weights_error(name, err)) from None
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(f"{k[0]} {tuple(k[1])} vs model {tuple(k[2])}" if isinstance(k, tuple) and len(k) == 3
+                        else str(k) for k in info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        what = []
+        if missing:
+            what.append(f"{len(missing)} parameter(s) missing from the checkpoint ({_some(missing)})")
+        if mismatched:
+            what.append(f"{len(mismatched)} of the wrong shape ({_some(mismatched)})")
+        raise ModelLoadError(
+            f"{name!r}: {'; '.join(what)}. They would be randomly initialised and every output would be wrong; "
+            "use a complete checkpoint (config and weights from the same model)"
+        )
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if unexpected:
+        warnings.warn(f"{name!r}: {len(unexpected)} checkpoint tensor(s) are not used by the model "
+                      f"({_some(unexpected)})", stacklevel=3)
+    return model.to(device).eval()
+
+
+def _some(keys: Sequence[str], k: int = 3) -> str:
+    return ", ".join(keys[:k]) + (f", ... {len(keys) - k} more" if len(keys) > k else "")
+
+
+def _weights_error(name: str, err: Exception) -> str:
+    msg = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not os.path.exists(name):
+        return (f"{name!r}: its weights are not in the local Hugging Face cache and offline mode is on "
+                "(HF_HUB_OFFLINE=1); download it once with network access, or pass a local model directory")
+    return f"{name!r}: cannot load its weights ({err.__class__.__name__}: {msg}); check the weight files"
 
 
 class LVLM:
@@ -374,6 +479,7 @@ class LVLM:
             item_ids=ids,
             n_image_tokens=n_image_tokens,
             image_inputs=img_inputs,
+            token_type_input=ad.token_type_input,
         )
         return batch.to(self.device, self.dtype)
 

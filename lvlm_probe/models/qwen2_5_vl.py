@@ -30,6 +30,9 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
     family = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
     image_placeholder = "<|vision_start|><|image_pad|><|vision_end|>"
+    hf_class_name = "Qwen2_5_VLForConditionalGeneration"
+    # without it HF silently falls back to 1-D positions (the processor returns it; the model needs it)
+    token_type_input = "mm_token_type_ids"
 
     @property
     def image_token_id(self) -> int:

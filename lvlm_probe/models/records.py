@@ -124,6 +124,10 @@ class Batch:
         Image tokens each item must hold (what its images give), checked before every run.
     image_inputs : ImageInputs or None
         The processed images with their LLM and vision grids (used to map vision-side rows to patches).
+    token_type_input : str or None
+        Name of the family's per-token modality input (Qwen2.5-VL: ``mm_token_type_ids``, 1 at image
+        tokens, else 0), derived from ``roles.image`` by :meth:`model_inputs` so that every slice or
+        extension of the batch keeps it aligned with ``input_ids``.
     """
 
     input_ids: torch.Tensor
@@ -136,6 +140,7 @@ class Batch:
     item_ids: list[str] | None = None
     n_image_tokens: list[int] | None = None
     image_inputs: Any = None
+    token_type_input: str | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -150,6 +155,8 @@ class Batch:
         if self.pixel_values is not None:
             kw["pixel_values"] = self.pixel_values
         kw.update(self.extras)
+        if self.token_type_input is not None:
+            kw[self.token_type_input] = self.roles.image.long()
         return kw
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:

@@ -107,6 +107,11 @@ def build_tiny_llava(
     tok.save_pretrained(out)
     ip = _image_processor("clip", image_size)
     ip.save_pretrained(out)
+    # the processor config too, so HF's own pipeline (``AutoProcessor``) loads the directory as a hub checkpoint
+    from transformers import LlavaProcessor
+
+    LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch_size, vision_feature_select_strategy="default",
+                   image_token="<image>", num_additional_image_tokens=1).save_pretrained(out)
     return out
 
 
