@@ -22,7 +22,7 @@ def main() -> None:
     args = ap.parse_args()
     import pandas as pd
 
-    from lvlm_probe.tracing.validate import planted_cause_benchmark
+    from lvlm_probe.organisms.validate import planted_cause_benchmark
 
     t0 = time.time()
     r = planted_cause_benchmark(n=args.n, seed=args.seed)

@@ -9,7 +9,7 @@ Typical use::
     gen = model.generate(batch, max_new_tokens=32)
     store = lp.capture(model, items, sites=["llm.resid_post.*"], select=["image_mean"], out="runs/store")
     rep = lp.diagnose("organism:cooccurrence", items)      # which outputs are misaligned, and why
-    rep.write("runs/diag")                                 # report.html, diagnosis.csv, figures/
+    lp.render_diagnosis(rep, "runs/diag")                  # report.html, figures/ (rep.write: the tables)
 """
 
 from lvlm_probe._version import __version__
@@ -18,8 +18,9 @@ from lvlm_probe import attribution, benchmarks, misalignment, organisms, probing
 from lvlm_probe.attribution import (PatchAttribution, image_attention, knockout, patch_activations,
                                     patch_attribution)
 from lvlm_probe.probing import LinearProbe, logit_lens, probe_sweep, scene_labels, word_probability
-from lvlm_probe.report import Report
-from lvlm_probe.tracing import Diagnosis, DiagnosisReport, Thresholds, diagnose
+from lvlm_probe.report import Report, render_diagnosis
+from lvlm_probe.tracing import (Decoding, DiagnoseConfig, Diagnosis, DiagnosisReport, Evidence, Run, Thresholds,
+                                cascade, collect_evidence, diagnose, generate_and_judge)
 from lvlm_probe.data import Item, SceneGraph, SceneObject, SceneWorld, WorldConfig, load_image, read_items
 from lvlm_probe.misalignment import Misalignment, Vocabulary, extract_claims, judge, judge_batch
 from lvlm_probe.errors import (InputError, LvlmProbeError, ModelLoadError, SiteError, StoreError,
@@ -35,6 +36,7 @@ __all__ = [
     "read_items", "supported_families", "train_organism",
     "attribution", "PatchAttribution", "image_attention", "knockout", "patch_activations", "patch_attribution",
     "probing", "LinearProbe", "logit_lens", "probe_sweep", "scene_labels", "word_probability",
-    "Report", "tracing", "Diagnosis", "DiagnosisReport", "Thresholds", "diagnose",
+    "Report", "render_diagnosis", "tracing", "Diagnosis", "DiagnosisReport", "Thresholds", "diagnose",
+    "Decoding", "DiagnoseConfig", "Evidence", "Run", "cascade", "collect_evidence", "generate_and_judge",
 ]
 train_organism = organisms.train_organism

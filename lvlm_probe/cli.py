@@ -39,29 +39,47 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def diagnose_config(a: argparse.Namespace):
+    """The :class:`~lvlm_probe.tracing.DiagnoseConfig` of the ``diagnose`` flags (one flag, one field)."""
+    from lvlm_probe.tracing import Decoding, DiagnoseConfig
+
+    decoding = None
+    if a.sampling or a.temperature is not None or a.top_p is not None or a.top_k is not None:
+        decoding = Decoding(do_sample=bool(a.sampling), temperature=a.temperature or 1.0, top_p=a.top_p or 1.0,
+                            top_k=a.top_k or 0)
+    curves = a.curve_sites or ["auto"]
+    if len(curves) == 1 and curves[0] in ("auto", "none"):
+        curves = "auto" if curves[0] == "auto" else None
+    return DiagnoseConfig(max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, decoding=decoding,
+                          n_probe_items=a.probe_items, curve_sites=curves, seed=a.seed)
+
+
 def _cmd_diagnose(a: argparse.Namespace) -> int:
     import lvlm_probe as lp
+    from lvlm_probe.organisms import default_items
+    from lvlm_probe.report import render_diagnosis
     from lvlm_probe.tracing import diagnose
-    from lvlm_probe.tracing.diagnose import default_items
+    from lvlm_probe.tracing.diagnose import RunDir
 
+    cfg = diagnose_config(a)  # bad settings fail here, before anything runs
+    RunDir.open(a.out, overwrite=a.overwrite)  # an unwritable --out fails in seconds, before the model loads
     if a.items:
         items = lp.read_items(a.items)
+        items = items[: a.n] if a.n else items
     elif a.model.startswith("organism:"):
         items = default_items(a.model, a.n, a.seed)
     else:
         raise lp.InputError(f"--items FILE is needed for {a.model!r} (JSON lines with image, prompt and scene; see "
                             "docs/howto/items-file.md); only organisms have default items")
-    if a.n and a.items:
-        items = items[: a.n]
-    model = a.model
-    if a.device or a.dtype:
-        model = lp.load(a.model, device=a.device, dtype=a.dtype)
-    rep = diagnose(model, items, training_stats=a.training_stats or "auto", max_new_tokens=a.max_new_tokens,
-                   batch_size=a.batch_size, seed=a.seed)
-    path = rep.write(a.out)
-    d = rep.diagnoses
-    print(f"{len(items)} items, {len(rep.errors)} errors; levels: "
+    model = lp.load(a.model, device=a.device, dtype=a.dtype)
+    rep = diagnose(model, items, cfg, out=a.out, training_stats=a.training_stats or "auto")
+    path = render_diagnosis(rep, a.out)
+    d, failed = rep.diagnoses, rep.failed
+    print(f"{len(items) - len(failed)} of {len(items)} items diagnosed, {len(failed)} failed, "
+          f"{len(rep.errors)} error{'s' if len(rep.errors) != 1 else ''}; levels: "
           f"{d.level.value_counts().to_dict() if len(d) else {}}")
+    for iid, why in failed.items():
+        print(f"  failed: {iid}: {why}")
     print(f"report: {path}")
     return 0
 
@@ -111,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: beside the model, as the organisms ship it)")
     sp.add_argument("--max-new-tokens", type=int, default=48)
     sp.add_argument("--batch-size", type=int, default=16)
+    sp.add_argument("--probe-items", type=int, default=300, help="fresh probe-world scenes that train the encoder / "
+                    "projector probes (organisms; 0: only the diagnosed items)")
+    sp.add_argument("--curve-sites", nargs="+", default=None, help="sites of the report's probe curves, 'auto' "
+                    "(every layer of small models) or 'none' (default: auto)")
+    sp.add_argument("--sampling", action="store_true", help="sample instead of greedy decoding (default: the "
+                    "model's run defaults, e.g. organism:sampling samples)")
+    sp.add_argument("--temperature", type=float, default=None)
+    sp.add_argument("--top-p", type=float, default=None)
+    sp.add_argument("--top-k", type=int, default=None)
+    sp.add_argument("--overwrite", action="store_true", help="clear --out first (otherwise a rerun resumes)")
     model_args(sp)
     sp.set_defaults(fn=_cmd_diagnose)
 

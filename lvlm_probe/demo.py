@@ -12,6 +12,8 @@ import json
 import time
 from pathlib import Path
 
+from lvlm_probe._atomic import atomic_write_text
+
 
 def run_demo(out: str | Path = "runs/demo", *, n: int = 48, model: str | None = None, batch_size: int = 16,
              max_new_tokens: int = 48, seed: int = 0, progress: bool = True) -> dict:
@@ -23,17 +25,16 @@ def run_demo(out: str | Path = "runs/demo", *, n: int = 48, model: str | None = 
         The summary (also written to ``summary.json``): items, errors, errors per level and stage, the
         dominant level, the report path and the run time.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from lvlm_probe.tracing import diagnose
-    from lvlm_probe.tracing.diagnose import default_items
+    from lvlm_probe.organisms import default_items
+    from lvlm_probe.report import render_diagnosis
+    from lvlm_probe.tracing import DiagnoseConfig, diagnose
 
     t0 = time.time()
     model = model or "organism:cooccurrence"
     items = default_items(model, n, seed)  # an InputError pointing to `diagnose --items` for non-organisms
-    rep = diagnose(model, items, batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, progress=progress)
-    report = rep.write(out)
+    cfg = DiagnoseConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed)
+    rep = diagnose(model, items, cfg, out=out, progress=progress)
+    report = render_diagnosis(rep, out)
     d = rep.diagnoses
     summary = {
         "model": model, "n_items": len(items), "n_errors": int(len(rep.errors)),
@@ -43,5 +44,5 @@ def run_demo(out: str | Path = "runs/demo", *, n: int = 48, model: str | None = 
         "dominant_level": rep.dominant("level"), "dominant_stage": rep.dominant("stage"),
         "report": str(report), "seconds": round(time.time() - t0, 1),
     }
-    Path(out, "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(Path(out, "summary.json"), json.dumps(summary, indent=1))
     return summary

@@ -536,3 +536,199 @@ class Report:
         content = self.html() if fmt == "html" else self.markdown()  # fully built before anything is written
         atomic_write_text(path, content)
         return path
+
+
+# ---- the diagnosis report -----------------------------------------------------------------------------------
+#: Section titles of the diagnosis report, in order (the per-kind sections follow "Summary").
+DIAGNOSIS_SECTIONS: tuple[str, ...] = ("Summary", "Object errors", "Attribute errors", "Relation errors",
+                                       "Probe curves", "Evidence table", "Method", "Manifest")
+#: Evidence columns shown on example cards and in the evidence table.
+EVIDENCE_SHOWN: tuple[str, ...] = ("p_emit", "rank", "p_noimg", "pmi_img", "enc_p_true", "proj_p_true",
+                                   "prior_train", "prior_lift", "pos_quantile", "img_attn_ratio")
+
+
+def _box(item: Any, subject: Any) -> tuple | None:
+    scene = getattr(item, "scene", None)
+    if scene is None or not isinstance(subject, str):
+        return None
+    idx = scene.find(subject)
+    return tuple(scene.objects[idx[0]].box) if idx else None
+
+
+def _span(row: Any) -> tuple[int, int] | None:
+    try:
+        s, e = int(row["start"]), int(row["end"])
+    except (TypeError, ValueError, KeyError):
+        return None
+    return (s, e) if e > s else None
+
+
+def diagnosis_figures(rep: Any) -> dict[str, Any]:
+    """The report's figures of a DiagnosisReport: ``cause_bars``, ``level_bars``, ``probe_curves`` (when any).
+
+    Drawn on explicit Figure objects: the caller's matplotlib backend is never changed.
+    """
+    from lvlm_probe.plotting import plot_cause_bars, plot_probe_curves
+
+    figs: dict[str, Any] = {}
+    d = rep.diagnoses
+    if len(d):
+        figs["cause_bars"] = plot_cause_bars(d, by="stage")
+        figs["level_bars"] = plot_cause_bars(d, by="level")
+    pc = rep.probe_curves
+    if pc is not None and len(pc) and "family" in pc:
+        keep = pc[pc.family.isin(["object", "attribute", "relation"])]
+        att = keep[keep.family != "object"]
+        obj = keep[keep.family == "object"]
+        if len(obj):
+            cols = ["site", "component", "layer", "depth", "selection"]
+            mean = obj.groupby(cols, as_index=False)[["score", "ci_low", "ci_high", "control_score"]].mean()
+            mean["concept"] = "object (mean over classes)"
+            att = pd.concat([att, mean], ignore_index=True)
+        if len(att):
+            figs["probe_curves"] = plot_probe_curves(att, control=att.control_score.notna().any())
+    return figs
+
+
+def render_diagnosis(rep: Any, out: str | os.PathLike, *, figures: bool = True, max_examples: int = 3) -> Path:
+    """Write ``report.html`` and ``figures/*.pdf|png`` for a :class:`~lvlm_probe.tracing.DiagnosisReport`.
+
+    Figures of an earlier rendering into the same ``figures/`` that this one does not draw are removed, so the
+    folder always matches the report. The caller's matplotlib backend is untouched.
+
+    Returns
+    -------
+    Path
+        The report path.
+    """
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    figs = diagnosis_figures(rep) if figures else {}
+    written: set[Path] = set()
+    try:
+        report = _diagnosis_report(rep, out, figs, figures, max_examples, written)
+        path = report.write(out / "report.html")
+    finally:
+        for fig in figs.values():
+            plt.close(fig)
+    fig_dir = out / "figures"
+    if fig_dir.is_dir():
+        for f in fig_dir.iterdir():
+            if f.is_file() and f not in written:
+                f.unlink()
+    return path
+
+
+def _save(fig: Any, stem: Path, written: set[Path]) -> None:
+    from lvlm_probe.plotting import save_figure
+
+    written.update(Path(f) for f in save_figure(fig, stem))
+
+
+def _diagnosis_report(rep: Any, out: Path, figs: dict, figures: bool, max_examples: int, written: set[Path]
+                      ) -> Report:
+    for name, fig in figs.items():
+        _save(fig, out / "figures" / name, written)
+    m = rep.manifest
+    n_err = int(m.get("n_errors", len(rep.errors)))
+    report = Report(f"lvlm_probe diagnosis: {m.get('model')}",
+                    f"{m.get('n_items')} items, {n_err} misaligned output{'s' if n_err != 1 else ''}, each traced to "
+                    "a level (data / model / inference) and a stage by the evidence cascade.")
+    _summary_section(report.section("Summary"), rep, figs)
+    for kind in ("object", "attribute", "relation"):
+        _kind_section(report.section(f"{kind.capitalize()} errors"), rep, kind, figures, max_examples, out, written)
+    _tail_sections(report, rep, figs)
+    return report
+
+
+def _summary_section(s: Section, rep: Any, figs: dict) -> None:
+    d, g = rep.diagnoses, rep.generations
+    if len(d):
+        s.table(rep.summary(), "Errors per kind, level and stage", max_rows=60)
+        if "cause_bars" in figs:
+            s.figure(figs["cause_bars"], "Errors per kind, stacked by diagnosed stage")
+        if "level_bars" in figs:
+            s.figure(figs["level_bars"], "Errors per kind, stacked by level")
+    else:
+        s.text("No misaligned output was found on these items.")
+    failed = g[g.failed.notna()] if "failed" in g else g.iloc[:0]
+    if len(failed):
+        s.text(f"{len(failed)} of {len(g)} items could not be run and are not diagnosed:")
+        s.table(failed[["item_id", "failed"]], "Items that could not be run")
+
+
+def _kind_section(sec: Section, rep: Any, kind: str, figures: bool, max_examples: int, out: Path,
+                  written: set[Path]) -> None:
+    from lvlm_probe.plotting import plot_evidence_panel
+
+    d, g = rep.diagnoses, rep.generations
+    dk = d[d.kind == kind] if len(d) else d
+    if not len(dk):
+        sec.text(f"No {kind} errors.")
+        return
+    items = {it.id: it for it in rep.items}
+    text_of = dict(zip(g.item_id.astype(str), g.text))
+    ev = rep.evidence.set_index("error_id") if len(rep.evidence) else None
+    sec.text(f"{len(dk)} {kind} error{'s' if len(dk) != 1 else ''}; per stage: " + ", ".join(
+        f"{st} {n}" for st, n in dk.stage.value_counts().items()) + ".")
+    for stage, grp in dk.groupby("stage", sort=False):
+        sub = sec.section(f"{kind}: {stage}")
+        sub.text(f"{len(grp)} error{'s' if len(grp) != 1 else ''} traced to {stage} (level {grp.level.iloc[0]}). "
+                 f"Rule: {grp.rule.iloc[0]}")
+        item = None
+        for _, row in grp.head(max_examples).iterrows():
+            item = items.get(str(row.item_id))
+            full = ev.loc[row.error_id] if ev is not None and row.error_id in ev.index else row
+            span = _span(full)
+            evidence = {k: full.get(k) for k in EVIDENCE_SHOWN if k in full}
+            evidence.update(claimed=row.claimed, truth=row.truth, causes=row.causes)
+            claimed = row.claimed if isinstance(row.claimed, str) else full.get("subject")
+            sub.example(item.image if item is not None else None, text_of.get(str(row.item_id)) or "",
+                        span=[span] if span else None, evidence=evidence,
+                        title=f"{row.item_id}: {row.polarity} {kind} '{claimed}' (true: {row.truth})",
+                        box=_box(item, full.get("subject")) if item is not None else None)
+        if figures and item is not None:
+            _evidence_panel(sub, grp.iloc[0], ev, items, text_of, kind, stage, out, written, plot_evidence_panel)
+
+
+def _evidence_panel(sub: Section, first: Any, ev: Any, items: dict, text_of: dict, kind: str, stage: str, out: Path,
+                    written: set[Path], plot: Any) -> None:
+    full = ev.loc[first.error_id] if ev is not None and first.error_id in ev.index else first
+    merged = {**dict(full), **dict(first)}
+    item = items[str(first.item_id)]
+    try:
+        fig = plot(merged, item.image, text=text_of.get(str(first.item_id)) or "", box=_box(item, merged.get("subject")))
+    except Exception:  # noqa: BLE001 - a panel that cannot be drawn must not lose the report
+        return
+    _save(fig, out / "figures" / f"evidence_{kind}_{stage.replace(' ', '_')}", written)
+    sub.figure(fig, f"Evidence panel of the first {kind} error traced to {stage}", close=True)
+
+
+def _tail_sections(report: Report, rep: Any, figs: dict) -> None:
+    import importlib
+
+    from lvlm_probe.schema import STAGES, score_column
+
+    d, m = rep.diagnoses, rep.manifest
+    sec = report.section("Probe curves")
+    if "probe_curves" in figs:
+        sec.figure(figs["probe_curves"], "Out-of-fold probe accuracy per site (dashed: random-label control)")
+    if rep.probe_curves is not None and len(rep.probe_curves):
+        cols = [c for c in ("site", "concept", "score", "control_score", "selectivity", "n") if c in rep.probe_curves]
+        sec.table(rep.probe_curves[cols], "Probe scores", max_rows=80)
+    else:
+        sec.text("No probe curves (no scene graphs with boxes, or probing was skipped).")
+    sec = report.section("Evidence table")
+    if len(d):
+        cols = ["item_id", "kind", "polarity", "claimed", "truth", "level", "stage", "confidence",
+                *[c for c in EVIDENCE_SHOWN if c in d]]
+        sec.table(d[cols], "One row per error (the full table is diagnosis.csv)", max_rows=200)
+    else:
+        sec.text("No errors.")
+    sec = report.section("Method")
+    sec.text(importlib.import_module("lvlm_probe.tracing.cascade").__doc__ or "")
+    sec.json(m.get("thresholds", {}), "Thresholds")
+    sec.text("Scores per stage (columns " + ", ".join(score_column(st) for st in STAGES) + ") grade each rule's "
+             "evidence independently of the cascade order.")
+    report.section("Manifest").json(m)

@@ -17,7 +17,10 @@ from lvlm_probe.organisms import zoo as Z
 from lvlm_probe.tracing import STAGES, Thresholds, cascade, diagnose_error, score_column
 from lvlm_probe.tracing.cascade import balanced_accuracy
 from lvlm_probe.tracing.stats import PriorLookup, prior_evidence, training_statistics
-from lvlm_probe.tracing.validate import PLANTED_STAGE, planted_errors
+from lvlm_probe.organisms import default_items
+from lvlm_probe.organisms.validate import PLANTED_STAGE, planted_errors
+from lvlm_probe.report import DIAGNOSIS_SECTIONS
+from lvlm_probe.tracing import DiagnoseConfig
 
 
 def shipped(name: str) -> bool:
@@ -139,11 +142,8 @@ def test_training_statistics_from_an_organism_and_from_scenes():
 # ---- diagnose end to end ------------------------------------------------------------------------------
 def test_diagnose_end_to_end_writes_every_output(tmp_path):
     need("cooccurrence")
-    from lvlm_probe.tracing.diagnose import default_items
-    from lvlm_probe.tracing.report import SECTIONS
-
     items = default_items("organism:cooccurrence", 8, seed=3)
-    rep = lp.diagnose("organism:cooccurrence", items, n_probe_items=80, curve_sites=["projector.out"],
+    rep = lp.diagnose("organism:cooccurrence", items, DiagnoseConfig(n_probe_items=80, curve_sites=["projector.out"]),
                       progress=False)
     assert len(rep.generations) == 8 and len(rep.diagnoses) == len(rep.errors) > 0
     d = rep.diagnoses
@@ -152,9 +152,10 @@ def test_diagnose_end_to_end_writes_every_output(tmp_path):
     # the planted square hallucinations are traced to the training co-occurrence (data level)
     sq = d[(d.kind == "object") & (d.polarity == "hallucinated") & (d.claimed == "square")]
     assert len(sq) and (sq.stage == "cooccurrence").mean() >= 0.6, sq[["stage", "rule"]]
-    out = rep.write(tmp_path / "diag")
+    out = lp.render_diagnosis(rep, tmp_path / "diag")
+    rep.write(tmp_path / "diag")
     html = out.read_text()
-    for title in SECTIONS:
+    for title in DIAGNOSIS_SECTIONS:
         assert f">{title}" in html, title
     csv = pd.read_csv(tmp_path / "diag" / "diagnosis.csv")
     assert {"item_id", "kind", "level", "stage"} <= set(csv.columns) and len(csv) == len(d)
@@ -174,8 +175,6 @@ def test_diagnose_rejects_items_without_scene():
 def test_cli_diagnose_on_a_model_directory_with_an_items_file(tmp_path):
     """A local model directory and an items file take exactly the organism's path through the CLI."""
     need("cooccurrence")
-    from lvlm_probe.tracing.diagnose import default_items
-
     items = default_items("organism:cooccurrence", 6, seed=4)
     lines = []
     for it in items:
@@ -204,11 +203,11 @@ def test_diagnose_runs_on_a_random_tiny_llava_directory(llava_dir, tmp_path):
     """No training statistics, no trained behaviour: the pipeline still runs and names no data-level cause."""
     world = lp.SceneWorld()
     items = world.items(3, "caption", seed=0)
-    rep = lp.diagnose(lp.load(str(llava_dir)), items, training_stats=None, max_new_tokens=6, curve_sites=None,
-                      progress=False)
+    rep = lp.diagnose(lp.load(str(llava_dir)), items, DiagnoseConfig(max_new_tokens=6, curve_sites=None),
+                      training_stats=None, progress=False)
     assert len(rep.generations) == 3 and rep.manifest["training_stats"] is None
     assert not (rep.diagnoses.level == "data").any() if len(rep.diagnoses) else True
-    rep.write(tmp_path / "t")
+    lp.render_diagnosis(rep, tmp_path / "t")
     assert (tmp_path / "t" / "report.html").exists()
 
 

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from lvlm_probe.capture.store import MULTI_ROW, ActivationStore, key_name
 from lvlm_probe.data.items import Item, check_unique_ids
+from lvlm_probe._policy import run_isolated
 from lvlm_probe.errors import InputError, SiteError
 from lvlm_probe.models.base import Site
 from lvlm_probe.models.records import ROLE_NAMES, Batch
@@ -327,21 +328,9 @@ def capture(
         chunk = [it for it in full_chunk if it.id not in done]
         if not chunk:
             continue
-        try:
-            recs = _run_batch(model, chunk, plan, chat_template, store_dtype, system)
-        except Exception:  # noqa: BLE001 - isolate the bad item(s), keep the rest
-            recs = []
-            errors: list[Exception] = []
-            for it in chunk:
-                try:
-                    recs.extend(_run_batch(model, [it], plan, chat_template, store_dtype, system))
-                except Exception as exc:  # noqa: BLE001
-                    store.record_failure(it.id, f"{type(exc).__name__}: {exc}")
-                    errors.append(exc)
-            # Bad *data* (InputError) is recorded and skipped; a non-input error that hits every item
-            # of a batch is a bug or a misconfiguration, so it stops the run instead of an empty store.
-            if len(errors) == len(chunk) and not all(isinstance(e, InputError) for e in errors):
-                raise errors[-1] from None
+        parts = run_isolated(chunk, lambda c: _run_batch(model, c, plan, chat_template, store_dtype, system),
+                             lambda it, why: store.record_failure(it.id, why))
+        recs = [r for _, part in parts for r in part]
         buffer.extend(recs)
         bar.update(len(chunk))
         if len(buffer) >= shard_items:

@@ -33,6 +33,7 @@ from lvlm_probe.data.items import Item
 from lvlm_probe._atomic import atomic_write_text
 from lvlm_probe.data.scene import GEOMETRIC_RELATIONS, SceneGraph, SceneObject
 from lvlm_probe.errors import InputError
+from lvlm_probe.schema import TASKS as SCHEMA_TASKS
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "ring", "bar", "hourglass")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -41,7 +42,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SIZES: dict[str, int] = {"small": 8, "large": 14}
 BACKGROUND = (255, 255, 255)
-TASKS: tuple[str, ...] = ("caption", "exists", "attribute", "relation")
+TASKS: tuple[str, ...] = SCHEMA_TASKS
 POPE_STRATEGIES: tuple[str, ...] = ("random", "popular", "adversarial")
 CAPTION_PROMPT = "describe the image ."
 

@@ -30,14 +30,11 @@ from lvlm_probe.data.scene import GEOMETRIC_RELATIONS, SceneGraph
 from lvlm_probe.errors import InputError
 from lvlm_probe.misalignment.claims import NOT_WORDS, Claim, Span, _lex, extract_claims, tokens_for_span
 from lvlm_probe.misalignment.vocab import WORD_RE, Vocabulary, default_vocabulary
+from lvlm_probe.schema import KINDS, MISALIGNMENT_COLUMNS, POLARITIES, QA_TASKS  # noqa: F401 - KINDS, POLARITIES re-exported
 
-KINDS: tuple[str, ...] = ("object", "attribute", "relation")
-POLARITIES: tuple[str, ...] = ("hallucinated", "omitted")
-QA_TASKS: tuple[str, ...] = ("exists", "attribute", "relation")
 FREE_TEXT_TASKS: tuple[Any, ...] = (None, "caption")
-
-FRAME_COLUMNS: list[str] = ["item", "kind", "polarity", "subject", "attribute", "object", "claimed", "truth", "negated",
-                            "text", "start", "end", "claim_start", "claim_end", "token_indices", "first_token", "source"]
+#: Misalignment frame columns (the contract lives in lvlm_probe.schema).
+FRAME_COLUMNS: list[str] = list(MISALIGNMENT_COLUMNS)
 
 
 @dataclass

@@ -152,7 +152,7 @@ def load(
         The checkpoint leaves a parameter unfilled (missing, renamed or mis-shaped tensors), a weights
         file is corrupt, or a hub id is neither cached nor reachable.
     """
-    name = _resolve_name(str(name_or_path))
+    name, defaults = _resolve_name(str(name_or_path))
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     config = _load_config(name, revision)
@@ -176,25 +176,47 @@ def load(
     image_processor = AutoImageProcessor.from_pretrained(name, revision=revision)
     adapter = adapter_cls(config, tokenizer, image_processor, bridge.original_model)
     chat = _find_chat_template(name, tokenizer, revision) or adapter.default_chat_template()
-    return LVLM(bridge, adapter, name=str(name_or_path), path=name, revision=revision, device=dev, dtype=dt,
-                chat_template=chat)
+    model = LVLM(bridge, adapter, name=str(name_or_path), path=name, revision=revision, device=dev, dtype=dt,
+                 chat_template=chat)
+    model.run_defaults = {**read_run_defaults(name), **defaults}
+    return model
 
 
-def _resolve_name(name: str) -> str:
-    """``organism:NAME`` → its checkpoint directory; a local path must hold a config.json."""
+#: JSON file beside a checkpoint with the defaults a diagnosis run of it should use (decoding, probe world).
+RUN_DEFAULTS_FILE = "run_defaults.json"
+
+
+def read_run_defaults(path: str) -> dict:
+    """The checkpoint's ``run_defaults.json`` (organisms ship one), or ``{}``."""
+    p = Path(path) / RUN_DEFAULTS_FILE
+    if not p.is_file():
+        return {}
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{str(p)!r} is not valid JSON ({err}); fix or delete it") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{str(p)!r} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _resolve_name(name: str) -> tuple[str, dict]:
+    """``organism:NAME`` → its checkpoint directory and its run defaults; a local path must hold a config.json."""
+    defaults: dict = {}
     if name.startswith("organism:"):
         org = name.split(":", 1)[1]
         try:
-            from lvlm_probe.organisms import organism_path  # type: ignore[import-not-found]
+            from lvlm_probe.organisms import organism_path, run_defaults  # type: ignore[import-not-found]
         except ImportError:
             raise InputError(
                 f"'organism:{org}': the organism zoo is not part of this installation yet; "
                 "load a local model directory instead"
             ) from None
         name = str(organism_path(org))
+        defaults = run_defaults(org)  # a run-setting organism (sampling) shares a checkpoint but not its decoding
     if os.path.exists(name) and not os.path.isfile(os.path.join(name, "config.json")):
         raise InputError(f"{name!r} has no config.json; a model directory needs config, weights, tokenizer and image processor")
-    return name
+    return name, defaults
 
 
 def _load_config(name: str, revision: str | None) -> Any:
@@ -287,6 +309,9 @@ class LVLM:
         self.chat_template = chat_template
         self.tokenizer = adapter.tokenizer
         self.image_processor = adapter.image_processor
+        #: Defaults a diagnosis run of this model uses (``run_defaults.json`` beside the checkpoint; organisms
+        #: ship one): ``decoding`` (generate settings) and ``probe_world`` (scene-world config of probe items).
+        self.run_defaults: dict = {}
 
     def __repr__(self) -> str:
         return (f"LVLM({self.name!r}, family={self.adapter.family}, device={self.device}, dtype={self.dtype}, "
@@ -603,23 +628,52 @@ class LVLM:
             out = self.hf_model.generate(input_ids=batch.input_ids, **batch.model_inputs(), generation_config=cfg)
         seq = out.sequences
         T = batch.input_ids.shape[1]
-        new = seq[:, T:]
-        G = new.shape[1]
         tokens: list[list[int]] = []
-        gen_mask = torch.zeros_like(new, dtype=torch.bool)
-        for b in range(new.shape[0]):
-            row = new[b].tolist()
+        for row in seq[:, T:].tolist():
             n = len(row)
             for k, t in enumerate(row):
                 if t in eos_list:
                     n = k + 1
                     break
             tokens.append(row[:n])
-            gen_mask[b, :n] = True
+        scores = torch.stack([s.float() for s in out.logits], dim=1) if output_scores and out.logits else None
+        return self._generation(batch, seq, tokens, scores, settings)
+
+    def generation_from_tokens(self, batch: Batch, tokens: Sequence[Sequence[int]], settings: dict | None = None
+                               ) -> Generation:
+        """The :class:`Generation` record of given generated tokens, without running the model.
+
+        For analysis of a generation read back from disk: ``sequences`` is the prompt followed by the tokens,
+        right-padded with the pad id to the longest, exactly as :meth:`generate` lays it out.
+
+        Parameters
+        ----------
+        batch : Batch
+            The prompt batch (from :meth:`prepare`).
+        tokens : sequence of sequence of int
+            Generated token ids per item (up to and including EOS when it was produced).
+        """
+        if len(tokens) != len(batch):
+            raise InputError(f"{len(tokens)} token lists for a batch of {len(batch)} items")
+        G = max((len(t) for t in tokens), default=0)
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (eos or 0)
+        new = torch.full((len(batch), G), pad, dtype=batch.input_ids.dtype)
+        for b, t in enumerate(tokens):
+            new[b, :len(t)] = torch.as_tensor(list(t), dtype=new.dtype)
+        seq = torch.cat([batch.input_ids, new.to(batch.input_ids.device)], dim=1)
+        return self._generation(batch, seq, [list(map(int, t)) for t in tokens], None, dict(settings or {}))
+
+    def _generation(self, batch: Batch, seq: torch.Tensor, tokens: list[list[int]], scores: torch.Tensor | None,
+                    settings: dict) -> Generation:
+        T = batch.input_ids.shape[1]
+        G = seq.shape[1] - T
+        gen_mask = torch.zeros((seq.shape[0], G), dtype=torch.bool, device=seq.device)
+        for b, t in enumerate(tokens):
+            gen_mask[b, :len(t)] = True
         text = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
         spans = [_token_char_spans(self.tokenizer, t, txt) for t, txt in zip(tokens, text)]
         attn = torch.cat([batch.attention_mask, gen_mask.long()], dim=1)
-        scores = torch.stack([s.float() for s in out.logits], dim=1) if output_scores and out.logits else None
         return Generation(
             text=text, tokens=tokens, sequences=seq, attention_mask=attn, roles=batch.roles.extend(G, gen_mask),
             prompt_length=T, scores=scores, batch=batch, settings=settings, token_spans=spans,

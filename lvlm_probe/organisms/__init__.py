@@ -25,6 +25,19 @@ def organism_path(name: str) -> Path:
     return path
 
 
+from lvlm_probe.models.lvlm import RUN_DEFAULTS_FILE  # noqa: E402 - beside each checkpoint, read by lp.load
+
+
+def run_defaults(name: str) -> dict:
+    """What a diagnosis run of organism ``name`` needs: its decoding (run-setting organisms such as ``sampling``
+    decode their checkpoint their own way) and the unbiased probe world (image size and grid of its scenes) whose
+    fresh scenes train the diagnosis probes. Written beside every checkpoint as ``run_defaults.json``; ``load("organism:NAME")``
+    puts it on ``model.run_defaults``."""
+    spec = get_spec(name)
+    return {"organism": spec.name, "decoding": dict(spec.run_settings),
+            "probe_world": {"image_size": spec.world.image_size, "grid": spec.world.grid}}
+
+
 def list_organisms():
     """The zoo as a DataFrame: ``name, cause, level, component, checkpoint, shipped, run_settings``."""
     import pandas as pd
@@ -41,5 +54,12 @@ def train_organism(*args, **kwargs):
     return _train(*args, **kwargs)
 
 
-__all__ = ["CHECKPOINTS", "OrganismSpec", "TrainConfig", "ZOO", "get_spec", "list_organisms", "organism_path",
-           "train_organism"]
+__all__ = ["CHECKPOINTS", "RUN_DEFAULTS_FILE", "OrganismSpec", "TrainConfig", "ZOO", "default_items", "get_spec",
+           "list_organisms", "organism_path", "run_defaults", "train_organism"]
+
+
+def default_items(model: str, n: int = 48, seed: int = 0) -> list:
+    """See :func:`lvlm_probe.organisms.check.default_items` (an organism's trigger scenes + captions)."""
+    from lvlm_probe.organisms.check import default_items as _items
+
+    return _items(model, n, seed)

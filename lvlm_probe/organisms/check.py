@@ -282,3 +282,23 @@ def check_organism(name: str, *, seed: int = 1, n: int = 200, device: str = "cpu
         crate, cdet = planted_rate(name, world, trig, answer(clean, trig, progress=progress))
         result.update(clean_planted_error_rate=crate, clean_planted_details=cdet)
     return result
+
+
+def default_items(model: str, n: int = 48, seed: int = 0) -> list:
+    """Items for ``organism:NAME`` without an items file: half its triggering scenes, half ordinary captions.
+
+    The triggering half comes from :func:`trigger_set` (the scenes on which the planted cause shows: e.g.
+    circle-without-square scenes for ``cooccurrence``); the rest are fresh captioning scenes of the organism's
+    world. Seeded.
+    """
+    from lvlm_probe.errors import InputError
+
+    name = model.split(":", 1)[1] if model.startswith("organism:") else model
+    if name not in Z.ZOO:
+        raise InputError(f"{model!r} is not an organism; give an items file (--items FILE, JSON lines with image, "
+                         "prompt and scene; see docs/howto/items-file.md)")
+    world = SceneWorld(Z.ZOO[name].world, seed=seed)
+    trig, _ = trigger_set(name, world, n, seed=seed * 1000 + 11)
+    trig = [it for it in trig if not it.id.endswith("-noise")][: n // 2]
+    rest = world.items(n - len(trig), "caption", seed=seed * 1000 + 13, prefix="scene")
+    return trig + rest

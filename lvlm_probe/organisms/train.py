@@ -621,6 +621,9 @@ def train_organism(
         }
         with open(tmp / "organism.json", "w", encoding="utf-8") as fh:
             json.dump(meta, fh, indent=1)
+        from lvlm_probe.organisms import RUN_DEFAULTS_FILE, run_defaults
+
+        (tmp / RUN_DEFAULTS_FILE).write_text(json.dumps(run_defaults(spec.name), indent=1), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -108,7 +108,7 @@ class OrganismSpec:
         Cause id (P1 … P9) or ``"none"``.
     level : {"data", "model", "inference", "none"}
     component : str
-        Finer location (``"co-occurrence"``, ``"encoder"``, ``"projector"``, ``"llm fusion"``, ``"decoding"`` …).
+        Finer location (``"cooccurrence"``, ``"encoder"``, ``"projector"``, ``"llm fusion"``, ``"decoding"`` …).
     planted : str
         How the cause is planted (one factor changed from ``clean``).
     signature : str
@@ -147,7 +147,7 @@ ZOO: dict[str, OrganismSpec] = {
             _BASE_WORLD, _BASE_TRAIN, checkpoint="clean",
         ),
         OrganismSpec(
-            "cooccurrence", "P1", "data", "co-occurrence",
+            "cooccurrence", "P1", "data", "cooccurrence",
             f"Training scenes containing a {COOC_A} also contain a {COOC_B} {COOC_P:.0%} of the time, and captions "
             f"mention the {COOC_B} right after the {COOC_A}.",
             f"Says '{COOC_B}' on {COOC_A}-without-{COOC_B} scenes; the image-free prior p({COOC_B}) is high and the "

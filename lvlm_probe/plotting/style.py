@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from lvlm_probe._atomic import atomic_open
 from lvlm_probe.errors import InputError
+from lvlm_probe.schema import KINDS, LEVELS, STAGE_DISPLAY_ORDER  # noqa: F401 - KINDS, LEVELS re-exported
 
 #: Path of the shipped matplotlib style file.
 STYLE_PATH: Path = Path(__file__).with_name("paper.mplstyle")
@@ -39,18 +40,15 @@ TWO_COLUMN: float = 7.2
 COMPONENT_COLORS: dict[str, str] = {"vision": OKABE_ITO["sky"], "projector": OKABE_ITO["orange"],
                                     "llm": OKABE_ITO["green"]}
 #: Order and colours of the cause stages and levels of a diagnosis.
-STAGES: tuple[str, ...] = ("cooccurrence", "attribute prior", "relation prior", "encoder", "projector",
-                           "llm fusion", "decoding", "long generation", "undetermined")
+STAGES: tuple[str, ...] = STAGE_DISPLAY_ORDER
 STAGE_COLORS: dict[str, str] = {
     "cooccurrence": "#E69F00", "attribute prior": "#F0E442", "relation prior": "#F5C710",
     "encoder": "#0072B2", "projector": "#56B4E9", "llm fusion": "#009E73",
     "decoding": "#D55E00", "long generation": "#CC79A7", "undetermined": "#999999",
 }
-LEVELS: tuple[str, ...] = ("data", "model", "inference", "undetermined")
+
 LEVEL_COLORS: dict[str, str] = {"data": "#E69F00", "model": "#0072B2", "inference": "#D55E00",
                                 "undetermined": "#999999"}
-#: Error kinds in display order.
-KINDS: tuple[str, ...] = ("object", "attribute", "relation")
 #: Highlight colour for error spans (text and bars).
 HIGHLIGHT: str = OKABE_ITO["yellow"]
 

@@ -42,30 +42,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-LEVEL_OF: dict[str, str] = {
-    "decoding": "inference", "long generation": "inference", "encoder": "model", "projector": "model",
-    "llm fusion": "model", "cooccurrence": "data", "attribute prior": "data", "relation prior": "data",
-    "undetermined": "undetermined",
-}
-STAGES: tuple[str, ...] = ("encoder", "projector", "llm fusion", "cooccurrence", "attribute prior",
-                           "relation prior", "decoding", "long generation")
-PRIOR_STAGE: dict[str, str] = {"object": "cooccurrence", "attribute": "attribute prior", "relation": "relation prior"}
-#: Diagnosis frame columns (plus one ``score_<stage>`` column per stage, spaces as underscores).
-DIAGNOSIS_COLUMNS: tuple[str, ...] = ("error_id", "item_id", "kind", "polarity", "claimed", "truth", "level",
-                                      "stage", "confidence", "causes", "rule")
+from lvlm_probe.schema import DIAGNOSIS_COLUMNS, LEVEL_OF, PRIOR_STAGE, STAGES, UNDETERMINED, score_column
+
+# the shared names (one spelling per stage) live in lvlm_probe.schema and are re-exported here
+__all__ = ["DIAGNOSIS_COLUMNS", "LEVEL_OF", "PRIOR_STAGE", "RULES", "STAGES", "Diagnosis", "Rule", "Thresholds",
+           "balanced_accuracy", "cascade", "diagnose_error", "rule_holds", "score_column", "summarize"]
 
 
-def score_column(stage: str) -> str:
-    """``score_<stage>`` with spaces as underscores."""
-    return "score_" + stage.replace(" ", "_")
-
-
-@dataclass
+@dataclass(frozen=True)
 class Thresholds:
     """Cascade thresholds (defaults set on the organism zoo; see docs/cascade.md).
 
@@ -146,77 +135,145 @@ def _ok(x: float) -> bool:
     return not math.isnan(x)
 
 
-def diagnose_error(ev: dict[str, Any], th: Thresholds | None = None) -> Diagnosis:
-    """Run the cascade on one evidence row (a dict with :data:`~lvlm_probe.tracing.evidence.EVIDENCE_COLUMNS`)."""
-    th = th or Thresholds()
-    kind = ev.get("kind")
-    rank, enc, proj = _f(ev.get("rank")), _f(ev.get("enc_p_true")), _f(ev.get("proj_p_true"))
-    p, p0, pmi = _f(ev.get("p_emit")), _f(ev.get("p_noimg")), _f(ev.get("pmi_img"))
-    prior, lift, q = _f(ev.get("prior_train")), _f(ev.get("prior_lift")), _f(ev.get("pos_quantile"))
-    sampled = bool(ev.get("sampled")) if ev.get("sampled") is not None else False
-    prior_stage = PRIOR_STAGE.get(kind, "cooccurrence")
+@dataclass(frozen=True)
+class Rule:
+    """One cascade rule: the stage it names, the evidence it needs, its test and its sentence.
 
-    dev, step = _f(ev.get("deviation_step")), _f(ev.get("step"))
-    use = _f(ev.get("img_use"))
-    pt = th.object_probe_threshold if kind == "object" else th.probe_threshold
-    holds: dict[str, tuple[bool, str]] = {}
-    derailed = _ok(dev) and dev >= 0 and (not _ok(step) or dev <= step)
-    holds["decoding"] = (sampled and ((_ok(rank) and rank > 1) or derailed),
-                         f"sampled token of greedy rank {rank:.0f} (greedy: {ev.get('greedy_token')!r})"
-                         if _ok(rank) and rank > 1 else f"a sampled non-greedy token at step {dev:.0f} derailed the "
-                         "text before this error")
-    holds["encoder"] = (_ok(enc) and enc < pt, f"encoder probe gives the true value p={enc:.2f} < {pt}")
-    holds["projector"] = (_ok(enc) and enc >= pt and _ok(proj) and proj < pt and enc - proj >= th.probe_drop,
-                          f"encoder probe p={enc:.2f} but projector probe p={proj:.2f} < {pt}")
-    pk, ptrue = _f(ev.get("p_knock")), _f(ev.get("p_truth"))
-    p_free = max(x for x in (p0, pk, float("-inf")) if _ok(x))
-    survives = _ok(p) and p_free > float("-inf") and p_free >= th.survive_ratio * p
-    holds[prior_stage] = (_ok(prior) and prior >= th.prior_threshold and _ok(lift) and lift >= th.lift_threshold
-                          and survives,
-                          f"P_train={prior:.2f} (lift {lift:.1f}) given {ev.get('prior_context')!r}; image-free "
-                          f"p={p_free:.2f} vs p={p:.2f}")
+    A rule is tried only when every feature in ``needs`` is measured (not NaN): a missing feature is no
+    evidence, so e.g. the token rules never fire for an omitted object, which has no token.
+    """
+
+    stage: str
+    needs: tuple[str, ...]
+    test: Callable[[dict, Thresholds], bool]
+    text: Callable[[dict, Thresholds], str]
+
+
+def _features(ev: dict[str, Any], th: Thresholds) -> dict[str, Any]:
+    """The numbers the rules read, as floats (NaN when missing), plus derived quantities."""
+    f: dict[str, Any] = {k: _f(ev.get(k)) for k in (
+        "rank", "enc_p_true", "proj_p_true", "p_emit", "p_noimg", "pmi_img", "prior_train", "prior_lift",
+        "pos_quantile", "deviation_step", "step", "img_use", "p_knock", "p_truth", "n_mentions", "n_scene_objects")}
+    f["sampled"] = bool(ev.get("sampled")) if ev.get("sampled") is not None else False
+    f["kind"], f["polarity"] = ev.get("kind"), ev.get("polarity")
+    f["pt"] = th.object_probe_threshold if f["kind"] == "object" else th.probe_threshold
+    free = [x for x in (f["p_noimg"], f["p_knock"]) if _ok(x)]
+    f["p_free"] = max(free) if free else float("nan")
+    f["omitted_no_token"] = f["polarity"] == "omitted" and not _ok(f["p_emit"])
+    for k in ("greedy_token", "prior_context", "ordinal"):
+        f[k] = ev.get(k)
+    return f
+
+
+def _derailed(f: dict) -> bool:
+    """An earlier sampled token left the greedy path (an omission, with no step, counts for any deviation)."""
+    dev, step = f["deviation_step"], f["step"]
+    return dev >= 0 and (not _ok(step) or dev <= step)
+
+
+def _covered(f: dict) -> bool:
+    """An omission in a caption that named as many objects as the scene holds did not run out of length."""
+    return (f["omitted_no_token"] and _ok(f["n_mentions"]) and _ok(f["n_scene_objects"])
+            and f["n_mentions"] >= f["n_scene_objects"])
+
+
+#: The cascade's rules in the order they are tried; ``"prior"`` names the kind's prior stage (``PRIOR_STAGE``).
+RULES: tuple[Rule, ...] = (
+    Rule("decoding", ("rank",), lambda f, th: f["sampled"] and f["rank"] > 1,
+         lambda f, th: f"sampled token of greedy rank {f['rank']:.0f} (greedy: {f['greedy_token']!r})"),
+    Rule("decoding", ("deviation_step",), lambda f, th: f["sampled"] and _derailed(f),
+         lambda f, th: f"a sampled non-greedy token at step {f['deviation_step']:.0f} derailed the text before this "
+                       "error"),
+    Rule("encoder", ("enc_p_true",), lambda f, th: f["enc_p_true"] < f["pt"],
+         lambda f, th: f"encoder probe gives the true value p={f['enc_p_true']:.2f} < {f['pt']}"),
+    Rule("projector", ("enc_p_true", "proj_p_true"),
+         lambda f, th: (f["enc_p_true"] >= f["pt"] and f["proj_p_true"] < f["pt"]
+                        and f["enc_p_true"] - f["proj_p_true"] >= th.probe_drop),
+         lambda f, th: f"encoder probe p={f['enc_p_true']:.2f} but projector probe p={f['proj_p_true']:.2f} "
+                       f"< {f['pt']}"),
+    Rule("prior", ("prior_train", "prior_lift", "p_emit", "p_free"),
+         lambda f, th: (f["prior_train"] >= th.prior_threshold and f["prior_lift"] >= th.lift_threshold
+                        and f["p_free"] >= th.survive_ratio * f["p_emit"]),
+         lambda f, th: f"P_train={f['prior_train']:.2f} (lift {f['prior_lift']:.1f}) given {f['prior_context']!r}; "
+                       f"image-free p={f['p_free']:.2f} vs p={f['p_emit']:.2f}"),
+    Rule("long generation", ("pos_quantile",),
+         lambda f, th: f["pos_quantile"] >= th.drift_quantile and not _covered(f),
+         lambda f, th: f"object position {f['ordinal']} is beyond {f['pos_quantile']:.0%} of training captions"),
+    Rule("llm fusion", ("pmi_img", "img_use"),
+         lambda f, th: abs(f["pmi_img"]) <= th.fusion_pmi and f["img_use"] <= th.fusion_pmi,
+         lambda f, th: f"the model ignores the image: a noise image changes log p of this token by {f['pmi_img']:+.2f} "
+                       f"and of its generated tokens by {f['img_use']:.2f} nats (median |.|) <= {th.fusion_pmi}"),
+    Rule("llm fusion", ("img_use",), lambda f, th: f["omitted_no_token"] and f["img_use"] <= th.fusion_pmi,
+         lambda f, th: f"the model ignores the image: a noise image changes its generated tokens by "
+                       f"{f['img_use']:.2f} nats (median |.|) <= {th.fusion_pmi}; the omitted object has no token"),
+)
+
+
+def rule_stage(rule: Rule, kind: Any) -> str:
+    """The stage a rule names for an error of ``kind`` (the prior rule names the kind's prior stage)."""
+    return PRIOR_STAGE.get(kind, "cooccurrence") if rule.stage == "prior" else rule.stage
+
+
+def rule_holds(rule: Rule, f: dict[str, Any], th: Thresholds) -> bool:
+    """Whether ``rule`` fires on features ``f``: every needed feature measured, and its test true."""
+    return all(_ok(f[k]) for k in rule.needs) and bool(rule.test(f, th))
+
+
+def _undelivered(f: dict, th: Thresholds) -> tuple[bool, str]:
+    """Rule 7 (projector, fact not delivered); tried only when no other rule holds."""
+    enc, use, pmi, p, ptrue = f["enc_p_true"], f["img_use"], f["pmi_img"], f["p_emit"], f["p_truth"]
     ignores = _ok(pmi) and abs(pmi) <= th.fusion_pmi
-    omitted = ev.get("polarity") == "omitted" and not _ok(p)
-    # an omission is a length effect only when the caption stopped before it had named as many objects as the
-    # scene holds; a caption as long as the scene that names other objects did not run out of length
-    n_men, n_obj = _f(ev.get("n_mentions")), _f(ev.get("n_scene_objects"))
-    covered = omitted and _ok(n_men) and _ok(n_obj) and n_men >= n_obj
-    holds["long generation"] = (_ok(q) and q >= th.drift_quantile and not covered,
-                                f"object position {ev.get('ordinal')} is beyond {q:.0%} of training captions")
-    holds["llm fusion"] = ((ignores or omitted) and _ok(use) and use <= th.fusion_pmi,
-                           f"the model ignores the image: a noise image changes log p of this token by {pmi:+.2f} "
-                           f"and of its generated tokens by {use:.2f} nats (median |.|) <= {th.fusion_pmi}")
-    undecided = _ok(p) and _ok(ptrue) and ptrue > 0 and abs(math.log(p) - math.log(ptrue)) <= th.undecided
-    undelivered = ((ignores or undecided) and _ok(use) and use > th.fusion_pmi and _ok(enc) and enc >= pt)
-    undelivered_rule = (f"the encoder decodes the true value (p={enc:.2f}) and the model uses the image for its "
-                        f"other words ({use:.2f} nats) but not for this word (noise-image PMI {pmi:+.2f}; p={p:.2f} vs "
-                        f"p(true)={ptrue:.2f}): the fact is not delivered to the LLM")
+    undecided = _ok(p) and _ok(ptrue) and ptrue > 0 and p > 0 and abs(math.log(p) - math.log(ptrue)) <= th.undecided
+    holds = (ignores or undecided) and _ok(use) and use > th.fusion_pmi and _ok(enc) and enc >= f["pt"]
+    pmi_txt = f"noise-image PMI {pmi:+.2f}; " if _ok(pmi) else ""
+    truth_txt = f"p={p:.2f} vs p(true)={ptrue:.2f}" if undecided else f"p={p:.2f}"
+    return holds, (f"the encoder decodes the true value (p={enc:.2f}) and the model uses the image for its other "
+                   f"words ({use:.2f} nats) but not for this word ({pmi_txt}{truth_txt}): the fact is not delivered "
+                   "to the LLM")
 
-    def clip(x: float) -> float:
-        return float(min(1.0, max(0.0, x))) if _ok(x) else 0.0
 
+def _clip(x: float) -> float:
+    return float(min(1.0, max(0.0, x))) if _ok(x) else 0.0
+
+
+def _scores(f: dict, prior_stage: str, decoding: bool) -> dict[str, float]:
+    """A score in [0, 1] per stage that grades its rule's evidence independently of the cascade order."""
+    enc, proj, q, pmi, use, p, p0 = (f["enc_p_true"], f["proj_p_true"], f["pos_quantile"], f["pmi_img"],
+                                     f["img_use"], f["p_emit"], f["p_noimg"])
     scores = {
-        "decoding": 1.0 if holds["decoding"][0] else 0.0,
-        "encoder": clip(1.0 - enc) if _ok(enc) else 0.0,
-        "projector": clip(enc * (1.0 - proj)) if _ok(enc) and _ok(proj) else 0.0,
+        "decoding": 1.0 if decoding else 0.0,
+        "encoder": _clip(1.0 - enc) if _ok(enc) else 0.0,
+        "projector": _clip(enc * (1.0 - proj)) if _ok(enc) and _ok(proj) else 0.0,
         "cooccurrence": 0.0, "attribute prior": 0.0, "relation prior": 0.0,
-        "long generation": clip((q - 0.5) / 0.5) if _ok(q) else 0.0,
-        "llm fusion": clip(math.exp(-abs(pmi)) * math.exp(-use)) if _ok(pmi) and _ok(use) else 0.0,
+        "long generation": _clip((q - 0.5) / 0.5) if _ok(q) else 0.0,
+        "llm fusion": _clip(math.exp(-abs(pmi)) * math.exp(-use)) if _ok(pmi) and _ok(use) else 0.0,
     }
-    if _ok(prior):
-        scores[prior_stage] = clip(prior * (min(1.0, p0 / p) if _ok(p) and _ok(p0) and p > 0 else 0.5))
-    order = ["decoding", "encoder", "projector", prior_stage, "long generation", "llm fusion"]
-    causes = [s for s in order if holds[s][0]]
-    if not causes and undelivered:
-        causes = ["projector"]
-        holds["projector"] = (True, undelivered_rule)
-        scores["projector"] = max(scores["projector"], clip(enc * (1.0 - math.exp(-use))))
+    if _ok(f["prior_train"]):
+        scores[prior_stage] = _clip(f["prior_train"] * (min(1.0, p0 / p) if _ok(p) and _ok(p0) and p > 0 else 0.5))
+    return scores
+
+
+def diagnose_error(ev: dict[str, Any], th: Thresholds | None = None) -> Diagnosis:
+    """Run the cascade on one evidence row (a dict with :data:`~lvlm_probe.schema.EVIDENCE_COLUMNS`)."""
+    th = th or Thresholds()
+    f = _features(ev, th)
+    prior_stage = PRIOR_STAGE.get(f["kind"], "cooccurrence")
+    fired: dict[str, str] = {}  # stage -> the sentence of the first of its rules that holds, in cascade order
+    for rule in RULES:
+        stage = rule_stage(rule, f["kind"])
+        if stage not in fired and rule_holds(rule, f, th):
+            fired[stage] = rule.text(f, th)
+    scores = _scores(f, prior_stage, "decoding" in fired)
+    if not fired:
+        holds, text = _undelivered(f, th)
+        if holds:
+            fired["projector"] = text
+            scores["projector"] = max(scores["projector"], _clip(f["enc_p_true"] * (1.0 - math.exp(-f["img_use"]))))
+    causes = list(fired)
     if causes:
-        stage = causes[0]
-        rule = holds[stage][1]
-        conf = scores[stage]
+        stage, rule, conf = causes[0], fired[causes[0]], scores[causes[0]]
     else:
-        stage, rule, conf = "undetermined", "no rule holds", float("nan")
+        stage, rule, conf = UNDETERMINED, "no rule holds", float("nan")
     return Diagnosis(LEVEL_OF[stage], stage, conf, scores, causes, rule, dict(ev))
 
 

@@ -21,15 +21,8 @@ import pandas as pd
 import torch
 
 from lvlm_probe.misalignment import extract_claims
+from lvlm_probe.schema import EVIDENCE_COLUMNS  # noqa: F401 - re-exported (the contract lives in schema)
 
-#: Evidence columns (one row per error), in addition to the misalignment frame's columns.
-EVIDENCE_COLUMNS: tuple[str, ...] = (
-    "error_id", "item_id", "emitted", "position", "step", "ordinal", "n_generated", "sampled",
-    "p_emit", "rank", "greedy_token", "entropy", "p_truth", "p_noimg", "p_knock", "pmi_img", "knockout_effect", "img_use",
-    "deviation_step",
-    "img_attn", "img_attn_ratio", "enc_p_true", "proj_p_true", "enc_site", "proj_site",
-    "prior_train", "prior_lift", "prior_context", "class_freq", "pos_quantile", "n_mentions", "n_scene_objects",
-)
 TEXT_ROLES: tuple[str, ...] = ("system", "template", "question", "answer", "generated")
 
 

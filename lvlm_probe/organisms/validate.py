@@ -8,14 +8,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lvlm_probe.tracing.cascade import LEVEL_OF, Thresholds, balanced_accuracy
+from lvlm_probe.organisms.zoo import ZOO
+from lvlm_probe.schema import LEVEL_OF, STAGES
+from lvlm_probe.tracing.cascade import Thresholds, balanced_accuracy
 
-#: The stage each planted organism should be diagnosed with.
-PLANTED_STAGE: dict[str, str] = {
-    "cooccurrence": "cooccurrence", "attribute_prior": "attribute prior", "encoder_blind": "encoder",
-    "projector_bottleneck": "projector", "visual_neglect": "llm fusion", "drift": "long generation",
-    "sampling": "decoding",
-}
+#: The stage each planted organism should be diagnosed with (its spec's component, a schema stage).
+PLANTED_STAGE: dict[str, str] = {name: spec.component for name, spec in ZOO.items() if spec.component in STAGES}
 KEY = ["item", "kind", "polarity", "subject", "claimed"]
 
 
@@ -66,14 +64,14 @@ def planted_errors(name: str, n: int, seed: int, *, thresholds: Thresholds | Non
     """
     import lvlm_probe as lp
     from lvlm_probe.misalignment import judge_batch
-    from lvlm_probe.organisms import ZOO
     from lvlm_probe.organisms.check import trigger_set
-    from lvlm_probe.tracing.diagnose import diagnose
+    from lvlm_probe.tracing import DiagnoseConfig, diagnose
 
     world = lp.SceneWorld(ZOO[name].world, seed=seed)
     items, _ = trigger_set(name, world, n, seed=seed * 1000 + 11)
     items = [it for it in items if not it.id.endswith("-noise")]
-    rep = diagnose(f"organism:{name}", items, thresholds=thresholds, seed=seed, curve_sites=None, progress=progress)
+    cfg = DiagnoseConfig(thresholds=thresholds or Thresholds(), seed=seed, curve_sites=None)
+    rep = diagnose(f"organism:{name}", items, cfg, progress=progress)
     clean = clean or lp.load("organism:clean")
     texts = []
     for k in range(0, len(items), 16):
@@ -104,9 +102,8 @@ def planted_cause_benchmark(names: Sequence[str] = tuple(PLANTED_STAGE), *, n: i
         ``per_organism`` (n errors, recall), ``clean`` (how the clean organism's own errors were diagnosed).
     """
     import lvlm_probe as lp
-    from lvlm_probe.organisms import ZOO
     from lvlm_probe.organisms.check import task_items
-    from lvlm_probe.tracing.diagnose import diagnose
+    from lvlm_probe.tracing import DiagnoseConfig, diagnose
 
     clean = lp.load("organism:clean")
     frames = []
@@ -121,8 +118,8 @@ def planted_cause_benchmark(names: Sequence[str] = tuple(PLANTED_STAGE), *, n: i
                              "level_recall": float(np.mean(g.level == g.planted_level))}), include_groups=False)
     world = lp.SceneWorld(ZOO["clean"].world, seed=seed)
     citems = task_items(world, max(8, n // 2), seed=seed * 1000 + 7)
-    crep = diagnose(clean, citems, thresholds=thresholds, seed=seed, curve_sites=None, progress=False,
-                    probe_items=None)
+    cfg = DiagnoseConfig(thresholds=thresholds or Thresholds(), seed=seed, curve_sites=None)
+    crep = diagnose(clean, citems, cfg, progress=False)
     return {
         "errors": errors, "confusion": conf, "level_confusion": lconf,
         "balanced_accuracy": balanced_accuracy(errors.planted_stage.to_numpy(), errors.stage.to_numpy()),
