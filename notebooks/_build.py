@@ -461,26 +461,47 @@ import pandas as pd
 import torch
 
 import lvlm_probe as lp
+from lvlm_probe.organisms import default_items
+from lvlm_probe.organisms.validate import planted_cause_benchmark
 from lvlm_probe.plotting import plot_cause_bars, plot_confusion, plot_evidence_panel
-from lvlm_probe.tracing.diagnose import default_items
-from lvlm_probe.tracing.validate import planted_cause_benchmark
 
 torch.manual_seed(0)
 pd.set_option("display.width", 160)
 pd.set_option("display.max_colwidth", 80)"""),
     ("md", """\
-## 1. Diagnose two organisms
+## 1. The three steps, one at a time
 
-`default_items` gives an organism's default item set: half scenes that trigger its planted behaviour, half
-ordinary captions. `n_probe_items` fresh scenes train the encoder/projector probes (kept small here);
-the probe curves over every layer are computed for `encoder_blind` only."""),
+A diagnosis is three public steps, each taking and returning documented frames; any of them can be run
+alone or replaced (your own judge, your own evidence). `default_items` gives an organism's default item set:
+half scenes that trigger its planted behaviour, half ordinary captions. `DiagnoseConfig` holds every setting:
+here few probe scenes (`n_probe_items`, fresh scenes of the organism's probe world, which travels with its
+checkpoint as `model.run_defaults`) and no probe curves."""),
     ("code", """\
-reps = {}
-for name, curves in (("cooccurrence", None), ("encoder_blind", "auto")):
-    items = default_items(f"organism:{name}", n=24, seed=0)
-    reps[name] = lp.diagnose(f"organism:{name}", items, n_probe_items=80, curve_sites=curves, device="cpu",
-                             progress=False)
-    print(name, reps[name])"""),
+model = lp.load("organism:cooccurrence", device="cpu")
+items = default_items("organism:cooccurrence", n=24, seed=0)
+cfg = lp.DiagnoseConfig(n_probe_items=80, curve_sites=None)
+
+run = lp.generate_and_judge(model, items, cfg, progress=False)        # step 1: generations + judged errors
+print(run)
+run.errors[["error_id", "kind", "polarity", "claimed", "truth", "text"]].head()"""),
+    ("code", """\
+ev = lp.collect_evidence(model, items, run, cfg, progress=False)      # step 2: token, data and probe evidence
+ev.frame[["error_id", "p_emit", "p_noimg", "pmi_img", "enc_p_true", "proj_p_true", "prior_train", "prior_lift"]].head()"""),
+    ("code", """\
+diagnoses = lp.cascade(ev.frame, cfg.thresholds)                       # step 3: the cause cascade
+diagnoses.stage.value_counts()"""),
+    ("md", """\
+`lp.diagnose` composes the same steps (and with `out=DIR` writes each step's tables with a hash of its
+settings, so a rerun resumes where it stopped). The probe curves over every layer are computed for
+`encoder_blind` only."""),
+    ("code", """\
+reps = {"cooccurrence": lp.diagnose(model, items, cfg, progress=False)}
+assert reps["cooccurrence"].diagnoses.stage.tolist() == diagnoses.stage.tolist()
+blind = lp.load("organism:encoder_blind", device="cpu")
+reps["encoder_blind"] = lp.diagnose(blind, default_items("organism:encoder_blind", n=24, seed=0),
+                                    lp.DiagnoseConfig(n_probe_items=80, curve_sites="auto"), progress=False)
+for name, rep in reps.items():
+    print(name, rep)"""),
     ("code", """\
 reps["cooccurrence"].summary()"""),
     ("code", """\
@@ -518,13 +539,16 @@ pd.Series({k: full.get(k) for k in ("claimed", "truth", "enc_p_true", "proj_p_tr
                                     "pmi_img", "prior_train", "rule")})"""),
     ("md", """\
 The probe curves computed during diagnosis (out-of-fold, per site) are in `rep.probe_curves`, the same
-frame as `02_probing`'s sweep; `rep.write(out)` writes the HTML report with all of the above."""),
+frame as `02_probing`'s sweep. `rep.write(out)` writes the tables (and `DiagnosisReport.read(out)` reads them
+back); `lp.render_diagnosis(rep, out)` renders the HTML report and its figures without touching this
+notebook's matplotlib backend."""),
     ("code", """\
 import tempfile
 from pathlib import Path
 
 out = Path(tempfile.mkdtemp()) / "diag"
-path = rep.write(out)
+rep.write(out)
+path = lp.render_diagnosis(rep, out)
 print(path, sorted(p.name for p in (out / "figures").glob("*.png")))"""),
     ("md", """\
 ## 3. Does the diagnosis find the planted cause?

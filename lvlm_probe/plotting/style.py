@@ -124,7 +124,10 @@ def save_figure(fig: Figure, path_stem: str | os.PathLike, formats: Sequence[str
         formats = (formats,)
     if not formats:
         raise InputError("save_figure needs at least one format, e.g. formats=('pdf', 'png')")
-    supported = fig.canvas.get_supported_filetypes()
+    # every format matplotlib can write (savefig switches canvas per format, whatever the caller's backend)
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    supported = FigureCanvasBase.get_supported_filetypes()
     bad = [f for f in formats if f.lower().lstrip(".") not in supported]
     if bad:
         raise InputError(f"save_figure cannot write format(s) {bad}; supported are {sorted(supported)}")
