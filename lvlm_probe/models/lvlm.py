@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -290,6 +291,47 @@ def _weights_error(name: str, err: Exception) -> str:
     return f"{name!r}: cannot load its weights ({err.__class__.__name__}: {msg}); check the weight files"
 
 
+_ROLE_ID: dict[str, int] = {n: k for k, n in enumerate(ROLE_NAMES)}
+
+
+@dataclass
+class _TokenRow:
+    """One item's expanded token ids, role ids and (image, row, col) coordinates, before padding."""
+
+    text: str
+    ids: list[int] = field(default_factory=list)
+    roles: list[int] = field(default_factory=list)
+    coords: list[tuple[int, int, int]] = field(default_factory=list)
+    grids: list[tuple[int, int]] = field(default_factory=list)
+
+    def add(self, token: int, role: int, coord: tuple[int, int, int]) -> None:
+        self.ids.append(token)
+        self.roles.append(role)
+        self.coords.append(coord)
+
+    @property
+    def n_image_tokens(self) -> int:
+        return sum(1 for r in self.roles if r == _ROLE_ID["image"])
+
+
+def _pad_left(rows: list[_TokenRow], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, TokenRoles]:
+    """Left-pad the items' rows into ``input_ids``, ``attention_mask`` [B, T] and the role map."""
+    T, B = max(len(r.ids) for r in rows), len(rows)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    role_id = torch.full((B, T), -1, dtype=torch.long)
+    coords = torch.full((B, T, 3), -1, dtype=torch.long)
+    for b, r in enumerate(rows):
+        n = len(r.ids)
+        input_ids[b, T - n:] = torch.tensor(r.ids, dtype=torch.long)
+        attn[b, T - n:] = 1
+        role_id[b, T - n:] = torch.tensor(r.roles, dtype=torch.long)
+        coords[b, T - n:] = torch.tensor(r.coords, dtype=torch.long)
+    roles = TokenRoles(patch_coords=coords, grids=[r.grids for r in rows],
+                       **{n: role_id == k for k, n in enumerate(ROLE_NAMES)})
+    return input_ids, attn, roles
+
+
 class LVLM:
     """A loaded vision-language model: TransformerBridge + family adapter + tokenizer/processor.
 
@@ -385,128 +427,111 @@ class LVLM:
         """
         if isinstance(prompts, str):
             prompts, images = [prompts], [images]
-        prompts = list(prompts)
-        images = list(images)
+        prompts, images = list(prompts), list(images)
         ids = [str(i) for i in item_ids] if item_ids is not None else [str(k) for k in range(len(prompts))]
         if len(images) != len(prompts):
             raise InputError(f"{len(prompts)} prompts but {len(images)} image entries; give one entry per prompt")
         if answers is not None and len(answers) != len(prompts):
             raise InputError(f"{len(prompts)} prompts but {len(answers)} answers")
-        ad = self.adapter
-        per_item_imgs: list[list] = []
-        for iid, im in zip(ids, images):
-            raw = [] if im is None else (list(im) if isinstance(im, (list, tuple)) else [im])
-            per_item_imgs.append([load_image(x, item_id=iid) for x in raw])
-        flat = [im for lst in per_item_imgs for im in lst]
-        img_inputs: ImageInputs | None = ad.process_images(flat) if flat else None
-
-        tok = self.tokenizer
-        special = ad.template_token_ids()
-        seqs: list[list[int]] = []
-        role_seqs: list[list[int]] = []
-        coord_seqs: list[list[tuple[int, int, int]]] = []
-        rendered: list[str] = []
-        grids: list[list[tuple[int, int]]] = []
-        n_image_tokens: list[int] = []
-        img_cursor = 0
-        rid = {n: k for k, n in enumerate(ROLE_NAMES)}
+        per_item = self._load_images(images, ids)
+        flat = [im for lst in per_item for im in lst]
+        img_inputs: ImageInputs | None = self.adapter.process_images(flat) if flat else None
+        rows: list[_TokenRow] = []
+        cursor = 0
         for b, (iid, prompt) in enumerate(zip(ids, prompts)):
-            n_img = len(per_item_imgs[b])
-            spans: dict[str, tuple[int, int]] = {}
-            if chat_template:
-                if ad.image_placeholder in prompt or "<image>" in prompt:
-                    raise InputError(
-                        f"item {iid!r}: the prompt contains an image placeholder but chat_template=True places "
-                        "images itself; pass the bare question, or use chat_template=False"
-                    )
-                text = ad.render_chat(prompt, n_img, system, self.chat_template)
-                q0 = text.rfind(prompt) if prompt else -1
-                if q0 >= 0:
-                    spans["question"] = (q0, q0 + len(prompt))
-                if system:
-                    s0 = text.find(system)
-                    if s0 >= 0:
-                        spans["system"] = (s0, s0 + len(system))
-            else:
-                text = prompt
-                if ad.image_placeholder != "<image>":
-                    text = text.replace("<image>", ad.image_placeholder)
-                spans["question"] = (0, len(text))
-            if answers is not None and answers[b] is not None:
-                a0 = len(text) + len(ad.answer_prefix())
-                text = text + ad.answer_prefix() + answers[b]
-                spans["answer"] = (a0, len(text))
-            rendered.append(text)
-            bos = tok.bos_token
-            add_special = not (bos and text.startswith(bos))
-            enc = tok(text, add_special_tokens=add_special, return_offsets_mapping=True)
-            tids, offs = enc["input_ids"], enc["offset_mapping"]
-            n_ph = sum(1 for t in tids if t == ad.image_token_id)
-            if n_ph != n_img:
-                how = ("add the placeholder " + repr(ad.image_placeholder) + " once per image") if not chat_template \
-                    else "check the chat template"
-                raise InputError(
-                    f"item {iid!r}: prompt has {n_ph} image placeholder(s) but {n_img} image(s) were given; {how}"
-                )
-            out_ids, out_roles, out_coords = [], [], []
-            k_img = 0
-            item_grids: list[tuple[int, int]] = []
-            for t, (s, e) in zip(tids, offs):
-                if t == ad.image_token_id:
-                    assert img_inputs is not None
-                    g = img_inputs.llm_grids[img_cursor + k_img]
-                    n_tok = img_inputs.tokens_per_image[img_cursor + k_img]
-                    item_grids.append(g)
-                    for r, c in ad.image_token_coords(g, n_tok):
-                        out_ids.append(t)
-                        out_roles.append(rid["image"])
-                        out_coords.append((k_img, r, c))
-                    k_img += 1
-                    continue
-                role = "template"
-                if t not in special and e > s:
-                    for name in ("answer", "question", "system"):
-                        if name in spans and s < spans[name][1] and e > spans[name][0]:
-                            role = name
-                            break
-                out_ids.append(t)
-                out_roles.append(rid[role])
-                out_coords.append((-1, -1, -1))
-            img_cursor += n_img
-            seqs.append(out_ids)
-            role_seqs.append(out_roles)
-            coord_seqs.append(out_coords)
-            grids.append(item_grids)
-            n_image_tokens.append(sum(1 for r in out_roles if r == rid["image"]))
-
-        T = max(len(s) for s in seqs)
-        B = len(seqs)
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        input_ids = torch.full((B, T), pad_id, dtype=torch.long)
-        attn = torch.zeros((B, T), dtype=torch.long)
-        role_id = torch.full((B, T), -1, dtype=torch.long)
-        coords = torch.full((B, T, 3), -1, dtype=torch.long)
-        for b in range(B):
-            n = len(seqs[b])
-            input_ids[b, T - n:] = torch.tensor(seqs[b], dtype=torch.long)
-            attn[b, T - n:] = 1
-            role_id[b, T - n:] = torch.tensor(role_seqs[b], dtype=torch.long)
-            coords[b, T - n:] = torch.tensor(coord_seqs[b], dtype=torch.long)
-        roles = TokenRoles(patch_coords=coords, grids=grids, **{n: role_id == k for k, n in enumerate(ROLE_NAMES)})
+            answer = answers[b] if answers is not None else None
+            text, spans = self._render(iid, prompt, len(per_item[b]), chat_template, system, answer)
+            rows.append(self._tokenize(iid, text, spans, len(per_item[b]), img_inputs, cursor, chat_template))
+            cursor += len(per_item[b])
+        input_ids, attn, roles = _pad_left(rows, self._pad_id())
         batch = Batch(
             input_ids=input_ids,
             attention_mask=attn,
             pixel_values=img_inputs.pixel_values if img_inputs is not None else None,
             extras=dict(img_inputs.extras) if img_inputs is not None else {},
             roles=roles,
-            prompts=rendered,
-            n_images=[len(x) for x in per_item_imgs],
+            prompts=[r.text for r in rows],
+            n_images=[len(x) for x in per_item],
             item_ids=ids,
-            n_image_tokens=n_image_tokens,
+            n_image_tokens=[r.n_image_tokens for r in rows],
             image_inputs=img_inputs,
-            token_type_input=ad.token_type_input,
+            token_type_input=self.adapter.token_type_input,
         )
         return batch.to(self.device, self.dtype)
+
+    @staticmethod
+    def _load_images(images: list[Any], ids: list[str]) -> list[list[Any]]:
+        """Per item, its images as PIL (an entry may be None, one image or a list)."""
+        out = []
+        for iid, im in zip(ids, images):
+            raw = [] if im is None else (list(im) if isinstance(im, (list, tuple)) else [im])
+            out.append([load_image(x, item_id=iid) for x in raw])
+        return out
+
+    def _render(self, iid: str, prompt: str, n_img: int, chat_template: bool, system: str | None,
+                answer: str | None) -> tuple[str, dict[str, tuple[int, int]]]:
+        """The item's full text and the character spans of its ``question``, ``system`` and ``answer``."""
+        ad = self.adapter
+        spans: dict[str, tuple[int, int]] = {}
+        if chat_template:
+            if ad.image_placeholder in prompt or "<image>" in prompt:
+                raise InputError(
+                    f"item {iid!r}: the prompt contains an image placeholder but chat_template=True places "
+                    "images itself; pass the bare question, or use chat_template=False"
+                )
+            text = ad.render_chat(prompt, n_img, system, self.chat_template)
+            q0 = text.rfind(prompt) if prompt else -1
+            if q0 >= 0:
+                spans["question"] = (q0, q0 + len(prompt))
+            if system:
+                s0 = text.find(system)
+                if s0 >= 0:
+                    spans["system"] = (s0, s0 + len(system))
+        else:
+            text = prompt if ad.image_placeholder == "<image>" else prompt.replace("<image>", ad.image_placeholder)
+            spans["question"] = (0, len(text))
+        if answer is not None:
+            a0 = len(text) + len(ad.answer_prefix())
+            text = text + ad.answer_prefix() + answer
+            spans["answer"] = (a0, len(text))
+        return text, spans
+
+    def _tokenize(self, iid: str, text: str, spans: dict[str, tuple[int, int]], n_img: int,
+                  img_inputs: ImageInputs | None, cursor: int, chat_template: bool) -> _TokenRow:
+        """Token ids, role ids and patch coordinates of one item, each image placeholder expanded."""
+        ad, tok = self.adapter, self.tokenizer
+        bos = tok.bos_token
+        enc = tok(text, add_special_tokens=not (bos and text.startswith(bos)), return_offsets_mapping=True)
+        tids, offs = enc["input_ids"], enc["offset_mapping"]
+        n_ph = sum(1 for t in tids if t == ad.image_token_id)
+        if n_ph != n_img:
+            how = ("add the placeholder " + repr(ad.image_placeholder) + " once per image") if not chat_template \
+                else "check the chat template"
+            raise InputError(
+                f"item {iid!r}: prompt has {n_ph} image placeholder(s) but {n_img} image(s) were given; {how}"
+            )
+        special = ad.template_token_ids()
+        row = _TokenRow(text=text)
+        k_img = 0
+        for t, (s, e) in zip(tids, offs):
+            if t == ad.image_token_id:
+                assert img_inputs is not None
+                g = img_inputs.llm_grids[cursor + k_img]
+                row.grids.append(g)
+                for r, c in ad.image_token_coords(g, img_inputs.tokens_per_image[cursor + k_img]):
+                    row.add(t, _ROLE_ID["image"], (k_img, r, c))
+                k_img += 1
+                continue
+            role = "template"
+            if t not in special and e > s:
+                role = next((n for n in ("answer", "question", "system")
+                             if n in spans and s < spans[n][1] and e > spans[n][0]), "template")
+            row.add(t, _ROLE_ID[role], (-1, -1, -1))
+        return row
+
+    def _pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     def check_batch(self, batch: Batch) -> None:
         """Raise a clear error when a batch cannot run on this model (device, image-token count)."""

@@ -7,10 +7,11 @@ the OOF prediction for an object in an image always comes from a probe that neve
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -160,7 +161,7 @@ def _scores(task: str, y: np.ndarray, pred: np.ndarray, folds: np.ndarray, cv: i
 def _oof(X: np.ndarray, y: np.ndarray, folds: np.ndarray, cv: int, template: LinearProbe, task: str,
          n_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Out-of-fold predictions; classification also returns probabilities [n, n_classes]."""
-    warnings.simplefilter("ignore", ConvergenceWarning)  # inside probe_sweep's catch_warnings: restored after
+    warnings.simplefilter("ignore", ConvergenceWarning)  # inside probe_sweep's warnings.catch_warnings(): restored
     n = len(y)
     # every fold is fitted from scratch: warm-starting from another fold's solution (which saw this
     # fold's rows) would leak the held-out labels into the out-of-fold predictions
@@ -388,6 +389,64 @@ def probe_sweep(
     the null that the features carry no information about the labels, the OOF predictions are
     independent of the held-out labels, so this is a valid test that needs no refitting.
     """
+    labels = _check_sweep_inputs(store, labels, cv, pair_feature, control, control_by)
+    site_list = _resolve_sites(store, sites)
+    nv, nl = _model_layers(store)
+    store_order = {iid: k for k, iid in enumerate(store.item_ids)}
+    items = sorted(labels["item_id"].unique().tolist(), key=store_order.__getitem__)
+    if len(items) < cv:
+        raise InputError(f"{len(items)} labelled item(s) for cv={cv} folds; give at least {cv} items or lower cv")
+    concepts = _build_concepts(labels, items, cv, control, control_by, seed)
+    plan = _plan(store, site_list, concepts, selections)
+    template = probe if probe is not None else LinearProbe(tol=DEFAULT_TOL)
+    results: list[dict[str, Any]] = []
+    preds: list[pd.DataFrame] = []
+    by_site: dict[str, list[tuple[str, _Concept]]] = {}
+    for s, sel, c in plan:
+        by_site.setdefault(s, []).append((sel, c))
+    with tqdm(total=len(plan), desc="probe_sweep", unit="probe", disable=not progress) as bar, \
+            warnings.catch_warnings(), _thread_limit(n_threads):
+        matrix_cache: dict[tuple, Any] = {}
+        for s in (s for s in site_list if s in by_site):
+            where = (s, *site_depth(s, nv, nl))
+            feats: dict[str, Any] = {}
+            for sel, c in by_site[s]:
+                if sel not in feats:
+                    feats[sel] = _site_features(store, s, sel, items)
+                X = _features(feats[sel], sel, c, pair_feature, min_overlap, matrix_cache)
+                row, pred, proba = _probe_concept(X, c, cv, template, control, n_bootstrap, n_permutations, seed)
+                results.append({"site": s, "component": where[1], "layer": where[2], "depth": where[3],
+                                "selection": sel, **row})
+                if return_predictions:
+                    preds.append(_prediction_frame(*where, sel, c, pred, proba))
+                bar.update(1)
+    out = pd.DataFrame(results, columns=list(SWEEP_COLUMNS))
+    out["n_classes"] = out["n_classes"].astype("Int64")
+    out = out.sort_values(["depth", "site", "selection", "family", "concept"], kind="stable").reset_index(drop=True)
+    if not return_predictions:
+        return out
+    pf = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(columns=list(PREDICTION_COLUMNS))
+    return out, pf
+
+
+@contextlib.contextmanager
+def _thread_limit(n_threads: int | None) -> Iterator[None]:
+    """BLAS threads limited to ``n_threads`` inside (None: unchanged), restored after."""
+    if n_threads is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    limit = threadpool_limits(n_threads)
+    try:
+        yield
+    finally:
+        limit.restore_original_limits()
+
+
+def _check_sweep_inputs(store: Any, labels: pd.DataFrame, cv: int, pair_feature: str, control: bool,
+                        control_by: str) -> pd.DataFrame:
+    """Validate the sweep's settings and labels; drop (with a warning) labels of items not in the store."""
     if cv < 2:
         raise InputError(f"cv={cv}: cross-validation needs at least 2 folds")
     if pair_feature not in PAIR_FEATURES:
@@ -402,20 +461,18 @@ def probe_sweep(
     if not in_store.all():
         gone = labels.loc[~in_store, "item_id"].unique().tolist()
         warnings.warn(f"{len(gone)} labelled item(s) are not in the store and are skipped (e.g. {gone[:5]}); "
-                      "see store.failed for why", stacklevel=2)
+                      "see store.failed for why", stacklevel=3)
         labels = labels[in_store.to_numpy()].reset_index(drop=True)
-    site_list = _resolve_sites(store, sites)
-    nv, nl = _model_layers(store)
-    store_order = {iid: k for k, iid in enumerate(store.item_ids)}
-    items = sorted(labels["item_id"].unique().tolist(), key=store_order.__getitem__)
-    if len(items) < cv:
-        raise InputError(f"{len(items)} labelled item(s) for cv={cv} folds; give at least {cv} items or lower cv")
+    return labels
+
+
+def _build_concepts(labels: pd.DataFrame, items: list[str], cv: int, control: bool, control_by: str,
+                    seed: int) -> list[_Concept]:
+    """One :class:`_Concept` per labelled concept, with item-level folds (seeded) and control labels."""
     rng = np.random.default_rng(seed)
     item_fold = np.empty(len(items), dtype=np.int64)
     item_fold[rng.permutation(len(items))] = np.arange(len(items)) % cv
     item_pos = {iid: k for k, iid in enumerate(items)}
-    template = probe if probe is not None else LinearProbe(tol=DEFAULT_TOL)
-
     concepts: list[_Concept] = []
     for name, rows in labels.groupby("concept", sort=True):
         rows = rows.reset_index(drop=True)
@@ -425,24 +482,32 @@ def probe_sweep(
             classes, y = np.unique(rows["value"].astype(str).to_numpy() if rows["value"].map(type).nunique() > 1
                                    else rows["value"].to_numpy(), return_inverse=True)
             if len(classes) < 2:
-                warnings.warn(f"concept {name!r} has a single class {classes.tolist()}; skipped", stacklevel=2)
+                warnings.warn(f"concept {name!r} has a single class {classes.tolist()}; skipped", stacklevel=3)
                 continue
         else:
             classes, y = None, rows["value"].to_numpy(dtype=float)
-        yc = None
-        if control:
-            tcol = rows[control_by]
-            # rows without a type (e.g. image-level rows under control_by="name") are their item's type
-            types = np.where(tcol.isna(), "item:" + rows["item_id"], "type:" + tcol.astype(str)).astype(str)
-            utypes, first = np.unique(types, return_index=True)
-            crng = np.random.default_rng([seed, 31, len(concepts)])
-            rep = y[first][crng.permutation(len(first))]
-            yc = rep[np.searchsorted(utypes, types)]
+        yc = _control_labels(rows, y, control_by, [seed, 31, len(concepts)]) if control else None
         concepts.append(_Concept(str(name), str(rows["family"].iloc[0]), str(rows["level"].iloc[0]), task, rows, code,
                                  y, yc, classes, item_fold[code]))
     if not concepts:
         raise InputError("no concept has two classes or a numeric target; nothing to probe")
+    return concepts
 
+
+def _control_labels(rows: pd.DataFrame, y: np.ndarray, control_by: str, seed: list[int]) -> np.ndarray:
+    """Control task (Hewitt & Liang 2019): one label per control type, drawn by permuting the types' labels."""
+    tcol = rows[control_by]
+    # rows without a type (e.g. image-level rows under control_by="name") are their item's type
+    types = np.where(tcol.isna(), "item:" + rows["item_id"], "type:" + tcol.astype(str)).astype(str)
+    utypes, first = np.unique(types, return_index=True)
+    rep = y[first][np.random.default_rng(seed).permutation(len(first))]
+    return rep[np.searchsorted(utypes, types)]
+
+
+def _plan(store: Any, site_list: list[str], concepts: list[_Concept], selections: Sequence[str] | None
+          ) -> list[tuple[str, str, _Concept]]:
+    """Every (site, selection, concept) to probe: image concepts on single-row selections (or pooled patches),
+    object and pair concepts on ``image_patches``."""
     keys = set(store.keys())
     plan: list[tuple[str, str, _Concept]] = []
     for s in site_list:
@@ -461,67 +526,35 @@ def probe_sweep(
         raise InputError(f"nothing to probe: the sites {site_list} have no selection that fits the labels' levels "
                          f"({sorted({c.level for c in concepts})}); object/pair labels need 'image_patches', image "
                          "labels one of image_mean/last_prompt/text_mean/image_patches")
+    return plan
 
-    from threadpoolctl import threadpool_limits
 
-    results: list[dict[str, Any]] = []
-    preds: list[pd.DataFrame] = []
-    bar = tqdm(total=len(plan), desc="probe_sweep", unit="probe", disable=not progress)
-    limit = threadpool_limits(n_threads) if n_threads is not None else None
-    caught = warnings.catch_warnings()
-    caught.__enter__()
-    try:
-        by_site: dict[str, list[tuple[str, _Concept]]] = {}
-        for s, sel, c in plan:
-            by_site.setdefault(s, []).append((sel, c))
-        matrix_cache: dict[tuple, Any] = {}
-        for s in site_list:
-            if s not in by_site:
-                continue
-            comp, layer, depth = site_depth(s, nv, nl)
-            feats: dict[str, Any] = {}
-            for sel, c in by_site[s]:
-                if sel not in feats:
-                    if sel == "image_patches":
-                        rows_t, index = store.get_rows(s, sel)
-                        feats[sel] = _PatchFeatures(_np32(rows_t), index)
-                    else:
-                        feats[sel] = _np32(store.get(s, sel, items=items))
-                X = _features(feats[sel], sel, c, pair_feature, min_overlap, matrix_cache)
-                pred, proba = _oof(X, c.y, c.folds, cv, template, c.task, len(c.classes) if c.classes is not None else 0)
-                score, fold_std = _scores(c.task, c.y, pred, c.folds, cv)
-                correct = pred == c.y if c.task == "classification" else None
-                lo, hi = _bootstrap_ci(c, correct if correct is not None else pred, n_bootstrap, seed)
-                if control and c.y_control is not None:
-                    cpred, _ = _oof(X, c.y_control, c.folds, cv, template, c.task,
-                                    len(c.classes) if c.classes is not None else 0)
-                    cscore = _scores(c.task, c.y_control, cpred, c.folds, cv)[0]
-                else:
-                    cscore = math.nan
-                maj = float(np.bincount(c.y).max() / len(c.y)) if c.task == "classification" else 0.0
-                results.append({
-                    "site": s, "component": comp, "layer": layer, "depth": depth, "selection": sel,
-                    "concept": c.name, "family": c.family, "level": c.level, "task": c.task, "score": score,
-                    "ci_low": lo, "ci_high": hi, "majority": maj, "control_score": cscore,
-                    "selectivity": score - cscore, "p_value": _p_value(c, pred, n_permutations, seed),
-                    "n": len(c.y), "n_items": int(len(np.unique(c.item_code))),
-                    "n_classes": len(c.classes) if c.classes is not None else pd.NA, "fold_std": fold_std,
-                })
-                if return_predictions:
-                    preds.append(_prediction_frame(s, comp, layer, depth, sel, c, pred, proba))
-                bar.update(1)
-    finally:
-        caught.__exit__(None, None, None)
-        bar.close()
-        if limit is not None:
-            limit.restore_original_limits()
-    out = pd.DataFrame(results, columns=list(SWEEP_COLUMNS))
-    out["n_classes"] = out["n_classes"].astype("Int64")
-    out = out.sort_values(["depth", "site", "selection", "family", "concept"], kind="stable").reset_index(drop=True)
-    if not return_predictions:
-        return out
-    pf = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(columns=list(PREDICTION_COLUMNS))
-    return out, pf
+def _site_features(store: Any, site: str, sel: str, items: list[str]) -> Any:
+    if sel == "image_patches":
+        rows_t, index = store.get_rows(site, sel)
+        return _PatchFeatures(_np32(rows_t), index)
+    return _np32(store.get(site, sel, items=items))
+
+
+def _probe_concept(X: np.ndarray, c: _Concept, cv: int, template: LinearProbe, control: bool, n_bootstrap: int,
+                   n_permutations: int, seed: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
+    """Out-of-fold probe of one concept on features ``X``: its result row (without the site columns)."""
+    n_cls = len(c.classes) if c.classes is not None else 0
+    pred, proba = _oof(X, c.y, c.folds, cv, template, c.task, n_cls)
+    score, fold_std = _scores(c.task, c.y, pred, c.folds, cv)
+    correct = pred == c.y if c.task == "classification" else None
+    lo, hi = _bootstrap_ci(c, correct if correct is not None else pred, n_bootstrap, seed)
+    cscore = math.nan
+    if control and c.y_control is not None:
+        cpred, _ = _oof(X, c.y_control, c.folds, cv, template, c.task, n_cls)
+        cscore = _scores(c.task, c.y_control, cpred, c.folds, cv)[0]
+    maj = float(np.bincount(c.y).max() / len(c.y)) if c.task == "classification" else 0.0
+    row = {"concept": c.name, "family": c.family, "level": c.level, "task": c.task, "score": score, "ci_low": lo,
+           "ci_high": hi, "majority": maj, "control_score": cscore, "selectivity": score - cscore,
+           "p_value": _p_value(c, pred, n_permutations, seed), "n": len(c.y),
+           "n_items": int(len(np.unique(c.item_code))), "n_classes": n_cls if c.classes is not None else pd.NA,
+           "fold_std": fold_std}
+    return row, pred, proba
 
 
 def _np32(t: Any) -> np.ndarray:
