@@ -22,8 +22,8 @@ def _cmd_info(a: argparse.Namespace) -> int:
 def _cmd_capture(a: argparse.Namespace) -> int:
     import lvlm_probe as lp
 
+    items = lp.read_items(a.items)  # a bad items file fails before the model loads
     m = lp.load(a.model, device=a.device, dtype=a.dtype)
-    items = lp.read_items(a.items)
     store = lp.capture(m, items, sites=a.sites, select=a.select, out=a.out, batch_size=a.batch_size,
                        generate=a.generate, chat_template=not a.raw_prompts, overwrite=a.overwrite)
     print(json.dumps({"store": str(store.path), "items": len(store), "failed": store.failed}, indent=1))
@@ -93,7 +93,11 @@ def _cmd_make_tiny(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lvlm_probe._version import __version__
+
     p = argparse.ArgumentParser(prog="lvlm-probe", description="Explain and diagnose misalignment in LVLMs.")
+    p.add_argument("--version", action="version", version=f"lvlm-probe {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def model_args(sp: argparse.ArgumentParser) -> None:
@@ -160,14 +164,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; user errors are one line on stderr (exit 2), other errors one line (exit 1) and a
+    traceback only with ``--debug``."""
     from lvlm_probe.errors import LvlmProbeError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
     except LvlmProbeError as exc:
-        print(f"lvlm-probe: error: {exc}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"lvlm-probe: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except (OSError, ValueError, KeyError) as exc:  # files, settings: the user's to fix
+        if args.debug:
+            raise
+        print(f"lvlm-probe: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"lvlm-probe: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the "
+              "traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":

@@ -58,6 +58,15 @@ _SLUG_RE = re.compile(r"[^a-z0-9]+")
 _CODE_RE = re.compile(r"`([^`]+)`")
 
 
+def _scoped_css(scope: str) -> str:
+    """The report's styles limited to ``scope`` (so a notebook page keeps its own look); ``body`` is the scope."""
+    def rule(m: re.Match) -> str:
+        sels = [s.strip() for s in m.group(1).split(",")]
+        return ",".join(scope if s == "body" else f"{scope} {s}" for s in sels) + "{" + m.group(2) + "}"
+
+    return re.sub(r"([^{}]+)\{([^{}]*)\}", rule, _CSS.replace("\n", ""))
+
+
 def slugify(title: str) -> str:
     """Anchor id of a title: lower case, runs of other characters as ``-`` (``"Object errors" -> "object-errors"``)."""
     return _SLUG_RE.sub("-", str(title).lower()).strip("-") or "section"
@@ -485,6 +494,13 @@ class Report:
         sec = self._new_section(title, text, anchor, 2)
         self.sections.append(sec)
         return sec
+
+    def _repr_html_(self) -> str:
+        """Notebook view: the report's body with its own styles (no document wrapper)."""
+        intro = _paragraphs(self.intro) if self.intro else ""
+        body = "".join(s._html() for s in self.sections)
+        return (f"<div class=\"lvlm-probe-report\"><style>{_scoped_css('div.lvlm-probe-report')}</style>"
+                f"<h1>{html.escape(self.title)}</h1>{intro}{body}</div>")
 
     def html(self) -> str:
         """The whole report as one HTML document (no external resources)."""

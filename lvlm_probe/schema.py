@@ -36,15 +36,20 @@ STAGE_DISPLAY_ORDER: tuple[str, ...] = ("cooccurrence", "attribute prior", "rela
                                         "llm fusion", "decoding", "long generation", UNDETERMINED)
 
 
+#: File beside a checkpoint with the defaults a diagnosis run of it uses (``decoding``, ``probe_world``); organisms
+#: ship one and ``lvlm_probe.load`` reads it onto ``model.run_defaults``.
+RUN_DEFAULTS_FILE: str = "run_defaults.json"
+
+
 def score_column(stage: str) -> str:
     """``score_<stage>`` with spaces as underscores."""
     return "score_" + stage.replace(" ", "_")
 
 
 # ---- frame column contracts -------------------------------------------------------------------------------
-#: Misalignment frame (:func:`lvlm_probe.judge`): one row per error; ``item`` is the item id.
+#: Misalignment frame (:func:`lvlm_probe.judge`): one row per error; ``item_id`` is the item id (a str).
 MISALIGNMENT_COLUMNS: tuple[str, ...] = (
-    "item", "kind", "polarity", "subject", "attribute", "object", "claimed", "truth", "negated", "text", "start",
+    "item_id", "kind", "polarity", "subject", "attribute", "object", "claimed", "truth", "negated", "text", "start",
     "end", "claim_start", "claim_end", "token_indices", "first_token", "source")
 #: Generations frame of a diagnosis run: one row per item. ``batch``: the generation batch the item ran in
 #: (the evidence step re-forms the same batches); ``row``: its row in that batch; ``tokens``: the generated token
@@ -52,7 +57,7 @@ MISALIGNMENT_COLUMNS: tuple[str, ...] = (
 GENERATION_COLUMNS: tuple[str, ...] = ("item_id", "task", "prompt", "text", "tokens", "n_errors", "batch", "row",
                                        "failed")
 #: Errors frame of a diagnosis run: the misalignment frame plus these (``b`` = ``row``, kept for the evidence).
-ERROR_COLUMNS: tuple[str, ...] = ("error_id", "item_id", *MISALIGNMENT_COLUMNS, "b", "batch")
+ERROR_COLUMNS: tuple[str, ...] = ("error_id", *MISALIGNMENT_COLUMNS, "b", "batch")
 #: Evidence columns (one row per error), in addition to the errors frame's columns.
 EVIDENCE_COLUMNS: tuple[str, ...] = (
     "error_id", "item_id", "emitted", "position", "step", "ordinal", "n_generated", "sampled",

@@ -126,12 +126,12 @@ to HF's token for token. `judge_batch` extracts the object / attribute / relatio
 compares them with the item's scene graph; one row per misalignment."""),
     ("code", """\
 gen = model.generate(batch, max_new_tokens=24)
-pd.DataFrame({"item": batch.item_ids, "true caption": [it.answer for it in items], "generated": gen.text})"""),
+pd.DataFrame({"item_id": batch.item_ids, "true caption": [it.answer for it in items], "generated": gen.text})"""),
     ("code", """\
 vocab = lp.Vocabulary.synthetic()
 errors = lp.judge_batch(gen, items=items, vocabulary=vocab)
 print(f"{len(errors)} misalignments in {len(items)} captions")
-errors[["item", "kind", "polarity", "subject", "claimed", "truth", "text", "token_indices"]]"""),
+errors[["item_id", "kind", "polarity", "subject", "claimed", "truth", "text", "token_indices"]]"""),
     ("md", """\
 `clean` is the unbiased reference, so its captions are mostly right. To see what an error record looks
 like, judge a caption with one wrong colour, one wrong object and a missing object against the first scene:"""),
@@ -314,7 +314,7 @@ world = lp.SceneWorld(lp.organisms.ZOO["clean"].world, seed=0)
 items = world.items(4, "caption", seed=3)
 batch = model.prepare([it.image for it in items], [it.prompt for it in items], item_ids=[it.id for it in items])
 gen = model.generate(batch, max_new_tokens=24)
-pd.DataFrame({"item": batch.item_ids, "true caption": [it.answer for it in items], "generated": gen.text})"""),
+pd.DataFrame({"item_id": batch.item_ids, "true caption": [it.answer for it in items], "generated": gen.text})"""),
     ("md", """\
 ## 1. Patch attribution
 
@@ -641,7 +641,7 @@ print("grid per image:", batch.roles.grids[0], "| roles:", table["role"].value_c
 assert int(batch.roles.image[0].sum()) == sum(r * c for r, c in batch.roles.grids[0])"""),
     ("code", """\
 gen = model.generate(batch, max_new_tokens=48 if is_real else 12)
-pd.DataFrame({"item": batch.item_ids, "true scene": [it.answer for it in items], "generated": gen.text})"""),
+pd.DataFrame({"item_id": batch.item_ids, "true scene": [it.answer for it in items], "generated": gen.text})"""),
     ("md", """\
 ## Capture
 

@@ -48,10 +48,12 @@ def test_frame_matches_patch_coords(family):
     batch = mixed_batch(model, n_images_second=2)
     res = patch_attribution(model, batch, method="saliency", progress=False)
     df = res.frame()
-    assert list(df.columns) == ["item", "item_id", "image", "method", "target", "target_id", "row", "col", "value"]
+    assert list(df.columns) == ["b", "item_id", "image", "method", "target", "target_id", "row", "col", "value"]
+    # b is the row in the batch (an int), item_id the item's id
+    assert df.drop_duplicates("b")[["b", "item_id"]].values.tolist() == [[0, "a"], [1, "b"]]
     for b in range(len(batch)):
         coords = batch.roles.patch_coords[b][batch.roles.image[b]].tolist()
-        got = df[df["item"] == b][["image", "row", "col"]].to_numpy().tolist()
+        got = df[df["b"] == b][["image", "row", "col"]].to_numpy().tolist()
         assert sorted(map(tuple, got)) == sorted(map(tuple, coords))
     assert (df["value"] >= 0).all()  # saliency is |gradient|
     assert df["target_id"].tolist()[0] == res.targets[0] and res.delta.isnan().all()
@@ -142,25 +144,26 @@ def test_image_attention_masses_sum_to_one(family):
     batch = mixed_batch(model, n_images_second=2)
     gen = model.generate(batch, max_new_tokens=5)
     df, maps = image_attention(model, gen, maps=True)
-    assert list(df.columns) == ["item", "item_id", "step", "position", "layer", "head", "to_role", "mass"]
+    assert list(df.columns) == ["b", "item_id", "step", "position", "layer", "head", "to_role", "mass"]
+    assert df.drop_duplicates("b")[["b", "item_id"]].values.tolist() == [[0, "a"], [1, "b"]]
     assert set(df["to_role"]) == set(lp.ROLE_NAMES)
-    sums = df.groupby(["item", "step", "layer", "head"])["mass"].sum()
+    sums = df.groupby(["b", "step", "layer", "head"])["mass"].sum()
     assert np.allclose(sums.to_numpy(), 1.0, atol=1e-5)
     for b in range(len(batch)):
-        assert df[df["item"] == b]["step"].nunique() == len(gen.tokens[b])
+        assert df[df["b"] == b]["step"].nunique() == len(gen.tokens[b])
     # generated tokens are never attended at step 0, and step t attends to t generated keys at most
     s0 = df[(df["step"] == 0) & (df["to_role"] == "generated")]
     assert (s0["mass"] == 0).all()
     # per-patch maps add up to the image mass
-    img = df[df["to_role"] == "image"].set_index(["item", "step", "layer", "head"])["mass"]
-    per = maps.groupby(["item", "step", "layer", "head"])["attention"].sum()
+    img = df[df["to_role"] == "image"].set_index(["b", "step", "layer", "head"])["mass"]
+    per = maps.groupby(["b", "step", "layer", "head"])["attention"].sum()
     assert np.allclose(per.reindex(img.index).to_numpy(), img.to_numpy(), atol=1e-5)
     # and they equal the raw pattern read through run_with_cache
     _, cache = model.run_with_cache(gen.as_batch(), ["llm.attn_pattern.1"])
     pat = cache["llm.attn_pattern.1"]
     pos = batch.roles.image[0].nonzero().squeeze(-1)
     q = gen.prompt_length - 1
-    got = maps[(maps["item"] == 0) & (maps["step"] == 0) & (maps["layer"] == 1) & (maps["head"] == 0)]
+    got = maps[(maps["b"] == 0) & (maps["step"] == 0) & (maps["layer"] == 1) & (maps["head"] == 0)]
     assert np.allclose(got["attention"].to_numpy(), pat[0, 0, q, pos].numpy(), atol=1e-6)
 
 
@@ -170,6 +173,6 @@ def test_image_attention_batch_and_maps_helper(llava):
     assert set(df["step"]) == {0} and set(df["layer"]) == {0}
     assert (df["position"] == batch.input_ids.shape[1] - 1).all()
     maps = image_attention_maps(llava, batch, layers=[1])
-    assert list(maps.columns) == ["item", "item_id", "step", "layer", "head", "image", "row", "col", "attention"]
+    assert list(maps.columns) == ["b", "item_id", "step", "layer", "head", "image", "row", "col", "attention"]
     with pytest.raises(lp.InputError, match="layer"):
         image_attention(llava, batch, layers=[7])

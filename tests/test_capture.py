@@ -183,3 +183,16 @@ def test_batch_size_does_not_change_values(llava, tmp_path):
 def test_mixed_batch_helper_consistency(llava):
     b = mixed_batch(llava)
     assert b.item_ids == ["a", "b"]
+
+
+def test_lp_capture_stays_the_function_after_the_subpackage_is_imported():
+    import importlib
+    import subprocess
+    import sys
+
+    importlib.import_module("lvlm_probe.capture.store")
+    assert callable(lp.capture) and lp.capture.__module__ == "lvlm_probe.capture.run"
+    code = ("import lvlm_probe as lp\nimport lvlm_probe.capture\nfrom lvlm_probe import capture\n"
+            "print(callable(lp.capture), capture is lp.capture)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["True", "True"], r.stderr[-1000:]

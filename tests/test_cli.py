@@ -45,3 +45,37 @@ def test_demo_writes_report(tmp_path):
     square = d[(d.kind == "object") & (d.polarity == "hallucinated") & (d.claimed == "square")]
     assert len(square) and (square.level == "data").mean() >= 0.5
     assert json.loads((tmp_path / "demo" / "summary.json").read_text())["n_errors"] == s["n_errors"]
+
+
+def _run(*args: str, env_extra: dict | None = None):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_help_eval_and_scoring_import_no_torch():
+    code = ("import sys\nfrom lvlm_probe.cli import build_parser\nimport lvlm_probe.benchmarks as b\n"
+            "b.parse_answer('Yes.')\nbuild_parser()\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'transformer_lens', 'pandas') if m in sys.modules))")
+    r = _run("-c", code)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert r.stdout.strip() == "[]"
+    r = _run("-m", "lvlm_probe", "--help")
+    assert r.returncode == 0 and "diagnose" in r.stdout
+
+
+def test_version_card_and_one_line_errors(tmp_path):
+    r = _run("-m", "lvlm_probe", "--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"lvlm-probe {lp.__version__}"
+    r = _run("-m", "lvlm_probe", "organisms", "card", "organism:clean")
+    assert r.returncode == 0 and r.stdout.startswith("# Organism `clean`")
+    for model, expect in (("./no_such_dir", "is not a directory and not a hub id"),
+                          ("llava-hf/not-cached-anywhere", "offline mode is on (HF_HUB_OFFLINE=1)")):
+        r = _run("-m", "lvlm_probe", "info", model)
+        assert r.returncode == 2 and expect in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    r = _run("-m", "lvlm_probe", "--debug", "info", "./no_such_dir")
+    assert r.returncode != 0 and "Traceback" in r.stderr

@@ -45,6 +45,11 @@ def test_steps_alone_compose_to_diagnose(tiny, world_items):
     run = lp.generate_and_judge(tiny, world_items, FAST, progress=False)
     assert isinstance(run, Run) and list(run.generations.item_id) == [it.id for it in world_items]
     assert all(isinstance(t, list) for t in run.generations.tokens)
+    # one column per name: the errors frame holds ERROR_COLUMNS, item_id (the id) once and b (the batch row)
+    from lvlm_probe.schema import ERROR_COLUMNS
+    assert len(run.errors) and len(set(ERROR_COLUMNS)) == len(ERROR_COLUMNS) and "item" not in ERROR_COLUMNS
+    assert sorted(run.errors.columns) == sorted(ERROR_COLUMNS)
+    assert all(e.startswith(f"{i}#") for e, i in zip(run.errors.error_id, run.errors.item_id))
     ev = lp.collect_evidence(tiny, world_items, run, FAST, training_stats=None, progress=False)
     assert len(ev.frame) == len(run.errors) and {"p_emit", "enc_p_true", "prior_train"} <= set(ev.frame.columns)
     dx = lp.cascade(ev.frame, FAST.thresholds)
@@ -58,7 +63,7 @@ def test_a_judge_can_be_replaced(tiny, world_items):
 
     def my_judge(gen, chunk):
         seen.extend(it.id for it in chunk)
-        return pd.DataFrame([{"item": it.id, "kind": "object", "polarity": "hallucinated", "subject": "star",
+        return pd.DataFrame([{"item_id": it.id, "kind": "object", "polarity": "hallucinated", "subject": "star",
                               "claimed": "star", "truth": None, "b": b, "first_token": None}
                              for b, it in enumerate(chunk)])
 
@@ -66,6 +71,11 @@ def test_a_judge_can_be_replaced(tiny, world_items):
     assert seen == [it.id for it in world_items]
     assert len(run.errors) == len(world_items) and set(run.errors.claimed) == {"star"}
     assert run.errors.error_id.tolist() == [f"{it.id}#{k}" for k, it in enumerate(world_items)]
+    assert run.errors.item_id.tolist() == [it.id for it in world_items] and "item" not in run.errors.columns
+    # a judge whose frame does not name the item id is refused with the column it lacks
+    with pytest.raises(lp.InputError, match="lacks an item_id column"):
+        lp.generate_and_judge(tiny, world_items, FAST, judge=lambda g, c: my_judge(g, c).rename(columns={"item_id": "item"}),
+                              progress=False)
 
 
 def test_config_validates_and_the_cli_maps_flags_one_to_one():
@@ -184,7 +194,7 @@ def test_one_bad_image_fails_only_that_item(tiny, world_items, tmp_path, batch_s
     ref = lp.generate_and_judge(tiny, [it for k, it in enumerate(world_items) if k != 1],
                                 DiagnoseConfig(max_new_tokens=6, batch_size=1), progress=False)
     assert good.text.tolist() == ref.generations.text.tolist()
-    assert "1 failed" in repr(rep)
+    assert "1 failed" in repr(rep) and "1 failed" in rep._repr_html_()
 
 
 def test_every_item_failing_or_a_systematic_error_raises(tiny, world_items, tmp_path, monkeypatch):

@@ -107,3 +107,22 @@ def test_systematic_failure_stops_capture(llava, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="recorder bug"):
         lp.capture(llava, items, sites=["llm.resid_post.0"], select=["image_mean"], out=tmp_path / "s",
                    progress=False)
+
+
+def test_empty_prompt_and_unknown_words(family):
+    model, _ = family
+    for bad in ("", "   ", "<image>"):
+        with pytest.raises(lp.InputError, match=r"item 'e1': the prompt is empty"):
+            model.prepare([rand_image(0)], [bad], item_ids=["e1"], chat_template=bad != "<image>")
+    with pytest.warns(UserWarning, match=r"item 'w1': the tokenizer does not know \['zebra'\]"):
+        model.prepare([rand_image(0)], ["what is the zebra ?"], item_ids=["w1"])
+
+
+def test_items_file_messages_name_file_line_and_column(tmp_path):
+    f = tmp_path / "malformed.jsonl"
+    f.write_text('{"id": "a", "image": "x.png", "prompt": "p"}\n{"id": "b", "image": \n', encoding="utf-8")
+    with pytest.raises(lp.InputError, match=r"malformed.jsonl:2: not valid JSON \(Expecting value at column 21\)"):
+        lp.read_items(f)
+    g = tmp_path / "bom_crlf.jsonl"
+    g.write_bytes(b'\xef\xbb\xbf{"id": "a", "image": "x.png", "prompt": "p"}\r\n{"id": "b", "image": "y.png", "prompt": "q"}\r\n')
+    assert [it.id for it in lp.read_items(g)] == ["a", "b"]

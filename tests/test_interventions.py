@@ -70,7 +70,7 @@ def test_mask_edit_equals_score_edit(llava):
 def test_knockout_window_sweep(llava):
     batch = llava.prepare([rand_image(0), rand_image(1)], ["what is in the image ?", "what ?"])
     df = knockout(llava, batch, from_roles=["image"], to_roles="last", window=1)
-    assert list(df.columns) == ["item", "item_id", "layer_start", "layer_end", "from_roles", "to_roles", "target",
+    assert list(df.columns) == ["b", "item_id", "layer_start", "layer_end", "from_roles", "to_roles", "target",
                                 "target_id", "p_base", "p_knock", "delta_p", "logit_base", "logit_knock"]
     assert len(df) == 2 * llava.adapter.n_llm_layers
     assert (df["layer_start"] == df["layer_end"]).all()
@@ -78,7 +78,7 @@ def test_knockout_window_sweep(llava):
     assert np.allclose(df["delta_p"], df["p_knock"] - df["p_base"])
     # the default target is the model's own next token, so p_base is its top probability
     top = llava.forward(batch)[:, -1].softmax(-1).max(-1).values
-    assert np.allclose(df.groupby("item")["p_base"].first().to_numpy(), top.numpy(), atol=1e-6)
+    assert np.allclose(df.groupby("b")["p_base"].first().to_numpy(), top.numpy(), atol=1e-6)
     # knocking out an edge in no layer changes nothing; blocking a role that is absent changes nothing
     same = knockout(llava, batch, from_roles="answer", to_roles="last")
     assert np.array_equal(same["p_knock"].to_numpy(), same["p_base"].to_numpy())
@@ -103,7 +103,7 @@ def test_patching_all_positions_restores_clean(family):
     assert torch.allclose(lp_[keep], lc[keep], atol=1e-5)
     df = patch_activations(model, clean, corrupt, ["llm.resid_pre.0", "llm.resid_post.*"],
                            groups=["all", "answer", "image"], progress=False)
-    assert list(df.columns) == ["item", "item_id", "site", "layer", "group", "p_clean", "p_corrupt", "p_patched",
+    assert list(df.columns) == ["b", "item_id", "site", "layer", "group", "p_clean", "p_corrupt", "p_patched",
                                 "effect", "target", "target_id"]
     full = df[df["group"] == "all"]
     assert np.allclose(full["p_patched"], full["p_clean"], atol=1e-6)

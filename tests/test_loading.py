@@ -60,3 +60,20 @@ def test_dtype_argument(llava_dir):
     b = m.prepare([None], ["what is in the image ?"])
     assert b.pixel_values is None
     assert m.forward(b).shape[:2] == b.input_ids.shape
+
+
+def test_tiny_checkpoints_have_ids_inside_their_vocabulary(llava, qwen):
+    for m in (llava, qwen):
+        tc = m.hf_model.config.text_config
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            v = getattr(tc, key, None)
+            assert v is None or 0 <= v < tc.vocab_size, (m.family, key, v)
+
+
+def test_manifest_records_real_library_versions():
+    from importlib import metadata
+
+    from lvlm_probe.capture.store import library_versions
+
+    v = library_versions()
+    assert v["transformer_lens"] == metadata.version("transformer-lens") and v["transformers"] != "unknown"

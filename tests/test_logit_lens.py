@@ -30,7 +30,7 @@ def test_lens_at_last_layer_equals_model_logits(family):
     assert len(lens) == len(batch) * V and set(lens.layer) == {L} and set(lens.site) == {f"llm.resid_post.{L}"}
     T = batch.input_ids.shape[1]
     for b in range(len(batch)):
-        rows = lens[lens.item == b].sort_values("rank")
+        rows = lens[lens.b == b].sort_values("rank")
         ref = logits[b, -1].float()
         assert rows.item_id.iloc[0] == batch.item_ids[b] and (rows.position == T - 1).all()
         assert rows.token_id.iloc[0] == int(ref.argmax())
@@ -79,7 +79,7 @@ def test_word_probability_agrees_with_logit_lens(family):
     wp = word_probability(model, batch, ids)  # token ids pass through
     assert list(wp.columns) == list(WORD_COLUMNS)
     assert len(wp) == int(batch.roles.image.sum()) * model.adapter.n_llm_layers * len(ids)
-    m = lens.merge(wp, on=["item", "layer", "position", "token_id"], suffixes=("_lens", "_word"))
+    m = lens.merge(wp, on=["b", "item_id", "layer", "position", "token_id"], suffixes=("_lens", "_word"))
     assert len(m) > 0
     np.testing.assert_allclose(m.prob_lens, m.prob_word, atol=1e-6)
     np.testing.assert_allclose(m.logit_lens, m.logit_word, atol=1e-5)
@@ -90,18 +90,20 @@ def test_word_probability_agrees_with_logit_lens(family):
     assert set(ws.word) == {word} and set(ws.token_id) == {tok}
     # per-item word lists
     per = word_probability(model, batch, [[ids[0]], [ids[1], ids[2]]], layers=[0])
-    assert set(per[per.item == 0].token_id) == {ids[0]} and set(per[per.item == 1].token_id) == {ids[1], ids[2]}
+    assert set(per[per.b == 0].token_id) == {ids[0]} and set(per[per.b == 1].token_id) == {ids[1], ids[2]}
     # vl-interp renormalisation over the top-n logits
     top = word_probability(model, batch, list(range(model.tokenizer.vocab_size)), layers=[0], positions="last",
                            renorm_top=5)
-    s = top.groupby("item").prob.agg(["sum", lambda p: int((p > 0).sum())])
+    s = top.groupby("b").prob.agg(["sum", lambda p: int((p > 0).sum())])
     np.testing.assert_allclose(s["sum"], 1.0, atol=1e-5)
     assert (s.iloc[:, 1] == 5).all()
     conf = internal_confidence(wp)
     assert len(conf) == len(batch) * len(ids)
-    best = wp.groupby(["item", "word"]).prob.max().reset_index()
-    np.testing.assert_allclose(conf.sort_values(["item", "word"]).confidence.to_numpy(),
-                               best.sort_values(["item", "word"]).prob.to_numpy())
+    assert list(conf.columns) == list(internal_confidence(wp.iloc[:0]).columns) == [
+        "b", "item_id", "word", "token_id", "confidence", "layer", "position", "row", "col"]
+    best = wp.groupby(["b", "word"]).prob.max().reset_index()
+    np.testing.assert_allclose(conf.sort_values(["b", "word"]).confidence.to_numpy(),
+                               best.sort_values(["b", "word"]).prob.to_numpy())
 
 
 def test_lens_on_store_residuals_equals_live(family, tmp_path):
@@ -120,8 +122,8 @@ def test_lens_on_store_residuals_equals_live(family, tmp_path):
     np.testing.assert_allclose(a.prob, b.prob, atol=1e-5)
     live_img = word_probability(model, batch, [3, 5], positions="image")
     store_img = word_probability(model, store, [3, 5], items=["it2", "it0"])
-    # rows follow the store's order; `item` is the position in the given items list
-    assert set(store_img[store_img.item_id == "it2"].item) == {0} and set(store_img[store_img.item_id == "it0"].item) == {1}
+    # rows follow the store's order; `b` is the position in the given items list
+    assert set(store_img[store_img.item_id == "it2"].b) == {0} and set(store_img[store_img.item_id == "it0"].b) == {1}
     key = ["item_id", "layer", "image", "row", "col", "token_id"]
     m = live_img.merge(store_img, on=key, suffixes=("_live", "_store"))
     assert len(m) == len(store_img) and len(m) > 0

@@ -239,17 +239,18 @@ def test_frames_and_batch() -> None:
     assert items[1].scene.names == ["cross", "hourglass", "triangle", "square", "diamond"]  # seeded
     texts = [items[0].answer, "a small ring and a cross ."]
     out = judge_batch(fake_generation(texts), items=items)
-    assert out.columns.tolist() == ["item", "b", *FRAME_COLUMNS[1:]]
-    assert set(out.b) == {1} and set(out.item) == {items[1].id}
+    assert FRAME_COLUMNS[0] == "item_id" and "item" not in FRAME_COLUMNS
+    assert out.columns.tolist() == ["item_id", "b", *FRAME_COLUMNS[1:]]
+    assert set(out.b) == {1} and out.item_id.tolist() == [items[1].id] * 5
     assert out[["kind", "polarity", "subject", "text"]].values.tolist() == [
         ["object", "hallucinated", "ring", "ring"], ["object", "omitted", "hourglass", None],
         ["object", "omitted", "triangle", None], ["object", "omitted", "square", None], ["object", "omitted", "diamond", None]]
     assert out.token_indices.tolist() == [[2], [], [], [], []]
     assert out.first_token.tolist()[:1] == [2] and out.first_token.isna().tolist() == [False, True, True, True, True]
-    # plain texts with scenes; the item column is then the batch index
-    out2 = judge_batch(["a triangle", ""], scenes=[scene3(), scene3()], omissions=False)
-    assert out2[["item", "b", "subject"]].values.tolist() == [[0, 0, "triangle"]]
-    assert judge_batch(["", ""], scenes=[scene3(), scene3()], omissions=False).columns.tolist()[:2] == ["item", "b"]
+    # plain texts with scenes; item_id is then the batch index as a string
+    out2 = judge_batch(["", "a triangle"], scenes=[scene3(), scene3()], omissions=False)
+    assert out2[["item_id", "b", "subject"]].values.tolist() == [["1", 1, "triangle"]]
+    assert judge_batch(["", ""], scenes=[scene3(), scene3()], omissions=False).columns.tolist()[:2] == ["item_id", "b"]
 
 
 # ----------------------------------------------------------------------------------------------- QA
@@ -263,6 +264,7 @@ def test_qa_exists() -> None:
     (m,) = judge("Yes, there is.", item=absent)
     assert (m.kind, m.polarity, m.subject, m.claimed, m.truth, m.span, m.text, m.item_id, m.source) == (
         "object", "hallucinated", "triangle", "triangle", None, (0, 3), "Yes", "q1", "qa")
+    assert judge_frame("Yes, there is.", item=absent).item_id.tolist() == ["q1"]
     (m,) = judge(fake_generation(["no ."]), item=present)
     assert (m.kind, m.polarity, m.negated, m.token_indices, m.truth) == ("object", "omitted", True, [0], "ring")
     assert judge("no", item=absent) == [] and judge("yes", item=present) == []

@@ -54,8 +54,8 @@ def attention_frame(n_items=2, n_steps=3, n_layers=4, n_heads=3) -> pd.DataFrame
             for la in range(n_layers):
                 for h in range(n_heads):
                     m = 0.1 * la + 0.01 * h + 0.02 * t + 0.001 * i
-                    rows.append(dict(item=i, step=t, layer=la, head=h, to_role="image", mass=m))
-                    rows.append(dict(item=i, step=t, layer=la, head=h, to_role="question", mass=1 - m))
+                    rows.append(dict(b=i, step=t, layer=la, head=h, to_role="image", mass=m))
+                    rows.append(dict(b=i, step=t, layer=la, head=h, to_role="question", mass=1 - m))
     return pd.DataFrame(rows)
 
 
@@ -65,10 +65,10 @@ def word_prob_frame(n_layers=3, rows_=2, cols=3, items=(0,)) -> pd.DataFrame:
         for la in range(n_layers):
             for r in range(rows_):
                 for c in range(cols):
-                    out.append(dict(item=it, item_id=f"x{it}", site=f"llm.resid_post.{la}", layer=la,
+                    out.append(dict(b=it, item_id=f"x{it}", site=f"llm.resid_post.{la}", layer=la,
                                     position=5 + r * cols + c, role="image", row=r, col=c, word="circle",
-                                    token_id=7, prob=(la * 100 + r * 10 + c) / 1000))
-            out.append(dict(item=it, item_id=f"x{it}", site=f"llm.resid_post.{la}", layer=la, position=20,
+                                    token_id=7, prob=(la * 100 + r * 10 + c) / 1000 + it / 10000))
+            out.append(dict(b=it, item_id=f"x{it}", site=f"llm.resid_post.{la}", layer=la, position=20,
                             role="question", row=pd.NA, col=pd.NA, word="circle", token_id=7, prob=0.9))
     df = pd.DataFrame(out)
     df["row"] = df["row"].astype("Int64")
@@ -204,17 +204,17 @@ def test_patch_heatmap_array_over_image_with_scene_boxes():
 
 
 def test_patch_heatmap_from_attribution_frame_signed():
-    rows = [dict(item=i, image=0, method=m, target="circle", row=r, col=c, value=(r - c) * (1 + i))
+    rows = [dict(b=i, image=0, method=m, target="circle", row=r, col=c, value=(r - c) * (1 + i))
             for i in range(2) for m in ("ig", "saliency") for r in range(2) for c in range(2)]
     df = pd.DataFrame(rows)
-    fig = plot_patch_heatmap(None, df, select={"item": 1, "method": "ig"})
+    fig = plot_patch_heatmap(None, df, select={"b": 1, "method": "ig"})
     heat = fig.axes[0].images[-1]
     np.testing.assert_array_equal(heat.get_array(), [[0, -2], [2, 0]])
     assert heat.get_cmap().name == "PuOr_r" and heat.norm.vcenter == 0
     assert heat.get_extent() == [0, 2, 2, 0]
     assert fig.axes[1].get_ylabel() == "value"
     with pytest.raises(InputError, match="occurs more than once"):
-        plot_patch_heatmap(None, df, select={"item": 1})
+        plot_patch_heatmap(None, df, select={"b": 1})
     with pytest.raises(InputError, match=r"no rows with method == 'gradcam'"):
         plot_patch_heatmap(None, df, select={"method": "gradcam"})
     with pytest.raises(InputError, match=r"lacks column\(s\) \['row'\]"):
@@ -233,6 +233,11 @@ def test_image_attention_by_layer_and_step():
     np.testing.assert_allclose(ax.lines[0].get_ydata(), 0.1 * np.arange(4) + 0.0305)
     np.testing.assert_allclose(ax.lines[0].get_xdata(), np.arange(4))
     assert ax.get_xlabel() == "layer" and ax.get_ylabel() == "attention mass"
+    # items= keeps batch rows (column b): row 1 alone adds 0.001 instead of the mean 0.0005
+    np.testing.assert_allclose(plot_image_attention(df, by="layer", items=[1]).axes[0].lines[0].get_ydata(),
+                               0.1 * np.arange(4) + 0.031)
+    with pytest.raises(InputError, match=r"no rows left after keeping b in \[5\]"):
+        plot_image_attention(df, items=[5])
     band = ax.collections[0].get_paths()[0].vertices[:, 1]
     sd = np.std([0.0, 0.01, 0.02])
     assert band.min() == pytest.approx(0.0305 - sd) and band.max() == pytest.approx(0.3305 + sd)
@@ -348,7 +353,10 @@ def test_logit_lens_heatmap_and_grid():
     two = word_prob_frame(items=(0, 1))
     with pytest.raises(InputError, match="choose one with item="):
         plot_logit_lens(two)
-    assert plot_logit_lens(two, item="x1").axes[0].images[0].get_array().shape == (3, 6)
+    by_id = plot_logit_lens(two, item="x1").axes[0].images[0].get_array()  # str: item_id; int: batch row b
+    assert by_id.shape == (3, 6)
+    np.testing.assert_array_equal(plot_logit_lens(two, item=1).axes[0].images[0].get_array(), by_id)
+    assert not np.allclose(plot_logit_lens(two, item=0).axes[0].images[0].get_array(), by_id)
     with pytest.raises(InputError, match=r"layer\(s\) \[7\]"):
         plot_logit_lens(df, layers=[7])
     with pytest.raises(InputError, match="'word' column"):

@@ -42,7 +42,7 @@ def build() -> Report:
     rep = Report("Diagnosis <demo>", "Intro with `code` & an ampersand.")
     s = rep.section("Summary", "First paragraph.\n\nSecond `misalignments.csv` paragraph.")
     s.figure(small_fig(), "Causes per <b>kind</b>")
-    s.table(pd.DataFrame({"item": ["a<b>", "c"], "score": [0.123456, np.nan], "n": [1, 2]}), "Scores & more")
+    s.table(pd.DataFrame({"item_id": ["a<b>", "c"], "score": [0.123456, np.nan], "n": [1, 2]}), "Scores & more")
     obj = rep.section("Object errors")
     obj.section("cooccurrence").example(Image.new("RGB", (64, 48), "white"), "There is a <square> here.",
                                         span=(11, 19), evidence={"p_no_image": 0.71234, "stage": "cooccurrence"},
@@ -121,7 +121,7 @@ def test_markdown_export():
     assert md.startswith("# Diagnosis <demo>\n")
     assert "## Summary" in md and "### cooccurrence" in md and "- [Object errors](#object-errors)" in md
     assert "  - [Cooccurrence](#cooccurrence-2)" in md
-    assert "| item | score | n |\n|---|---|---|\n| a&lt;b&gt; | 0.123 | 1 |\n| c |  | 2 |\n" in md  # NaN blank
+    assert "| item_id | score | n |\n|---|---|---|\n| a&lt;b&gt; | 0.123 | 1 |\n| c |  | 2 |\n" in md  # NaN blank
     assert "*Causes per &lt;b&gt;kind&lt;/b&gt;*" in md
     assert "> There is a **&lt;square&gt;** here." in md
     assert "- p_no_image: 0.712" in md
@@ -159,3 +159,26 @@ def test_write_html_and_md_atomically(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     with pytest.raises(InputError, match="format='pdf'"):
         rep.write(tmp_path / "x.pdf", format="pdf")
+
+
+def test_notebook_views(llava, tmp_path):
+    """Short reprs for records and _repr_html_ for the results a notebook user looks at."""
+    import lvlm_probe as lp
+    from conftest import rand_image
+
+    items = [lp.Item(id=f"n{k}", image=rand_image(k), prompt="what is in the image ?") for k in range(2)]
+    batch = llava.prepare_items(items)
+    assert batch.item_ids == ["n0", "n1"]
+    r = repr(batch)
+    assert r.startswith("Batch(2 items ['n0', 'n1']") and "tensor(" not in r and len(r) < 300
+    gen = llava.generate(batch, max_new_tokens=3)
+    g = repr(gen)
+    assert g.startswith("Generation(2 items") and "n0:" in g and "tensor(" not in g
+    store = lp.capture(llava, items + [lp.Item(id="bad", image=str(tmp_path / "no.png"), prompt="what ?")],
+                       sites=["llm.resid_post.*"], select=["image_mean"], out=tmp_path / "s", progress=False)
+    h = store._repr_html_()
+    assert "2 items, 1 failed" in h and "image_mean" in h and "bad" in h and "does not exist" in h
+    rep = lp.Report("T <x>")
+    rep.section("A").text("hello")
+    v = rep._repr_html_()
+    assert "T &lt;x&gt;" in v and "hello" in v and "<body" not in v and "div.lvlm-probe-report h2" in v

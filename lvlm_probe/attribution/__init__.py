@@ -4,7 +4,7 @@ Typical use::
 
     from lvlm_probe.attribution import patch_attribution, image_attention, knockout, patch_activations
     att = patch_attribution(model, gen, method="integrated_gradients", step=3)   # token 3 of a generation
-    att.frame()                                        # item, image, method, target, row, col, value
+    att.frame()                                        # b, item_id, image, method, target, row, col, value
     image_attention(model, gen)                        # attention mass per step, layer, head, role
     knockout(model, batch, from_roles="image", to_roles="last", window=3)
     patch_activations(model, clean, corrupt, "llm.resid_pre.*", groups=["image", "last"])

@@ -13,8 +13,8 @@ from lvlm_probe.attribution._common import item_ids
 from lvlm_probe.errors import InputError
 from lvlm_probe.models.records import ROLE_NAMES, Batch, Generation
 
-MASS_COLUMNS = ["item", "item_id", "step", "position", "layer", "head", "to_role", "mass"]
-MAP_COLUMNS = ["item", "item_id", "step", "layer", "head", "image", "row", "col", "attention"]
+MASS_COLUMNS = ["b", "item_id", "step", "position", "layer", "head", "to_role", "mass"]
+MAP_COLUMNS = ["b", "item_id", "step", "layer", "head", "image", "row", "col", "attention"]
 
 
 def _queries(inputs: Batch | Generation, steps: Sequence[int] | None) -> tuple[Batch, list[int], np.ndarray]:
@@ -70,10 +70,11 @@ def image_attention(
     Returns
     -------
     DataFrame
-        ``item, item_id, step, position, layer, head, to_role, mass`` with ``to_role`` one of
-        ``lvlm_probe.ROLE_NAMES``; for each (item, step, layer, head) the masses sum to 1.
+        ``b, item_id, step, position, layer, head, to_role, mass`` with ``to_role`` one of
+        ``lvlm_probe.ROLE_NAMES``; ``b`` is the row in the batch; for each (b, step, layer, head) the masses sum
+        to 1.
     (DataFrame, DataFrame) when ``maps=True``
-        The second frame: ``item, item_id, step, layer, head, image, row, col, attention`` (attention of
+        The second frame: ``b, item_id, step, layer, head, image, row, col, attention`` (attention of
         the query to the image token at (image, row, col)).
 
     Notes
@@ -121,7 +122,7 @@ def image_attention(
         b_i, s_i, h_i, r_i = np.meshgrid(np.arange(B), np.arange(S), np.arange(H), np.arange(R), indexing="ij")
         keep = valid[b_i, s_i]
         frames.append(pd.DataFrame({
-            "item": b_i[keep], "item_id": np.asarray(ids, dtype=object)[b_i[keep]],
+            "b": b_i[keep], "item_id": np.asarray(ids, dtype=object)[b_i[keep]],
             "step": np.asarray(all_steps)[s_i[keep]], "position": qpos.cpu().numpy()[s_i[keep]], "layer": layer,
             "head": h_i[keep], "to_role": np.asarray(ROLE_NAMES, dtype=object)[r_i[keep]], "mass": mass[keep],
         }))
@@ -135,23 +136,23 @@ def image_attention(
                 s_j, h_j, p_j = np.meshgrid(np.arange(S), np.arange(H), np.arange(len(pos)), indexing="ij")
                 k = valid[b][s_j]
                 map_frames.append(pd.DataFrame({
-                    "item": b, "item_id": ids[b], "step": np.asarray(all_steps)[s_j[k]], "layer": layer,
+                    "b": b, "item_id": ids[b], "step": np.asarray(all_steps)[s_j[k]], "layer": layer,
                     "head": h_j[k], "image": coords[p_j[k], 0], "row": coords[p_j[k], 1], "col": coords[p_j[k], 2],
                     "attention": att[k],
                 }))
     df = pd.concat(frames, ignore_index=True)[MASS_COLUMNS]
-    df = df.sort_values(["item", "step", "layer", "head"], kind="stable").reset_index(drop=True)
+    df = df.sort_values(["b", "step", "layer", "head"], kind="stable").reset_index(drop=True)
     if not maps:
         return df
     mdf = (pd.concat(map_frames, ignore_index=True)[MAP_COLUMNS] if map_frames
            else pd.DataFrame(columns=MAP_COLUMNS))
-    mdf = mdf.sort_values(["item", "step", "layer", "head"], kind="stable").reset_index(drop=True)
+    mdf = mdf.sort_values(["b", "step", "layer", "head"], kind="stable").reset_index(drop=True)
     return df, mdf
 
 
 def image_attention_maps(model: Any, inputs: Batch | Generation, *, layers: Sequence[int] | None = None,
                          steps: Sequence[int] | None = None) -> pd.DataFrame:
-    """Per-patch attention maps only: ``item, item_id, step, layer, head, image, row, col, attention``.
+    """Per-patch attention maps only: ``b, item_id, step, layer, head, image, row, col, attention``.
 
     Same arguments as :func:`image_attention`.
     """

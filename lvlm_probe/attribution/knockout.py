@@ -25,7 +25,7 @@ from lvlm_probe.attribution._common import (TargetSpec, forward_last, groups_mas
 from lvlm_probe.errors import InputError
 from lvlm_probe.models.records import Batch, Generation
 
-KNOCKOUT_COLUMNS = ["item", "item_id", "layer_start", "layer_end", "from_roles", "to_roles", "target", "target_id",
+KNOCKOUT_COLUMNS = ["b", "item_id", "layer_start", "layer_end", "from_roles", "to_roles", "target", "target_id",
                     "p_base", "p_knock", "delta_p", "logit_base", "logit_knock"]
 
 
@@ -167,9 +167,9 @@ def knockout(
     Returns
     -------
     DataFrame
-        ``item, item_id, layer_start, layer_end, from_roles, to_roles, target, target_id, p_base, p_knock,
-        delta_p, logit_base, logit_knock``; one row per (item, window). ``layer_start``/``layer_end`` are the
-        window's first and last layer (inclusive).
+        ``b, item_id, layer_start, layer_end, from_roles, to_roles, target, target_id, p_base, p_knock,
+        delta_p, logit_base, logit_knock``; one row per (b, window), ``b`` the row in the batch.
+        ``layer_start``/``layer_end`` are the window's first and last layer (inclusive).
     """
     batch, forced = resolve_input(model, inputs, step)
     model.check_batch(batch)
@@ -189,7 +189,7 @@ def knockout(
         p1, l1 = target_stats(last, targets)
         for b in range(len(batch)):
             rows.append({
-                "item": b, "item_id": ids[b], "layer_start": min(win), "layer_end": max(win), "from_roles": fr,
+                "b": b, "item_id": ids[b], "layer_start": min(win), "layer_end": max(win), "from_roles": fr,
                 "to_roles": tr, "target": token_str(model, targets[b]), "target_id": targets[b],
                 "p_base": float(p0[b]), "p_knock": float(p1[b]), "delta_p": float(p1[b] - p0[b]),
                 "logit_base": float(l0[b]), "logit_knock": float(l1[b]),

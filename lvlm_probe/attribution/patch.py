@@ -35,7 +35,7 @@ _ALIASES = {"ig": "integrated_gradients", "ixg": "input_x_gradient"}
 #: Scalar the attributions explain.
 OUTPUTS = ("logprob", "prob", "logit")
 
-FRAME_COLUMNS = ["item", "item_id", "image", "method", "target", "target_id", "row", "col", "value"]
+FRAME_COLUMNS = ["b", "item_id", "image", "method", "target", "target_id", "row", "col", "value"]
 
 
 @dataclass
@@ -75,8 +75,8 @@ class PatchAttribution:
         return len(self.maps)
 
     def frame(self) -> pd.DataFrame:
-        """One row per (item, image, row, col): columns ``item, item_id, image, method, target, target_id,
-        row, col, value``."""
+        """One row per (b, image, row, col): columns ``b, item_id, image, method, target, target_id,
+        row, col, value`` (``b`` the row in the batch)."""
         parts = []
         for b, m in enumerate(self.maps):
             n, R, C = m.shape
@@ -84,7 +84,7 @@ class PatchAttribution:
             v = m.numpy().ravel()
             keep = ~np.isnan(v)
             parts.append(pd.DataFrame({
-                "item": b, "item_id": self.item_ids[b], "image": img.ravel()[keep], "method": self.method,
+                "b": b, "item_id": self.item_ids[b], "image": img.ravel()[keep], "method": self.method,
                 "target": self.target_tokens[b] if self.target_tokens else str(self.targets[b]),
                 "target_id": self.targets[b], "row": row.ravel()[keep], "col": col.ravel()[keep], "value": v[keep],
             }))

@@ -17,7 +17,7 @@ from lvlm_probe.attribution._common import (TargetSpec, forward_last, group_mask
 from lvlm_probe.errors import InputError, SiteError
 from lvlm_probe.models.records import Batch
 
-PATCH_COLUMNS = ["item", "item_id", "site", "layer", "group", "p_clean", "p_corrupt", "p_patched", "effect", "target",
+PATCH_COLUMNS = ["b", "item_id", "site", "layer", "group", "p_clean", "p_corrupt", "p_patched", "effect", "target",
                  "target_id"]
 #: |p_clean - p_corrupt| below this gives effect NaN.
 EFFECT_EPS = 1e-6
@@ -102,8 +102,8 @@ def patch_activations(
     Returns
     -------
     DataFrame
-        ``item, item_id, site, layer, group, p_clean, p_corrupt, p_patched, effect, target, target_id``, one row
-        per (item, site, group); ``effect = (p_patched - p_corrupt) / (p_clean - p_corrupt)`` (NaN when the
+        ``b, item_id, site, layer, group, p_clean, p_corrupt, p_patched, effect, target, target_id``, one row
+        per (b, site, group), ``b`` the row in the batch; ``effect = (p_patched - p_corrupt) / (p_clean - p_corrupt)`` (NaN when the
         denominator is below 1e-6).
     """
     check_same_layout(clean, corrupt)
@@ -130,7 +130,7 @@ def patch_activations(
         for b in range(len(clean)):
             den = float(pc[b] - px[b])
             eff = float(pp[b] - px[b]) / den if abs(den) > EFFECT_EPS else float("nan")
-            rows.append({"item": b, "item_id": ids[b], "site": s.name, "layer": -1 if s.layer is None else s.layer,
+            rows.append({"b": b, "item_id": ids[b], "site": s.name, "layer": -1 if s.layer is None else s.layer,
                          "group": g, "p_clean": float(pc[b]), "p_corrupt": float(px[b]), "p_patched": float(pp[b]),
                          "effect": eff, "target": token_str(model, targets[b]), "target_id": targets[b]})
     return pd.DataFrame(rows, columns=PATCH_COLUMNS)

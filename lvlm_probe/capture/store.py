@@ -53,11 +53,11 @@ def library_versions() -> dict[str, str]:
 
     from lvlm_probe._version import __version__
 
-    try:
-        import transformer_lens
+    from importlib import metadata
 
-        tl = getattr(transformer_lens, "__version__", "unknown")
-    except Exception:  # noqa: BLE001
+    try:  # TransformerLens has no __version__ attribute; the installed distribution knows its version
+        tl = metadata.version("transformer-lens")
+    except metadata.PackageNotFoundError:
         tl = "unavailable"
     return {"lvlm_probe": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "transformer_lens": tl, "python": platform.python_version()}
@@ -123,13 +123,15 @@ class ActivationStore:
             if old["model"].get("config_hash") != model.get("config_hash") or old["model"].get("name") != model.get("name"):
                 raise StoreError(
                     f"{str(p)!r} holds activations of model {old['model'].get('name')!r} "
-                    f"(config {old['model'].get('config_hash')}); use another out directory or overwrite=True"
+                    f"(config {old['model'].get('config_hash')}); use another out directory or overwrite=True "
+                    "(--overwrite on the command line)"
                 )
             diff = {k for k in set(old["settings"]) | set(settings) if old["settings"].get(k) != settings.get(k)}
             if diff:
                 raise StoreError(
                     f"{str(p)!r} was captured with different settings ({sorted(diff)}); resume with the same "
-                    "sites/select/generation settings, or use another out directory or overwrite=True"
+                    "sites/select/generation settings, or use another out directory or overwrite=True "
+                    "(--overwrite on the command line)"
                 )
             return store
         if p.exists() and any(p.iterdir()):
@@ -243,6 +245,22 @@ class ActivationStore:
     def __repr__(self) -> str:
         return (f"ActivationStore({str(self.path)!r}, items={len(self)}, failed={len(self._m['failed'])}, "
                 f"keys={len(self._m['keys'])})")
+
+    def _repr_html_(self) -> str:
+        """Notebook view: counts, the (site, selection) keys and the failed items with their reasons."""
+        import html
+
+        import pandas as pd
+
+        keys = pd.DataFrame(self.keys(), columns=["site", "selection"])
+        keys = keys.groupby("selection").site.agg(lambda s: ", ".join(s) if len(s) <= 6 else
+                                                  f"{s.iloc[0]} ... {s.iloc[-1]} ({len(s)} sites)")
+        out = [f"<b>ActivationStore</b> <code>{html.escape(str(self.path))}</code>: {len(self)} items, "
+               f"{len(self._m['failed'])} failed", keys.to_frame("sites").to_html()]
+        if self._m["failed"]:
+            failed = pd.DataFrame(list(self._m["failed"].items())[:20], columns=["item_id", "reason"])
+            out.append("<b>failed</b>" + failed.to_html(index=False))
+        return "\n".join(out)
 
     def keys(self) -> list[tuple[str, str]]:
         """(site, select) pairs held by the store."""

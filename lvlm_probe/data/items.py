@@ -115,14 +115,15 @@ def read_items(path: str | os.PathLike, *, image_root: str | os.PathLike | None 
     root = Path(image_root) if image_root is not None else path.parent
     items: list[Item] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:  # a BOM (Windows editors) is not part of the JSON
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = json.loads(line.strip())
             except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
+                raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}); each line "
+                                 "must be one JSON object") from None
             missing = [k for k in ("id", "image", "prompt") if k not in rec]
             if missing:
                 raise InputError(f"{path}:{lineno}: missing field(s) {missing}; each line needs id, image, prompt")

@@ -394,7 +394,7 @@ def misalignments_frame(misalignments: Sequence[Misalignment]) -> pd.DataFrame:
             raise InputError(f"misalignments_frame takes Misalignment records, got {type(m).__name__}")
         span = m.span or (None, None)
         cspan = m.claim_span or (None, None)
-        rows.append({"item": m.item_id, "kind": m.kind, "polarity": m.polarity, "subject": m.subject,
+        rows.append({"item_id": m.item_id, "kind": m.kind, "polarity": m.polarity, "subject": m.subject,
                      "attribute": m.attribute, "object": m.object, "claimed": m.claimed, "truth": m.truth,
                      "negated": m.negated, "text": m.text, "start": span[0], "end": span[1], "claim_start": cspan[0],
                      "claim_end": cspan[1], "token_indices": list(m.token_indices), "first_token": m.first_token,
@@ -402,7 +402,7 @@ def misalignments_frame(misalignments: Sequence[Misalignment]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=FRAME_COLUMNS)
     for col in ("start", "end", "claim_start", "claim_end", "first_token"):
         df[col] = df[col].astype("Int64")
-    for col in ("item", "attribute", "object", "claimed", "truth", "text"):  # missing strings stay None, not NaN
+    for col in ("item_id", "attribute", "object", "claimed", "truth", "text"):  # missing strings stay None, not NaN
         df[col] = df[col].astype(object).where(df[col].notna(), None)
     return df
 
@@ -423,12 +423,12 @@ def judge_batch(generation: Any, scenes: Sequence[Any] | None = None, items: Seq
     scenes : sequence of SceneGraph, optional
         One per item; default each ``items[b].scene``.
     items : sequence of Item, optional
-        One per item: its task decides free-text or QA judging and its id fills the ``item`` column.
+        One per item: its task decides free-text or QA judging and its id fills the ``item_id`` column.
 
     Returns
     -------
     pandas.DataFrame
-        :data:`FRAME_COLUMNS` plus ``b`` (batch index); ``item`` is the item id, or ``b`` without items.
+        :data:`FRAME_COLUMNS` plus ``b`` (batch index); ``item_id`` is the item id, or ``str(b)`` without items.
         Items without errors have no row.
     """
     if isinstance(generation, (list, tuple)):
@@ -455,7 +455,7 @@ def judge_batch(generation: Any, scenes: Sequence[Any] | None = None, items: Seq
         if not ms:
             continue
         df = misalignments_frame(ms)
-        df["item"] = items[k].id if items is not None else k
+        df["item_id"] = str(items[k].id) if items is not None else str(k)
         df.insert(1, "b", k)
         frames.append(df)
     if not frames:

@@ -18,6 +18,7 @@ from lvlm_probe.errors import InputError, ModelLoadError, UnsupportedModelError
 from lvlm_probe.models.base import FamilyAdapter, ImageInputs, Site
 from lvlm_probe.models.llava import LlavaAdapter
 from lvlm_probe.models.qwen2_5_vl import Qwen2_5_VLAdapter
+from lvlm_probe.schema import RUN_DEFAULTS_FILE
 from lvlm_probe.models.records import ROLE_NAMES, Batch, Generation, TokenRoles
 
 #: Supported architecture families, keyed by HF ``config.model_type``.
@@ -183,8 +184,6 @@ def load(
     return model
 
 
-#: JSON file beside a checkpoint with the defaults a diagnosis run of it should use (decoding, probe world).
-RUN_DEFAULTS_FILE = "run_defaults.json"
 
 
 def read_run_defaults(path: str) -> dict:
@@ -226,11 +225,14 @@ def _load_config(name: str, revision: str | None) -> Any:
     try:
         return AutoConfig.from_pretrained(name, revision=revision)
     except (OSError, ValueError) as err:
-        if os.environ.get("HF_HUB_OFFLINE") == "1" and not os.path.exists(name):
-            raise ModelLoadError(
-                f"{name!r} is not in the local Hugging Face cache and offline mode is on (HF_HUB_OFFLINE=1); "
-                "download it once with network access, or pass a local model directory"
-            ) from None
+        if not os.path.exists(name):
+            if os.environ.get("HF_HUB_OFFLINE") == "1":
+                raise ModelLoadError(
+                    f"{name!r} is not a directory and not a hub id in the local Hugging Face cache, and offline mode "
+                    "is on (HF_HUB_OFFLINE=1); download it once with network access, or pass a model directory"
+                ) from None
+            raise ModelLoadError(f"{name!r} is not a directory and not a hub id that could be fetched "
+                                 f"({err.__class__.__name__}: {' '.join(str(err).split())[:200]})") from None
         raise ModelLoadError(f"{name!r}: cannot read its config ({err.__class__.__name__}: {err})") from None
 
 
@@ -459,6 +461,13 @@ class LVLM:
         )
         return batch.to(self.device, self.dtype)
 
+    def prepare_items(self, items: Sequence[Any], **kwargs: Any) -> Batch:
+        """:meth:`prepare` of :class:`~lvlm_probe.data.Item` s: their images, prompts and ids (so every frame
+        computed from the batch joins the store's ``item_id``)."""
+        items = list(items)
+        return self.prepare([it.image for it in items], [it.prompt for it in items],
+                            item_ids=[it.id for it in items], **kwargs)
+
     @staticmethod
     def _load_images(images: list[Any], ids: list[str]) -> list[list[Any]]:
         """Per item, its images as PIL (an entry may be None, one image or a list)."""
@@ -473,6 +482,8 @@ class LVLM:
         """The item's full text and the character spans of its ``question``, ``system`` and ``answer``."""
         ad = self.adapter
         spans: dict[str, tuple[int, int]] = {}
+        if not isinstance(prompt, str) or not prompt.replace("<image>", "").replace(ad.image_placeholder, "").strip():
+            raise InputError(f"item {iid!r}: the prompt is empty ({prompt!r}); give a question or an instruction")
         if chat_template:
             if ad.image_placeholder in prompt or "<image>" in prompt:
                 raise InputError(
@@ -510,6 +521,7 @@ class LVLM:
             raise InputError(
                 f"item {iid!r}: prompt has {n_ph} image placeholder(s) but {n_img} image(s) were given; {how}"
             )
+        self._warn_unknown_words(iid, text, tids, offs)
         special = ad.template_token_ids()
         row = _TokenRow(text=text)
         k_img = 0
@@ -528,6 +540,17 @@ class LVLM:
                              if n in spans and s < spans[n][1] and e > spans[n][0]), "template")
             row.add(t, _ROLE_ID[role], (-1, -1, -1))
         return row
+
+    def _warn_unknown_words(self, iid: str, text: str, tids: list[int], offs: list[tuple[int, int]]) -> None:
+        """Warn (once per call) when the tokenizer maps words of the prompt to its unknown token."""
+        unk = self.tokenizer.unk_token_id
+        if unk is None or unk not in tids:
+            return
+        words = sorted({text[s:e] for t, (s, e) in zip(tids, offs) if t == unk and e > s})
+        warnings.warn(
+            f"item {iid!r}: the tokenizer does not know {words} and reads each as {self.tokenizer.unk_token!r}; "
+            "the model sees no such word. Use words of its vocabulary (an organism understands its scene world's "
+            "prompts, e.g. 'describe the image .' or 'is there a circle ?')", stacklevel=4)
 
     def _pad_id(self) -> int:
         tok = self.tokenizer

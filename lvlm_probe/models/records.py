@@ -145,6 +145,14 @@ class Batch:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def __repr__(self) -> str:
+        B, T = self.input_ids.shape
+        ids = self.item_ids or []
+        shown = ", ".join(map(repr, ids[:4])) + (f", ... {len(ids) - 4} more" if len(ids) > 4 else "")
+        pv = "none" if self.pixel_values is None else "x".join(map(str, self.pixel_values.shape))
+        return (f"Batch({B} items [{shown}], {T} tokens, images per item {self.n_images}, "
+                f"image tokens {self.n_image_tokens}, pixel_values {pv}, device {self.input_ids.device})")
+
     @property
     def device(self) -> torch.device:
         return self.input_ids.device
@@ -216,6 +224,16 @@ class Generation:
 
     def __len__(self) -> int:
         return len(self.text)
+
+    def __repr__(self) -> str:
+        lines = [f"Generation({len(self.text)} items, prompt {self.prompt_length} tokens, settings {self.settings})"]
+        ids = self.batch.item_ids if self.batch is not None and self.batch.item_ids else [str(k) for k in
+                                                                                             range(len(self.text))]
+        for iid, toks, txt in list(zip(ids, self.tokens, self.text))[:8]:
+            lines.append(f"  {iid}: {len(toks)} tokens: {txt[:80]!r}{'...' if len(txt) > 80 else ''}")
+        if len(self.text) > 8:
+            lines.append(f"  ... {len(self.text) - 8} more")
+        return "\n".join(lines)
 
     def as_batch(self) -> Batch:
         """The full sequence (prompt + generated) as a Batch, for teacher-forced analysis."""

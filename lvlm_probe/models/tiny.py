@@ -155,6 +155,8 @@ def build_tiny_qwen2_5_vl(
             vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
             num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
             max_position_embeddings=1024, initializer_range=init_std, tie_word_embeddings=False,
+            # the real Qwen ids (151643 ...) lie outside a word-level vocabulary
+            bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
             rope_parameters={"rope_type": "default", "mrope_section": mrope, "rope_theta": 10000.0},
         ),
         vision_config=dict(

@@ -3,20 +3,43 @@
 >>> import lvlm_probe as lp
 >>> model = lp.load("organism:cooccurrence")        # same code path as a hub model
 >>> lp.organisms.ZOO["cooccurrence"].signature        # doctest: +SKIP
+
+The zoo's specs (``ZOO``, ``OrganismSpec``, ``TrainConfig``, ``get_spec``) are imported on first use, so the
+``lvlm-probe organisms`` command line starts without the scene world's dependencies.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from lvlm_probe.errors import InputError
-from lvlm_probe.organisms.zoo import ZOO, OrganismSpec, TrainConfig, get_spec
+from lvlm_probe.schema import RUN_DEFAULTS_FILE
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+_FROM_ZOO: tuple[str, ...] = ("ZOO", "OrganismSpec", "TrainConfig", "get_spec")
+
+__all__ = ["CHECKPOINTS", "RUN_DEFAULTS_FILE", "OrganismSpec", "TrainConfig", "ZOO", "default_items", "get_spec",
+           "list_organisms", "organism_path", "run_defaults", "train_organism"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_ZOO:
+        value = getattr(importlib.import_module("lvlm_probe.organisms.zoo"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lvlm_probe.organisms' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from lvlm_probe.organisms.zoo import ZOO, OrganismSpec, TrainConfig, get_spec  # noqa: F401
 
 
 def organism_path(name: str) -> Path:
     """Directory of the shipped checkpoint of organism ``name`` (run-setting organisms map to theirs)."""
+    from lvlm_probe.organisms.zoo import get_spec
+
     spec = get_spec(name)
     path = CHECKPOINTS / str(spec.checkpoint)
     if not (path / "config.json").is_file():
@@ -25,14 +48,13 @@ def organism_path(name: str) -> Path:
     return path
 
 
-from lvlm_probe.models.lvlm import RUN_DEFAULTS_FILE  # noqa: E402 - beside each checkpoint, read by lp.load
-
-
 def run_defaults(name: str) -> dict:
     """What a diagnosis run of organism ``name`` needs: its decoding (run-setting organisms such as ``sampling``
     decode their checkpoint their own way) and the unbiased probe world (image size and grid of its scenes) whose
-    fresh scenes train the diagnosis probes. Written beside every checkpoint as ``run_defaults.json``; ``load("organism:NAME")``
-    puts it on ``model.run_defaults``."""
+    fresh scenes train the diagnosis probes. Written beside every checkpoint as ``run_defaults.json``;
+    ``load("organism:NAME")`` puts it on ``model.run_defaults``."""
+    from lvlm_probe.organisms.zoo import get_spec
+
     spec = get_spec(name)
     return {"organism": spec.name, "decoding": dict(spec.run_settings),
             "probe_world": {"image_size": spec.world.image_size, "grid": spec.world.grid}}
@@ -41,6 +63,8 @@ def run_defaults(name: str) -> dict:
 def list_organisms():
     """The zoo as a DataFrame: ``name, cause, level, component, checkpoint, shipped, run_settings``."""
     import pandas as pd
+
+    from lvlm_probe.organisms.zoo import ZOO
 
     return pd.DataFrame([{"name": s.name, "cause": s.cause, "level": s.level, "component": s.component,
                           "checkpoint": s.checkpoint, "shipped": (CHECKPOINTS / str(s.checkpoint) / "config.json").is_file(),
@@ -52,10 +76,6 @@ def train_organism(*args, **kwargs):
     from lvlm_probe.organisms.train import train_organism as _train
 
     return _train(*args, **kwargs)
-
-
-__all__ = ["CHECKPOINTS", "RUN_DEFAULTS_FILE", "OrganismSpec", "TrainConfig", "ZOO", "default_items", "get_spec",
-           "list_organisms", "organism_path", "run_defaults", "train_organism"]
 
 
 def default_items(model: str, n: int = 48, seed: int = 0) -> list:

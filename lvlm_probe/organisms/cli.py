@@ -26,7 +26,17 @@ def _cmd_list(a: argparse.Namespace) -> int:
         print(json.dumps(df.to_dict(orient="records"), indent=1))
     else:
         print(df.to_string(index=False))
+        print("\n" + CAUSE_CODES_NOTE)
     return 0
+
+
+#: What the cause column means (printed under ``organisms list``).
+CAUSE_CODES_NOTE = (
+    "cause: the planted cause's id in the project's list of causes (docs/organisms.md): P1 co-occurrence, "
+    "P2 attribute prior, P3 relation prior, P4 encoder blind spot, P5 projector bottleneck, P6 visual neglect, "
+    "P7 summary-token over-trust (sink), P8 long-generation drift, P9 decoding. The zoo plants P1, P2, P4, P5, P6, P8 and P9; "
+    "P3 and P7 have no organism yet. component: the stage the diagnosis should name; level: data, model or "
+    "inference. 'sampling' is a run setting on the clean checkpoint, not a checkpoint of its own.")
 
 
 def _cmd_card(a: argparse.Namespace) -> int:
@@ -34,7 +44,7 @@ def _cmd_card(a: argparse.Namespace) -> int:
     from lvlm_probe.organisms.cards import render_card
 
     spec = get_spec(a.name)
-    print(render_card(a.name, CHECKPOINTS / str(spec.checkpoint)), end="")
+    print(render_card(spec.name, CHECKPOINTS / str(spec.checkpoint)), end="")
     return 0
 
 

@@ -14,7 +14,7 @@ from lvlm_probe.tracing.cascade import Thresholds, balanced_accuracy
 
 #: The stage each planted organism should be diagnosed with (its spec's component, a schema stage).
 PLANTED_STAGE: dict[str, str] = {name: spec.component for name, spec in ZOO.items() if spec.component in STAGES}
-KEY = ["item", "kind", "polarity", "subject", "claimed"]
+KEY = ["item_id", "kind", "polarity", "subject", "claimed"]
 
 
 def _keys(df: pd.DataFrame) -> set:
@@ -79,7 +79,7 @@ def planted_errors(name: str, n: int, seed: int, *, thresholds: Thresholds | Non
         g = clean.generate(clean.prepare([i.image for i in chunk], [i.prompt for i in chunk]), max_new_tokens=48)
         texts.extend(g.text)
     clean_err = judge_batch(texts, items=items)
-    d = rep.diagnoses  # carries the misalignment columns (item, subject, ...) beside the diagnosis
+    d = rep.diagnoses  # carries the misalignment columns (item_id, subject, ...) beside the diagnosis
     own = [tuple(map(str, t)) for t in d[KEY].itertuples(index=False, name=None)]
     clean_keys = _keys(clean_err)
     keep = np.array([k not in clean_keys for k in own], dtype=bool) & planted_pattern(name, d)

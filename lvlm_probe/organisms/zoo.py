@@ -210,9 +210,10 @@ ZOO: dict[str, OrganismSpec] = {
 
 
 def get_spec(name: str) -> OrganismSpec:
-    """The zoo entry ``name`` (clear error listing the zoo otherwise)."""
+    """The zoo entry ``name`` or ``organism:NAME`` (clear error listing the zoo otherwise)."""
     from lvlm_probe.errors import InputError
 
+    name = name.split(":", 1)[1] if name.startswith("organism:") else name
     if name not in ZOO:
         raise InputError(f"no organism named {name!r}; the zoo has {sorted(ZOO)}")
     return ZOO[name]

@@ -19,7 +19,7 @@ from lvlm_probe.plotting.style import (DIVERGING_CMAP, OKABE_ITO, PALETTE, SEQUE
 
 #: Value columns recognised in long per-patch frames, in order of preference.
 VALUE_COLUMNS: tuple[str, ...] = ("value", "attention", "prob", "effect", "mass")
-ATTENTION_COLUMNS: tuple[str, ...] = ("item", "step", "layer", "head", "to_role", "mass")
+ATTENTION_COLUMNS: tuple[str, ...] = ("b", "step", "layer", "head", "to_role", "mass")
 SPREADS: tuple[str, ...] = ("sd", "iqr", "range")
 
 
@@ -47,7 +47,7 @@ def plot_patch_heatmap(image: Any, values: Any, boxes: Any = None, labels: Seque
     labels : list of str, optional
         One label per box (overrides the object descriptions).
     select : dict, optional
-        Column filters applied to a frame first, e.g. ``{"item": 0, "method": "ig", "image": 0}``.
+        Column filters applied to a frame first, e.g. ``{"b": 0, "method": "ig", "image": 0}``.
     value : str, optional
         Value column of a frame (default: the first of ``value``, ``attention``, ``prob``, ``effect``, ``mass``).
     signed : bool, optional
@@ -143,13 +143,13 @@ def plot_image_attention(attn_df: pd.DataFrame, by: str = "layer", *, to_role: s
     Parameters
     ----------
     attn_df : DataFrame
-        ``image_attention`` output: ``item``, ``step``, ``layer``, ``head``, ``to_role``, ``mass``.
+        ``image_attention`` output: ``b`` (row in the batch), ``step``, ``layer``, ``head``, ``to_role``, ``mass``.
     by : {"layer", "step"}
         The x axis.
     to_role : str or sequence of str
         Key role(s); one line each (default ``"image"``).
     items, layers, steps : sequence, optional
-        Keep only these.
+        Keep only these batch rows (``b``), layers and steps.
     spread : {"sd", "iqr", "range"}
         Band: mean ± standard deviation over heads, 25–75 % quantiles, or min–max.
 
@@ -168,7 +168,7 @@ def plot_image_attention(attn_df: pd.DataFrame, by: str = "layer", *, to_role: s
     missing = [r for r in roles if r not in set(df["to_role"])]
     if missing:
         raise InputError(f"{f}: role(s) {missing} not in the frame's to_role values {sorted(set(df['to_role']))}")
-    for col, keep in (("item", items), ("layer", layers), ("step", steps)):
+    for col, keep in (("b", items), ("layer", layers), ("step", steps)):
         if keep is not None:
             df = df[df[col].isin(list(keep))]
             if len(df) == 0:

@@ -157,15 +157,15 @@ def plot_logit_lens(lens_df: pd.DataFrame, word: str | None = None, *, item: int
     Parameters
     ----------
     lens_df : DataFrame
-        ``word_probability`` output (``item``, ``layer``, ``row``, ``col``, ``word``, ``prob``) or ``logit_lens``
-        output (``item``, ``layer``, ``row``, ``col``, ``rank``, ``token``, ``prob``). Rows without patch
+        ``word_probability`` output (``b``, ``layer``, ``row``, ``col``, ``word``, ``prob``) or ``logit_lens``
+        output (``b``, ``layer``, ``row``, ``col``, ``rank``, ``token``, ``prob``). Rows without patch
         coordinates (text tokens) are dropped.
     word : str, optional
         The word (``word`` column) or token (``token`` column, compared without surrounding spaces) whose
         probability is shown. With a ``logit_lens`` frame, ``None`` shows the top-1 probability; patches where
         the word is outside the top k are left blank (NaN).
     item : int or str, optional
-        Batch index (``item``) or ``item_id``; required when the frame holds several items.
+        Batch row (``b``, an int) or ``item_id`` (a str); required when the frame holds several items.
     site : str, optional
         Keep one site, or the sites under a prefix (``"llm"`` keeps ``llm.resid_post.*``), when a layer number
         occurs at several sites.
@@ -188,10 +188,10 @@ def plot_logit_lens(lens_df: pd.DataFrame, word: str | None = None, *, item: int
     f = "plot_logit_lens"
     df = require_columns(lens_df, LENS_COLUMNS, f, "logit-lens frame")
     if item is not None:
-        by = "item_id" if isinstance(item, str) and "item_id" in df.columns else "item"
+        by = "item_id" if isinstance(item, str) and "item_id" in df.columns else "b"
         df = select_one(df, by, item, f, "item")
-    elif "item" in df.columns:
-        df = select_one(df, "item", None, f, "item")
+    elif "b" in df.columns:
+        df = select_one(df, "b", None, f, "item")
     if site is not None:
         if "site" not in df.columns:
             raise InputError(f"{f}: site={site!r} given but the frame has no 'site' column")

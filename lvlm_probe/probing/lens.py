@@ -19,10 +19,10 @@ from lvlm_probe.errors import InputError
 from lvlm_probe.models.records import ROLE_NAMES
 
 #: Columns of :func:`logit_lens`.
-LENS_COLUMNS: tuple[str, ...] = ("item", "item_id", "site", "layer", "position", "role", "image", "row", "col", "rank",
+LENS_COLUMNS: tuple[str, ...] = ("b", "item_id", "site", "layer", "position", "role", "image", "row", "col", "rank",
                                  "token_id", "token", "prob", "logit")
 #: Columns of :func:`word_probability`.
-WORD_COLUMNS: tuple[str, ...] = ("item", "item_id", "site", "layer", "position", "role", "image", "row", "col", "word",
+WORD_COLUMNS: tuple[str, ...] = ("b", "item_id", "site", "layer", "position", "role", "image", "row", "col", "word",
                                  "token_id", "prob", "logit")
 #: Roles given to rows read from a store, by selection.
 STORE_ROLES = {"image_patches": "image", "generated": "generated", "last_prompt": "last_prompt",
@@ -149,7 +149,7 @@ def _live_blocks(model: Any, batch: Any, layers: list[int], positions: Any, stem
     rid = batch.roles.role_ids()[b_idx, t_idx].cpu()
     ids = batch.item_ids or [str(b) for b in range(len(batch))]
     meta = pd.DataFrame({
-        "item": b_idx.cpu().numpy(), "item_id": [ids[b] for b in b_idx.tolist()],
+        "b": b_idx.cpu().numpy(), "item_id": [ids[b] for b in b_idx.tolist()],
         "position": pd.array(t_idx.cpu().numpy(), dtype="Int64"),
         "role": [ROLE_NAMES[r] if r >= 0 else "padding" for r in rid.tolist()],
         "image": _nullable(coords[:, 0]), "row": _nullable(coords[:, 1]), "col": _nullable(coords[:, 2]),
@@ -174,7 +174,7 @@ def _store_blocks(store: Any, layers: list[int], selection: str, stem: str,
         site = f"{stem}.{lay}"
         rows, index = store.get_rows(site, selection, items=order)
         n = len(index)
-        meta = pd.DataFrame({"item": index["item_id"].map(pos).to_numpy(), "item_id": index["item_id"].to_numpy(),
+        meta = pd.DataFrame({"b": index["item_id"].map(pos).to_numpy(), "item_id": index["item_id"].to_numpy(),
                              "position": pd.array([pd.NA] * n, dtype="Int64"),
                              "role": STORE_ROLES.get(selection, selection)})
         for c in ("image", "row", "col"):
@@ -258,7 +258,7 @@ def logit_lens(
     Returns
     -------
     pandas.DataFrame
-        Columns :data:`LENS_COLUMNS`: ``item`` (batch index, or position in the store item
+        Columns :data:`LENS_COLUMNS`: ``b`` (row in the batch, or position in the store item
         order), ``item_id``, ``site``, ``layer``, ``position`` (token index; NA for store rows),
         ``role`` (token role; for store rows the selection's role), ``image``/``row``/``col``
         (patch coordinates; NA off the image), ``rank`` (1..k), ``token_id``, ``token``,
@@ -345,7 +345,7 @@ def word_probability(
     Returns
     -------
     pandas.DataFrame
-        Columns :data:`WORD_COLUMNS`: one row per (item, layer, position, word).
+        Columns :data:`WORD_COLUMNS`: one row per (b, layer, position, word); ``b`` as in :func:`logit_lens`.
     """
     per_item = len(words) > 0 and isinstance(words[0], (list, tuple))
     if per_item:
@@ -360,7 +360,7 @@ def word_probability(
         n = R.shape[0]
         if n == 0:
             continue
-        item = meta["item"].to_numpy()
+        item = meta["b"].to_numpy()
         if per_item:
             if item.max() >= len(tok):
                 raise InputError(f"words gives {len(tok)} word lists but the source has item index {int(item.max())}; "
@@ -409,15 +409,15 @@ def internal_confidence(word_probs: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        One row per (item, word): ``item, item_id, word, token_id, confidence`` and where the
+        One row per (b, word): ``b, item_id, word, token_id, confidence`` and where the
         max is (``layer, position, row, col``). A low confidence for a mentioned object flags a
         likely hallucination.
     """
     if word_probs.empty:
-        return pd.DataFrame(columns=["item", "item_id", "word", "token_id", "confidence", "layer", "position", "row",
+        return pd.DataFrame(columns=["b", "item_id", "word", "token_id", "confidence", "layer", "position", "row",
                                      "col"])
-    best = word_probs.loc[word_probs.groupby(["item", "word"], sort=True)["prob"].idxmax()]
-    out = best[["item", "item_id", "word", "token_id", "prob", "layer", "position", "row", "col"]]
+    best = word_probs.loc[word_probs.groupby(["b", "word"], sort=True)["prob"].idxmax()]
+    out = best[["b", "item_id", "word", "token_id", "prob", "layer", "position", "row", "col"]]
     return out.rename(columns={"prob": "confidence"}).reset_index(drop=True)
 
 

@@ -294,7 +294,7 @@ def cascade(evidence: pd.DataFrame, thresholds: Thresholds | None = None) -> pd.
     rows = []
     for rec in evidence.to_dict(orient="records"):
         d = diagnose_error(rec, thresholds)
-        row = {"error_id": rec.get("error_id"), "item_id": rec.get("item_id", rec.get("item")),
+        row = {"error_id": rec.get("error_id"), "item_id": rec.get("item_id"),
                "kind": rec.get("kind"), "polarity": rec.get("polarity"), "claimed": rec.get("claimed"),
                "truth": rec.get("truth"), "level": d.level, "stage": d.stage, "confidence": d.confidence,
                "causes": "+".join(d.causes), "rule": d.rule}

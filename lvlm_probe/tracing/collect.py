@@ -139,8 +139,8 @@ def data_evidence(errors: pd.DataFrame, items: Sequence[Item], generations: pd.D
     text_of = dict(zip(generations.item_id.astype(str), generations.text))
     rows = []
     for r in errors.to_dict(orient="records"):
-        it = by_id[str(r["item"])]
-        text = text_of.get(str(r["item"])) or ""
+        it = by_id[str(r["item_id"])]
+        text = text_of.get(str(r["item_id"])) or ""
         n_mentions = n_scene = None
         if it.task in (None, "caption"):
             ordinal, context = mention_ordinal(text, r, vocabulary)

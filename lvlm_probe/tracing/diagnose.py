@@ -94,6 +94,21 @@ class DiagnosisReport:
         return (f"DiagnosisReport({len(self.generations) - n_fail} items ran, {n_fail} failed, "
                 f"{len(self.errors)} errors, levels {self.level_counts().to_dict() if len(self.diagnoses) else {}})")
 
+    def _repr_html_(self) -> str:
+        """Notebook view: counts, errors per (kind, level, stage), and the failed items with their reasons."""
+        import html
+
+        n_fail = len(self.failed)
+        parts = [f"<b>DiagnosisReport</b> of <code>{html.escape(str(self.manifest.get('model', '')))}</code>: "
+                 f"{len(self.generations) - n_fail} items diagnosed, {n_fail} failed, {len(self.errors)} "
+                 f"error{'s' if len(self.errors) != 1 else ''}"]
+        if len(self.diagnoses):
+            parts.append(self.summary().to_html(index=False, float_format=lambda v: f"{v:.2f}"))
+        if n_fail:
+            failed = pd.DataFrame(list(self.failed.items())[:20], columns=["item_id", "reason"])
+            parts.append("<b>failed items</b>" + failed.to_html(index=False))
+        return "\n".join(parts)
+
     def write(self, out: str | os.PathLike) -> Path:
         """Write the tables (``generations.csv``, ``errors.csv``, ``evidence.csv``, ``probe_curves.csv``,
         ``diagnosis.csv``) and ``manifest.json`` under ``out``, each atomically; :meth:`read` reads them back.

@@ -147,7 +147,7 @@ def token_evidence(model: Any, generation: Any, errors: pd.DataFrame, *, sampled
         steps_needed.setdefault(b, set()).add(t)
     # image-attention mass of each step's query, mean over layers and heads, vs the item's other steps
     att = image_attention(model, generation)
-    img = att[att.to_role == "image"].groupby(["item", "step"]).mass.mean()
+    img = att[att.to_role == "image"].groupby(["b", "step"]).mass.mean()
     for i, r in errors[has].iterrows():
         b, t = int(r.b), int(r.first_token)
         if (b, t) not in img.index:
@@ -166,7 +166,7 @@ def probe_evidence(errors: pd.DataFrame, predictions: pd.DataFrame, scenes: dict
     Parameters
     ----------
     errors : DataFrame
-        Misalignment rows (``item`` is the item id).
+        Misalignment rows (``item_id`` is the item id).
     predictions : DataFrame
         :func:`~lvlm_probe.probing.probe_sweep` predictions (``return_predictions=True``) on labels from
         :func:`~lvlm_probe.probing.scene_labels` covering the erroneous items.
@@ -198,7 +198,7 @@ def probe_evidence(errors: pd.DataFrame, predictions: pd.DataFrame, scenes: dict
         pair_idx[(s, it, int(a), int(o))] = p
         pair_idx.setdefault((s, it, int(o), int(a)), p)
     for i, r in errors.iterrows():
-        scene = scenes.get(str(r["item"]))
+        scene = scenes.get(str(r["item_id"]))
         for col, site in (("enc_p_true", enc_site), ("proj_p_true", proj_site)):
             v = float("nan")
             if r.kind == "object":
@@ -206,11 +206,11 @@ def probe_evidence(errors: pd.DataFrame, predictions: pd.DataFrame, scenes: dict
             elif scene is not None and r.kind == "attribute":
                 idx = scene.find(r.subject) if not _nan(r.subject) else []
                 if idx:
-                    v = obj.get((site, str(r["item"]), r.attribute, int(idx[0])), float("nan"))
+                    v = obj.get((site, str(r["item_id"]), r.attribute, int(idx[0])), float("nan"))
             elif scene is not None and r.kind == "relation" and not _nan(r.object):
                 a, o = scene.find(r.subject), scene.find(r.object)
                 if a and o:
-                    v = pair_idx.get((site, str(r["item"]), int(a[0]), int(o[0])), float("nan"))
+                    v = pair_idx.get((site, str(r["item_id"]), int(a[0]), int(o[0])), float("nan"))
             out.loc[i, col] = float(v)
     return out
 
@@ -223,7 +223,7 @@ def _object_verdict(r: Any, scene: Any, site: str, obj: pd.Series, img: pd.Serie
     is that every object is what it is, so none is the claimed class). Falls back to the image-level
     ``object:<class>`` presence probe.
     """
-    item = str(r["item"])
+    item = str(r["item_id"])
     cls = r.subject if not _nan(r.subject) else r.claimed
     if scene is not None and len(scene.objects):
         if r.polarity == "omitted" or (not _nan(r.truth) and r.truth == cls):

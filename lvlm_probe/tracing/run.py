@@ -33,8 +33,8 @@ class Run:
         :data:`~lvlm_probe.schema.GENERATION_COLUMNS`, one row per item in item order; items that could not be
         run have ``failed`` set (the reason) and no text.
     errors : DataFrame
-        :data:`~lvlm_probe.schema.ERROR_COLUMNS`: the misalignment frame plus ``error_id`` (``"<item>#<k>"``),
-        ``item_id``, ``b`` (row in its batch) and ``batch``.
+        :data:`~lvlm_probe.schema.ERROR_COLUMNS`: the misalignment frame (``item_id`` the item id) plus
+        ``error_id`` (``"<item_id>#<k>"``), ``b`` (row in its batch) and ``batch``.
     """
 
     generations: pd.DataFrame
@@ -139,8 +139,10 @@ def _errors_frame(frames: list[pd.DataFrame]) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=list(ERROR_COLUMNS))
     errors = pd.concat(frames, ignore_index=True)
-    errors.insert(0, "error_id", [f"{it}#{k}" for k, it in enumerate(errors["item"])])
-    errors.insert(1, "item_id", errors["item"].astype(str))
+    if "item_id" not in errors.columns:
+        raise InputError(f"the judge's frame lacks an item_id column (the item id); it has {list(errors.columns)}")
+    errors["item_id"] = errors["item_id"].astype(str)
+    errors.insert(0, "error_id", [f"{it}#{k}" for k, it in enumerate(errors["item_id"])])
     return errors
 
 
@@ -171,7 +173,7 @@ def read_tables(out: str | Path, names: Sequence[str]) -> dict[str, pd.DataFrame
         if not p.is_file():
             raise InputError(f"{str(p)!r} does not exist; {str(out)!r} holds no complete diagnosis run")
         try:
-            df = pd.read_csv(p, dtype={"item_id": str, "item": str, "error_id": str})
+            df = pd.read_csv(p, dtype={"item_id": str, "error_id": str})
         except pd.errors.EmptyDataError:
             df = pd.DataFrame()
         for c in LIST_COLUMNS:
