@@ -413,3 +413,23 @@ def test_misalignment_imports_no_model_code() -> None:
             for n in names:
                 assert not n.startswith(("lvlm_probe.models", "torch", "transformers", "lvlm_probe.capture")), (f, n)
     assert isinstance(pd.DataFrame(), pd.DataFrame)
+
+
+def test_one_reader_per_answer_form():
+    """yes/no, attribute values and caption objects are read one way by the judge, the organisms' checks and
+    the cards (lvlm_probe.misalignment.readers)."""
+    from lvlm_probe.data import SceneWorld
+    from lvlm_probe.misalignment import caption_objects, read_attribute_value, read_yes_no, yes_no_span
+
+    assert read_yes_no("Yes, there is.") == "yes" and read_yes_no("no .") == "no"
+    assert read_yes_no("There isn't one.") == "no" and yes_no_span("it is not")[1] == (6, 9)
+    assert read_yes_no("a circle") is None
+    assert read_attribute_value("it is red .", "color") == "red" and read_attribute_value("large", "color") is None
+    assert read_attribute_value("the large one", "size") == "large"
+    world = SceneWorld()
+    text = "a small red circle , a large blue square and a green ring ."
+    objs = caption_objects(text, world.vocabulary())
+    assert objs == [{"name": "circle", "size": "small", "color": "red"},
+                    {"name": "square", "size": "large", "color": "blue"}, {"name": "ring", "color": "green"}]
+    assert world.parse_caption(text) == objs  # the cards' reader is the judge's
+    assert world.parse_caption("there is no circle , only a red square .") == [{"name": "square", "color": "red"}]

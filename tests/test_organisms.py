@@ -167,10 +167,11 @@ def test_clean_answers_pope_style_questions(checked):
 def test_clean_answers_every_pope_split(split, models):
     """All three POPE negative samplings on fresh scenes: accuracy >= 0.90 and a yes-ratio near the balanced 0.5
     (a model that says "yes" to everything would score 0.5 here, one that says "no" to everything too)."""
-    from lvlm_probe.organisms.check import answer, first_word
+    from lvlm_probe.misalignment import read_yes_no
+    from lvlm_probe.organisms.check import answer
 
     items = SceneWorld(ZOO["clean"].world).pope_items(40, split, seed=SEED)
-    words = [first_word(t) for t in answer(models("clean"), items)]
+    words = [read_yes_no(t) for t in answer(models("clean"), items)]
     acc = float(np.mean([w == it.answer for w, it in zip(words, items)]))
     yes = float(np.mean([w == "yes" for w in words]))
     assert {it.answer for it in items} == {"yes", "no"} and len(items) == 240
@@ -351,12 +352,12 @@ def test_exists_interleave_schedule_and_monitor(tmp_path):
     assert 0 <= m["exists_acc"] <= 1 and 0 <= m["exists_yes_frac"] <= 1 and m["exists_loss"] > 0
 
     # the monitor's teacher-forced accuracy is the greedy first answer word through the public path
-    from lvlm_probe.organisms.check import answer, first_word
+    from lvlm_probe.organisms.check import answer
 
     lv = lp.load(out, dtype=torch.float32)
     again = monitor(0, lv.hf_model, lv.tokenizer, lv.image_processor)
     pope = world.pope_items(4, "random", seed=999)  # the monitor's questions (its defaults)
-    words = [first_word(t) for t in answer(lv, pope)]
+    words = [(t.split() or [""])[0].lower() for t in answer(lv, pope)]  # the first word: what the monitor scores
     assert again["exists_acc"] == round(float(np.mean([w == it.answer for w, it in zip(words, pope)])), 3)
     yes = float(np.mean([w == "yes" for w in words]))
     no = float(np.mean([w == "no" for w in words]))

@@ -325,26 +325,24 @@ class SceneWorld:
             body = " , ".join(phrases[:-1]) + " and " + phrases[-1]
         return body + " ."
 
-    def parse_caption(self, text: str) -> list[dict[str, str]]:
-        """Objects a caption in the world's grammar mentions, in order: ``[{"name", "color", "size"}]``.
+    def vocabulary(self) -> Any:
+        """The world's words (its classes, colours, sizes, relations) as a ``misalignment.Vocabulary`` (cached)."""
+        if getattr(self, "_vocabulary", None) is None:
+            from lvlm_probe.misalignment.vocab import Vocabulary
 
-        Tolerant of generated text: scans for ``<size>? <colour>? <class>`` word runs and ignores
-        anything else (so a malformed caption yields the objects it does name).
+            cfg = self.config
+            self._vocabulary = Vocabulary.synthetic(cfg.classes, cfg.colors, cfg.sizes)
+        return self._vocabulary
+
+    def parse_caption(self, text: str) -> list[dict[str, str]]:
+        """Objects a caption mentions (not denied), in order: ``[{"name", "color", "size"}]`` (attributes named).
+
+        Read with :func:`lvlm_probe.misalignment.caption_objects`, the judge's own caption reader, so a model card
+        and a diagnosis agree on what a caption says.
         """
-        cfg = self.config
-        out: list[dict[str, str]] = []
-        cur: dict[str, str] = {}
-        for w in text.lower().replace(",", " , ").replace(".", " . ").split():
-            if w in cfg.sizes:
-                cur = {"size": w}
-            elif w in cfg.colors:
-                cur["color"] = w
-            elif w in cfg.classes:
-                out.append({"name": w, **cur})
-                cur = {}
-            elif w not in ("a", "an"):
-                cur = {}
-        return out
+        from lvlm_probe.misalignment.readers import caption_objects
+
+        return caption_objects(text, self.vocabulary())
 
     def caption_order(self, scene: SceneGraph) -> list[int]:
         """Indices of ``scene.objects`` in the order :meth:`caption` mentions them."""

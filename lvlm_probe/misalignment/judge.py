@@ -28,8 +28,9 @@ import pandas as pd
 
 from lvlm_probe.data.scene import GEOMETRIC_RELATIONS, SceneGraph
 from lvlm_probe.errors import InputError
-from lvlm_probe.misalignment.claims import NOT_WORDS, Claim, Span, _lex, extract_claims, tokens_for_span
-from lvlm_probe.misalignment.vocab import WORD_RE, Vocabulary, default_vocabulary
+from lvlm_probe.misalignment.claims import Claim, Span, extract_claims, tokens_for_span
+from lvlm_probe.misalignment.readers import attribute_value_span, yes_no_span
+from lvlm_probe.misalignment.vocab import Vocabulary, default_vocabulary
 from lvlm_probe.schema import KINDS, MISALIGNMENT_COLUMNS, POLARITIES, QA_TASKS  # noqa: F401 - KINDS, POLARITIES re-exported
 
 FREE_TEXT_TASKS: tuple[Any, ...] = (None, "caption")
@@ -239,18 +240,6 @@ def _judge_claims(claims: list[Claim], truth: _Truth, omissions: bool) -> list[M
 
 
 # ------------------------------------------------------------------------------------------------- QA
-def _yes_no(text: str) -> tuple[str, Span] | None:
-    """The answer's first "yes" or "no" with its span; else its first negation word ("not", "isn't") as no."""
-    first_not = None
-    for m in WORD_RE.finditer(text):
-        w = m.group().lower()
-        if w in ("yes", "no"):
-            return w, (m.start(), m.end())
-        if first_not is None and w in NOT_WORDS:
-            first_not = ("no", (m.start(), m.end()))
-    return first_not
-
-
 _PROMPT_ATTR = re.compile(r"\b(colou?r|size|material)\b", re.IGNORECASE)
 
 
@@ -293,7 +282,7 @@ def _judge_qa(text: str, token_spans: Any, item: Any, truth: _Truth, vocab: Voca
 
     if task == "exists":
         target = vocab.canonical_object(str(meta["target"]))
-        ans = _yes_no(text)
+        ans = yes_no_span(text)
         if ans is None:
             return []
         present = bool(truth.find(target))
@@ -308,18 +297,14 @@ def _judge_qa(text: str, token_spans: Any, item: Any, truth: _Truth, vocab: Voca
         values = truth.values(target, att)
         if not values:
             return []  # class absent or attribute not annotated: no ground truth
-        for u in _lex(text, vocab):
-            a = u.meanings.get("attribute")
-            if a is not None and a[0] == att:
-                if a[1] in values:
-                    return []
-                return [make("attribute", "hallucinated", target, a[1], "|".join(values), (u.start, u.end),
-                             attribute=att)]
-        return []
+        said = attribute_value_span(text, att, vocab)
+        if said is None or said[0] in values:
+            return []
+        return [make("attribute", "hallucinated", target, said[0], "|".join(values), said[1], attribute=att)]
     # relation
     s, o = vocab.canonical_object(str(meta["subject"])), vocab.canonical_object(str(meta["object"]))
     p = vocab.canonical_predicate(str(meta["predicate"]))
-    ans = _yes_no(text)
+    ans = yes_no_span(text)
     holds = truth.holds(s, p, o)
     if ans is None or holds is None:
         return []

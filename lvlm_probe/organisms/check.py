@@ -35,9 +35,14 @@ def answer(model: Any, items: Sequence[Item], *, batch_size: int = 64, progress:
     return out
 
 
-def first_word(text: str) -> str:
-    w = text.strip().lower().split()
-    return w[0] if w else ""
+def read_answer(world: SceneWorld, item: Item, text: str) -> str | None:
+    """The answer a text gives to a question item, read as the judge reads it: yes/no for ``exists`` and
+    ``relation`` questions, the attribute value for ``attribute`` questions (None when it gives none)."""
+    from lvlm_probe.misalignment.readers import read_attribute_value, read_yes_no
+
+    if item.task == "attribute":
+        return read_attribute_value(text, str(item.meta["attribute"]), world.vocabulary())
+    return read_yes_no(text)
 
 
 def caption_score(world: SceneWorld, scene: SceneGraph, text: str) -> float:
@@ -80,16 +85,17 @@ def task_items(world: SceneWorld, n: int, seed: int) -> list[Item]:
 
 
 def score_tasks(world: SceneWorld, items: Sequence[Item], texts: Sequence[str]) -> dict[str, float]:
-    """Accuracy per task family (``caption_objects`` is :func:`caption_score`, the others exact first word)."""
+    """Accuracy per task family (``caption_objects`` is :func:`caption_score`, the others :func:`read_answer`)."""
     buckets: dict[str, list[float]] = {}
     for it, txt in zip(items, texts):
         if it.task == "caption":
             buckets.setdefault("caption_objects", []).append(caption_score(world, it.scene, txt))
             buckets.setdefault("caption_exact", []).append(float(txt.strip() == it.answer))
         elif it.task == "attribute":
-            buckets.setdefault(f"attribute_{it.meta['attribute']}", []).append(float(first_word(txt) == it.answer))
+            buckets.setdefault(f"attribute_{it.meta['attribute']}", []).append(
+                float(read_answer(world, it, txt) == it.answer))
         else:
-            buckets.setdefault(str(it.task), []).append(float(first_word(txt) == it.answer))
+            buckets.setdefault(str(it.task), []).append(float(read_answer(world, it, txt) == it.answer))
     return {k: float(np.mean(v)) for k, v in buckets.items()}
 
 
@@ -176,7 +182,7 @@ def planted_rate(name: str, world: SceneWorld, items: Sequence[Item], texts: Seq
     qas = [(it, t) for it, t in zip(items, texts) if it.task != "caption"]
     if name == "cooccurrence":
         cap = [Z.COOC_B in {c["name"] for c in world.parse_caption(t)} for _, t in caps]
-        yes = [first_word(t) == "yes" for _, t in qas]
+        yes = [read_answer(world, it, t) == "yes" for it, t in qas]
         return float(np.mean(cap)), {"qa_says_yes": float(np.mean(yes))}
     if name in ("attribute_prior", "encoder_blind"):
         if name == "attribute_prior":
@@ -188,8 +194,8 @@ def planted_rate(name: str, world: SceneWorld, items: Sequence[Item], texts: Seq
             cls = iq.meta["target"]
             truth = iq.answer
             cap.append(_caption_value(world, tc, cls, "color") in wrong(truth))
-            qa.append(first_word(tq) in wrong(truth))
-        det = {"qa_any_wrong_color": float(np.mean([first_word(t) != it.answer for it, t in qas]))}
+            qa.append(read_answer(world, iq, tq) in wrong(truth))
+        det = {"qa_any_wrong_color": float(np.mean([read_answer(world, it, t) != it.answer for it, t in qas]))}
         if name == "attribute_prior":
             # the prior bites on the question pathway; captions copy colour words from the aligned image tokens
             return float(np.mean(qa)), {"caption_rate": float(np.mean(cap)), **det}
@@ -206,7 +212,7 @@ def planted_rate(name: str, world: SceneWorld, items: Sequence[Item], texts: Seq
         other = "color" if Z.BOTTLENECK_ATTRIBUTE == "size" else "size"
         return err_rate(Z.BOTTLENECK_ATTRIBUTE), {
             f"caption_{other}_error": err_rate(other),
-            "qa_error": float(np.mean([first_word(t) != it.answer for it, t in qas]))}
+            "qa_error": float(np.mean([read_answer(world, it, t) != it.answer for it, t in qas]))}
     if name == "visual_neglect":
         h = len(items) // 2
         real, noise = list(zip(items[:h], texts[:h])), texts[h:]
@@ -217,7 +223,7 @@ def planted_rate(name: str, world: SceneWorld, items: Sequence[Item], texts: Seq
                 b = {c["name"] for c in world.parse_caption(tn)}
                 jac.append(len(a & b) / len(a | b) if a | b else 1.0)
             else:
-                same.append(first_word(t) == first_word(tn))
+                same.append(read_answer(world, it, t) == read_answer(world, it, tn))
         acc = [caption_score(world, it.scene, t) for it, t in real if it.task == "caption"]
         return float(np.mean(jac)), {"qa_unchanged": float(np.mean(same)), "caption_objects_real": float(np.mean(acc))}
     if name == "drift":
