@@ -196,3 +196,33 @@ def test_lp_capture_stays_the_function_after_the_subpackage_is_imported():
             "print(callable(lp.capture), capture is lp.capture)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.split() == ["True", "True"], r.stderr[-1000:]
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_store(llava, tmp_path):
+    items = [lp.Item(id="a", image=rand_image(0), prompt="what is in the image ?")]
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "manifest.json").write_text('{"name": "my web app"}')
+    (mine / "precious.txt").write_text("keep")
+    with pytest.raises(lp.StoreError, match="is not an activation store"):
+        lp.capture(llava, items, sites=["llm.resid_post.0"], select=["image_mean"], out=mine, overwrite=True,
+                   progress=False)
+    assert (mine / "precious.txt").read_text() == "keep"
+    store = lp.capture(llava, items, sites=["llm.resid_post.0"], select=["image_mean"], out=tmp_path / "s",
+                       progress=False)
+    again = lp.capture(llava, items, sites=["llm.resid_post.1"], select=["image_mean"], out=store.path,
+                       overwrite=True, progress=False)
+    assert again.sites() == ["llm.resid_post.1"]
+
+
+@pytest.mark.parametrize("kw, match", [(dict(batch_size=0), "batch_size must be a positive integer"),
+                                       (dict(batch_size=-1), "batch_size must be a positive integer"),
+                                       (dict(generate=0), "generate must be None, a positive number"),
+                                       (dict(dtype="int8"), "cannot hold activations"),
+                                       (dict(dtype="bool"), "cannot hold activations")])
+def test_bad_capture_settings_fail_the_call(llava, tmp_path, kw, match):
+    items = [lp.Item(id="a", image=rand_image(0), prompt="what is in the image ?")]
+    with pytest.raises(lp.InputError, match=match):
+        lp.capture(llava, items, sites=["llm.resid_post.0"], select=["image_mean"], out=tmp_path / "s",
+                   progress=False, **kw)
+    assert not (tmp_path / "s").exists()

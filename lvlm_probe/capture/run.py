@@ -298,6 +298,12 @@ def capture(
 
     items = list(items)
     check_unique_ids(items)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if generate is not None and not isinstance(generate, dict) and (
+            not isinstance(generate, int) or isinstance(generate, bool) or generate < 1):
+        raise InputError(f"generate must be None, a positive number of new tokens or a dict of generate settings, "
+                         f"got {generate!r}")
     parsed = model.adapter.expand_sites(sites)
     pairs = validate_selections(parsed, select)
     if isinstance(generate, int):
@@ -305,6 +311,8 @@ def capture(
     if "generated" in select and not generate:
         raise InputError("selection 'generated' needs generation: pass generate=MAX_NEW_TOKENS or a dict of settings")
     store_dtype = resolve_dtype(dtype, model.device) if dtype is not None else model.dtype
+    if not store_dtype.is_floating_point:
+        raise InputError(f"dtype {store_dtype} cannot hold activations; use float32, float16 or bfloat16")
     by_hook: dict[str, tuple[Site, list[str]]] = {}
     for s, sel in pairs:
         h = model.adapter.hook_name(s)

@@ -35,6 +35,15 @@ from lvlm_probe.errors import StoreError
 FORMAT = "lvlm_probe.activation_store"
 VERSION = 1
 
+
+def _is_store_manifest(path: Path) -> bool:
+    """Whether ``path`` is the manifest of an activation store (its ``format`` marker)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
 #: Index columns of multi-row selections (one LongTensor column each; -1 where not applicable).
 INDEX_COLUMNS: dict[str, tuple[str, ...]] = {
     "image_patches": ("item", "image", "row", "col"),
@@ -116,6 +125,9 @@ class ActivationStore:
         if mf.exists() and overwrite:
             import shutil
 
+            if not _is_store_manifest(mf):  # never delete a folder that merely holds some manifest.json
+                raise StoreError(f"{str(p)!r} is not an activation store (its manifest.json is not one); "
+                                 "overwrite=True (--overwrite) only clears stores; choose another directory")
             shutil.rmtree(p)
         if mf.exists():
             store = cls(p)
