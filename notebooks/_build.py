@@ -353,16 +353,17 @@ assert top in under
 assert abs(float(ig.delta[0])) < 0.1 * abs(float(ig.f_input[0] - ig.f_baseline[0]))"""),
     ("md", """\
 **Occlusion** is the perturbation view: replace one patch by the baseline and measure the drop in the
-word's probability (one forward per patch, no gradients). For the *second* object word it shows how much
-the answer depends on the baseline: the caption follows raster order, so the word after "circle ," is the
-next occupied cell. Darkening an *empty* cell before the hourglass can make that cell look occupied, and the
-model would name something else there."""),
+word's probability (one forward per patch, no gradients). Its default baseline is each image's background
+colour (the per-channel median), so occluding a patch removes what is on it. To see how much the answer
+depends on the baseline, take the dark baseline (`-1`) for the *second* object word: the caption follows
+raster order, so the word after "circle ," is the next occupied cell. Darkening an *empty* cell before the
+hourglass can make that cell look occupied, and the model would name something else there."""),
     ("code", """\
 second = steps[1]
-occ = patch_attribution(model, one, step=second, method="occlusion", output="prob", progress=False)
+occ = patch_attribution(model, one, step=second, method="occlusion", output="prob", baseline=-1.0, progress=False)
 fig, axes = plt.subplots(1, 2, figsize=(5.4, 2.6))
 plot_patch_heatmap(item.image, patch_attribution(model, one, step=first, method="occlusion", output="prob",
-                                                 progress=False).frame(),
+                                                 baseline=-1.0, progress=False).frame(),
                    boxes=item.scene, ax=axes[0], colorbar=False, title=f"occlusion: '{words[first]}'")
 plot_patch_heatmap(item.image, occ.frame(), boxes=item.scene, ax=axes[1], colorbar=False,
                    title=f"occlusion: '{words[second]}'")
@@ -376,12 +377,17 @@ after = [(r, c) for r in range(grid[0]) for c in range(grid[1]) if (r, c) > own]
 om = occ.maps[0][0]
 print("own cell", own, "Δp", round(float(om[own]), 3), "| empty cells before it", before)
 print({rc: round(float(om[rc]), 2) for rc in before})
-assert om[own] > 0.5 and max(om[rc] for rc in before) > 0.5 and all(abs(om[rc]) < 0.1 for rc in after)"""),
+assert om[own] > 0.5 and max(om[rc] for rc in before) > 0.5 and all(abs(om[rc]) < 0.1 for rc in after)
+bg = patch_attribution(model, one, step=second, method="occlusion", output="prob", progress=False).maps[0][0]
+print("background baseline: own cell Δp", round(float(bg[own]), 3), "| empty cells before it",
+      {rc: round(float(bg[rc]), 2) for rc in before})
+assert bg[own] > 0.5 and all(float(bg[rc]) == 0.0 for rc in before)"""),
     ("md", """\
 Both readings are right: the word needs its own patch *and* the emptiness of (some of) the cells before it:
-darkening the empty cells of the first row removes the word (Δp up to 0.86), the empty cell just left of it
-much less. Cells after it do not matter. Which of them an attribution shows depends on the baseline; look at
-more than one method, and at `delta`."""),
+darkening the empty cells of the first row removes the word, the empty cell just left of it much less. Cells
+after it do not matter. With the default background baseline an empty cell stays empty when occluded (exactly
+zero effect) and only the word's own patch matters. Which cells an attribution shows depends on the baseline;
+look at more than one method, and at `delta`."""),
     ("md", """\
 ## 2. Attention to the image, per layer
 

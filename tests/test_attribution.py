@@ -176,3 +176,35 @@ def test_image_attention_batch_and_maps_helper(llava):
     assert list(maps.columns) == ["b", "item_id", "step", "layer", "head", "image", "row", "col", "attention"]
     with pytest.raises(lp.InputError, match="layer"):
         image_attention(llava, batch, layers=[7])
+
+
+def test_occlusion_default_baseline_is_the_background(family):
+    """Occluding a patch that shows only background with the background colour changes nothing: exactly zero.
+    The old dark default (-1) painted a fake object on such patches."""
+    model, _ = family
+    world = lp.SceneWorld(seed=0)
+    scene = world.sample_scene(np.random.default_rng(3))
+    batch = model.prepare([world.render(scene)], ["describe the image ."])
+    item = split_items(model, batch)[0]
+    view = model.adapter.channel_view(item.batch.pixel_values)
+    med = view.transpose(0, 1).reshape(view.shape[1], -1).median(dim=1).values
+    is_bg = (view == med[None, :, None]).all(dim=1)  # [rows, -1] element positions showing the background
+    cells = model.adapter.channel_view(item.cells)[:, 0]
+    n = item.n_cells
+    bg_cells = [c for c in range(n) if bool(is_bg[cells == c].all())]
+    assert len(bg_cells) >= 2, "the scene needs patches of pure background"
+    occ = patch_attribution(model, batch, method="occlusion", progress=False)
+    dark = patch_attribution(model, batch, method="occlusion", baseline=-1.0, progress=False)
+    flat, flat_dark = occ.maps[0].flatten(), dark.maps[0].flatten()
+    grid_w = item.grids[0][1]
+    for c in bg_cells:
+        r, col = divmod(c, grid_w)
+        assert occ.maps[0][0, r, col] == 0.0
+    assert torch.count_nonzero(torch.stack([dark.maps[0][0, c // grid_w, c % grid_w] for c in bg_cells])) > 0
+    assert torch.isfinite(flat).any() and torch.isfinite(flat_dark).any()
+
+
+def test_unconverged_ig_warns_with_the_steps_to_try(llava):
+    batch = mixed_batch(llava)
+    with pytest.warns(UserWarning, match=r"integrated gradients did not converge .* Try n_steps=4"):
+        patch_attribution(llava, batch, method="integrated_gradients", n_steps=1, progress=False)

@@ -8,6 +8,8 @@ FeatureAblation) replace one patch's pixels at a time by the baseline (feature m
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -18,7 +20,7 @@ from tqdm.auto import tqdm
 
 from lvlm_probe.attribution._common import (TargetSpec, forward_last, item_ids, resolve_input, resolve_targets,
                                             token_str)
-from lvlm_probe.attribution._pixels import ItemPixels, cells_to_maps, split_items
+from lvlm_probe.attribution._pixels import ItemPixels, cells_to_maps, image_rows, split_items
 from lvlm_probe.errors import InputError
 from lvlm_probe.models.records import Batch, Generation
 
@@ -142,7 +144,7 @@ def patch_attribution(
     *,
     step: int | None = None,
     output: str = "logprob",
-    baseline: float | torch.Tensor = -1.0,
+    baseline: float | str | torch.Tensor | None = None,
     n_steps: int = 50,
     internal_batch_size: int = 8,
     progress: bool = True,
@@ -164,14 +166,17 @@ def patch_attribution(
         Generated-token index for a Generation.
     output : {"logprob", "prob", "logit"}
         The scalar explained (of the target at the last position).
-    baseline : float or Tensor
+    baseline : float, "background", Tensor or None
         Pixel-space baseline (IG path start, occlusion fill, and for ``layer_ig`` the image whose projector
-        output starts the path), in normalised pixel units. The default -1 is a uniform dark image (about one
-        std below the processor's mean colour). 0 (the mean colour) makes Qwen2.5-VL's bias-free patch
-        embedding zero, and its RMSNorm then turns the IG path into a step near the baseline (large
-        ``delta``). A tensor must broadcast to one item's ``pixel_values``.
+        output starts the path), in normalised pixel units. ``"background"`` fills each image with its own
+        per-channel median colour (the background of a scene image), so occluding a patch removes what is on it
+        instead of adding a dark square. Default (None): ``"background"`` for occlusion / feature ablation, -1
+        (a uniform dark image, about one std below the processor's mean colour) for the gradient methods. 0 (the
+        mean colour) makes Qwen2.5-VL's bias-free patch embedding zero, and its RMSNorm then turns the IG path
+        into a step near the baseline (large ``delta``). A tensor must broadcast to one item's ``pixel_values``.
     n_steps : int
-        Integration steps (IG methods).
+        Integration steps (IG methods). A warning names the items whose completeness gap ``|delta|`` exceeds
+        10% of ``|f(input) - f(baseline)|`` and the ``n_steps`` to try.
     internal_batch_size : int
         Model copies per forward (IG steps or occlusion perturbations per evaluation): bounds memory.
     progress : bool
@@ -205,12 +210,16 @@ def patch_attribution(
     items = split_items(model, batch)
     ids = item_ids(batch)
 
+    if baseline is None:
+        baseline = "background" if method in ("occlusion", "feature_ablation") else -1.0
+    if isinstance(baseline, str) and baseline != "background":
+        raise InputError(f"baseline={baseline!r}: give a number, a tensor or 'background'")
     maps: list[torch.Tensor] = []
     deltas, f_in, f_base = [], [], []
     for b, item in enumerate(tqdm(items, desc=f"patch_attribution[{method}]", disable=not progress)):
         f = _copies_forward(model, item.batch, targets[b], output)
         x = item.batch.pixel_values.detach().unsqueeze(0)
-        base = torch.zeros_like(x) + (baseline.to(x.device, x.dtype) if torch.is_tensor(baseline) else baseline)
+        base = _baseline(model, item, x, baseline)
         with torch.no_grad():
             fx, fb = f(x).double().item(), f(base).double().item()
         delta = float("nan")
@@ -243,11 +252,36 @@ def patch_attribution(
         deltas.append(delta)
         f_in.append(fx)
         f_base.append(fb)
+    _warn_unconverged(ids, deltas, f_in, f_base, n_steps)
     return PatchAttribution(
         method=method, output=output, item_ids=ids, targets=targets, maps=maps,
         delta=torch.tensor(deltas, dtype=torch.float64), f_input=torch.tensor(f_in, dtype=torch.float64),
         f_baseline=torch.tensor(f_base, dtype=torch.float64), target_tokens=[token_str(model, t) for t in targets],
     )
+
+
+def _baseline(model: Any, item: ItemPixels, x: torch.Tensor, baseline: float | str | torch.Tensor) -> torch.Tensor:
+    """The baseline input of one item, shaped like ``x`` [1, *pixel_values.shape]."""
+    if isinstance(baseline, str):  # "background": each image's per-channel median colour
+        base = torch.empty_like(x[0])
+        rows = image_rows(model, item.batch)
+        for r0, r1 in rows:
+            view = model.adapter.channel_view(x[0, r0:r1])
+            med = view.transpose(0, 1).reshape(view.shape[1], -1).median(dim=1).values
+            model.adapter.channel_view(base[r0:r1])[:] = med[None, :, None]
+        return base.unsqueeze(0)
+    return torch.zeros_like(x) + (baseline.to(x.device, x.dtype) if torch.is_tensor(baseline) else baseline)
+
+
+def _warn_unconverged(ids: Sequence[str], deltas: list[float], f_in: list[float], f_base: list[float],
+                      n_steps: int) -> None:
+    """One warning for the items whose IG completeness gap exceeds 10% of f(input) - f(baseline)."""
+    bad = [(iid, d, fx - fb) for iid, d, fx, fb in zip(ids, deltas, f_in, f_base)
+           if not math.isnan(d) and abs(fx - fb) > 1e-8 and abs(d) > 0.1 * abs(fx - fb)]
+    if bad:
+        shown = ", ".join(f"{iid!r} (|delta| {abs(d):.3g} vs |f(x)-f(baseline)| {abs(g):.3g})" for iid, d, g in bad[:3])
+        warnings.warn(f"integrated gradients did not converge for {len(bad)} item(s): {shown}; the attributions do "
+                      f"not add up to the output change. Try n_steps={n_steps * 4} (or more)", stacklevel=3)
 
 
 def _layer_rows(model: Any, layer: torch.nn.Module, f: Callable, x: torch.Tensor) -> int:

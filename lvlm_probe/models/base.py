@@ -184,6 +184,13 @@ class FamilyAdapter(ABC):
     def image_token_coords(self, grid: tuple[int, int], n_tokens: int) -> list[tuple[int, int]]:
         """(row, col) of each of one image's LLM tokens in sequence order ((-1, -1) for non-grid tokens)."""
 
+    def channel_view(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``pixel_values`` of one item as ``[rows, channels, -1]`` (a view): LLaVA's ``[n_images, C, H, W]`` and
+        Qwen2.5-VL's ``[n_patches, C·T·P·P]`` both store the channels first. Used to fill an image with one
+        colour per channel (e.g. its background) in the processor's normalised pixel space."""
+        n_channels = int(getattr(getattr(self.hf_config, "vision_config", None), "num_channels", 3) or 3)
+        return pixel_values.reshape(pixel_values.shape[0], n_channels, -1)
+
     # ---- sites -------------------------------------------------------------------------------
     def parse_site(self, name: str) -> Site:
         """Parse a concrete canonical site name (no wildcard)."""
