@@ -349,7 +349,9 @@ def test_coco_vocabulary_from_chair_synonyms() -> None:
                    ("person", "people"), ("cat", "baby cat"), ("tie", "Bow Tie"), ("cell phone", "iPhone")]
     sc = SceneGraph([SceneObject("person"), SceneObject("dog")])
     ms = judge("A woman walks two puppies past a fire hydrant.", sc, vocabulary=v)
+    # two puppies for the scene's one dog: an extra instance (a count error), then the absent hydrant
     assert rows(ms, "A woman walks two puppies past a fire hydrant.") == [
+        ("object", "hallucinated", "dog", "dog", "1 in the scene", "puppies"),
         ("object", "hallucinated", "fire hydrant", "fire hydrant", None, "fire hydrant")]
 
 
@@ -433,3 +435,25 @@ def test_one_reader_per_answer_form():
                     {"name": "square", "size": "large", "color": "blue"}, {"name": "ring", "color": "green"}]
     assert world.parse_caption(text) == objs  # the cards' reader is the judge's
     assert world.parse_caption("there is no circle , only a red square .") == [{"name": "square", "color": "red"}]
+
+
+def test_instances_beyond_the_scene_count_are_object_errors() -> None:
+    """Counting: a repeated new mention beyond the scene's count is an extra (hallucinated) instance; an explicit
+    count word is judged against the scene; references back ("the triangle") introduce nothing."""
+    sc = SceneGraph([SceneObject("triangle", {"color": "green", "size": "large"}),
+                     SceneObject("circle", {"color": "red"}), SceneObject("circle", {"color": "blue"})])
+
+    def counts(text):
+        return [(m.polarity, m.subject, m.truth) for m in judge(text, sc) if m.source == "count"]
+
+    assert counts("a large green triangle and a large green triangle .") == [("hallucinated", "triangle",
+                                                                              "1 in the scene")]
+    assert counts("a red circle , a blue circle and a green triangle . the triangle is large .") == []
+    assert counts("three circles and a triangle .") == [("hallucinated", "circle", "2 in the scene")]
+    assert counts("two circles and a triangle .") == []
+    assert counts("one circle and a triangle .") == [("omitted", "circle", "2 in the scene")]
+    assert counts("a circle and a triangle .") == []  # an indefinite mention is no count
+    assert counts("a square .") == []  # an absent class is already an object hallucination, not counted again
+    ms = judge("a large green triangle and a large green triangle .", sc)
+    extra = [m for m in ms if m.source == "count"][0]
+    assert extra.span == (41, 49) and extra.kind == "object"  # the second "triangle"

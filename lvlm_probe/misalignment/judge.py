@@ -30,7 +30,7 @@ from lvlm_probe.data.scene import GEOMETRIC_RELATIONS, SceneGraph
 from lvlm_probe.errors import InputError
 from lvlm_probe.misalignment.claims import Claim, Span, extract_claims, tokens_for_span
 from lvlm_probe.misalignment.readers import attribute_value_span, yes_no_span
-from lvlm_probe.misalignment.vocab import Vocabulary, default_vocabulary
+from lvlm_probe.misalignment.vocab import WORD_RE, Vocabulary, default_vocabulary
 from lvlm_probe.schema import KINDS, MISALIGNMENT_COLUMNS, POLARITIES, QA_TASKS  # noqa: F401 - KINDS, POLARITIES re-exported
 
 FREE_TEXT_TASKS: tuple[Any, ...] = (None, "caption")
@@ -72,7 +72,7 @@ class Misalignment:
     text : str or None
         ``text[span[0]:span[1]]`` of the generated text.
     item_id : str, optional
-    source : {"caption", "qa"}
+    source : {"caption", "qa", "count"}
         Judged as free text, or as the answer to a QA item.
     """
 
@@ -239,6 +239,50 @@ def _judge_claims(claims: list[Claim], truth: _Truth, omissions: bool) -> list[M
     return result
 
 
+# ------------------------------------------------------------------------------------------------- counts
+#: Words before a noun phrase that introduce new instances, and how many.
+COUNT_WORDS: dict[str, int] = {"a": 1, "an": 1, "another": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
+                               "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
+
+
+def _introduced(text: str, claim: Claim) -> tuple[int, bool]:
+    """How many new instances a mention introduces, by its determiner ("a" / "another": 1, "two": 2, a digit;
+    0 for a mention that refers back, "the circle", or has no determiner), and whether it is an explicit count."""
+    words = [m.group().lower() for m in WORD_RE.finditer(text[:claim.claim_span[0]])]
+    if not words:
+        return 0, False
+    w = words[-1]
+    if w.isdigit():
+        return int(w), True
+    return COUNT_WORDS.get(w, 0), w not in ("a", "an", "another")
+
+
+def _judge_counts(text: str, claims: list[Claim], truth: _Truth) -> list[Misalignment]:
+    """Instances beyond the scene's count: "a triangle and a triangle" for one triangle, "two circles" for one,
+    is an object hallucination of an extra instance (``source="count"``, truth: the scene's count). Classes absent
+    from the scene are already hallucinated objects and are not counted again; a count word below the scene's count
+    ("one circle" for two) is an omitted instance."""
+    out: list[Misalignment] = []
+    seen: dict[str, int] = {}
+    for c in claims:
+        if c.kind != "object" or c.negated:
+            continue
+        n_true = len(truth.find(c.subject))
+        k, explicit = _introduced(text, c)
+        if not n_true or not k:
+            continue
+        before = seen.get(c.subject, 0)
+        seen[c.subject] = before + k
+        words = text[c.claim_span[0]:c.claim_span[1]]
+        if before + k > n_true:
+            out.append(Misalignment("object", "hallucinated", c.subject, c.subject, f"{n_true} in the scene", c.span,
+                                    list(c.token_indices), claim_span=c.claim_span, text=words, source="count"))
+        elif explicit and before == 0 and k < n_true:
+            out.append(Misalignment("object", "omitted", c.subject, c.subject, f"{n_true} in the scene", c.span,
+                                    list(c.token_indices), claim_span=c.claim_span, text=words, source="count"))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- QA
 _PROMPT_ATTR = re.compile(r"\b(colou?r|size|material)\b", re.IGNORECASE)
 
@@ -360,7 +404,9 @@ def judge(generation_or_text: Any, scene: Any = None, *, vocabulary: Vocabulary 
     truth = _Truth(_scene(scene, item), vocab)
     if task in QA_TASKS:
         return _judge_qa(text, token_spans, item, truth, vocab)
-    result = _judge_claims(extract_claims(text, vocab, token_spans), truth, omissions)
+    claims = extract_claims(text, vocab, token_spans)
+    result = _judge_claims(claims, truth, omissions) + _judge_counts(text, claims, truth)
+    result.sort(key=lambda m: (m.span is None, m.span[0] if m.span else 0))
     if item is not None:
         for m in result:
             m.item_id = getattr(item, "id", None)
