@@ -596,11 +596,16 @@ def diagnosis_figures(rep: Any) -> dict[str, Any]:
         keep = pc[pc.family.isin(["object", "attribute", "relation"])]
         att = keep[keep.family != "object"]
         obj = keep[keep.family == "object"]
-        if len(obj):
+        # the object class of each object's patches (one n-way concept) is its own line; the per-class presence
+        # concepts (object:<class>, image level) are averaged into one line, labelled as such
+        parts = [att, obj[obj.concept == "class"].assign(concept="object class (patches under the box)")]
+        presence = obj[obj.concept.astype(str).str.startswith("object:")]
+        if len(presence):
             cols = ["site", "component", "layer", "depth", "selection"]
-            mean = obj.groupby(cols, as_index=False)[["score", "ci_low", "ci_high", "control_score"]].mean()
-            mean["concept"] = "object (mean over classes)"
-            att = pd.concat([att, mean], ignore_index=True)
+            mean = presence.groupby(cols, as_index=False)[["score", "ci_low", "ci_high", "control_score"]].mean()
+            mean["concept"] = f"object presence (mean over {presence.concept.nunique()} classes)"
+            parts.append(mean)
+        att = pd.concat([p for p in parts if len(p)], ignore_index=True)
         if len(att):
             figs["probe_curves"] = plot_probe_curves(att, control=att.control_score.notna().any())
     return figs

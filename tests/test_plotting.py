@@ -308,7 +308,13 @@ def test_evidence_panel():
     assert [t.get_text() for t in bax.get_yticklabels()] == ["cooccurrence", "encoder", "decoding"]
     assert bars[0].get_facecolor()[:3] == pytest.approx(matplotlib.colors.to_rgb(OKABE_ITO["yellow"]))
     assert bars[1].get_facecolor()[:3] == pytest.approx(matplotlib.colors.to_rgb(OKABE_ITO["blue"]))
-    assert "cooccurrence (data), confidence 0.90" in bax.get_title(loc="left")
+    # the title names the chosen stage with its own (highlighted) bar's score, the story the bars tell
+    assert "cooccurrence (data), score 0.80" in bax.get_title(loc="left")
+    assert "scores higher" not in bax.get_title(loc="left")
+    lower = row.copy()
+    lower["score_encoder"] = 0.95
+    title = plot_evidence_panel(lower, text=text).axes[-1].get_title(loc="left")
+    assert "encoder scores higher but its rule does not hold" in title
     fig = plot_evidence_panel(row.to_dict(), features={"p_no_image": 0.7, "probe_acc": 0.95}, text=text)
     assert len(fig.axes) == 2 and [b.get_width() for b in fig.axes[1].patches] == [0.7, 0.95]
     with pytest.raises(InputError, match="span .* is outside the text"):

@@ -187,7 +187,7 @@ def plot_evidence_panel(row: pd.Series | Mapping[str, Any], image: Any = None, *
         if img is not None:
             ax = axes.pop(0)
             ih, iw = img.shape[:2]
-            ax.imshow(img, extent=(0, iw, ih, 0), cmap="gray" if img.ndim == 2 else None)
+            ax.imshow(img, extent=(0, iw, ih, 0), cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
             if box is not None:
                 (x0, y0, x1, y1), = parse_boxes([box], None, f)[0]
                 ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=OKABE_ITO["vermillion"], lw=1.5))
@@ -197,7 +197,9 @@ def plot_evidence_panel(row: pd.Series | Mapping[str, Any], image: Any = None, *
                             bbox=dict(boxstyle="square,pad=0.1", fc=OKABE_ITO["vermillion"], ec="none"))
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.spines[:].set_visible(False)
+            ax.spines[:].set_visible(True)  # a frame: a white scene background would vanish into the page
+            ax.spines[:].set_color("0.6")
+            ax.spines[:].set_linewidth(0.6)
         tax, bax = axes
         tax.axis("off")
         if text is not None:
@@ -229,10 +231,16 @@ def plot_evidence_panel(row: pd.Series | Mapping[str, Any], image: Any = None, *
         bax.invert_yaxis()
         bax.set_xlabel("score")
         if stage is not None:
-            conf = _row_get(row, "confidence")
             level = _row_get(row, "level")
-            bax.set_title(f"cause: {stage}" + (f" ({level})" if level else "")
-                          + (f", confidence {float(conf):.2f}" if conf is not None else ""), fontsize=7, loc="left")
+            own = feats.get("score_" + str(stage).replace(" ", "_"))
+            title = f"cause: {stage}" + (f" ({level})" if level else "")
+            if own is not None and not np.isnan(own):
+                title += f", score {own:.2f}"
+                top = max(feats, key=lambda n: -np.inf if np.isnan(feats[n]) else feats[n])
+                if feats[top] > own + 1e-9:
+                    title += f"\n(rules are tried in order; {top.removeprefix('score_').replace('_', ' ')} scores " \
+                             "higher but its rule does not hold)"
+            bax.set_title(title, fontsize=7, loc="left")
     return fig
 
 

@@ -138,14 +138,15 @@ def plot_probe_curves(sweep_df: pd.DataFrame, concepts: Sequence[str] | None = N
 
 
 def _shade_components(ax: plt.Axes, d: pd.DataFrame) -> None:
-    """Shade each component's depth range and label it at the top of ``ax``."""
+    """Shade each component's depth range and label it just above ``ax`` (outside the data area, so a label never
+    covers a curve at the top of the scale)."""
     trans = transforms.blended_transform_factory(ax.transData, ax.transAxes)
     spans = d.groupby("component")["depth"].agg(["min", "max"])
     for comp in ordered(spans.index, COMPONENT_ORDER):
         lo, hi = float(spans.loc[comp, "min"]), float(spans.loc[comp, "max"])
         ax.axvspan(lo - 0.5, hi + 0.5, color=COMPONENT_COLORS.get(comp, "0.85"), alpha=0.12, lw=0, zorder=0)
-        ax.text((lo + hi) / 2, 0.98, COMPONENT_LABELS.get(comp, str(comp)), transform=trans, ha="center",
-                va="top", fontsize=6, color="0.3")
+        ax.text((lo + hi) / 2, 1.01, COMPONENT_LABELS.get(comp, str(comp)), transform=trans, ha="center",
+                va="bottom", fontsize=6, color="0.3", clip_on=False)
 
 
 def plot_logit_lens(lens_df: pd.DataFrame, word: str | None = None, *, item: int | str | None = None,

@@ -238,8 +238,8 @@ def _clip(x: float) -> float:
 
 def _scores(f: dict, prior_stage: str, decoding: bool) -> dict[str, float]:
     """A score in [0, 1] per stage that grades its rule's evidence independently of the cascade order."""
-    enc, proj, q, pmi, use, p, p0 = (f["enc_p_true"], f["proj_p_true"], f["pos_quantile"], f["pmi_img"],
-                                     f["img_use"], f["p_emit"], f["p_noimg"])
+    enc, proj, q, pmi, use, p, p_free = (f["enc_p_true"], f["proj_p_true"], f["pos_quantile"], f["pmi_img"],
+                                         f["img_use"], f["p_emit"], f["p_free"])
     scores = {
         "decoding": 1.0 if decoding else 0.0,
         "encoder": _clip(1.0 - enc) if _ok(enc) else 0.0,
@@ -248,8 +248,9 @@ def _scores(f: dict, prior_stage: str, decoding: bool) -> dict[str, float]:
         "long generation": _clip((q - 0.5) / 0.5) if _ok(q) else 0.0,
         "llm fusion": _clip(math.exp(-abs(pmi)) * math.exp(-use)) if _ok(pmi) and _ok(use) else 0.0,
     }
-    if _ok(f["prior_train"]):
-        scores[prior_stage] = _clip(f["prior_train"] * (min(1.0, p0 / p) if _ok(p) and _ok(p0) and p > 0 else 0.5))
+    if _ok(f["prior_train"]):  # the same image-free estimate as the rule: max(p_noimg, p_knock)
+        scores[prior_stage] = _clip(f["prior_train"] * (min(1.0, p_free / p) if _ok(p) and _ok(p_free) and p > 0
+                                                        else 0.5))
     return scores
 
 
