@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-retrain demo lint bench docs notebooks clean
+.PHONY: install test test-retrain demo lint bench docs notebooks report-screenshot clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,13 @@ test-retrain: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/lvlm-probe demo --out runs/demo
+
+# Optional: a screenshot of the demo report as a browser shows it (needs Debian's chromium:
+# apt-get install chromium), kept in docs/img/report.png.
+report-screenshot: $(STAMP)
+	test -f runs/demo/report.html || $(BIN)/lvlm-probe demo --out runs/demo
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1200,2200 \
+		--screenshot=docs/img/report.png "file://$(CURDIR)/runs/demo/report.html"
 
 lint: $(STAMP)
 	$(BIN)/ruff check lvlm_probe tests benchmarks

@@ -48,7 +48,7 @@ p.note{font-size:.8rem;color:#777}
 pre{background:#f7f7f7;padding:.5rem;overflow-x:auto;font-size:.8rem}
 mark{background:#F0E442;font-weight:600;padding:0 1px}
 div.card{display:flex;gap:1rem;border:1px solid #ddd;border-radius:4px;padding:.6rem;margin:.6rem 0}
-div.card img{image-rendering:pixelated;flex:none;align-self:flex-start}
+div.card img{image-rendering:pixelated;flex:none;align-self:flex-start;border:1px solid #ccc}
 div.card h4{margin:0 0 .3rem 0}div.card p.text{margin:.2rem 0 .5rem 0}
 table.kv td{padding:0 .6rem 0 0;font-size:.85rem}table.kv td:first-child{color:#555}
 footer{margin-top:3rem;font-size:.8rem;color:#999}
@@ -579,6 +579,25 @@ def _span(row: Any) -> tuple[int, int] | None:
     return (s, e) if e > s else None
 
 
+def _measured(v: Any) -> bool:
+    """A value worth showing: not None / NaN (an omitted object has no token, so no token evidence)."""
+    if v is None:
+        return False
+    try:
+        return not (isinstance(v, float) and np.isnan(v))
+    except TypeError:
+        return True
+
+
+def _truth_words(row: Any, kind: str) -> str:
+    """The scene's truth in words (a hallucinated object's class is absent, so it has no true value)."""
+    if _measured(row.truth):
+        return str(row.truth)
+    if kind == "object" and row.polarity == "hallucinated":
+        return "absent from the scene"
+    return "none in the scene"
+
+
 def diagnosis_figures(rep: Any) -> dict[str, Any]:
     """The report's figures of a DiagnosisReport: ``cause_bars``, ``level_bars``, ``probe_curves`` (when any).
 
@@ -702,12 +721,14 @@ def _kind_section(sec: Section, rep: Any, kind: str, figures: bool, max_examples
             item = items.get(str(row.item_id))
             full = ev.loc[row.error_id] if ev is not None and row.error_id in ev.index else row
             span = _span(full)
-            evidence = {k: full.get(k) for k in EVIDENCE_SHOWN if k in full}
-            evidence.update(claimed=row.claimed, truth=row.truth, causes=row.causes)
+            truth = _truth_words(row, kind)
+            evidence = {k: full.get(k) for k in EVIDENCE_SHOWN if k in full and _measured(full.get(k))}
+            evidence.update(claimed=row.claimed if _measured(row.claimed) else "(not mentioned)", truth=truth,
+                            causes=row.causes)
             claimed = row.claimed if isinstance(row.claimed, str) else full.get("subject")
             sub.example(item.image if item is not None else None, text_of.get(str(row.item_id)) or "",
                         span=[span] if span else None, evidence=evidence,
-                        title=f"{row.item_id}: {row.polarity} {kind} '{claimed}' (true: {row.truth})",
+                        title=f"{row.item_id}: {row.polarity} {kind} '{claimed}' (true: {truth})",
                         box=_box(item, full.get("subject")) if item is not None else None)
         if figures and item is not None:
             _evidence_panel(sub, grp.iloc[0], ev, items, text_of, kind, stage, out, written, plot_evidence_panel)

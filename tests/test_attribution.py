@@ -208,3 +208,11 @@ def test_unconverged_ig_warns_with_the_steps_to_try(llava):
     batch = mixed_batch(llava)
     with pytest.warns(UserWarning, match=r"integrated gradients did not converge .* Try n_steps=4"):
         patch_attribution(llava, batch, method="integrated_gradients", n_steps=1, progress=False)
+
+
+def test_patch_attribution_notebook_view(llava):
+    batch = mixed_batch(llava)
+    res = patch_attribution(llava, batch, method="saliency", progress=False)
+    r, h = repr(res), res._repr_html_()
+    assert r.startswith("PatchAttribution(saliency, 2 items") and "tensor(" not in r
+    assert "item_id" in h and "top patch" in h and "data:image/png;base64," in h and "a" in h

@@ -73,6 +73,33 @@ class PatchAttribution:
     f_baseline: torch.Tensor
     target_tokens: list[str] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        return (f"PatchAttribution({self.method}, {len(self.item_ids)} items, output {self.output}, targets "
+                f"{self.target_tokens[:4]}{' ...' if len(self.target_tokens) > 4 else ''})")
+
+    def _repr_html_(self) -> str:
+        """Notebook view: one row per item (target, f(input), f(baseline), IG delta, the map's strongest patch)
+        and a heatmap thumbnail of the first item's first image."""
+        import base64
+        import html
+
+        rows = []
+        for b, (iid, tok) in enumerate(zip(self.item_ids, self.target_tokens)):
+            m = self.maps[b][0]
+            k = int(torch.nan_to_num(m, nan=-float("inf")).argmax())
+            rows.append({"item_id": iid, "target": tok, "f_input": float(self.f_input[b]),
+                         "f_baseline": float(self.f_baseline[b]), "delta": float(self.delta[b]),
+                         "top patch (row, col)": divmod(k, m.shape[1])})
+        table = pd.DataFrame(rows).to_html(index=False, float_format=lambda v: f"{v:.3g}")
+        thumb = ""
+        if self.maps:
+            from lvlm_probe.plotting._common import map_thumbnail_png  # rendering stays in plotting
+
+            png = map_thumbnail_png(self.maps[0][0].numpy(), f"{self.item_ids[0]}: {self.target_tokens[0]}")
+            thumb = f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}"/>'
+        return (f"<b>PatchAttribution</b> {html.escape(self.method)} ({html.escape(self.output)}), "
+                f"{len(self.item_ids)} items{table}{thumb}")
+
     def __len__(self) -> int:
         return len(self.maps)
 

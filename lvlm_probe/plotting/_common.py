@@ -132,3 +132,22 @@ def ordered(values: Iterable[Any], order: Sequence[Any]) -> list[Any]:
     """Unique ``values`` with those in ``order`` first (in that order), then the rest in first-seen order."""
     seen = list(pd.unique(pd.Series(list(values))))
     return [v for v in order if v in seen] + [v for v in seen if v not in order]
+
+
+def map_thumbnail_png(values: np.ndarray, title: str = "", size: float = 1.6) -> bytes:
+    """A small PNG of a [rows, cols] map (diverging colour map), drawn on an explicit Figure (no pyplot state),
+    for notebook views of results."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
+    ax.imshow(values, cmap="PuOr_r")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=6)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
