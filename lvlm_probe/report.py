@@ -72,9 +72,13 @@ def slugify(title: str) -> str:
     return _SLUG_RE.sub("-", str(title).lower()).strip("-") or "section"
 
 
+_BOLD_RE = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
+
+
 def _inline(text: str) -> str:
-    """Escaped text with ``code`` spans as <code>."""
-    return _CODE_RE.sub(lambda m: f"<code>{m.group(1)}</code>", html.escape(str(text)))
+    """Escaped text with ``code`` spans as <code> and **bold** (Markdown) as <strong>."""
+    out = _CODE_RE.sub(lambda m: f"<code>{m.group(1)}</code>", html.escape(str(text)))
+    return _BOLD_RE.sub(lambda m: f"<strong>{m.group(1)}</strong>", out)
 
 
 def _paragraphs(text: str) -> str:

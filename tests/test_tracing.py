@@ -157,6 +157,13 @@ def test_diagnose_end_to_end_writes_every_output(tmp_path):
     html = out.read_text()
     for title in DIAGNOSIS_SECTIONS:
         assert f">{title}" in html, title
+    # what a reader sees: no raw Markdown, no "nan" truth, correct plurals, the cascade's rules in the Method
+    import re
+
+    assert "**" not in html and "(true: nan)" not in html and "1 errors" not in html
+    assert re.search(r"\b1 misaligned outputs\b", html) is None
+    assert "Rules, tried in order" in html  # the cascade module's docstring, not the cascade function's
+    assert "absent from the scene" in html  # a hallucinated square's truth in words
     csv = pd.read_csv(tmp_path / "diag" / "diagnosis.csv")
     assert {"item_id", "kind", "level", "stage"} <= set(csv.columns) and len(csv) == len(d)
     man = json.loads((tmp_path / "diag" / "manifest.json").read_text())
