@@ -226,3 +226,32 @@ def test_bad_capture_settings_fail_the_call(llava, tmp_path, kw, match):
         lp.capture(llava, items, sites=["llm.resid_post.0"], select=["image_mean"], out=tmp_path / "s",
                    progress=False, **kw)
     assert not (tmp_path / "s").exists()
+
+
+def test_one_writer_per_store_and_stale_locks_are_taken_over(llava, tmp_path):
+    import json as _json
+    import socket
+    import subprocess
+    import sys
+
+    from lvlm_probe.capture.store import LOCK_FILE, writer_lock
+
+    items = [lp.Item(id="a", image=rand_image(0), prompt="what is in the image ?")]
+    out = tmp_path / "s"
+    with writer_lock(out):  # another writer holds the store
+        with pytest.raises(lp.StoreError, match=rf"being written by pid {__import__('os').getpid()} on "):
+            lp.capture(llava, items, sites=["llm.resid_post.0"], select=["image_mean"], out=out, progress=False)
+    # a lock left by a killed process on this host (its pid is gone) is taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / LOCK_FILE).write_text(_json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
+                                              "started": "earlier"}))
+    store = lp.capture(llava, items, sites=["llm.resid_post.0"], select=["image_mean"], out=out, progress=False)
+    assert len(store) == 1 and not (out / LOCK_FILE).exists()  # released after the run
+    # a holder on another host cannot be checked: refused, with the way out in the message
+    (out / LOCK_FILE).write_text(_json.dumps({"pid": 1, "host": "elsewhere", "started": "t0"}))
+    with pytest.raises(lp.StoreError, match=r"pid 1 on elsewhere since t0.*delete"):
+        lp.capture(llava, items, sites=["llm.resid_post.0"], select=["image_mean"], out=out, progress=False)
+    (out / LOCK_FILE).unlink()
+    again = lp.capture(llava, items, sites=["llm.resid_post.1"], select=["image_mean"], out=out, overwrite=True,
+                       progress=False)
+    assert again.sites() == ["llm.resid_post.1"] and not (out / LOCK_FILE).exists()

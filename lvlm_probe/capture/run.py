@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from lvlm_probe.capture.store import MULTI_ROW, ActivationStore, key_name
+from lvlm_probe.capture.store import MULTI_ROW, ActivationStore, key_name, writer_lock
 from lvlm_probe.data.items import Item, check_unique_ids
 from lvlm_probe._policy import run_isolated
 from lvlm_probe.errors import InputError, SiteError
@@ -241,6 +241,34 @@ def _run_batch(model: Any, items: Sequence[Item], plan: _Plan, chat_template: bo
     return recs
 
 
+def _capture_items(model: Any, store: ActivationStore, items: list[Item], plan: _Plan, batch_size: int,
+                   chat_template: bool, store_dtype: torch.dtype, system: str | None, shard_items: int,
+                   progress: bool) -> None:
+    """Capture the items the store does not hold yet, batch by batch (one failure policy, see _policy)."""
+    done = set(store.item_ids)
+    # Batches are cut from the full item list, so a resumed run pads and batches exactly as an
+    # uninterrupted one would (identical tensors); batches already in the store are skipped.
+    chunks = [items[k : k + batch_size] for k in range(0, len(items), batch_size)]
+    buffer: list[dict] = []
+    bar = tqdm(total=len(items), initial=len(done & {it.id for it in items}), desc="capture", unit="item",
+               disable=not progress)
+    for full_chunk in chunks:
+        chunk = [it for it in full_chunk if it.id not in done]
+        if not chunk:
+            continue
+        parts = run_isolated(chunk, lambda c: _run_batch(model, c, plan, chat_template, store_dtype, system),
+                             lambda it, why: store.record_failure(it.id, why))
+        recs = [r for _, part in parts for r in part]
+        buffer.extend(recs)
+        bar.update(len(chunk))
+        if len(buffer) >= shard_items:
+            store.append(buffer)
+            buffer = []
+    if buffer:
+        store.append(buffer)
+    bar.close()
+
+
 def capture(
     model: Any,
     items: Sequence[Item],
@@ -324,27 +352,7 @@ def capture(
         "keys": [key_name(s.name, sel) for s, sel in pairs], "chat_template": chat_template, "system": system,
         "generate": plan.gen_kwargs, "dtype": str(store_dtype).replace("torch.", ""),
     }
-    store = ActivationStore.open_for_capture(out, model=model.info(), settings=settings, overwrite=overwrite)
-    done = set(store.item_ids)
-    # Batches are cut from the full item list, so a resumed run pads and batches exactly as an
-    # uninterrupted one would (identical tensors); batches already in the store are skipped.
-    chunks = [items[k : k + batch_size] for k in range(0, len(items), batch_size)]
-    buffer: list[dict] = []
-    bar = tqdm(total=len(items), initial=len(done & {it.id for it in items}), desc="capture", unit="item",
-               disable=not progress)
-    for full_chunk in chunks:
-        chunk = [it for it in full_chunk if it.id not in done]
-        if not chunk:
-            continue
-        parts = run_isolated(chunk, lambda c: _run_batch(model, c, plan, chat_template, store_dtype, system),
-                             lambda it, why: store.record_failure(it.id, why))
-        recs = [r for _, part in parts for r in part]
-        buffer.extend(recs)
-        bar.update(len(chunk))
-        if len(buffer) >= shard_items:
-            store.append(buffer)
-            buffer = []
-    if buffer:
-        store.append(buffer)
-    bar.close()
+    with writer_lock(out):
+        store = ActivationStore.open_for_capture(out, model=model.info(), settings=settings, overwrite=overwrite)
+        _capture_items(model, store, items, plan, batch_size, chat_template, store_dtype, system, shard_items, progress)
     return store
