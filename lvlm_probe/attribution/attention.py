@@ -127,19 +127,7 @@ def image_attention(
             "head": h_i[keep], "to_role": np.asarray(ROLE_NAMES, dtype=object)[r_i[keep]], "mass": mass[keep],
         }))
         if maps:
-            for b in range(B):
-                pos = r.image[b].nonzero().squeeze(-1)
-                if pos.numel() == 0:
-                    continue
-                coords = r.patch_coords[b, pos].cpu().numpy()  # [P, 3]
-                att = a[b][:, :, pos].permute(1, 0, 2).cpu().numpy()  # [S, H, P]
-                s_j, h_j, p_j = np.meshgrid(np.arange(S), np.arange(H), np.arange(len(pos)), indexing="ij")
-                k = valid[b][s_j]
-                map_frames.append(pd.DataFrame({
-                    "b": b, "item_id": ids[b], "step": np.asarray(all_steps)[s_j[k]], "layer": layer,
-                    "head": h_j[k], "image": coords[p_j[k], 0], "row": coords[p_j[k], 1], "col": coords[p_j[k], 2],
-                    "attention": att[k],
-                }))
+            map_frames.extend(_patch_rows(a, r, valid, ids, all_steps, layer))
     df = pd.concat(frames, ignore_index=True)[MASS_COLUMNS]
     df = df.sort_values(["b", "step", "layer", "head"], kind="stable").reset_index(drop=True)
     if not maps:
@@ -148,6 +136,27 @@ def image_attention(
            else pd.DataFrame(columns=MAP_COLUMNS))
     mdf = mdf.sort_values(["b", "step", "layer", "head"], kind="stable").reset_index(drop=True)
     return df, mdf
+
+
+def _patch_rows(a: torch.Tensor, roles: Any, valid: np.ndarray, ids: list[str], steps: list[int], layer: int
+                ) -> list[pd.DataFrame]:
+    """Per item, the attention of each step's query (per head) to each image token, with its (image, row, col)."""
+    out = []
+    S, H = a.shape[2], a.shape[1]
+    for b in range(a.shape[0]):
+        pos = roles.image[b].nonzero().squeeze(-1)
+        if pos.numel() == 0:
+            continue
+        coords = roles.patch_coords[b, pos].cpu().numpy()  # [P, 3]
+        att = a[b][:, :, pos].permute(1, 0, 2).cpu().numpy()  # [S, H, P]
+        s_j, h_j, p_j = np.meshgrid(np.arange(S), np.arange(H), np.arange(len(pos)), indexing="ij")
+        k = valid[b][s_j]
+        out.append(pd.DataFrame({
+            "b": b, "item_id": ids[b], "step": np.asarray(steps)[s_j[k]], "layer": layer,
+            "head": h_j[k], "image": coords[p_j[k], 0], "row": coords[p_j[k], 1], "col": coords[p_j[k], 2],
+            "attention": att[k],
+        }))
+    return out
 
 
 def image_attention_maps(model: Any, inputs: Batch | Generation, *, layers: Sequence[int] | None = None,

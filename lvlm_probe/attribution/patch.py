@@ -219,9 +219,6 @@ def patch_attribution(
     Pixel-space methods support pixel layouts the attribution room knows (image tensors, and Qwen2.5-VL's
     flattened merge-unit patches); ``layer_ig`` works for every family. Items run one at a time.
     """
-    from captum.attr import (FeatureAblation, InputXGradient, IntegratedGradients, LayerIntegratedGradients,
-                             Saliency)
-
     method = _ALIASES.get(method, method)
     if method not in METHODS:
         raise InputError(f"unknown attribution method {method!r}; methods are {sorted(METHODS)}")
@@ -249,32 +246,8 @@ def patch_attribution(
         base = _baseline(model, item, x, baseline)
         with torch.no_grad():
             fx, fb = f(x).double().item(), f(base).double().item()
-        delta = float("nan")
-        n_cells = item.n_cells
-        if method == "layer_ig":
-            layer = _projector_layer(model)
-            with torch.no_grad():
-                rows = _layer_rows(model, layer, f, x)
-            lig = LayerIntegratedGradients(f, layer)
-            attr = lig.attribute(x, baselines=base, n_steps=n_steps, internal_batch_size=internal_batch_size * rows)
-            attr = attr[0] if isinstance(attr, (list, tuple)) else attr
-            cell_vals = _layer_to_cells(model, item, attr)
-            delta = float(attr.double().sum().item() - (fx - fb))
-        elif method in ("occlusion", "feature_ablation"):
-            fa = FeatureAblation(f)
-            attr = fa.attribute(x, baselines=base, feature_mask=item.cells.unsqueeze(0),
-                                perturbations_per_eval=internal_batch_size)
-            cell_vals = _cell_mean(attr[0], item.cells, n_cells)
-        else:
-            if method == "integrated_gradients":
-                ig = IntegratedGradients(f)
-                attr = ig.attribute(x, baselines=base, n_steps=n_steps, internal_batch_size=internal_batch_size)
-                delta = float(attr.double().sum().item() - (fx - fb))
-            elif method == "input_x_gradient":
-                attr = InputXGradient(f).attribute(x.clone().requires_grad_(True))
-            else:
-                attr = Saliency(f).attribute(x.clone().requires_grad_(True), abs=True)
-            cell_vals = _cell_sum(attr[0], item.cells, n_cells)
+        cell_vals, attr_sum = _attribute_item(model, item, f, x, base, method, n_steps, internal_batch_size)
+        delta = attr_sum - (fx - fb) if method in ("layer_ig", "integrated_gradients") else float("nan")
         maps.append(cells_to_maps(cell_vals, item.grids))
         deltas.append(delta)
         f_in.append(fx)
@@ -285,6 +258,35 @@ def patch_attribution(
         delta=torch.tensor(deltas, dtype=torch.float64), f_input=torch.tensor(f_in, dtype=torch.float64),
         f_baseline=torch.tensor(f_base, dtype=torch.float64), target_tokens=[token_str(model, t) for t in targets],
     )
+
+
+def _attribute_item(model: Any, item: ItemPixels, f: Callable, x: torch.Tensor, base: torch.Tensor, method: str,
+                    n_steps: int, internal_batch_size: int) -> tuple[torch.Tensor, float]:
+    """One item's captum attribution reduced to its LLM patch cells, and the sum of the raw attributions."""
+    from captum.attr import (FeatureAblation, InputXGradient, IntegratedGradients, LayerIntegratedGradients,
+                             Saliency)
+
+    n_cells = item.n_cells
+    if method == "layer_ig":
+        layer = _projector_layer(model)
+        with torch.no_grad():
+            rows = _layer_rows(model, layer, f, x)
+        attr = LayerIntegratedGradients(f, layer).attribute(x, baselines=base, n_steps=n_steps,
+                                                            internal_batch_size=internal_batch_size * rows)
+        attr = attr[0] if isinstance(attr, (list, tuple)) else attr
+        return _layer_to_cells(model, item, attr), float(attr.double().sum().item())
+    if method in ("occlusion", "feature_ablation"):
+        attr = FeatureAblation(f).attribute(x, baselines=base, feature_mask=item.cells.unsqueeze(0),
+                                            perturbations_per_eval=internal_batch_size)
+        return _cell_mean(attr[0], item.cells, n_cells), float(attr.double().sum().item())
+    if method == "integrated_gradients":
+        attr = IntegratedGradients(f).attribute(x, baselines=base, n_steps=n_steps,
+                                                internal_batch_size=internal_batch_size)
+    elif method == "input_x_gradient":
+        attr = InputXGradient(f).attribute(x.clone().requires_grad_(True))
+    else:
+        attr = Saliency(f).attribute(x.clone().requires_grad_(True), abs=True)
+    return _cell_sum(attr[0], item.cells, n_cells), float(attr.double().sum().item())
 
 
 def _baseline(model: Any, item: ItemPixels, x: torch.Tensor, baseline: float | str | torch.Tensor) -> torch.Tensor:

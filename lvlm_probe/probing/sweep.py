@@ -3,6 +3,16 @@
 Every score is computed on out-of-fold (OOF) predictions. Folds are assigned per *item* (all rows
 of an item share a fold, and an item has the same fold for every concept, site and selection), so
 the OOF prediction for an object in an image always comes from a probe that never saw that image.
+
+Control task (Hewitt & Liang 2019): every control type (distinct value of ``control_by``) gets one label, drawn by
+permuting the types' own labels, so the control labels keep the label distribution over types but carry no relation
+to the features beyond type identity. With the default ``control_by="item_id"`` and item-level folds, a probe cannot
+beat the majority rate on the control task except by chance; set ``control_by="name"`` (object class) to ask how well
+the probe memorises a type it can see.
+
+``p_value``: the out-of-fold predictions are held fixed and the true labels permuted; under the null that the
+features carry no information about the labels, the OOF predictions are independent of the held-out labels, so this
+is a valid test that needs no refitting.
 """
 
 from __future__ import annotations
@@ -378,16 +388,7 @@ def probe_sweep(
 
     Notes
     -----
-    Control task (Hewitt & Liang 2019): every control type (distinct value of ``control_by``)
-    gets one label, drawn by permuting the types' own labels, so the control labels keep the
-    label distribution over types but carry no relation to the features beyond type identity.
-    With the default ``control_by="item_id"`` and item-level folds, a probe cannot beat the
-    majority rate on the control task except by chance; set ``control_by="name"`` (object
-    class) to ask how well the probe memorises a type it can see.
-
-    ``p_value``: the out-of-fold predictions are held fixed and the true labels permuted; under
-    the null that the features carry no information about the labels, the OOF predictions are
-    independent of the held-out labels, so this is a valid test that needs no refitting.
+    The control task and the permutation p-value are described in the module docstring.
     """
     labels = _check_sweep_inputs(store, labels, cv, pair_feature, control, control_by)
     site_list = _resolve_sites(store, sites)
@@ -398,28 +399,17 @@ def probe_sweep(
         raise InputError(f"{len(items)} labelled item(s) for cv={cv} folds; give at least {cv} items or lower cv")
     concepts = _build_concepts(labels, items, cv, control, control_by, seed)
     plan = _plan(store, site_list, concepts, selections)
-    template = probe if probe is not None else LinearProbe(tol=DEFAULT_TOL)
-    results: list[dict[str, Any]] = []
-    preds: list[pd.DataFrame] = []
-    by_site: dict[str, list[tuple[str, _Concept]]] = {}
-    for s, sel, c in plan:
-        by_site.setdefault(s, []).append((sel, c))
+    fit = _Fit(cv, probe if probe is not None else LinearProbe(tol=DEFAULT_TOL), control, n_bootstrap,
+               n_permutations, seed, pair_feature, min_overlap)
     with tqdm(total=len(plan), desc="probe_sweep", unit="probe", disable=not progress) as bar, \
             warnings.catch_warnings(), _thread_limit(n_threads):
-        matrix_cache: dict[tuple, Any] = {}
-        for s in (s for s in site_list if s in by_site):
-            where = (s, *site_depth(s, nv, nl))
-            feats: dict[str, Any] = {}
-            for sel, c in by_site[s]:
-                if sel not in feats:
-                    feats[sel] = _site_features(store, s, sel, items)
-                X = _features(feats[sel], sel, c, pair_feature, min_overlap, matrix_cache)
-                row, pred, proba = _probe_concept(X, c, cv, template, control, n_bootstrap, n_permutations, seed)
-                results.append({"site": s, "component": where[1], "layer": where[2], "depth": where[3],
-                                "selection": sel, **row})
-                if return_predictions:
-                    preds.append(_prediction_frame(*where, sel, c, pred, proba))
-                bar.update(1)
+        results, preds = _run_plan(store, plan, site_list, items, (nv, nl), fit, return_predictions, bar)
+    return _sweep_frames(results, preds, return_predictions)
+
+
+def _sweep_frames(results: list[dict[str, Any]], preds: list[pd.DataFrame], return_predictions: bool
+                  ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+    """The results frame (sorted by depth, site, selection, family, concept) and, if asked, the predictions."""
     out = pd.DataFrame(results, columns=list(SWEEP_COLUMNS))
     out["n_classes"] = out["n_classes"].astype("Int64")
     out = out.sort_values(["depth", "site", "selection", "family", "concept"], kind="stable").reset_index(drop=True)
@@ -427,6 +417,47 @@ def probe_sweep(
         return out
     pf = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(columns=list(PREDICTION_COLUMNS))
     return out, pf
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """How each concept is probed (the sweep's fitting settings)."""
+
+    cv: int
+    template: LinearProbe
+    control: bool
+    n_bootstrap: int
+    n_permutations: int
+    seed: int
+    pair_feature: str
+    min_overlap: float
+
+
+def _run_plan(store: Any, plan: list[tuple[str, str, _Concept]], site_list: list[str], items: list[str],
+              layers: tuple[int, int], fit: _Fit, return_predictions: bool, bar: Any
+              ) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
+    """Probe every planned (site, selection, concept), one site's activations in memory at a time."""
+    results: list[dict[str, Any]] = []
+    preds: list[pd.DataFrame] = []
+    by_site: dict[str, list[tuple[str, _Concept]]] = {}
+    for s, sel, c in plan:
+        by_site.setdefault(s, []).append((sel, c))
+    matrix_cache: dict[tuple, Any] = {}
+    for s in (s for s in site_list if s in by_site):
+        where = (s, *site_depth(s, *layers))
+        feats: dict[str, Any] = {}
+        for sel, c in by_site[s]:
+            if sel not in feats:
+                feats[sel] = _site_features(store, s, sel, items)
+            X = _features(feats[sel], sel, c, fit.pair_feature, fit.min_overlap, matrix_cache)
+            row, pred, proba = _probe_concept(X, c, fit.cv, fit.template, fit.control, fit.n_bootstrap,
+                                              fit.n_permutations, fit.seed)
+            results.append({"site": s, "component": where[1], "layer": where[2], "depth": where[3],
+                            "selection": sel, **row})
+            if return_predictions:
+                preds.append(_prediction_frame(*where, sel, c, pred, proba))
+            bar.update(1)
+    return results, preds
 
 
 @contextlib.contextmanager

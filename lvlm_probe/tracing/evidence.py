@@ -79,7 +79,7 @@ def token_evidence(model: Any, generation: Any, errors: pd.DataFrame, *, sampled
         p_emit``; ``img_use`` the median ``|pmi_img|`` over all generated tokens of the item (does the model use
         the image at all?); ``deviation_step`` the first step whose token was not the greedy choice (-1: none).
     """
-    from lvlm_probe.attribution import block_attention, image_attention
+    from lvlm_probe.attribution import block_attention
     from lvlm_probe.attribution._common import word_token_id
 
     out = pd.DataFrame(index=errors.index, columns=[
@@ -145,10 +145,18 @@ def token_evidence(model: Any, generation: Any, errors: pd.DataFrame, *, sampled
         out.loc[i, "pmi_img"] = float(lp[tid] - lp0[tid])
         out.loc[i, "knockout_effect"] = 1.0 - pk / p if p > 0 else float("nan")
         steps_needed.setdefault(b, set()).add(t)
-    # image-attention mass of each step's query, mean over layers and heads, vs the item's other steps
+    _attention_evidence(model, generation, errors[has], out)
+    return out
+
+
+def _attention_evidence(model: Any, generation: Any, errors: pd.DataFrame, out: pd.DataFrame) -> None:
+    """``img_attn`` and ``img_attn_ratio`` of each error with a token: the image-attention mass of the query that
+    emitted it (mean over layers and heads), and its ratio to the mean over the item's other steps."""
+    from lvlm_probe.attribution import image_attention
+
     att = image_attention(model, generation)
     img = att[att.to_role == "image"].groupby(["b", "step"]).mass.mean()
-    for i, r in errors[has].iterrows():
+    for i, r in errors.iterrows():
         b, t = int(r.b), int(r.first_token)
         if (b, t) not in img.index:
             continue
@@ -156,7 +164,6 @@ def token_evidence(model: Any, generation: Any, errors: pd.DataFrame, *, sampled
         rest = img.loc[b].drop(index=t, errors="ignore")
         out.loc[i, "img_attn"] = own
         out.loc[i, "img_attn_ratio"] = own / float(rest.mean()) if len(rest) and rest.mean() > 0 else float("nan")
-    return out
 
 
 def probe_evidence(errors: pd.DataFrame, predictions: pd.DataFrame, scenes: dict[str, Any], *,
