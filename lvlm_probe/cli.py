@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from lvlm_probe.benchmarks.cli import add_eval_parser
 from lvlm_probe.organisms.cli import add_organisms_parser
@@ -23,11 +24,38 @@ def _cmd_capture(a: argparse.Namespace) -> int:
     import lvlm_probe as lp
 
     items = lp.read_items(a.items)  # a bad items file fails before the model loads
-    m = lp.load(a.model, device=a.device, dtype=a.dtype)
-    store = lp.capture(m, items, sites=a.sites, select=a.select, out=a.out, batch_size=a.batch_size,
-                       generate=a.generate, chat_template=not a.raw_prompts, overwrite=a.overwrite)
-    print(json.dumps({"store": str(store.path), "items": len(store), "failed": store.failed}, indent=1))
+    with _torchrun_group(a.device) as (device, rank):
+        m = lp.load(a.model, device=device, dtype=a.dtype)
+        store = lp.capture(m, items, sites=a.sites, select=a.select, out=a.out, batch_size=a.batch_size,
+                           generate=a.generate, chat_template=not a.raw_prompts, overwrite=a.overwrite)
+    if rank == 0:
+        print(json.dumps({"store": str(store.path), "items": len(store), "failed": store.failed}, indent=1))
     return 0
+
+
+@contextlib.contextmanager
+def _torchrun_group(device: str | None) -> Iterator[tuple[str | None, int]]:
+    """Under ``torchrun`` (WORLD_SIZE > 1 in the environment) join the process group for the command's duration:
+    NCCL with one GPU per local rank when CUDA is used, gloo on CPU. Yields ``(device, rank)``."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        yield device, 0
+        return
+    import torch
+    import torch.distributed as dist
+
+    cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    try:
+        yield (device if cuda else (device or "cpu")), dist.get_rank()
+    finally:
+        dist.destroy_process_group()
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:

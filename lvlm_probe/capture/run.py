@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -12,7 +13,7 @@ from tqdm.auto import tqdm
 from lvlm_probe.capture.store import MULTI_ROW, ActivationStore, key_name, writer_lock
 from lvlm_probe.data.items import Item, check_unique_ids
 from lvlm_probe._policy import run_isolated
-from lvlm_probe.errors import InputError, SiteError
+from lvlm_probe.errors import InputError, LvlmProbeError, SiteError, StoreError
 from lvlm_probe.models.base import Site
 from lvlm_probe.models.records import ROLE_NAMES, Batch
 
@@ -241,32 +242,91 @@ def _run_batch(model: Any, items: Sequence[Item], plan: _Plan, chat_template: bo
     return recs
 
 
-def _capture_items(model: Any, store: ActivationStore, items: list[Item], plan: _Plan, batch_size: int,
-                   chat_template: bool, store_dtype: torch.dtype, system: str | None, shard_items: int,
-                   progress: bool) -> None:
-    """Capture the items the store does not hold yet, batch by batch (one failure policy, see _policy)."""
-    done = set(store.item_ids)
-    # Batches are cut from the full item list, so a resumed run pads and batches exactly as an
-    # uninterrupted one would (identical tensors); batches already in the store are skipped.
-    chunks = [items[k : k + batch_size] for k in range(0, len(items), batch_size)]
-    buffer: list[dict] = []
-    bar = tqdm(total=len(items), initial=len(done & {it.id for it in items}), desc="capture", unit="item",
-               disable=not progress)
-    for full_chunk in chunks:
-        chunk = [it for it in full_chunk if it.id not in done]
-        if not chunk:
-            continue
-        parts = run_isolated(chunk, lambda c: _run_batch(model, c, plan, chat_template, store_dtype, system),
-                             lambda it, why: store.record_failure(it.id, why))
-        recs = [r for _, part in parts for r in part]
-        buffer.extend(recs)
-        bar.update(len(chunk))
-        if len(buffer) >= shard_items:
+@dataclass
+class _Job:
+    """Everything a capture loop needs besides the store and its batches."""
+
+    model: Any
+    plan: _Plan
+    chat_template: bool
+    dtype: torch.dtype
+    system: str | None
+    shard_items: int
+    progress: bool
+
+    def run(self, store: ActivationStore, chunks: list[list[Item]], desc: str = "capture") -> None:
+        """Capture the items of ``chunks`` the store does not hold yet, batch by batch (one failure policy, see
+        _policy), flushing a shard every ``shard_items`` items."""
+        done = set(store.item_ids)
+        buffer: list[dict] = []
+        bar = tqdm(total=sum(map(len, chunks)), initial=sum(it.id in done for c in chunks for it in c), desc=desc,
+                   unit="item", disable=not self.progress)
+        for full_chunk in chunks:
+            chunk = [it for it in full_chunk if it.id not in done]
+            if not chunk:
+                continue
+            parts = run_isolated(chunk, lambda c: _run_batch(self.model, c, self.plan, self.chat_template,
+                                                             self.dtype, self.system),
+                                 lambda it, why: store.record_failure(it.id, why))
+            buffer.extend(r for _, part in parts for r in part)
+            bar.update(len(chunk))
+            if len(buffer) >= self.shard_items:
+                store.append(buffer)
+                buffer = []
+        if buffer:
             store.append(buffer)
-            buffer = []
-    if buffer:
-        store.append(buffer)
-    bar.close()
+        bar.close()
+
+
+def _batches(items: list[Item], batch_size: int) -> list[list[Item]]:
+    """Batches cut from the full item list, so a resumed or distributed run pads and batches exactly as an
+    uninterrupted single-process one (identical tensors)."""
+    return [items[k : k + batch_size] for k in range(0, len(items), batch_size)]
+
+
+def _rank_share(chunks: list[list[Item]], rank: int, world: int) -> list[list[Item]]:
+    """Rank ``rank``'s contiguous block of whole batches (deterministic; the blocks cover every batch once)."""
+    n = len(chunks)
+    return chunks[rank * n // world : (rank + 1) * n // world]
+
+
+def process_group() -> tuple[int, int] | None:
+    """``(rank, world_size)`` of an initialised torch.distributed group of more than one process, else None."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+def _capture_distributed(job: _Job, items: list[Item], out: str | os.PathLike, settings: dict, overwrite: bool,
+                         batch_size: int, group: tuple[int, int]) -> ActivationStore:
+    """Each rank captures its block of batches into its own journal and shards; rank 0 holds the writer lock,
+    prepares the store first and merges the journals last (item order), so the store equals a one-process one."""
+    import torch.distributed as dist
+
+    rank, world = group
+    order = {it.id: k for k, it in enumerate(items)}
+    with contextlib.ExitStack() as stack:
+        problem: list[str | None] = [None]
+        if rank == 0:
+            try:
+                stack.enter_context(writer_lock(out))
+                ActivationStore.open_for_capture(out, model=job.model.info(), settings=settings,
+                                                 overwrite=overwrite, order=order, merge=False)
+            except LvlmProbeError as exc:
+                problem = [str(exc)]
+        dist.broadcast_object_list(problem, src=0)
+        if problem[0] is not None:
+            raise StoreError(problem[0])
+        store = ActivationStore(out).as_rank_writer(rank)
+        job.progress = job.progress and rank == 0
+        job.run(store, _rank_share(_batches(items, batch_size), rank, world), desc=f"capture (rank 0 of {world})")
+        dist.barrier()
+        if rank == 0:
+            ActivationStore(out).merge_rank_journals(order)
+        dist.barrier()
+    return ActivationStore(out)
 
 
 def capture(
@@ -321,6 +381,13 @@ def capture(
     -----
     A failing item (unreadable image, prompt that does not fit the model...) is recorded in
     ``store.failed`` with its reason and the run goes on; a failing batch is retried item by item.
+
+    Under an initialised ``torch.distributed`` process group of more than one process (e.g. launched with
+    ``torchrun --nproc-per-node N -m lvlm_probe capture ...``), every rank calls ``capture`` with the same
+    items and settings: each captures a contiguous block of whole batches into its own journal and shards,
+    and rank 0 merges the journals at the end. The store then lists the items in item order and holds
+    bitwise the tensors of a single-process run (same batches, same padding). Each rank's model must sit on
+    that rank's device. A killed run resumes per rank. See docs/store.md.
     """
     from lvlm_probe.models.lvlm import resolve_dtype
 
@@ -328,6 +395,8 @@ def capture(
     check_unique_ids(items)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(shard_items, int) or isinstance(shard_items, bool) or shard_items < 1:
+        raise InputError(f"shard_items must be a positive integer, got {shard_items!r}")
     if generate is not None and not isinstance(generate, dict) and (
             not isinstance(generate, int) or isinstance(generate, bool) or generate < 1):
         raise InputError(f"generate must be None, a positive number of new tokens or a dict of generate settings, "
@@ -352,7 +421,12 @@ def capture(
         "keys": [key_name(s.name, sel) for s, sel in pairs], "chat_template": chat_template, "system": system,
         "generate": plan.gen_kwargs, "dtype": str(store_dtype).replace("torch.", ""),
     }
+    job = _Job(model, plan, chat_template, store_dtype, system, shard_items, progress)
+    group = process_group()
+    if group is not None:
+        return _capture_distributed(job, items, out, settings, overwrite, batch_size, group)
     with writer_lock(out):
-        store = ActivationStore.open_for_capture(out, model=model.info(), settings=settings, overwrite=overwrite)
-        _capture_items(model, store, items, plan, batch_size, chat_template, store_dtype, system, shard_items, progress)
-    return store
+        store = ActivationStore.open_for_capture(out, model=model.info(), settings=settings, overwrite=overwrite,
+                                                 order={it.id: k for k, it in enumerate(items)})
+        job.run(store, _batches(items, batch_size))
+    return ActivationStore(out)  # a reader (the writer keeps no per-item meta in memory)
