@@ -65,7 +65,7 @@ def read_records(path: PathLike) -> List[Record]:
     Raises
     ------
     InputError
-        When the file is missing, empty or holds invalid JSON (the message names the file and line).
+        When the file is missing, empty, not UTF-8 or holds invalid JSON (the message names the file and line).
     """
     text = read_text(path)
     decoder = json.JSONDecoder()
@@ -81,6 +81,9 @@ def read_records(path: PathLike) -> List[Record]:
             start = _line_of(text, p)
             where = f"column {exc.colno}" if exc.lineno == start else f"line {exc.lineno} column {exc.colno}"
             raise InputError(f"{path}: line {start}: invalid JSON in the record starting there ({exc.msg} at {where})") from None
+        except RecursionError:
+            raise InputError(f"{path}: line {_line_of(text, p)}: the record starting there is nested too deeply to "
+                             "read (not a benchmark record?)") from None
 
     if text[pos] == "[":
         pos = _skip_ws(text, pos + 1)
@@ -124,6 +127,13 @@ def read_json(path: PathLike) -> Any:
     if len(recs) != 1:
         raise InputError(f"{path}: expected one JSON value, found {len(recs)} (line {recs[1][0]} starts another)")
     return recs[0][1]
+
+
+def require_records(path: PathLike, records: List[Record], what: str) -> List[Record]:
+    """Refuse a file that holds no record at all (an empty JSON array): nothing to score."""
+    if not records:
+        raise InputError(f"{path}: no {what} (the file holds an empty JSON array)")
+    return records
 
 
 def require_dict(path: PathLike, line: int, obj: Any) -> dict:

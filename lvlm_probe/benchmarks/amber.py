@@ -18,7 +18,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from lvlm_probe.benchmarks._io import MissingDependencyError, PathLike, get_key, read_json, read_records, read_text, require_dict
+from lvlm_probe.benchmarks._io import (MissingDependencyError, PathLike, get_key, read_json, read_records, read_text,
+                                      require_dict, require_records)
 from lvlm_probe.errors import InputError
 
 #: evaluation types of inference.py and the dimensions each prints.
@@ -40,13 +41,16 @@ _SEED_NUM = 0.001  # metrics.txt: every *_num starts at 0.001, every *_score at 
 def load_amber_annotations(path: PathLike) -> Dict[int, dict]:
     """AMBER ``annotations.json`` (full or subset) as ``{id: record}``, checking ``id``, ``type`` and ``truth``."""
     out: Dict[int, dict] = {}
-    for line, obj in read_records(path):
+    for line, obj in require_records(path, read_records(path), "annotations"):
         d = require_dict(path, line, obj)
         i = get_key(path, line, d, "id", int)
         get_key(path, line, d, "type", str)
         get_key(path, line, d, "truth", (str, list))
         if d["type"] == "generative":
             get_key(path, line, d, "hallu", list)
+        elif d["truth"] not in ("yes", "no"):
+            raise InputError(f"{path}: line {line}: key 'truth' of a discriminative question should be 'yes' or 'no', "
+                             f"found {d['truth']!r}")
         if i in out:
             raise InputError(f"{path}: line {line}: duplicate id {i}")
         out[i] = d
@@ -57,7 +61,7 @@ def load_amber_responses(path: PathLike) -> List[Tuple[int, int, str]]:
     """Model responses ``[{"id": int, "response": str}, ...]`` as ``(line, id, response)`` tuples."""
     out = []
     seen: Dict[int, int] = {}
-    for line, obj in read_records(path):
+    for line, obj in require_records(path, read_records(path), "responses"):
         i = get_key(path, line, obj, "id", int)
         r = get_key(path, line, obj, "response", str)
         if i in seen:

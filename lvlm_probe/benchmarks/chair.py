@@ -168,16 +168,21 @@ def load_ground_truth(path: PathLike, vocab: Optional[ChairVocab] = None) -> Dic
     text = read_text(path).lstrip()
     gt: Dict[Union[int, str], Set[str]] = {}
     recs = read_records(path)
-    if text.startswith("{") and len(recs) == 1 and isinstance(recs[0][1], dict) and "image_id" not in recs[0][1]:
+    record_keys = {"image_id", "objects", "gt_objects", "gt_object"}
+    if text.startswith("{") and len(recs) == 1 and isinstance(recs[0][1], dict) and not record_keys & set(recs[0][1]):
         for k, v in recs[0][1].items():
-            if not isinstance(v, list):
-                raise InputError(f"{path}: value of image {k!r} should be a list of objects")
+            if not isinstance(v, list) or not all(isinstance(o, str) for o in v):
+                raise InputError(f"{path}: value of image {k!r} should be a list of object names (strings), "
+                                 f"found {v!r}"[:300])
             key: Union[int, str] = int(k) if str(k).isdigit() else k
             gt[key] = {inv.get(o, o) for o in v}
         return gt
     for line, obj in recs:
         iid = get_key(path, line, obj, "image_id", (int, str))
-        _, objs = first_key(path, line, obj, ("objects", "gt_objects", "gt_object"), list)
+        key, objs = first_key(path, line, obj, ("objects", "gt_objects", "gt_object"), list)
+        if not all(isinstance(o, str) for o in objs):
+            raise InputError(f"{path}: line {line}: key '{key}' should be a list of object names (strings), "
+                             f"found {objs!r}"[:300])
         gt.setdefault(iid, set()).update(inv.get(o, o) for o in objs)
     return gt
 

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 
 import pandas as pd
 
-from lvlm_probe.benchmarks._io import PathLike, get_key, read_records
+from lvlm_probe.benchmarks._io import PathLike, get_key, read_records, require_records
 from lvlm_probe.benchmarks.parsers import NO, PROFILES, UNKNOWN, YES, parse_answer
 from lvlm_probe.errors import InputError
 
@@ -35,7 +35,7 @@ def load_hallusionbench(path: PathLike, *, judge_key: Optional[str] = None, pred
         raise InputError(f"unknown parser profile {parser!r}; choose one of {', '.join(PROFILES)}")
     rows = []
     seen: Dict[str, int] = {}
-    for line, obj in read_records(path):
+    for line, obj in require_records(path, read_records(path), "records"):
         r = {k: str(get_key(path, line, obj, k, (str, int))) for k in _FIELDS}
         r["visual_input"] = str(obj.get("visual_input", ""))
         if judge_key is not None:

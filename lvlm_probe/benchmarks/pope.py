@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from lvlm_probe.benchmarks._io import PathLike, first_key, get_key, read_records, require_dict
+from lvlm_probe.benchmarks._io import PathLike, first_key, get_key, read_records, require_dict, require_records
 from lvlm_probe.benchmarks.parsers import PROFILES, pope_metrics, predictions
 from lvlm_probe.errors import InputError
 
@@ -57,7 +57,7 @@ def load_pope_questions(path: PathLike, split: Optional[str] = None) -> pd.DataF
         POPEv2's capitalised labels are lower-cased (it has no scorer of its own; POPE's ``== 'no'`` test
         would read every ``"No"`` as yes).
     """
-    recs = read_records(path)
+    recs = require_records(path, read_records(path), "questions")
     default_split = split or split_name(path)
     rows: List[Dict[str, Any]] = []
     for line, obj in recs:
@@ -72,6 +72,9 @@ def load_pope_questions(path: PathLike, split: Optional[str] = None) -> pd.DataF
         qid = get_key(path, line, d, "question_id", (int, str))
         text = get_key(path, line, d, "text", str)
         image = get_key(path, line, d, "image", str)
+        if "label" not in d and "category" not in d:
+            raise InputError(f"{path}: line {line}: missing key 'label' (a POPE file labels every question; LLaVA's "
+                             "combined file has 'category' instead)")
         if "label" in d:
             label = get_key(path, line, d, "label", str)
             cat = d.get("category", default_split) if split is None else split
@@ -102,7 +105,7 @@ def load_pope_answers(path: PathLike) -> pd.DataFrame:
         ``question_id, answer, question, line, file`` in file order (``question`` when the file echoes it).
     """
     rows = []
-    for line, obj in read_records(path):
+    for line, obj in require_records(path, read_records(path), "answers"):
         d = require_dict(path, line, obj)
         _, ans = first_key(path, line, d, _ANSWER_KEYS, str)
         qid = get_key(path, line, d, "question_id", (int, str)) if "question_id" in d else None

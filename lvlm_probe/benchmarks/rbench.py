@@ -15,7 +15,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from lvlm_probe.benchmarks._io import PathLike, get_key, read_json, read_records
+from lvlm_probe.benchmarks._io import PathLike, get_key, read_json, read_records, require_records
 from lvlm_probe.benchmarks.parsers import NO, parse_pope
 from lvlm_probe.errors import InputError
 
@@ -27,7 +27,7 @@ COLUMNS = ["subset", "n", "tp", "fp", "tn", "fn", "accuracy", "precision", "reca
 def load_rbench_questions(path: PathLike) -> pd.DataFrame:
     """R-Bench question file (JSON array of ``question_id, image, text, label`` [+ ``type``, boxes])."""
     rows = []
-    for line, obj in read_records(path):
+    for line, obj in require_records(path, read_records(path), "questions"):
         qid = get_key(path, line, obj, "question_id", (int, str))
         lab = obj.get("label")
         if lab is not None and not isinstance(lab, str):
@@ -115,7 +115,11 @@ def evaluate_rbench(questions: PathLike, answers: PathLike, subsets: Optional[Se
         for path in subsets:
             ids = read_json(path)
             if not isinstance(ids, list):
-                raise InputError(f"{path}: expected a JSON list of question ids")
+                raise InputError(f"{path}: expected a JSON list of question ids, found {type(ids).__name__}")
+            unknown = [i for i in ids if isinstance(i, (dict, list)) or i not in known]
+            if unknown:
+                raise InputError(f"{path}: {len(unknown)} id(s) match no question of {questions} "
+                                 f"(first: question_id {unknown[0]!r}); is this the id file of that question file?")
             rows.append({"subset": str(path), **rbench_metrics(ans, labels, ids)})
     else:
         rows.append({"subset": "all", **rbench_metrics(ans, labels, q["question_id"].tolist())})

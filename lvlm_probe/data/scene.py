@@ -9,6 +9,7 @@ loaders map their annotations into them.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -62,11 +63,32 @@ class SceneObject:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SceneObject:
+        if not isinstance(d, dict):
+            raise InputError(f"scene object {d!r} is not an object; each is {{'name': ..., 'attributes': {{}}, "
+                             "'box': [x0, y0, x1, y1]}}")
         if "name" not in d:
             raise InputError(f"scene object {d!r} has no 'name'; every object needs a class name")
+        if not isinstance(d["name"], str) or not d["name"].strip():
+            raise InputError(f"scene object {d!r}: 'name' must be a non-empty string")
+        attrs = d.get("attributes") or {}
+        if not isinstance(attrs, dict):
+            raise InputError(f"scene object {d['name']!r}: 'attributes' must be an object such as "
+                             f"{{'color': 'red'}}, got {attrs!r}")
         box = d.get("box")
-        return cls(name=str(d["name"]), attributes={str(k): str(v) for k, v in (d.get("attributes") or {}).items()},
+        if box is not None and not (isinstance(box, (list, tuple)) and len(box) == 4
+                                    and all(_is_number(x) and math.isfinite(x) for x in box)):
+            raise InputError(f"scene object {d['name']!r}: 'box' must be 4 finite numbers [x0, y0, x1, y1], "
+                             f"got {box!r}")
+        return cls(name=d["name"], attributes={str(k): str(v) for k, v in attrs.items()},
                    box=tuple(float(x) for x in box) if box is not None else None)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_index(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass
@@ -178,13 +200,30 @@ class SceneGraph:
         """Inverse of :meth:`to_dict` (relations as ``[subject, predicate, object]`` triples)."""
         if not isinstance(d, dict) or "objects" not in d:
             raise InputError("a scene graph must be a dict with an 'objects' list (see SceneGraph.to_dict)")
+        if not isinstance(d["objects"], list):
+            raise InputError(f"'objects' must be a list of objects, got {type(d['objects']).__name__}")
         objs = [SceneObject.from_dict(o) for o in d["objects"]]
         rels = []
-        for r in d.get("relations") or []:
-            s, p, o = (r["subject"], r["predicate"], r["object"]) if isinstance(r, dict) else r
-            if not (0 <= int(s) < len(objs) and 0 <= int(o) < len(objs)):
+        raw = d.get("relations") or []
+        if not isinstance(raw, list):
+            raise InputError(f"'relations' must be a list of [subject, predicate, object] triples, got {raw!r}")
+        for r in raw:
+            if isinstance(r, dict) and {"subject", "predicate", "object"} <= set(r):
+                s, p, o = r["subject"], r["predicate"], r["object"]
+            elif isinstance(r, (list, tuple)) and len(r) == 3:
+                s, p, o = r
+            else:
+                raise InputError(f"relation {r!r} is not a [subject, predicate, object] triple")
+            if not (_is_index(s) and _is_index(o)) or not isinstance(p, str):
+                raise InputError(f"relation {r!r}: subject and object must be object indices (integers) and the "
+                                 "predicate a string")
+            if not (0 <= s < len(objs) and 0 <= o < len(objs)):
                 raise InputError(f"relation {r!r} refers to an object index outside 0..{len(objs) - 1}")
-            rels.append(Relation(int(s), str(p), int(o)))
+            rels.append(Relation(s, p, o))
+        for key in ("width", "height"):
+            v = d.get(key)
+            if v is not None and (not _is_index(v) or v < 1):
+                raise InputError(f"'{key}' must be a positive integer (pixels) or null, got {v!r}")
         return cls(objects=objs, relations=rels, width=d.get("width"), height=d.get("height"))
 
     def to_json(self) -> str:

@@ -127,6 +127,12 @@ class FamilyAdapter(ABC):
         """Id of the image token that stands for one image feature in input_ids."""
 
     @property
+    def max_positions(self) -> int | None:
+        """The LLM's context length in tokens (``max_position_embeddings``), or None when the config has none."""
+        n = getattr(self.hf_config.text_config, "max_position_embeddings", None)
+        return int(n) if isinstance(n, int) and n > 0 else None
+
+    @property
     def n_llm_layers(self) -> int:
         return int(self.hf_config.text_config.num_hidden_layers)
 
@@ -217,8 +223,13 @@ class FamilyAdapter(ABC):
 
     def expand_sites(self, patterns: Sequence[str]) -> list[Site]:
         """Expand names with ``{l}`` = ``*`` into concrete sites, validating each."""
+        if isinstance(patterns, str):  # one site name, not its characters
+            patterns = [patterns]
         out: list[Site] = []
         for pat in patterns:
+            if not isinstance(pat, str):
+                raise SiteError(f"site {pat!r} is a {type(pat).__name__}, not a site name; give names such as "
+                                "'llm.resid_post.3' or 'llm.resid_post.*'")
             if pat.endswith(".*"):
                 stem = pat[:-2]
                 n = self.n_vision_layers if stem == "vision.resid_post" else self.n_llm_layers

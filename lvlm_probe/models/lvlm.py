@@ -157,6 +157,7 @@ def load(
     name, defaults = _resolve_name(str(name_or_path))
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    _check_json_files(name)
     config = _load_config(name, revision)
     adapter_cls = FAMILIES.get(config.model_type)
     if adapter_cls is None:
@@ -165,6 +166,7 @@ def load(
             f"{name!r} is a {config.model_type!r} model ({', '.join(config.architectures or [])}); "
             f"lvlm_probe supports: {fam}. Adding a family is one adapter module in lvlm_probe/models/."
         )
+    tokenizer, image_processor = _load_processors(name, revision)  # before the weights: a broken one fails fast
     hf_model = load_hf_model(name, adapter_cls.hf_class(), config=config, revision=revision, device=dev, dtype=dt)
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -172,10 +174,6 @@ def load(
         bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, device=str(dev), dtype=dt,
                                                      revision=revision)
     bridge.eval()
-    from transformers import AutoImageProcessor, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-    image_processor = AutoImageProcessor.from_pretrained(name, revision=revision)
     adapter = adapter_cls(config, tokenizer, image_processor, bridge.original_model)
     chat = _find_chat_template(name, tokenizer, revision) or adapter.default_chat_template()
     model = LVLM(bridge, adapter, name=str(name_or_path), path=name, revision=revision, device=dev, dtype=dt,
@@ -184,6 +182,51 @@ def load(
     return model
 
 
+
+
+#: JSON files of a checkpoint directory that must parse when present (a corrupt one is named before loading).
+_JSON_FILES: tuple[str, ...] = ("config.json", "generation_config.json", "preprocessor_config.json",
+                                "processor_config.json", "tokenizer_config.json", "tokenizer.json",
+                                "special_tokens_map.json", "chat_template.json", "model.safetensors.index.json")
+
+
+def _check_json_files(name: str) -> None:
+    """In a local model directory, every JSON file transformers reads must be a UTF-8 JSON object."""
+    if not os.path.isdir(name):
+        return
+    for fname in _JSON_FILES:
+        p = Path(name) / fname
+        if not p.is_file():
+            continue
+        try:
+            data = json.loads(p.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ModelLoadError(f"{str(p)!r} is not UTF-8 text (byte {err.start}); restore it from the "
+                                 "checkpoint") from None
+        except json.JSONDecodeError as err:
+            raise ModelLoadError(f"{str(p)!r} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}); "
+                                 "restore it from the checkpoint") from None
+        except RecursionError:
+            raise ModelLoadError(f"{str(p)!r} is nested too deeply to read; restore it from the checkpoint") from None
+        if not isinstance(data, dict):
+            raise ModelLoadError(f"{str(p)!r} must hold a JSON object, found {type(data).__name__}; restore it from "
+                                 "the checkpoint")
+
+
+def _load_processors(name: str, revision: str | None) -> tuple[Any, Any]:
+    """The checkpoint's tokenizer and image processor, with an error that names what is missing."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    out = []
+    for what, cls, files in (("tokenizer", AutoTokenizer, "tokenizer.json / tokenizer_config.json"),
+                             ("image processor", AutoImageProcessor, "preprocessor_config.json")):
+        try:
+            out.append(cls.from_pretrained(name, revision=revision))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            msg = " ".join(str(err).split())[:200]
+            raise ModelLoadError(f"{name!r}: cannot load its {what} ({type(err).__name__}: {msg}); the model "
+                                 f"directory needs {files} beside config.json") from None
+    return out[0], out[1]
 
 
 def read_run_defaults(path: str) -> dict:
@@ -224,6 +267,10 @@ def _load_config(name: str, revision: str | None) -> Any:
 
     try:
         return AutoConfig.from_pretrained(name, revision=revision)
+    except (ArithmeticError, TypeError, KeyError, AttributeError) as err:  # the config's own checks, by their values
+        msg = " ".join(str(err).split())[:200]
+        raise ModelLoadError(f"{name!r}: its config.json does not describe a buildable model ({err.__class__.__name__}: "
+                             f"{msg}); check its sizes (heads, hidden size, layers)") from None
     except (OSError, ValueError) as err:
         if not os.path.exists(name):
             if os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -233,7 +280,8 @@ def _load_config(name: str, revision: str | None) -> Any:
                 ) from None
             raise ModelLoadError(f"{name!r} is not a directory and not a hub id that could be fetched "
                                  f"({err.__class__.__name__}: {' '.join(str(err).split())[:200]})") from None
-        raise ModelLoadError(f"{name!r}: cannot read its config ({err.__class__.__name__}: {err})") from None
+        msg = " ".join(str(err).split())[:300]
+        raise ModelLoadError(f"{name!r}: cannot read its config.json ({err.__class__.__name__}: {msg})") from None
 
 
 def load_hf_model(name: str, hf_class: type, *, config: Any, revision: str | None, device: torch.device,
@@ -257,6 +305,10 @@ def load_hf_model(name: str, hf_class: type, *, config: Any, revision: str | Non
         )
     except (OSError, RuntimeError, ValueError) as err:
         raise ModelLoadError(_weights_error(name, err)) from None
+    except (ArithmeticError, TypeError, KeyError, AttributeError, IndexError) as err:  # building from the config
+        msg = " ".join(str(err).split())[:200]
+        raise ModelLoadError(f"{name!r}: cannot build the model from its config.json ({err.__class__.__name__}: "
+                             f"{msg}); check the sizes in config.json (heads, hidden size, layers)") from None
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a corrupt header
         if type(err).__name__ != "SafetensorError":
             raise
@@ -290,7 +342,24 @@ def _weights_error(name: str, err: Exception) -> str:
     if os.environ.get("HF_HUB_OFFLINE") == "1" and not os.path.exists(name):
         return (f"{name!r}: its weights are not in the local Hugging Face cache and offline mode is on "
                 "(HF_HUB_OFFLINE=1); download it once with network access, or pass a local model directory")
-    return f"{name!r}: cannot load its weights ({err.__class__.__name__}: {msg}); check the weight files"
+    bad = _bad_weight_file(name)
+    where = f" ({bad} is unreadable)" if bad else ""
+    return f"{name!r}: cannot load its weights{where} ({err.__class__.__name__}: {msg}); check the weight files"
+
+
+def _bad_weight_file(name: str) -> str | None:
+    """The first ``*.safetensors`` file of a local directory whose header safetensors cannot read, or None."""
+    if not os.path.isdir(name):
+        return None
+    from safetensors import safe_open
+
+    for p in sorted(Path(name).glob("*.safetensors")):
+        try:
+            with safe_open(str(p), framework="pt") as fh:
+                fh.keys()
+        except Exception:  # noqa: BLE001 - any failure to read the header names the file
+            return p.name
+    return None
 
 
 _ROLE_ID: dict[str, int] = {n: k for k, n in enumerate(ROLE_NAMES)}
@@ -437,7 +506,7 @@ class LVLM:
             raise InputError(f"{len(prompts)} prompts but {len(answers)} answers")
         per_item = self._load_images(images, ids)
         flat = [im for lst in per_item for im in lst]
-        img_inputs: ImageInputs | None = self.adapter.process_images(flat) if flat else None
+        img_inputs: ImageInputs | None = self._process_images(flat, per_item, ids) if flat else None
         rows: list[_TokenRow] = []
         cursor = 0
         for b, (iid, prompt) in enumerate(zip(ids, prompts)):
@@ -445,6 +514,10 @@ class LVLM:
             text, spans = self._render(iid, prompt, len(per_item[b]), chat_template, system, answer)
             rows.append(self._tokenize(iid, text, spans, len(per_item[b]), img_inputs, cursor, chat_template))
             cursor += len(per_item[b])
+            limit = self.adapter.max_positions
+            if limit is not None and len(rows[-1].ids) > limit:
+                raise InputError(f"item {iid!r}: the prompt and its image tokens are {len(rows[-1].ids)} tokens but "
+                                 f"the model's context holds {limit}; shorten the prompt or use fewer/smaller images")
         input_ids, attn, roles = _pad_left(rows, self._pad_id())
         batch = Batch(
             input_ids=input_ids,
@@ -468,6 +541,22 @@ class LVLM:
         return self.prepare([it.image for it in items], [it.prompt for it in items],
                             item_ids=[it.id for it in items], **kwargs)
 
+    def _process_images(self, flat: list[Any], per_item: list[list[Any]], ids: list[str]) -> ImageInputs:
+        """The adapter's image processing of the batch; when it refuses, the item whose image it refuses is named."""
+        try:
+            return self.adapter.process_images(flat)
+        except (ValueError, RuntimeError, TypeError, OSError) as exc:
+            for iid, ims in zip(ids, per_item):
+                for k, im in enumerate(ims):
+                    try:
+                        self.adapter.process_images([im])
+                    except (ValueError, RuntimeError, TypeError, OSError) as one:
+                        raise InputError(
+                            f"item {iid!r}: the {self.family} image processor cannot take image {k} "
+                            f"({im.width}x{im.height} pixels): {' '.join(str(one).split())}; resize or crop it"
+                        ) from None
+            raise exc
+
     @staticmethod
     def _load_images(images: list[Any], ids: list[str]) -> list[list[Any]]:
         """Per item, its images as PIL (an entry may be None, one image or a list)."""
@@ -482,8 +571,14 @@ class LVLM:
         """The item's full text and the character spans of its ``question``, ``system`` and ``answer``."""
         ad = self.adapter
         spans: dict[str, tuple[int, int]] = {}
-        if not isinstance(prompt, str) or not prompt.replace("<image>", "").replace(ad.image_placeholder, "").strip():
+        if not isinstance(prompt, str):
+            raise InputError(f"item {iid!r}: the prompt must be a string, got {type(prompt).__name__} "
+                             f"({str(prompt)[:60]!r}); give the question as text")
+        if not prompt.replace("<image>", "").replace(ad.image_placeholder, "").strip():
             raise InputError(f"item {iid!r}: the prompt is empty ({prompt!r}); give a question or an instruction")
+        if "\x00" in prompt:
+            raise InputError(f"item {iid!r}: the prompt holds a NUL character at position {prompt.index(chr(0))} "
+                             "(a corrupt or binary text?); remove it")
         if chat_template:
             if ad.image_placeholder in prompt or "<image>" in prompt:
                 raise InputError(

@@ -121,9 +121,18 @@ def generate_and_judge(model: LVLM, items: Sequence[Item], config: DiagnoseConfi
 
 def check_items(items: Sequence[Item]) -> list[Item]:
     """Items a diagnosis can judge: at least one, unique ids, each with a scene graph."""
+    from lvlm_probe.data.scene import SceneGraph
+
+    if items is None or isinstance(items, (str, bytes, dict)):
+        raise InputError(f"items must be a list of lvlm_probe.Item, got {type(items).__name__}; read a file with "
+                         "lp.read_items(PATH)")
     items = list(items)
     if not items:
         raise InputError("diagnose needs at least one item")
+    for k, it in enumerate(items):
+        if not isinstance(it, Item):
+            raise InputError(f"items[{k}] is a {type(it).__name__}, not an Item; build Item(id=..., image=..., "
+                             "prompt=..., scene=...) or read a file with lp.read_items(PATH)")
     ids = [it.id for it in items]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -132,6 +141,11 @@ def check_items(items: Sequence[Item]) -> list[Item]:
     if missing:
         raise InputError(f"items {missing[:5]} have no scene graph; diagnose judges outputs against item.scene "
                          "(see docs/howto/items-file.md for the format)")
+    wrong = [it.id for it in items if not isinstance(it.scene, SceneGraph)]
+    if wrong:
+        raise InputError(f"items {wrong[:5]} have a scene that is not a SceneGraph (got "
+                         f"{type(next(it.scene for it in items if it.id == wrong[0])).__name__}); pass "
+                         "SceneGraph(...) or its to_dict() form")
     return items
 
 
