@@ -21,7 +21,8 @@ Phases
    target, ``capture <= 1.05x HF eager``, is judged on the whole call. Tokens/s is batch tokens
    (image tokens included) over the median time; peak GPU memory is ``max_memory_allocated`` over a
    row's calls (reset before each call), with both models' weights resident. A sanity row checks
-   that the stored ``last_prompt`` residuals of the first and last layer equal HF's hidden states.
+   that the stored ``last_prompt`` residuals equal HF's hidden states (layers 0, 15 and 30 at the 7B
+   shape; HF's last hidden state is after the final norm, so the last layer is not compared).
 3. ``stores`` - a small model (about 30M parameters on the GPU) loaded in float32 captures a few items
    into a float32 store, the reference; the same model into float16 and bfloat16 stores (``dtype=``),
    and the model loaded in float16 and in bfloat16 (store in its own dtype). Each row checks the
@@ -31,6 +32,9 @@ Phases
    ...`` on phase 3's model (float32) and items, compared with ``lp.capture`` of the same items in this
    process: same item ids, tensors equal (normalised error <= 1e-5; batches differ between the runs).
    A failing command is a FAIL row with its one-line error. With one CUDA device the phase is skipped.
+   Two ranks that ignore each other can also leave an equal store (one captures, the other resumes the
+   finished store), so a ``sitecustomize`` on the command's PYTHONPATH (``OBSERVER``) records the
+   process group each rank joined: ranks 0 and 1 of one group of 2 are required.
 
 The script ends with one table (phase, metric, value, target, verdict). Verdicts: PASS, FAIL, SKIP
 (could not run here), INFO (measured, no target; with ``--cpu-smoke`` the speed targets are INFO
@@ -51,7 +55,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,6 +95,7 @@ class Mode:
 
 
 def gpu_mode(repeats: int) -> Mode:
+    """The GPU run: LLaVA-1.5-7B's shape in bfloat16, batch 16, phase 3/4 on a ~30M model; 8 minutes in all."""
     from lvlm_probe.models.tiny import LLAVA_1_5_7B_SHAPE
 
     return Mode("gpu", "cuda", "bfloat16", dict(LLAVA_1_5_7B_SHAPE), 16, repeats, SMALL_SHAPE, 8,
@@ -98,6 +103,7 @@ def gpu_mode(repeats: int) -> Mode:
 
 
 def smoke_mode(repeats: int) -> Mode:
+    """The CPU smoke run: build_tiny_llava's shape (4 text layers), batch 2; a minute in all."""
     return Mode("cpu-smoke", "cpu", "bfloat16", {"text_layers": 4}, 2, repeats, {}, 4,
                 {"gpu tests": 15, "overhead": 15, "stores": 10, "distributed": 30, "total": 60}, False)
 
@@ -122,10 +128,10 @@ class Workspace:
     small_dir: Path | None = None
     items_file: Path | None = None
     ref_model: object = None
-    notes: list[str] = field(default_factory=list)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """``--cpu-smoke``, ``--repeats``, ``--json FILE``, ``--tmp DIR``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu-smoke", action="store_true", help="same code path, tiny shape, CPU only (CI)")
@@ -139,6 +145,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the four phases in a temporary folder, print the table.
+
+    Returns
+    -------
+    int
+        0 when no row FAILs, 1 when one does, 2 without a CUDA device (and no ``--cpu-smoke``).
+    """
+    t_start = time.perf_counter()  # the total includes importing torch and transformers
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -155,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
         ("gpu tests", phase_gpu_tests), ("overhead", phase_overhead), ("stores", phase_stores),
         ("distributed", phase_distributed)]
     rows: list[Row] = []
-    t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lvlm_probe_gpu_check_", dir=args.tmp) as tmp:
         ws = Workspace(Path(tmp), mode)
         for k, (name, fn) in enumerate(phases, 1):
@@ -191,11 +204,13 @@ def count(n: int) -> str:
 
 
 def one_line(text: str, limit: int = 160) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def free_memory() -> None:
+    """Collect garbage and return cached CUDA blocks, between phases."""
     import torch
 
     gc.collect()
@@ -240,6 +255,7 @@ def phase_overhead(ws: Workspace) -> list[Row]:
     mode = ws.mode
     t0 = time.perf_counter()
     model_dir = build_model(ws.tmp / "llava_big", mode.shape, mode.dtype, mode.device)
+    free_memory()  # the built copy's device memory, before two copies are loaded
     t_build = time.perf_counter() - t0
     model, hf = load_pair(model_dir, mode.device, mode.dtype)
     t_load = time.perf_counter() - t0 - t_build
@@ -271,7 +287,11 @@ def build_model(out: Path, shape: dict, dtype: str, device: str) -> Path:
 
 
 def load_pair(model_dir: Path, device: str, dtype: str) -> tuple[object, object]:
-    """The same directory through ``lvlm_probe.load`` and as plain HF eager (the baseline)."""
+    """The same directory through ``lvlm_probe.load`` and as plain HF eager (the baseline).
+
+    The baseline is loaded as ``lp.load`` loads (``from_pretrained``, then ``.to(device)``), without a
+    ``device_map``, so no accelerate hook can slow it down.
+    """
     import torch
     from transformers import LlavaForConditionalGeneration
 
@@ -279,8 +299,8 @@ def load_pair(model_dir: Path, device: str, dtype: str) -> tuple[object, object]
 
     model = lp.load(model_dir, device=device, dtype=dtype)
     hf = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=getattr(torch, dtype),
-                                                       attn_implementation="eager", device_map=device).eval()
-    return model, hf
+                                                       attn_implementation="eager")
+    return model, hf.to(device).eval()
 
 
 def overhead_variants(model, hf, mode: Mode, store_dir: Path) -> tuple[list[tuple[str, Callable[[], object]]], object,
