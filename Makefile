@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-retrain demo lint bench docs notebooks report-screenshot clean
+.PHONY: install test test-retrain demo lint bench gpu-check docs notebooks report-screenshot clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/capture_overhead.py
+
+# On a CUDA machine: gpu tests, capture overhead at LLaVA-1.5-7B's shape, half-precision stores, torchrun
+# (~8 min, docs/gpu.md).
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 # The documentation site (MkDocs, strict: any warning fails). Installs the docs extra on first use.
 docs: $(STAMP)

@@ -23,6 +23,16 @@ DEFAULT_WORDS: tuple[str, ...] = (
 )
 
 
+#: ``build_tiny_llava`` settings of LLaVA-1.5-7B's shape (random weights): Llama-2-7B text model (hidden
+#: 4096, 32 layers and heads, MLP 11008, vocabulary 32000) and CLIP ViT-L/14 at 336 px (hidden 1024, 24
+#: layers, 16 heads, MLP 4096: 576 image tokens); 2-layer GELU projector, features of layer -2.
+LLAVA_1_5_7B_SHAPE: dict[str, int] = {
+    "image_size": 336, "patch_size": 14, "vision_hidden": 1024, "vision_layers": 24, "vision_heads": 16,
+    "vision_intermediate": 4096, "text_hidden": 4096, "text_layers": 32, "text_heads": 32, "text_kv_heads": 32,
+    "text_intermediate": 11008, "vocab_size": 32000, "max_positions": 4096,
+}
+
+
 def word_tokenizer(words: Sequence[str], *, specials: Sequence[str], bos: str | None, eos: str, pad: str,
                    unk: str = "<unk>", extra_special: Sequence[str] = (), template_words: Sequence[str] = ()):
     """A whitespace word-level fast tokenizer (HF ``PreTrainedTokenizerFast``), BOS added when given."""
@@ -65,41 +75,70 @@ def build_tiny_llava(
     init_std: float = 0.02,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    vision_intermediate: int | None = None,
+    text_intermediate: int | None = None,
+    vocab_size: int | None = None,
+    max_positions: int = 512,
+    init_device: str | torch.device | None = None,
 ) -> Path:
     """Write a random-init ``LlavaForConditionalGeneration`` (CLIP vision + Llama LM) to ``out_dir``.
 
     The image grid is ``(image_size // patch_size)²`` tokens per image (16 at the defaults).
+    ``build_tiny_llava(d, **LLAVA_1_5_7B_SHAPE, dtype=torch.bfloat16, init_device="cuda")`` writes a
+    model of LLaVA-1.5-7B's shape (about 14 GB), for speed and memory measurements.
+
+    Parameters
+    ----------
+    out_dir : path
+    words : sequence of str
+        The word-level tokenizer's vocabulary (besides special and chat-template tokens).
+    image_size, patch_size, vision_hidden, vision_layers, vision_heads : int
+        CLIP vision tower shape.
+    text_hidden, text_layers, text_heads, text_kv_heads : int
+        Llama language model shape.
+    intermediate_mult : int
+        MLP width as a multiple of the hidden size, where ``vision_intermediate`` /
+        ``text_intermediate`` are not given.
+    init_std : float
+        Standard deviation of the random weights.
+    seed : int
+    dtype : torch.dtype
+        Dtype of the written weights.
+    vision_intermediate, text_intermediate : int, optional
+        MLP widths (e.g. 4096 and 11008 for LLaVA-1.5-7B).
+    vocab_size : int, optional
+        Embedding rows; at least the tokenizer's size (extra rows are ids no word maps to).
+    max_positions : int
+        ``max_position_embeddings`` of the language model.
+    init_device : str or torch.device, optional
+        Build the weights directly on this device in ``dtype`` (fast for large shapes; the values
+        differ from a CPU build with the same seed). Default: built in float32 on the CPU, then
+        cast to ``dtype``.
 
     Returns
     -------
     Path
         The directory, loadable with ``lvlm_probe.load``.
     """
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration)
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = word_tokenizer(words, specials=["<image>"], bos="<s>", eos="</s>", pad="<pad>",
                          template_words=["USER:", "ASSISTANT:"])
-    vc = CLIPVisionConfig(
-        hidden_size=vision_hidden, intermediate_size=vision_hidden * intermediate_mult,
-        num_hidden_layers=vision_layers, num_attention_heads=vision_heads, image_size=image_size,
-        patch_size=patch_size, projection_dim=vision_hidden, initializer_range=init_std,
-    )
-    tc = LlamaConfig(
-        vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * intermediate_mult,
-        num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
-        max_position_embeddings=512, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, initializer_range=init_std, tie_word_embeddings=False,
-    )
-    cfg = LlavaConfig(
-        vision_config=vc, text_config=tc, image_token_index=tok.convert_tokens_to_ids("<image>"),
-        projector_hidden_act="gelu", vision_feature_select_strategy="default", vision_feature_layer=-2,
-        image_seq_length=(image_size // patch_size) ** 2, pad_token_id=tok.pad_token_id,
+    cfg = llava_config(
+        tok, image_size=image_size, patch_size=patch_size, vision_hidden=vision_hidden, vision_layers=vision_layers,
+        vision_heads=vision_heads, vision_intermediate=vision_intermediate or vision_hidden * intermediate_mult,
+        text_hidden=text_hidden, text_layers=text_layers, text_heads=text_heads, text_kv_heads=text_kv_heads,
+        text_intermediate=text_intermediate or text_hidden * intermediate_mult,
+        vocab_size=max(len(tok), vocab_size or 0), max_positions=max_positions, init_std=init_std,
     )
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(cfg).to(dtype).eval()
+    if init_device is None:
+        model = LlavaForConditionalGeneration(cfg).to(dtype).eval()
+    else:
+        with torch.device(init_device):  # allocate and initialise there, in dtype: no float32 copy on the CPU
+            model = LlavaForConditionalGeneration._from_config(cfg, dtype=dtype).eval()
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.bos_token_id = tok.bos_token_id
@@ -108,11 +147,47 @@ def build_tiny_llava(
     ip = _image_processor("clip", image_size)
     ip.save_pretrained(out)
     # the processor config too, so HF's own pipeline (``AutoProcessor``) loads the directory as a hub checkpoint
-    from transformers import LlavaProcessor
-
     LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch_size, vision_feature_select_strategy="default",
                    image_token="<image>", num_additional_image_tokens=1).save_pretrained(out)
     return out
+
+
+def llava_config(tok, *, image_size: int, patch_size: int, vision_hidden: int, vision_layers: int,
+                 vision_heads: int, vision_intermediate: int, text_hidden: int, text_layers: int, text_heads: int,
+                 text_kv_heads: int, text_intermediate: int, vocab_size: int, max_positions: int,
+                 init_std: float):
+    """The ``LlavaConfig`` :func:`build_tiny_llava` writes: CLIP vision, Llama text, GELU projector.
+
+    Parameters
+    ----------
+    tok : transformers.PreTrainedTokenizerFast
+        Gives the special token ids (``<image>``, pad, BOS, EOS).
+    image_size, patch_size, vision_hidden, vision_layers, vision_heads, vision_intermediate : int
+    text_hidden, text_layers, text_heads, text_kv_heads, text_intermediate, vocab_size, max_positions : int
+    init_std : float
+
+    Returns
+    -------
+    transformers.LlavaConfig
+    """
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vc = CLIPVisionConfig(
+        hidden_size=vision_hidden, intermediate_size=vision_intermediate, num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads, image_size=image_size, patch_size=patch_size,
+        projection_dim=vision_hidden, initializer_range=init_std,
+    )
+    tc = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=text_hidden, intermediate_size=text_intermediate,
+        num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+        max_position_embeddings=max_positions, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, initializer_range=init_std, tie_word_embeddings=False,
+    )
+    return LlavaConfig(
+        vision_config=vc, text_config=tc, image_token_index=tok.convert_tokens_to_ids("<image>"),
+        projector_hidden_act="gelu", vision_feature_select_strategy="default", vision_feature_layer=-2,
+        image_seq_length=(image_size // patch_size) ** 2, pad_token_id=tok.pad_token_id,
+    )
 
 
 def build_tiny_qwen2_5_vl(
