@@ -624,24 +624,10 @@ CAPTURE_ARGS: list[tuple[str, dict, list[str]]] = [
     ("out_is_file", {"out": "file"}, ["a_file.txt"]),
     ("out_under_file", {"out": "under_file"}, ["a_file.txt"]),
 ]
-#: Known capture bugs (capture/ is not this campaign's to edit): strict xfail, so a fix flips them to failures
-#: that ask for the mark to be removed. Each is reported with its repro in docs/fuzz.md.
-CAPTURE_BUGS: dict[str, str] = {
-    "out_under_file": "capture.store.writer_lock: out below a file raises a raw NotADirectoryError from mkdir",
-    "sites_empty": "capture(sites=[]) runs every item and writes a store with no keys, no error",
-    "items_empty": "capture(items=[]) writes an empty store, no error",
-    "shard_items_zero": "capture(shard_items=0) is accepted (a shard per batch), not refused",
-    "shard_items_negative": "capture(shard_items=-3) is accepted (a shard per batch), not refused",
-    "shard_items_float": "capture(shard_items=2.5) is accepted, not refused",
-    "shard_items_string": "capture(shard_items='many') runs the first batch, then a raw TypeError ('>=' int vs str)",
-}
-
-
 def cases_capture_args() -> list:
     out = []
     for label, kw, names in CAPTURE_ARGS:
-        marks = [pytest.mark.xfail(strict=True, reason=CAPTURE_BUGS[label])] if label in CAPTURE_BUGS else []
-        out.append(P((kw, names), id=f"capture_args/{label}", marks=marks))
+        out.append(P((kw, names), id=f"capture_args/{label}"))
     return out
 
 

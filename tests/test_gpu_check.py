@@ -31,8 +31,6 @@ def test_llava_7b_shape_has_llava_1_5_7b_size():
 
 
 #: The distributed row's value while ``python -m lvlm_probe capture`` has no distributed mode: torchrun's two
-#: ranks never join a process group (gpu_check.NO_GROUP).
-NO_GROUP = "no process group: the 2 ranks ran as independent single-process captures"
 
 
 @pytest.mark.slow
@@ -57,11 +55,10 @@ def test_cpu_smoke_prints_the_table_with_every_phase(tmp_path):
     assert [row["metric"].split()[0] for row in stores] == ["float16", "bfloat16", "float16", "bfloat16"]
     assert all(row["verdict"] == "PASS" for row in stores), stores
     (dist,) = [row for row in rows if row["phase"] == "distributed" and row["metric"] != "wall time"]
-    # accepts the missing-CLI failure until distributed capture is merged; then only PASS
-    assert dist["verdict"] == "PASS" or (dist["verdict"] == "FAIL" and dist["value"].startswith(NO_GROUP)), dist
+    assert dist["verdict"] == "PASS", dist  # 2 gloo ranks in one process group, the same store as one process
     assert {row["phase"] for row in rows if row["metric"] == "wall time"} == {
         "gpu tests", "overhead", "stores", "distributed", "total"}
     # the total time is judged (<= 60 s), but a shared CI machine may be slower: not asserted here
     fails = [row for row in rows if row["verdict"] == "FAIL"]
-    assert all(row is dist or row["phase"] == "total" for row in fails), fails
+    assert all(row["phase"] == "total" for row in fails), fails
     assert r.returncode == (1 if fails else 0), r.stderr[-2000:]

@@ -50,7 +50,15 @@ def writer_lock(path: str | os.PathLike) -> Iterator[Path]:
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise StoreError(f"{str(p)!r} is a file; give a directory for the activation store")
-    p.mkdir(parents=True, exist_ok=True)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((q for q in p.parents if q.exists() and not q.is_dir()), p)
+        raise StoreError(f"cannot create the store directory {str(p)!r}: {str(blocker)!r} is a file; choose an out "
+                         "directory that is not below a file") from None
+    except PermissionError as exc:
+        raise StoreError(f"cannot create the store directory {str(p)!r} ({exc.strerror}); choose a writable out "
+                         "directory") from None
     lock = p / LOCK_FILE
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now(timezone.utc).isoformat()}
     for _ in range(3):

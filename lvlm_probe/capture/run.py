@@ -392,7 +392,11 @@ def capture(
     from lvlm_probe.models.lvlm import resolve_dtype
 
     items = list(items)
+    if not items:
+        raise InputError("capture got no items; pass a non-empty list of lp.Item (or an items file with lines)")
     check_unique_ids(items)
+    if isinstance(sites, str) or not list(sites):
+        raise InputError(f"sites must be a non-empty list of site names (e.g. ['llm.resid_post.*']), got {sites!r}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(shard_items, int) or isinstance(shard_items, bool) or shard_items < 1:
