@@ -1,0 +1,14 @@
+"""Hallucination detection from internal states: claims, their features, a detector, its layer sweep.
+
+See docs/detection.md.
+"""
+
+from lvlm_probe.detection.claims import CLAIM_COLUMNS, claim_table
+from lvlm_probe.detection.collect import ClaimSet, collect_claims
+from lvlm_probe.detection.detector import (BASELINES, HallucinationDetector, baseline_scores, bootstrap_auroc,
+                                           detection_sweep, feature_matrix)
+from lvlm_probe.detection.features import SCALAR_FEATURES, claim_features
+
+__all__ = ["CLAIM_COLUMNS", "SCALAR_FEATURES", "BASELINES", "ClaimSet", "HallucinationDetector", "claim_table",
+           "claim_features", "collect_claims", "detection_sweep", "feature_matrix", "baseline_scores",
+           "bootstrap_auroc"]

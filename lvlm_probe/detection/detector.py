@@ -1,0 +1,235 @@
+"""A claim-level hallucination detector from internal states, its layer sweep and output-only baselines.
+
+The detector is a logistic regression (scikit-learn) on the scalar features of :mod:`lvlm_probe.detection.features`
+and, optionally, the residual stream at one LLM layer, in the line of hidden-state probes for hallucination (HALP,
+https://arxiv.org/abs/2406.05927; research/methods.md §4.4) and internal confidence (Jiang et al., ICLR 2025).
+Every feature is expressed **within each model**, against that model's own claims: scalar features as quantiles,
+residual dimensions as robust z-scores (median, interquartile range). A detector fitted on some models therefore
+reads another model's features on that model's own scale; each training model weighs the same in the fit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from lvlm_probe.detection.collect import ClaimSet
+from lvlm_probe.errors import InputError
+
+#: Baselines: one feature each, signed so that a high score means a likely hallucination. ``p_emit`` and
+#: ``entropy`` read only the output distribution; ``internal_confidence`` and ``p_present`` read internal states.
+BASELINES: dict[str, tuple[str, float]] = {"p_emit": ("p_emit", -1.0), "entropy": ("entropy", 1.0),
+                                           "internal_confidence": ("internal_confidence", -1.0),
+                                           "p_present": ("p_present", -1.0)}
+_KINDS = ("object", "attribute", "relation")
+
+
+def _quantiles(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Column-wise mid-rank quantile of each value within its group (0.5 where missing)."""
+    from scipy.stats import rankdata
+
+    out = np.full(x.shape, 0.5)
+    for g in np.unique(groups):
+        m = groups == g
+        for j in range(x.shape[1]):
+            v = x[m, j]
+            ok = np.isfinite(v)
+            if ok.any():
+                col = np.full(len(v), 0.5)
+                col[ok] = (rankdata(v[ok]) - 0.5) / ok.sum()
+                out[np.flatnonzero(m), j] = col
+    return out
+
+
+def _robust_z(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """(x - median) / IQR within each group (column-wise), clipped to ±10; NaN → 0."""
+    out = np.zeros(x.shape)
+    for g in np.unique(groups):
+        m = groups == g
+        v = x[m].astype(np.float64)
+        q1, med, q3 = np.nanpercentile(v, [25, 50, 75], axis=0)
+        scale = np.where(q3 - q1 > 1e-12, q3 - q1, np.nanstd(v, axis=0) + 1e-12)
+        out[m] = np.nan_to_num((v - med) / scale, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(out, -10, 10)
+
+
+def _scalar_matrix(t: pd.DataFrame) -> np.ndarray:
+    eps = 1e-9
+    cols = [np.log(1 - t.p_emit.astype(float) + eps), t.entropy.astype(float), np.log(t["rank"].astype(float)),
+            t.pmi_img.astype(float), t.knockout_effect.astype(float), t.img_attn.astype(float),
+            t.img_attn_ratio.astype(float), np.log(t.internal_confidence.astype(float) + eps),
+            t.p_present.astype(float)]
+    return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1)
+
+
+def feature_matrix(claims: ClaimSet, layer: int | None, features: str = "scalar") -> np.ndarray:
+    """The detector's input.
+
+    ``"scalar"``: per-model quantiles of the scalar features, an indicator of a missing ``p_present`` and the
+    claim's kind (object / attribute / relation) and whether it answers a question; ``"resid"``: per-model robust
+    z-scores of the residual stream at ``layer``; ``"all"``: both.
+
+    Returns
+    -------
+    numpy.ndarray [n_claims, n_features]
+    """
+    if features not in ("all", "resid", "scalar"):
+        raise InputError(f"features={features!r}; use 'all', 'resid' or 'scalar'")
+    t = claims.table
+    groups = t.model.astype(str).to_numpy()
+    parts = []
+    if features in ("all", "scalar"):
+        parts.append(_quantiles(_scalar_matrix(t), groups))
+        parts.append(np.stack([t.p_present.isna().to_numpy()] + [(t.kind == k).to_numpy() for k in _KINDS]
+                              + [(t.task != "caption").to_numpy()], axis=1).astype(float))
+    if features in ("all", "resid"):
+        if layer is None or not -claims.resid.shape[1] <= layer < claims.resid.shape[1]:
+            raise InputError(f"layer={layer!r} is outside the claims' {claims.resid.shape[1]} LLM layers")
+        parts.append(_robust_z(claims.resid[:, layer, :], groups))
+    return np.concatenate(parts, axis=1)
+
+
+def _labels(claims: ClaimSet) -> np.ndarray:
+    y = claims.table.misaligned.to_numpy(dtype=float)
+    if np.isnan(y).any():
+        raise InputError(f"{int(np.isnan(y).sum())} claim(s) have no label (no ground truth); fit and evaluate on "
+                         "judged claims: claims.labelled()")
+    if len(np.unique(y)) < 2:
+        raise InputError(f"all {len(y)} claims are {'misaligned' if y.any() else 'correct'}; a detector needs both")
+    return y.astype(int)
+
+
+def _model_weights(claims: ClaimSet) -> np.ndarray:
+    """Sample weights giving each model the same total weight (mean 1)."""
+    g = claims.table.model.astype(str)
+    w = 1.0 / g.map(g.value_counts()).to_numpy(dtype=float)
+    return w * len(w) / w.sum()
+
+
+class HallucinationDetector(ClassifierMixin, BaseEstimator):
+    """Probability that a claim is misaligned, from internal states.
+
+    Parameters
+    ----------
+    layer : int or "best"
+        LLM layer whose residual stream is read (``features`` "all" or "resid"); ``"best"`` picks the layer with
+        the best cross-validated AUROC on the training claims (folds by item).
+    features : {"scalar", "all", "resid"}
+        Scalar features (the default: they transfer between models), residual stream and scalar features, or the
+        residual stream alone (:func:`feature_matrix`).
+    C : float
+        Inverse L2 strength of the logistic regression.
+    cv : int
+        Folds for ``layer="best"``.
+
+    Attributes
+    ----------
+    layer_ : int or None
+    layer_scores_ : DataFrame
+        ``layer, auroc`` of the selection (``layer="best"``).
+    model_ : LogisticRegression
+    """
+
+    def __init__(self, layer: int | str = "best", features: str = "scalar", C: float = 0.1, cv: int = 5) -> None:
+        self.layer, self.features, self.C, self.cv = layer, features, C, cv
+
+    def _clf(self) -> LogisticRegression:
+        return LogisticRegression(C=self.C, class_weight="balanced", max_iter=5000)
+
+    def fit(self, X: ClaimSet, y: Any = None) -> HallucinationDetector:
+        """Fit on judged claims (``X.table.misaligned``; ``y`` is ignored, the labels travel with the claims)."""
+        labels = _labels(X)
+        if self.features == "scalar":
+            self.layer_ = None
+        elif self.layer == "best":
+            self.layer_scores_ = self._select_layer(X, labels)
+            self.layer_ = int(self.layer_scores_.sort_values("auroc").layer.iloc[-1])
+        else:
+            self.layer_ = int(self.layer)
+        self.model_ = self._clf().fit(feature_matrix(X, self.layer_, self.features), labels,
+                                      sample_weight=_model_weights(X))
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def _select_layer(self, X: ClaimSet, y: np.ndarray) -> pd.DataFrame:
+        items = X.table.model.astype(str) + "/" + X.table.item_id.astype(str)
+        codes = pd.factorize(items)[0]
+        fold = np.random.default_rng(0).permutation(codes.max() + 1)[codes] % self.cv
+        rows = []
+        for layer in range(X.resid.shape[1]):
+            F = feature_matrix(X, layer, self.features)
+            score = np.zeros(len(y))
+            for k in range(self.cv):
+                te = fold == k
+                if len(np.unique(y[~te])) < 2:
+                    continue
+                w = _model_weights(X.subset(~te))
+                score[te] = self._clf().fit(F[~te], y[~te], sample_weight=w).decision_function(F[te])
+            rows.append({"layer": layer, "auroc": float(roc_auc_score(y, score))})
+        return pd.DataFrame(rows)
+
+    def decision_function(self, X: ClaimSet) -> np.ndarray:
+        return self.model_.decision_function(feature_matrix(X, self.layer_, self.features))
+
+    def predict_proba(self, X: ClaimSet) -> np.ndarray:
+        """[n_claims, 2]: probabilities of correct and misaligned."""
+        return self.model_.predict_proba(feature_matrix(X, self.layer_, self.features))
+
+    def predict(self, X: ClaimSet) -> np.ndarray:
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+
+def bootstrap_auroc(y: np.ndarray, score: np.ndarray, *, n_boot: int = 500, seed: int = 0) -> tuple[float, float, float]:
+    """AUROC and its 95% percentile bootstrap interval (resampling claims)."""
+    auc = float(roc_auc_score(y, score))
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        if len(np.unique(y[i])) == 2:
+            boots.append(roc_auc_score(y[i], score[i]))
+    lo, hi = np.percentile(boots, [2.5, 97.5]) if boots else (np.nan, np.nan)
+    return auc, float(lo), float(hi)
+
+
+def baseline_scores(claims: ClaimSet) -> dict[str, np.ndarray]:
+    """Output-only (and internal-confidence) scores: higher = more likely misaligned; NaN → the median."""
+    out = {}
+    for name, (col, sign) in BASELINES.items():
+        v = sign * claims.table[col].to_numpy(dtype=float)
+        out[name] = np.where(np.isnan(v), np.nanmedian(v) if np.isfinite(v).any() else 0.0, v)
+    return out
+
+
+def detection_sweep(train: ClaimSet, test: ClaimSet, *, layers: Sequence[int] | None = None, C: float = 0.1,
+                    n_boot: int = 500, seed: int = 0) -> pd.DataFrame:
+    """Held-out AUROC of the detector, of the detector with the residual stream of each layer, and of the
+    baselines, with 95% bootstrap intervals.
+
+    Returns
+    -------
+    DataFrame
+        ``method, layer, auroc, ci_low, ci_high, n, n_misaligned``: ``"detector"`` (scalar features), one
+        ``"detector + residual"`` row per layer, one row per baseline of :data:`BASELINES`.
+    """
+    y = _labels(test)
+    layers = list(range(train.resid.shape[1])) if layers is None else list(layers)
+    rows = []
+
+    def add(method: str, layer: Any, score: np.ndarray) -> None:
+        auc, lo, hi = bootstrap_auroc(y, score, n_boot=n_boot, seed=seed)
+        rows.append({"method": method, "layer": layer, "auroc": auc, "ci_low": lo, "ci_high": hi, "n": len(y),
+                     "n_misaligned": int(y.sum())})
+
+    for layer in layers:
+        det = HallucinationDetector(layer=layer, features="all", C=C).fit(train)
+        add("detector + residual", layer, det.decision_function(test))
+    add("detector", None, HallucinationDetector(features="scalar", C=C).fit(train).decision_function(test))
+    for name, score in baseline_scores(test).items():
+        add(name, None, score)
+    return pd.DataFrame(rows)
