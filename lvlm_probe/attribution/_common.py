@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Sequence, Union
 
 import torch
 
 from lvlm_probe.errors import InputError
-from lvlm_probe.models.records import ROLE_NAMES, Batch, Generation, TokenRoles
+from lvlm_probe.models.records import ROLE_NAMES, Batch, Generation
 
 #: What a target may be: None (the model's own next token), a token id, a word, or one of those per item.
 TargetSpec = Union[None, int, str, Sequence[Union[int, str, None]]]
@@ -20,12 +19,6 @@ EXTRA_GROUPS: tuple[str, ...] = ("last", "all")
 def item_ids(batch: Batch) -> list[str]:
     """The batch's item ids, or ``"0", "1", ...`` when it has none."""
     return list(batch.item_ids) if batch.item_ids else [str(k) for k in range(len(batch))]
-
-
-def slice_roles(roles: TokenRoles, end: int) -> TokenRoles:
-    """Roles of the first ``end`` positions (all masks cut along the sequence axis)."""
-    kw = {n: getattr(roles, n)[:, :end] for n in ROLE_NAMES}
-    return replace(roles, patch_coords=roles.patch_coords[:, :end], **kw)
 
 
 def prefix_batch(gen: Generation, step: int) -> Batch:
@@ -49,10 +42,7 @@ def prefix_batch(gen: Generation, step: int) -> Batch:
             f"item(s) {short} generated fewer than {step + 1} tokens ({ {k: n[k] for k in short} }); "
             "choose a smaller step or analyse those items separately"
         )
-    end = gen.prompt_length + step
-    full = gen.as_batch()
-    return replace(full, input_ids=full.input_ids[:, :end], attention_mask=full.attention_mask[:, :end],
-                   roles=slice_roles(full.roles, end))
+    return gen.as_batch().truncate(gen.prompt_length + step)
 
 
 def resolve_input(model: Any, inputs: Batch | Generation, step: int | None) -> tuple[Batch, list[int] | None]:
@@ -114,7 +104,7 @@ def resolve_targets(model: Any, target: TargetSpec, n: int, default: list[int] |
     if len(items) != n:
         raise InputError(f"{len(items)} targets for {n} items; give one target or one per item")
     out: list[int] = []
-    V = model.hf_model.get_output_embeddings().weight.shape[0]
+    V = model.adapter.unembed().weight.shape[0]
     for k, t in enumerate(items):
         if t is None:
             if default is not None:

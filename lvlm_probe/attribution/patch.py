@@ -216,8 +216,9 @@ def patch_attribution(
 
     Notes
     -----
-    Pixel-space methods support pixel layouts the attribution room knows (image tensors, and Qwen2.5-VL's
-    flattened merge-unit patches); ``layer_ig`` works for every family. Items run one at a time.
+    Pixel-space methods need the family adapter's pixel ↔ cell rule (``FamilyAdapter.pixel_cells``: image
+    tensors, and Qwen2.5-VL's flattened merge-unit patches); ``layer_ig`` works for every family. Items run one
+    at a time (``Batch.select``).
     """
     method = _ALIASES.get(method, method)
     if method not in METHODS:

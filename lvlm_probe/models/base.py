@@ -80,6 +80,9 @@ class ImageInputs:
         Per image: number of LLM image tokens (rows*cols, plus any non-grid tokens).
     vision_grids : list of (rows, cols)
         Per image: the vision encoder's patch grid.
+    pixel_rows : list of (start, stop)
+        Per image: its rows ``[start, stop)`` along ``pixel_values`` dim 0 (LLaVA: ``(k, k + 1)``;
+        Qwen2.5-VL: ``tokens × merge²`` patch rows). ``Batch.select`` slices images with it.
     """
 
     pixel_values: torch.Tensor
@@ -87,6 +90,12 @@ class ImageInputs:
     llm_grids: list[tuple[int, int]]
     tokens_per_image: list[int]
     vision_grids: list[tuple[int, int]]
+    pixel_rows: list[tuple[int, int]] | None = None
+
+
+def _unwrap(module: Any) -> Any:
+    """The HF module behind a TransformerBridge wrapper (calling it fires no bridge hooks)."""
+    return getattr(module, "original_component", module)
 
 
 class FamilyAdapter(ABC):
@@ -196,6 +205,66 @@ class FamilyAdapter(ABC):
         colour per channel (e.g. its background) in the processor's normalised pixel space."""
         n_channels = int(getattr(getattr(self.hf_config, "vision_config", None), "num_channels", 3) or 3)
         return pixel_values.reshape(pixel_values.shape[0], n_channels, -1)
+
+    def pixel_cells(self, pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """The pixel ↔ token cell rule: which LLM grid cell each element of one image's pixel rows feeds.
+
+        The default serves image-tensor layouts (one ``[C, H, W]`` row per image, as LLaVA): a pixel at
+        ``(y, x)`` belongs to cell ``(y // (H / rows), x // (W / cols))``. Families with another layout
+        override it (Qwen2.5-VL: flattened merge-unit patches).
+
+        Parameters
+        ----------
+        pixels : torch.Tensor
+            One image's rows of ``pixel_values`` (``pixel_values[start:stop]`` of ``ImageInputs.pixel_rows``).
+        grid : (rows, cols)
+            The image's LLM grid.
+
+        Returns
+        -------
+        torch.LongTensor, same shape as ``pixels``
+            The raster cell id ``row * cols + col`` of every element, in ``0 .. rows*cols - 1``.
+
+        Raises
+        ------
+        NotImplementedError
+            The adapter has no rule for this pixel layout.
+        ValueError
+            The image's size is not a whole multiple of its grid.
+        """
+        if pixels.dim() != 4 or pixels.shape[0] != 1:
+            raise NotImplementedError(f"{type(self).__name__} has no pixel-cell rule for pixel rows of shape "
+                                      f"{tuple(pixels.shape)}")
+        h, w = grid
+        H, W = pixels.shape[-2:]
+        if H % h or W % w:
+            raise ValueError(f"{H}x{W} px, not a multiple of its {h}x{w} grid")
+        ys = torch.arange(H, device=pixels.device) // (H // h)
+        xs = torch.arange(W, device=pixels.device) // (W // w)
+        return (ys[:, None] * w + xs[None, :]).expand(pixels.shape).clone()
+
+    # ---- logit lens ----------------------------------------------------------------------------
+    def final_norm(self) -> torch.nn.Module:
+        """The LLM's final norm (what ``llm.final_norm`` outputs; the unembedding reads it), as a raw HF module.
+
+        The default is the decoder's ``norm`` (``get_decoder().norm``); adapters name theirs explicitly.
+        """
+        dec = self.hf_model.get_decoder() if hasattr(self.hf_model, "get_decoder") else None
+        norm = getattr(dec, "norm", None)
+        if norm is None:
+            raise NotImplementedError(f"{type(self).__name__} does not name its LLM's final norm")
+        return _unwrap(norm)
+
+    def unembed(self) -> torch.nn.Module:
+        """The unembedding (``lm_head``): ``[..., d_model] -> [..., vocab]`` logits, as a raw HF module."""
+        head = self.hf_model.get_output_embeddings()
+        if head is None:
+            raise NotImplementedError(f"{type(self).__name__} does not name its unembedding")
+        return _unwrap(head)
+
+    def lens_modules(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """``(final_norm, unembed)``: ``unembed(final_norm(resid_post[-1]))`` equals the model's logits."""
+        return self.final_norm(), self.unembed()
 
     # ---- sites -------------------------------------------------------------------------------
     def parse_site(self, name: str) -> Site:

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from lvlm_probe.models.base import FamilyAdapter, ImageInputs, Site
+from lvlm_probe.models.base import FamilyAdapter, ImageInputs, Site, _unwrap
 
 #: llava-1.5 prompt format (as the llava-hf checkpoints' chat template renders it).
 LLAVA_CHAT_TEMPLATE = (
@@ -66,8 +66,15 @@ class LlavaAdapter(FamilyAdapter):
         n_tok = h * w + (1 if self.keeps_cls else 0)
         grids = [(h, w)] * len(images)
         return ImageInputs(
-            pixel_values=pv, extras={}, llm_grids=grids, tokens_per_image=[n_tok] * len(images), vision_grids=grids
+            pixel_values=pv, extras={}, llm_grids=grids, tokens_per_image=[n_tok] * len(images), vision_grids=grids,
+            pixel_rows=[(k, k + 1) for k in range(len(images))],  # pixel_values [n_images, 3, H, W]
         )
+
+    # pixel_cells: the base rule (one [3, H, W] image per row, patch_size x patch_size pixels per LLM token)
+
+    def final_norm(self) -> torch.nn.Module:
+        """The Llama-style LM's final RMSNorm, ``model.language_model.norm``."""
+        return _unwrap(self.hf_model.model.language_model.norm)
 
     def image_token_coords(self, grid: tuple[int, int], n_tokens: int) -> list[tuple[int, int]]:
         """(row, col) of each of one image's LLM tokens, in sequence order ((-1, -1) for CLS)."""

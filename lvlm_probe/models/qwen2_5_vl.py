@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from lvlm_probe.models.base import FamilyAdapter, ImageInputs, Site
+from lvlm_probe.models.base import FamilyAdapter, ImageInputs, Site, _unwrap
 
 QWEN_CHAT_TEMPLATE = (
     "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
@@ -56,18 +56,37 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
         out = self.image_processor(images=list(images), return_tensors="pt")
         thw = out["image_grid_thw"]
         m = self.merge
-        llm_grids, vision_grids, n_tok = [], [], []
+        llm_grids, vision_grids, n_tok, rows = [], [], [], []
+        r0 = 0
         for t, h, w in thw.tolist():
             vision_grids.append((int(h), int(w)))
             llm_grids.append((int(h) // m, int(w) // m))
             n_tok.append(int(t) * int(h) * int(w) // (m * m))
+            rows.append((r0, r0 + int(t) * int(h) * int(w)))  # one pixel row per vision patch
+            r0 = rows[-1][1]
         return ImageInputs(
             pixel_values=out["pixel_values"],
             extras={"image_grid_thw": thw},
             llm_grids=llm_grids,
             tokens_per_image=n_tok,
             vision_grids=vision_grids,
+            pixel_rows=rows,
         )
+
+    def pixel_cells(self, pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Flattened merge-unit patches: ``pixels`` is ``[n_patches, C·T·P·P]``, one image's patches in raster
+        order of ``merge × merge`` units with the ``merge²`` patches of a unit contiguous, so patch row ``k``
+        feeds LLM token ``k // merge²``, itself in raster order of the LLM grid (frames wrap onto the grid)."""
+        if pixels.dim() != 2:
+            raise NotImplementedError(f"{type(self).__name__}: pixel rows of shape {tuple(pixels.shape)} are not "
+                                      "flattened patches [n_patches, C·T·P·P]")
+        h, w = grid
+        unit = (torch.arange(pixels.shape[0], device=pixels.device) // self.merge ** 2) % (h * w)
+        return unit[:, None].expand(pixels.shape).clone()
+
+    def final_norm(self) -> torch.nn.Module:
+        """The text model's final RMSNorm, ``model.language_model.norm``."""
+        return _unwrap(self.hf_model.model.language_model.norm)
 
     def image_token_coords(self, grid: tuple[int, int], n_tokens: int) -> list[tuple[int, int]]:
         h, w = grid

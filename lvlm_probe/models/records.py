@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+
+from lvlm_probe.errors import InputError
 
 #: Role names in a fixed order; each position has at most one role (padding has none).
 ROLE_NAMES: tuple[str, ...] = ("image", "system", "template", "question", "answer", "generated")
@@ -67,6 +69,24 @@ class TokenRoles:
     def to(self, device: torch.device | str) -> TokenRoles:
         kw = {n: getattr(self, n).to(device) for n in ROLE_NAMES}
         return replace(self, patch_coords=self.patch_coords.to(device), **kw)
+
+    def select(self, rows: Sequence[int]) -> TokenRoles:
+        """Roles of the items ``rows`` (in that order): every mask and ``patch_coords`` indexed on dim 0.
+
+        Returns
+        -------
+        TokenRoles
+            Masks [len(rows), T], ``patch_coords`` [len(rows), T, 3], ``grids`` of those items.
+        """
+        idx = torch.as_tensor(list(rows), dtype=torch.long, device=self.image.device)
+        kw = {n: getattr(self, n).index_select(0, idx) for n in ROLE_NAMES}
+        return replace(self, patch_coords=self.patch_coords.index_select(0, idx),
+                       grids=[self.grids[int(r)] for r in rows], **kw)
+
+    def truncate(self, length: int) -> TokenRoles:
+        """Roles of the first ``length`` positions: masks [B, length], ``patch_coords`` [B, length, 3]."""
+        kw = {n: getattr(self, n)[:, :length] for n in ROLE_NAMES}
+        return replace(self, patch_coords=self.patch_coords[:, :length], **kw)
 
     def extend(self, n_new: int, generated: torch.Tensor) -> TokenRoles:
         """Roles for a sequence extended by ``n_new`` positions whose generated mask is given [B, n_new]."""
@@ -180,6 +200,126 @@ class Batch:
             extras={k: v.to(device) for k, v in self.extras.items()},
             roles=self.roles.to(device),
         )
+
+
+    # ---- slicing: every per-item, per-image and per-token input stays aligned -------------------
+    def pixel_rows(self) -> list[tuple[int, int]]:
+        """For each image of the batch (item order), its ``[start, stop)`` rows along ``pixel_values`` dim 0.
+
+        The family adapter records its layout in ``image_inputs.pixel_rows`` (LLaVA: one ``[C, H, W]`` row per
+        image; Qwen2.5-VL: ``tokens × merge²`` flattened patch rows per image). Empty without images.
+
+        Raises
+        ------
+        InputError
+            The batch carries no ``image_inputs`` (not built by ``prepare``) or its ``pixel_values`` no longer
+            have the rows its images' grids give.
+        """
+        if self.pixel_values is None:
+            return []
+        rows = getattr(self.image_inputs, "pixel_rows", None)
+        if rows is None:
+            raise InputError("the batch carries no image_inputs; build it with model.prepare")
+        n = rows[-1][1] if rows else 0
+        if n != self.pixel_values.shape[0]:
+            raise InputError(f"pixel_values has {self.pixel_values.shape[0]} rows but the images' grids give {n}; "
+                             "build the batch with model.prepare")
+        return [(int(a), int(b)) for a, b in rows]
+
+    def select(self, rows: Sequence[int]) -> Batch:
+        """The items ``rows`` (in that order) as a batch of their own, every input kept aligned.
+
+        Parameters
+        ----------
+        rows : sequence of int
+            Item indices into this batch (0 <= r < B), at least one.
+
+        Returns
+        -------
+        Batch
+            ``input_ids`` / ``attention_mask`` [len(rows), T] (the padded length T is kept, so every item's
+            positions and logits are unchanged), roles, prompts, ids and image counts of those items; their
+            images' pixel rows (:meth:`pixel_rows`), per-image ``extras`` (dim 0 = the batch's images, e.g.
+            ``image_grid_thw`` [n_images, 3]) and ``image_inputs``. Per-token inputs (``token_type_input``)
+            are derived from the roles by :meth:`model_inputs`, so they follow. A batch without ``item_ids``
+            names the items by their index here.
+        """
+        rows = [int(r) for r in rows]
+        bad = [r for r in rows if not 0 <= r < len(self)]
+        if not rows or bad:
+            raise InputError(f"select needs item indices in 0..{len(self) - 1}, got {rows}")
+        first = [sum(self.n_images[:r]) for r in range(len(self))]
+        images = [k for r in rows for k in range(first[r], first[r] + self.n_images[r])]
+        pv, extras, ii = self._select_images(images)
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.input_ids.device)
+        ids = list(self.item_ids) if self.item_ids else [str(k) for k in range(len(self))]
+        return replace(
+            self,
+            input_ids=self.input_ids.index_select(0, idx),
+            attention_mask=self.attention_mask.index_select(0, idx),
+            pixel_values=pv,
+            extras=extras,
+            roles=self.roles.select(rows),
+            prompts=[self.prompts[r] for r in rows] if self.prompts else [],
+            n_images=[self.n_images[r] for r in rows],
+            item_ids=[ids[r] for r in rows],
+            n_image_tokens=[self.n_image_tokens[r] for r in rows] if self.n_image_tokens else None,
+            image_inputs=ii,
+        )
+
+    def _select_images(self, images: list[int]) -> tuple[torch.Tensor | None, dict[str, torch.Tensor], Any]:
+        """``pixel_values``, ``extras`` and ``image_inputs`` of the batch's images ``images`` (in that order)."""
+        if self.pixel_values is None:
+            return None, dict(self.extras), self.image_inputs
+        n_total = sum(self.n_images)
+        per_image = {k for k, v in self.extras.items() if v.dim() and v.shape[0] == n_total}
+        extras = {k: v for k, v in self.extras.items() if k not in per_image}
+        if not images:
+            return None, extras, None
+        all_rows = self.pixel_rows()
+        spans = [all_rows[k] for k in images]
+        if images == list(range(images[0], images[-1] + 1)):  # contiguous: a view, no copy
+            pv = self.pixel_values[spans[0][0]:spans[-1][1]]
+        else:
+            pv = torch.cat([self.pixel_values[a:b] for a, b in spans])
+        for k in per_image:
+            v = self.extras[k]
+            extras[k] = v.index_select(0, torch.as_tensor(images, dtype=torch.long, device=v.device))
+        new_rows, r0 = [], 0
+        for a, b in spans:
+            new_rows.append((r0, r0 + b - a))
+            r0 += b - a
+        ii = self.image_inputs
+        ii = replace(ii, pixel_values=pv, extras=extras, pixel_rows=new_rows,
+                     llm_grids=[ii.llm_grids[k] for k in images],
+                     tokens_per_image=[ii.tokens_per_image[k] for k in images],
+                     vision_grids=[ii.vision_grids[k] for k in images])
+        return pv, extras, ii
+
+    def truncate(self, length: int) -> Batch:
+        """The first ``length`` positions of every item (a prefix of the padded sequence).
+
+        Returns
+        -------
+        Batch
+            ``input_ids`` / ``attention_mask`` [B, length] and roles cut to ``length``; images, extras and
+            ``image_inputs`` unchanged (per-token inputs are derived from the roles, so they are cut too).
+
+        Raises
+        ------
+        InputError
+            ``length`` is outside 1..T, or the cut would drop image tokens (their images would no longer match).
+        """
+        T = int(self.input_ids.shape[1])
+        if not 1 <= length <= T:
+            raise InputError(f"truncate needs a length in 1..{T}, got {length}")
+        cut = self.roles.image[:, length:].any(dim=1).nonzero().flatten().tolist()
+        if cut:
+            ids = self.item_ids or [str(k) for k in range(len(self))]
+            raise InputError(f"truncating at {length} positions drops image tokens of item(s) "
+                             f"{[ids[b] for b in cut]}; keep every image token (truncate after the images)")
+        return replace(self, input_ids=self.input_ids[:, :length], attention_mask=self.attention_mask[:, :length],
+                       roles=self.roles.truncate(length))
 
 
 @dataclass

@@ -269,3 +269,9 @@ def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merg
     cls = getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
     return cls(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch_size, merge_size=merge,
                temporal_patch_size=2)
+
+
+#: Tiny-checkpoint builders by family name (``lvlm-probe make-tiny --family``); a new family adds its builder here.
+TINY_BUILDERS = {"llava": build_tiny_llava, "qwen2_5_vl": build_tiny_qwen2_5_vl}
+#: The family ``make-tiny`` builds when none is named.
+TINY_DEFAULT = "llava"

@@ -30,33 +30,17 @@ STORE_ROLES = {"image_patches": "image", "generated": "generated", "last_prompt"
 
 
 # ---- the lens itself -------------------------------------------------------------------------
-def _raw(module: Any) -> Any:
-    """The HF module behind a TransformerBridge wrapper (calling it fires no bridge hooks)."""
-    return getattr(module, "original_component", module)
-
-
 def lens_modules(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The LLM's final norm and unembedding (``lm_head``) of a loaded model.
 
-    Taken from the HF model behind the bridge: ``get_output_embeddings()`` and the decoder's
-    ``norm`` (LLaVA: Llama ``model.language_model.norm``; Qwen2.5-VL: its text model's ``norm``),
-    falling back to the bridge's ``ln_final`` / ``unembed``.
+    Named by the family adapter (:meth:`~lvlm_probe.models.FamilyAdapter.lens_modules`), as the raw HF
+    modules behind the bridge (calling them fires no bridge hooks).
     """
-    hf = model.hf_model
-    head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
-    if head is None:
-        head = getattr(model.bridge, "unembed", None)
-    norm = None
-    for get in (lambda: hf.get_decoder().norm, lambda: hf.model.language_model.norm, lambda: model.bridge.ln_final):
-        try:
-            norm = get()
-            break
-        except AttributeError:
-            continue
-    if head is None or norm is None:
+    try:
+        return model.adapter.lens_modules()
+    except NotImplementedError:
         raise InputError(f"{getattr(model, 'name', 'model')!r}: cannot find the final norm / unembedding of its LLM; "
-                         "the logit lens needs both (report the architecture so its adapter can name them)")
-    return _raw(norm), _raw(head)
+                         "the logit lens needs both (report the architecture so its adapter can name them)") from None
 
 
 @torch.no_grad()
