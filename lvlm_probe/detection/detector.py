@@ -3,9 +3,9 @@
 The detector is a logistic regression (scikit-learn) on the scalar features of :mod:`lvlm_probe.detection.features`
 and, optionally, the residual stream at one LLM layer, in the line of hidden-state probes for hallucination (HALP,
 https://arxiv.org/abs/2406.05927; research/methods.md §4.4) and internal confidence (Jiang et al., ICLR 2025).
-Every feature is expressed **within each model**, against that model's own claims: scalar features as quantiles,
-residual dimensions as robust z-scores (median, interquartile range). A detector fitted on some models therefore
-reads another model's features on that model's own scale; each training model weighs the same in the fit.
+Every feature is also expressed **within each model**, against that model's own claims: scalar features as
+quantiles (beside their raw values), residual dimensions as robust z-scores (median, interquartile range). Each
+training model weighs the same in the fit.
 """
 
 from __future__ import annotations
@@ -70,9 +70,14 @@ def _scalar_matrix(t: pd.DataFrame) -> np.ndarray:
 def feature_matrix(claims: ClaimSet, layer: int | None, features: str = "scalar") -> np.ndarray:
     """The detector's input.
 
-    ``"scalar"``: per-model quantiles of the scalar features, an indicator of a missing ``p_present`` and the
-    claim's kind (object / attribute / relation) and whether it answers a question; ``"resid"``: per-model robust
-    z-scores of the residual stream at ``layer``; ``"all"``: both.
+    ``"scalar"``: per-model quantiles of the scalar features, an indicator of a missing ``p_present``, the claim's
+    kind (object / attribute / relation) and whether it answers a question, and the scalar features' raw values
+    (log(1 - p_emit), entropy, log rank, PMI, knockout effect, attention mass and ratio, log internal confidence,
+    p_present); ``"resid"``: per-model robust z-scores of the residual stream at ``layer``; ``"all"``: both.
+
+    The quantiles rank a claim among its own model's claims; the raw values keep the absolute scale, which tells
+    a model that hallucinates often from one that rarely does. That scale carries over between models of one
+    family and training recipe (the organisms), not between model sizes: fit a detector per family.
 
     Returns
     -------
@@ -84,7 +89,10 @@ def feature_matrix(claims: ClaimSet, layer: int | None, features: str = "scalar"
     groups = t.model.astype(str).to_numpy()
     parts = []
     if features in ("all", "scalar"):
-        parts.append(_quantiles(_scalar_matrix(t), groups))
+        raw = _scalar_matrix(t)
+        parts.append(_quantiles(raw, groups))
+        raw[:, -1] = np.where(np.isnan(raw[:, -1]), 0.5, raw[:, -1])  # p_present unknown: even odds
+        parts.append(np.clip(np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0), -30, 30))
         parts.append(np.stack([t.p_present.isna().to_numpy()] + [(t.kind == k).to_numpy() for k in _KINDS]
                               + [(t.task != "caption").to_numpy()], axis=1).astype(float))
     if features in ("all", "resid"):

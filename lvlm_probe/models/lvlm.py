@@ -807,9 +807,16 @@ class LVLM:
         seq = torch.cat([batch.input_ids, new.to(batch.input_ids.device)], dim=1)
         return self._generation(batch, seq, [list(map(int, t)) for t in tokens], None, dict(settings or {}))
 
+    def _stop_at_image_token(self, batch: Batch, seq: torch.Tensor, tokens: list[list[int]], T: int
+                             ) -> tuple[list[list[int]], torch.Tensor]:
+        """End each generation before a generated image placeholder token: HF's forward would read it as a slot
+        for image features, so the generation could not be re-run teacher forced (evidence, lens, attribution)."""
+        return _stop_at_image_token_impl(self.image_token_id, self._pad_id(), batch, seq, tokens, T)
+
     def _generation(self, batch: Batch, seq: torch.Tensor, tokens: list[list[int]], scores: torch.Tensor | None,
                     settings: dict) -> Generation:
         T = batch.input_ids.shape[1]
+        tokens, seq = self._stop_at_image_token(batch, seq, tokens, T)
         G = seq.shape[1] - T
         gen_mask = torch.zeros((seq.shape[0], G), dtype=torch.bool, device=seq.device)
         for b, t in enumerate(tokens):
@@ -821,6 +828,22 @@ class LVLM:
             text=text, tokens=tokens, sequences=seq, attention_mask=attn, roles=batch.roles.extend(G, gen_mask),
             prompt_length=T, scores=scores, batch=batch, settings=settings, token_spans=spans,
         )
+
+
+def _stop_at_image_token_impl(image_token: int, pad: int, batch: Batch, seq: torch.Tensor, tokens: list[list[int]],
+                              T: int) -> tuple[list[list[int]], torch.Tensor]:
+    cut = {b: t.index(image_token) for b, t in enumerate(tokens) if image_token in t}
+    if not cut:
+        return tokens, seq
+    seq = seq.clone()
+    for b, k in cut.items():
+        tokens[b] = tokens[b][:k]
+        seq[b, T + k:] = pad
+    ids = batch.item_ids or [str(b) for b in range(len(tokens))]
+    warnings.warn(f"{len(cut)} item(s) generated the image placeholder token ({', '.join(repr(ids[b]) for b in cut)}"
+                  f"{'' if len(cut) <= 5 else ', ...'}); each generation ends before it, since a placeholder without "
+                  "an image cannot be re-run teacher forced", stacklevel=3)
+    return tokens, seq
 
 
 def _token_char_spans(tokenizer: Any, tokens: list[int], text: str) -> list[tuple[int, int]]:
