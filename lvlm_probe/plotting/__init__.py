@@ -15,5 +15,6 @@ from lvlm_probe.plotting.style import (COMPONENT_COLORS, LEVEL_COLORS, OKABE_ITO
 __all__ = [
     "COMPONENT_COLORS", "LEVEL_COLORS", "OKABE_ITO", "ONE_COLUMN", "PALETTE", "STAGE_COLORS", "STYLE_PATH",
     "TWO_COLUMN", "figsize", "paper_style", "plot_cause_bars", "plot_confusion", "plot_evidence_panel",
-    "plot_image_attention", "plot_intervention_matrix", "plot_logit_lens", "plot_patch_heatmap", "plot_probe_curves", "save_figure", "use_style",
+    "plot_image_attention", "plot_intervention_matrix",
+    "plot_logit_lens", "plot_patch_heatmap", "plot_probe_curves", "save_figure", "use_style",
 ]
