@@ -43,11 +43,12 @@ _LAZY: dict[str, str] = {
                                          "supported_families")},
     "train_organism": "lvlm_probe.organisms",
 }
-_ROOMS: tuple[str, ...] = ("attribution", "benchmarks", "data", "misalignment", "models", "organisms",
+_ROOMS: tuple[str, ...] = ("attribution", "benchmarks", "data", "interventions", "misalignment", "models", "organisms",
                            "plotting", "probing", "report", "schema", "tracing")
 
 __all__ = ["InputError", "LvlmProbeError", "ModelLoadError", "SiteError", "StoreError", "UnsupportedModelError",
-           "__version__", "capture", *_LAZY, "attribution", "benchmarks", "misalignment", "organisms", "probing",
+           "__version__", "capture", *_LAZY, "attribution", "benchmarks", "interventions", "misalignment", "organisms",
+           "probing",
            "tracing"]
 
 
@@ -85,7 +86,8 @@ sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # what static tools and IDEs see
-    from lvlm_probe import attribution, benchmarks, misalignment, organisms, probing, tracing  # noqa: F401
+    from lvlm_probe import (attribution, benchmarks, interventions, misalignment, organisms, probing,  # noqa: F401
+                            tracing)
     from lvlm_probe.attribution import (PatchAttribution, image_attention, knockout,  # noqa: F401
                                         patch_activations, patch_attribution)
     from lvlm_probe.capture import SELECTIONS, ActivationStore, capture  # noqa: F401

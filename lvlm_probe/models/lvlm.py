@@ -726,6 +726,7 @@ class LVLM:
         top_k: int = 0,
         seed: int | None = None,
         output_scores: bool = False,
+        logits_processor: Sequence[Callable] | None = None,
     ) -> Generation:
         """Generate with HF ``generate`` (KV cache) while bridge hooks stay active.
 
@@ -739,6 +740,9 @@ class LVLM:
             Seeds torch's RNG for sampling, restored afterwards.
         output_scores : bool
             Keep the raw per-step logits [B, G, V].
+        logits_processor : sequence of callable, optional
+            HF ``LogitsProcessor`` s ``(input_ids [B, T+t], scores [B, V]) -> scores`` applied at every step
+            (the decoding strategies of :mod:`lvlm_probe.interventions` plug in here).
 
         Returns
         -------
@@ -768,7 +772,13 @@ class LVLM:
         with torch.random.fork_rng(devices=devices, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            out = self.hf_model.generate(input_ids=batch.input_ids, **batch.model_inputs(), generation_config=cfg)
+            extra = {}
+            if logits_processor:
+                from transformers import LogitsProcessorList
+
+                extra["logits_processor"] = LogitsProcessorList(list(logits_processor))
+            out = self.hf_model.generate(input_ids=batch.input_ids, **batch.model_inputs(), generation_config=cfg,
+                                         **extra)
         seq = out.sequences
         T = batch.input_ids.shape[1]
         tokens: list[list[int]] = []

@@ -1,0 +1,24 @@
+"""Parameter-frozen interventions on an :class:`~lvlm_probe.LVLM`, each with the controls that keep it honest.
+
+>>> import lvlm_probe as lp
+>>> from lvlm_probe.interventions import VCD, decode
+>>> gen = decode(model, batch, VCD(alpha=1.0), max_new_tokens=32)          # doctest: +SKIP
+
+Methods (each cites its paper in ``.paper``): :class:`VCD`, :class:`ImageFreeContrast` (M3ID-style), :class:`PAI`,
+:class:`ProjectAway`, :class:`EarlyReadout` (DeCo-style), :class:`Greedy`; controls of Yin et al. 2025:
+:class:`Greedy`, :class:`PlausibilityOnly`, :class:`YesRatioMatched` (+ :func:`yes_ratio_shift`).
+See docs/interventions.md.
+"""
+
+from lvlm_probe.interventions.base import Intervention, apc, aux_logits, decode, image_blind
+from lvlm_probe.interventions.methods import (PAI, VCD, EarlyReadout, Greedy, ImageFreeContrast, PlausibilityOnly,
+                                              ProjectAway, YesRatioMatched, amplify_image_attention,
+                                              diffusion_noise, word_direction, yes_margins, yes_ratio_shift)
+
+#: Every method and control by its ``name`` (what benchmark tables and ``settings["intervention"]`` use).
+METHODS = {c.name: c for c in (Greedy, PlausibilityOnly, VCD, ImageFreeContrast, PAI, ProjectAway, EarlyReadout,
+                               YesRatioMatched)}
+
+__all__ = ["METHODS", "EarlyReadout", "Greedy", "ImageFreeContrast", "Intervention", "PAI", "PlausibilityOnly",
+           "ProjectAway", "VCD", "YesRatioMatched", "amplify_image_attention", "apc", "aux_logits", "decode",
+           "diffusion_noise", "image_blind", "word_direction", "yes_margins", "yes_ratio_shift"]
