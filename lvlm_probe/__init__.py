@@ -42,12 +42,13 @@ _LAZY: dict[str, str] = {
     **{n: "lvlm_probe.models" for n in ("ROLE_NAMES", "SITE_DOCS", "LVLM", "Batch", "Generation", "TokenRoles", "load",
                                          "supported_families")},
     "train_organism": "lvlm_probe.organisms",
+    **{n: "lvlm_probe.detection" for n in ("ClaimSet", "HallucinationDetector", "collect_claims", "trace_claims")},
 }
-_ROOMS: tuple[str, ...] = ("attribution", "benchmarks", "data", "interventions", "misalignment", "models", "organisms",
+_ROOMS: tuple[str, ...] = ("attribution", "benchmarks", "data", "detection", "interventions", "misalignment", "models", "organisms",
                            "plotting", "probing", "report", "schema", "tracing")
 
 __all__ = ["InputError", "LvlmProbeError", "ModelLoadError", "SiteError", "StoreError", "UnsupportedModelError",
-           "__version__", "capture", *_LAZY, "attribution", "benchmarks", "interventions", "misalignment", "organisms",
+           "__version__", "capture", *_LAZY, "attribution", "benchmarks", "detection", "interventions", "misalignment", "organisms",
            "probing",
            "tracing"]
 
@@ -86,8 +87,9 @@ sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # what static tools and IDEs see
-    from lvlm_probe import (attribution, benchmarks, interventions, misalignment, organisms, probing,  # noqa: F401
-                            tracing)
+    from lvlm_probe import (attribution, benchmarks, detection, interventions, misalignment, organisms,  # noqa: F401
+                            probing, tracing)
+    from lvlm_probe.detection import ClaimSet, HallucinationDetector, collect_claims, trace_claims  # noqa: F401
     from lvlm_probe.attribution import (PatchAttribution, image_attention, knockout,  # noqa: F401
                                         patch_activations, patch_attribution)
     from lvlm_probe.capture import SELECTIONS, ActivationStore, capture  # noqa: F401

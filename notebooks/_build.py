@@ -678,12 +678,132 @@ fig.tight_layout()"""),
 - Reproducibility: the manifest records the model revision and config hash and the library versions."""),
 ]
 
+
+# ------------------------------------------------------------------------------------------------ 06
+DETECTION: Cells = [
+    ("md", """\
+# 06 · Detection: finding hallucinations without ground truth
+
+`diagnose` needs a scene graph for every item. Here the model's own internal states flag the misaligned claims
+instead (`lvlm_probe.detection`, [docs](../docs/detection.md)):
+
+1. **claims** of judged generations (items with scene graphs), with the features read where each claim's first
+   token was emitted;
+2. a **detector** fitted on some organisms and evaluated on one it never saw, beside output-only baselines;
+3. what the features see: the co-occurrence organism names an invented square *confidently*, but its own image
+   tokens say there is no square;
+4. **tracing without ground truth**: items with no scene graph, flagged claims traced with truth-free evidence.
+
+Runs offline on a CPU in about a minute."""),
+    ("code", """\
+import warnings
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+import lvlm_probe as lp
+from lvlm_probe.detection import ClaimSet, HallucinationDetector, collect_claims, detection_sweep, trace_claims
+from lvlm_probe.organisms import default_items
+
+torch.set_num_threads(1)
+warnings.filterwarnings("ignore", category=UserWarning)
+pd.set_option("display.width", 140)"""),
+    ("md", """\
+## 1. Claims and their features
+
+Every object, attribute and relation of a caption (and a question's answer) is a row, right or wrong; the judge
+labels it where the item has a scene graph. `resid` holds the residual stream after every LLM layer at the
+emitting query; the table holds the scalar features."""),
+    ("code", """\
+def claims_of(name, n, seed):
+    cs = collect_claims(lp.load(f"organism:{name}", device="cpu"), default_items(f"organism:{name}", n=n, seed=seed),
+                        progress=False).labelled()
+    cs.table["model"] = name
+    return cs
+
+others = ("clean", "attribute_prior", "encoder_blind", "projector_bottleneck", "visual_neglect", "drift")
+train = ClaimSet.concat([claims_of(n, 32, seed=0) for n in others])
+print(train, train.resid.shape)
+train.table[["model", "item_id", "kind", "value", "misaligned", "p_emit", "entropy", "pmi_img",
+             "internal_confidence", "p_present"]].head(8)"""),
+    ("md", """\
+## 2. A detector on an organism it never saw
+
+The detector is a logistic regression on the scalar features, as quantiles within each model and as raw values.
+`detection_sweep` scores the held-out organism's claims (another seed: other scenes) with it, with the residual
+stream of each layer added, and with single-feature baselines; the bars show 95% bootstrap intervals.
+
+Read the bars against each other: the training organisms' errors are mostly ones the output probability already
+exposes, so a detector fitted on them leans on `p_emit`, and on a cause it never saw it can do no better than
+what it learned. The single feature that separates this organism's errors is the presence probe. A detector is
+only as good as the variety of causes in its training claims."""),
+    ("code", """\
+held_out = claims_of("cooccurrence", 48, seed=1)
+sweep = detection_sweep(train, held_out, n_boot=200)
+labels = [m if pd.isna(l) else f"{m} L{int(l)}" for m, l in zip(sweep.method, sweep.layer)]
+fig, ax = plt.subplots(figsize=(7, 3))
+ax.barh(labels, sweep.auroc, xerr=[sweep.auroc - sweep.ci_low, sweep.ci_high - sweep.auroc], color="#4C72B0")
+ax.axvline(0.5, color="grey", lw=0.8, ls=":")
+ax.set_xlim(0.3, 1.0)
+ax.set_xlabel("AUROC on organism:cooccurrence (held out)")
+plt.tight_layout()
+sweep[["method", "layer", "auroc", "ci_low", "ci_high", "n", "n_misaligned"]].round(3)"""),
+    ("md", """\
+## 3. What the features see
+
+The co-occurrence organism was trained on scenes where a circle almost always came with a square; on scenes with
+a circle and no square it still names a square, with the output probability of a correct word. The presence
+probe, fitted on the model's own image tokens of labelled probe scenes, gives the invented square a low
+probability: the image tokens carry no square."""),
+    ("code", """\
+t = held_out.table
+obj = t[(t.kind == "object") & (t.task == "caption")]
+fig, ax = plt.subplots(figsize=(5, 3.5))
+for y, colour, name in [(0, "#4C72B0", "correct"), (1, "#C44E52", "misaligned")]:
+    part = obj[obj.misaligned == y]
+    ax.scatter(part.p_present, 1 - part.p_emit, s=14, c=colour, alpha=0.7, label=f"{name} ({len(part)})")
+ax.set_yscale("log")
+ax.set_xlabel("p_present (presence probe on the image tokens)")
+ax.set_ylabel("1 - p_emit (output)")
+ax.legend(frameon=False)
+plt.tight_layout()
+obj.groupby("misaligned")[["p_emit", "p_present", "internal_confidence", "pmi_img"]].median().round(3)"""),
+    ("md", """\
+## 4. Tracing without ground truth
+
+The realistic use: judged claims of a model (here seed-0 scenes of the co-occurrence organism, with the other
+organisms) fit the detector once; then the same model's generations on items **without scene graphs** are
+scored. `trace_claims` flags claims the detector gives at least 0.5 and runs the cascade on them with the
+evidence that needs no true value (training prior, image use, decoding, position). The encoder and projector rules
+need the true value, so they are never tried: a flagged claim no other rule explains reads `needs ground truth`."""),
+    ("code", """\
+model = lp.load("organism:cooccurrence", device="cpu")
+unlabelled = [lp.Item(id=it.id, image=it.image, prompt=it.prompt, task=it.task, meta=it.meta)
+              for it in default_items("organism:cooccurrence", n=24, seed=2)]
+det = HallucinationDetector().fit(ClaimSet.concat([train, claims_of("cooccurrence", 32, seed=0)]))
+traced = trace_claims(model, unlabelled, det, progress=False)
+print(f"{len(traced)} claims, {int(traced.flagged.sum())} flagged")
+traced[traced.flagged].groupby(["kind", "stage"]).size().rename("claims").to_frame()"""),
+    ("code", """\
+traced[traced.flagged & (traced.kind == "object")][["item_id", "value", "p_misaligned", "stage", "rule"]].head(8)"""),
+    ("md", """\
+Where no truth-free rule holds, the table says so instead of guessing an encoder or projector cause. Note also
+what is *not* flagged: most invented squares stay under the threshold, because the detector weighs the output
+probability, which is high for them (section 3). `benchmarks/detection.py` runs the leave-one-organism-out
+evaluation over the whole zoo; the measured numbers, and where the detector falls short of the goal, are in
+[the docs](../docs/detection.md)."""),
+]
+
+
 NOTEBOOKS: dict[str, Cells] = {
     "01_quickstart.ipynb": QUICKSTART,
     "02_probing.ipynb": PROBING,
     "03_attribution.ipynb": ATTRIBUTION,
     "04_diagnosis.ipynb": DIAGNOSIS,
     "05_real_models.ipynb": REAL_MODELS,
+    "06_detection.ipynb": DETECTION,
 }
 
 

@@ -18,8 +18,8 @@ from lvlm_probe.misalignment.readers import attribute_value_span, yes_no_span
 from lvlm_probe.misalignment.vocab import Vocabulary, default_vocabulary
 
 #: Columns of a claims table (one row per claim).
-CLAIM_COLUMNS: tuple[str, ...] = ("claim_id", "item_id", "b", "task", "kind", "subject", "object", "value", "word",
-                                  "negated", "start", "end", "first_token", "misaligned")
+CLAIM_COLUMNS: tuple[str, ...] = ("claim_id", "item_id", "b", "task", "kind", "subject", "attribute", "object", "value",
+                                  "word", "negated", "start", "end", "first_token", "misaligned")
 #: The kind of claim a question task's answer makes.
 QA_KIND = {"exists": "object", "attribute": "attribute", "relation": "relation"}
 
@@ -30,7 +30,8 @@ def _caption_claims(text: str, spans: Sequence[Sequence[int]], vocab: Vocabulary
         if not c.token_indices:
             continue
         word = c.text.split()[0] if c.kind != "relation" else c.value.split()[0]
-        rows.append({"kind": c.kind, "subject": c.subject, "object": c.object, "value": c.value, "word": word,
+        rows.append({"kind": c.kind, "subject": c.subject, "attribute": c.attribute, "object": c.object,
+                     "value": c.value, "word": word,
                      "negated": c.negated,
                      "start": c.span[0], "end": c.span[1], "first_token": int(c.token_indices[0])})
     return rows
@@ -53,7 +54,9 @@ def _qa_claim(text: str, spans: Sequence[Sequence[int]], item: Item, vocab: Voca
     if not toks:
         return []
     subject = str(meta.get("target") or meta.get("subject") or "")
-    return [{"kind": QA_KIND[item.task], "subject": subject, "object": meta.get("object"), "value": value,
+    att = vocab.attribute_names.get(str(meta.get("attribute", "")).lower()) if item.task == "attribute" else None
+    return [{"kind": QA_KIND[item.task], "subject": subject, "attribute": att, "object": meta.get("object"),
+             "value": value,
              "word": word.split()[0] if word else word, "negated": value == "no", "start": said[1][0],
              "end": said[1][1], "first_token": int(toks[0])}]
 

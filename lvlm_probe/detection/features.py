@@ -29,6 +29,9 @@ import torch
 
 from lvlm_probe.detection.presence import claim_presence
 
+#: Token evidence kept beside the features (the truth-free part of the cascade's evidence, for tracing).
+TRACE_COLUMNS: tuple[str, ...] = ("emitted", "position", "step", "n_generated", "sampled", "greedy_token", "p_noimg",
+                                  "p_knock", "img_use", "deviation_step")
 #: Scalar feature columns (besides ``resid``), in the order the detector uses them.
 SCALAR_FEATURES: tuple[str, ...] = ("p_emit", "entropy", "rank", "pmi_img", "knockout_effect", "img_attn",
                                     "img_attn_ratio", "internal_confidence", "p_present")
@@ -51,7 +54,8 @@ def claim_features(model: Any, generation: Any, claims: pd.DataFrame, presence: 
     Returns
     -------
     scalars : DataFrame
-        Indexed like ``claims``: :data:`SCALAR_FEATURES` (float; NaN where not measurable).
+        Indexed like ``claims``: :data:`SCALAR_FEATURES` (float; NaN where not measurable), then
+        :data:`TRACE_COLUMNS`.
     resid : numpy.ndarray [n_claims, n_layers, d]
         float32 residual stream after each LLM layer at the emitting query.
     """
@@ -59,13 +63,15 @@ def claim_features(model: Any, generation: Any, claims: pd.DataFrame, presence: 
 
     n_layers = model.adapter.n_llm_layers
     if not len(claims):
-        return pd.DataFrame(columns=list(SCALAR_FEATURES), dtype=float), np.zeros((0, n_layers, 0), np.float32)
+        return (pd.DataFrame(columns=[*SCALAR_FEATURES, *TRACE_COLUMNS], dtype=float),
+                np.zeros((0, n_layers, 0), np.float32))
     rows = claims.assign(truth=None)
     tok = token_evidence(model, generation, rows, sampled=False)
     scalars = tok.reindex(columns=list(SCALAR_FEATURES[:-2])).astype(float)
     scalars["internal_confidence"] = _internal_confidence(model, generation, claims)
     scalars["p_present"] = claim_presence(presence, model, generation, claims)
-    return scalars[list(SCALAR_FEATURES)], _residuals(model, generation, claims, n_layers)
+    out = pd.concat([scalars[list(SCALAR_FEATURES)], tok[list(TRACE_COLUMNS)]], axis=1)
+    return out, _residuals(model, generation, claims, n_layers)
 
 
 def _residuals(model: Any, generation: Any, claims: pd.DataFrame, n_layers: int) -> np.ndarray:
