@@ -1,9 +1,17 @@
 """Planted-cause benchmark: every planted organism on fresh seeds → planted vs diagnosed cause.
 
 Prints the confusion matrix (planted stage × diagnosed stage, and by level), per-organism recall, the
-balanced accuracy (target >= 0.90, goal 0.95) and how the clean organism's own errors were diagnosed.
+balanced accuracy (target >= 0.90, goal 0.95), how the clean organism's own errors were diagnosed, and the
+calibration of ``confidence``: each organism's errors get the confidence of a calibrator fitted on the other
+organisms' errors (leave one organism out); the reliability table and the expected calibration error (ECE, 10
+equal-width bins) compare it with how often the named stage was right.
 
-    python benchmarks/planted_causes.py [--n 40] [--seed 101] [--out runs/planted]
+    python benchmarks/planted_causes.py [--n 40] [--seed 101] [--out runs/planted] [--json]
+        [--fit-calibrator lvlm_probe/tracing/confidence.json]
+
+``--json`` prints, as the last line, one JSON object: ``balanced_accuracy``, ``level_balanced_accuracy``, ``ece``,
+``per_organism``, ``reliability``, ``n``, ``seed``. ``--fit-calibrator PATH`` fits the calibrator on all of this
+run's errors and writes it to PATH (the shipped one was fitted this way on the tuning seed 101).
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=40, help="triggering scenes per organism")
     ap.add_argument("--seed", type=int, default=101)
-    ap.add_argument("--out", default=None, help="also write errors.csv, confusion.csv and a figure here")
+    ap.add_argument("--out", default=None, help="also write errors.csv, confusion.csv and figures here")
+    ap.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+    ap.add_argument("--fit-calibrator", default=None, help="fit the confidence calibrator on this run, write it here")
     args = ap.parse_args()
     import pandas as pd
 
@@ -36,7 +46,19 @@ def main() -> None:
     print("\nclean organism's own errors, diagnosed stage:", r["clean"].to_dict())
     print(f"\nbalanced accuracy (stage): {r['balanced_accuracy']:.3f}   target >= 0.90, goal 0.95")
     print(f"balanced accuracy (level): {r['level_balanced_accuracy']:.3f}")
+    print("\nconfidence, leave one organism out (bins of 0.1):")
+    print(r["reliability"].round(3).to_string(index=False))
+    print(f"expected calibration error: {r['ece']:.3f}   target <= 0.05; confidence separates right from wrong "
+          f"stages with AUROC {r['confidence_auroc']:.3f}")
     print(f"({time.time() - t0:.0f} s, n={args.n} per organism, seed {args.seed})")
+    if args.fit_calibrator:
+        from lvlm_probe.tracing.calibration import ConfidenceCalibrator
+
+        e = r["errors"]
+        cal = ConfidenceCalibrator(fitted_on=f"benchmarks/planted_causes.py --n {args.n} --seed {args.seed} "
+                                             f"({len(e)} planted errors)")
+        cal.fit(e, (e.stage == e.planted_stage).to_numpy()).to_json(args.fit_calibrator)
+        print(f"calibrator written to {args.fit_calibrator}: {cal}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -48,6 +70,14 @@ def main() -> None:
         from lvlm_probe.plotting import plot_confusion, save_figure
 
         save_figure(plot_confusion(r["confusion"]), out / "confusion")
+        from lvlm_probe.plotting import plot_reliability
+
+        save_figure(plot_reliability(r["reliability"], r["ece"]), out / "reliability")
+    if args.json:
+        print(json.dumps({
+            "balanced_accuracy": r["balanced_accuracy"], "level_balanced_accuracy": r["level_balanced_accuracy"],
+            "ece": r["ece"], "confidence_auroc": r["confidence_auroc"], "per_organism": r["per_organism"].to_dict(orient="index"),
+            "reliability": r["reliability"].to_dict(orient="records"), "n": args.n, "seed": args.seed}))
 
 
 if __name__ == "__main__":

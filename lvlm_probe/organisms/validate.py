@@ -99,8 +99,13 @@ def planted_cause_benchmark(names: Sequence[str] = tuple(PLANTED_STAGE), *, n: i
     dict
         ``errors`` (DataFrame of planted errors with diagnoses), ``confusion`` (planted stage × diagnosed
         stage counts), ``level_confusion``, ``balanced_accuracy`` (over stages), ``level_balanced_accuracy``,
-        ``per_organism`` (n errors, recall), ``clean`` (how the clean organism's own errors were diagnosed).
+        ``per_organism`` (n errors, recall), ``clean`` (how the clean organism's own errors were diagnosed),
+        ``reliability`` and ``ece`` of the confidence: each organism's errors get the confidence of a calibrator
+        fitted on the other organisms' errors (``errors.confidence_loo``); ``confidence_auroc``: how well that
+        confidence separates right from wrong stages.
     """
+    from lvlm_probe.tracing.calibration import leave_one_out_confidence, reliability
+
     import lvlm_probe as lp
     from lvlm_probe.organisms.check import task_items
     from lvlm_probe.tracing import DiagnoseConfig, diagnose
@@ -111,6 +116,14 @@ def planted_cause_benchmark(names: Sequence[str] = tuple(PLANTED_STAGE), *, n: i
         d, _ = planted_errors(name, n, seed, thresholds=thresholds, clean=clean)
         frames.append(d)
     errors = pd.concat(frames, ignore_index=True)
+    errors["confidence_loo"] = leave_one_out_confidence(errors)
+    right = (errors.stage == errors.planted_stage).to_numpy()
+    rel, ece = reliability(errors.confidence_loo.to_numpy(), right)
+    known = errors.confidence_loo.notna().to_numpy()
+    from sklearn.metrics import roc_auc_score
+
+    discrimination = (float(roc_auc_score(right[known], errors.confidence_loo[known]))
+                      if len(set(right[known])) == 2 else float("nan"))
     conf = pd.crosstab(errors.planted_stage, errors.stage)
     lconf = pd.crosstab(errors.planted_level, errors.level)
     per = errors.groupby("organism").apply(
@@ -124,5 +137,6 @@ def planted_cause_benchmark(names: Sequence[str] = tuple(PLANTED_STAGE), *, n: i
         "errors": errors, "confusion": conf, "level_confusion": lconf,
         "balanced_accuracy": balanced_accuracy(errors.planted_stage.to_numpy(), errors.stage.to_numpy()),
         "level_balanced_accuracy": balanced_accuracy(errors.planted_level.to_numpy(), errors.level.to_numpy()),
-        "per_organism": per, "clean": crep.diagnoses.stage.value_counts(),
+        "per_organism": per, "clean": crep.diagnoses.stage.value_counts(), "reliability": rel, "ece": ece,
+        "confidence_auroc": discrimination,
     }

@@ -316,3 +316,45 @@ def plot_confusion(confusion: Any, labels: Sequence[str] | None = None, *, norma
         ax.spines[:].set_visible(False)
         fig.colorbar(im, ax=ax, label="fraction of planted row" if normalize else "count", shrink=0.8)
     return fig
+
+
+def plot_reliability(table: pd.DataFrame, ece: float | None = None, *, ax: plt.Axes | None = None,
+                     width: str | float = "one") -> Figure:
+    """Reliability diagram of the cascade's confidence: per bin, how often the named stage was right.
+
+    Parameters
+    ----------
+    table : DataFrame
+        :func:`lvlm_probe.tracing.calibration.reliability` output (``bin_low, bin_high, n, mean_confidence,
+        accuracy``).
+    ece : float, optional
+        Written in the title.
+
+    Returns
+    -------
+    Figure
+        ``ax.containers[0]`` holds the accuracy bars (one per non-empty bin); the diagonal is perfect calibration.
+    """
+    require_columns(table, ["bin_low", "bin_high", "n", "mean_confidence", "accuracy"], "plot_reliability",
+                    "reliability table")
+    with paper_style():
+        if ax is None:
+            side = figsize(width)[0]
+            fig, ax = plt.subplots(figsize=(side, side * 0.8))
+        else:
+            fig = ax.figure
+        w = (table.bin_high - table.bin_low).to_numpy()
+        ax.bar(table.bin_low, table.accuracy, width=w, align="edge", color=OKABE_ITO["blue"], edgecolor="white",
+               label="stage right (fraction)")
+        ax.plot(table.mean_confidence, table.accuracy, "o", color="black", ms=3, label="mean confidence")
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=0.8)
+        for x, y, n in zip(table.bin_low + w / 2, table.accuracy, table.n):
+            ax.text(x, min(y + 0.03, 1.02), str(int(n)), ha="center", va="bottom", fontsize=5)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.08)
+        ax.set_xlabel("confidence (held-out organism)")
+        ax.set_ylabel("fraction right")
+        if ece is not None:
+            ax.set_title(f"ECE {ece:.3f}")
+        ax.legend(frameon=False, loc="upper left", fontsize=6)
+    return fig

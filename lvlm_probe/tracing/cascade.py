@@ -103,7 +103,8 @@ class Diagnosis:
     stage : str
         One of :data:`STAGES` or ``"undetermined"``.
     confidence : float
-        The score of the chosen stage (NaN when undetermined).
+        The probability that the chosen stage is right (:mod:`lvlm_probe.tracing.calibration`; NaN when
+        undetermined).
     scores : dict
         Stage → score in [0, 1].
     causes : list of str
@@ -272,9 +273,12 @@ def diagnose_error(ev: dict[str, Any], th: Thresholds | None = None) -> Diagnosi
             scores["projector"] = max(scores["projector"], _clip(f["enc_p_true"] * (1.0 - math.exp(-f["img_use"]))))
     causes = list(fired)
     if causes:
-        stage, rule, conf = causes[0], fired[causes[0]], scores[causes[0]]
+        stage, rule = causes[0], fired[causes[0]]
     else:
-        stage, rule, conf = UNDETERMINED, "no rule holds", float("nan")
+        stage, rule = UNDETERMINED, "no rule holds"
+    from lvlm_probe.tracing.calibration import shipped_calibrator
+
+    conf = shipped_calibrator().probability(stage, scores, len(causes))
     return Diagnosis(LEVEL_OF[stage], stage, conf, scores, causes, rule, dict(ev))
 
 
