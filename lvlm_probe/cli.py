@@ -79,7 +79,7 @@ def diagnose_config(a: argparse.Namespace):
     if len(curves) == 1 and curves[0] in ("auto", "none"):
         curves = "auto" if curves[0] == "auto" else None
     return DiagnoseConfig(max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, decoding=decoding,
-                          n_probe_items=a.probe_items, curve_sites=curves, seed=a.seed)
+                          n_probe_items=a.probe_items, curve_sites=curves, seed=a.seed, confirm=a.confirm)
 
 
 def _cmd_diagnose(a: argparse.Namespace) -> int:
@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--temperature", type=float, default=None)
     sp.add_argument("--top-p", type=float, default=None)
     sp.add_argument("--top-k", type=int, default=None)
+    sp.add_argument("--confirm", action="store_true", help="run each diagnosed error's confirming intervention "
+                    "(VCD for a prior, PAI for llm fusion, greedy for decoding) and record whether it removes it")
     sp.add_argument("--overwrite", action="store_true", help="clear --out first (otherwise a rerun resumes)")
     model_args(sp)
     sp.set_defaults(fn=_cmd_diagnose)

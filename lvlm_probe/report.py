@@ -768,8 +768,13 @@ def _tail_sections(report: Report, rep: Any, figs: dict) -> None:
     sec = report.section("Evidence table")
     if len(d):
         cols = ["item_id", "kind", "polarity", "claimed", "truth", "level", "stage", "confidence",
-                *[c for c in EVIDENCE_SHOWN if c in d]]
+                *[c for c in ("confirmed", "confirmed_by") if c in d], *[c for c in EVIDENCE_SHOWN if c in d]]
         sec.table(d[cols], "One row per error (the full table is diagnosis.csv)", max_rows=200)
+        if "confirmed" in d:
+            from lvlm_probe.tracing.confirm import confirmation_summary
+
+            sec.table(confirmation_summary(d), "Interventional confirmation per stage: errors the stage's confirming "
+                      "intervention removed (VCD for a prior, PAI for llm fusion, greedy for decoding)")
     else:
         sec.text("No errors.")
     sec = report.section("Method")

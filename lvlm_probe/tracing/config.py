@@ -75,6 +75,9 @@ class DiagnoseConfig:
         Cascade thresholds.
     seed : int
         ``--seed``: seeds sampling, probe folds and the default probe items.
+    confirm : bool
+        ``--confirm``: run each diagnosed error's confirming intervention (:mod:`lvlm_probe.tracing.confirm`) and
+        record ``confirmed``; one extra generation per (item, intervention).
     """
 
     max_new_tokens: int = 48
@@ -85,6 +88,7 @@ class DiagnoseConfig:
     curve_sites: tuple[str, ...] | str | None = "auto"
     thresholds: Thresholds = field(default_factory=Thresholds)
     seed: int = 0
+    confirm: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "batch_size"):

@@ -203,6 +203,10 @@ def diagnose(
                                                          probe_items=probe_items, vocabulary=vocabulary,
                                                          progress=progress), Evidence.read)
     dx = step("diagnoses", h_dx, lambda: _Diagnoses(cascade(ev.frame, cfg.thresholds)), _Diagnoses.read)
+    if cfg.confirm:
+        h_cf = settings_hash(h_dx, "confirm", cfg.max_new_tokens)
+        dx = step("confirm", h_cf, lambda: _Diagnoses(_confirmed(model, items, dx.frame, cfg, vocabulary, progress)),
+                  _Diagnoses.read)
     manifest = _manifest(model, items, run, cfg, training_stats, probe_items, timings, t0)
     rep = DiagnosisReport(run.generations, run.errors, ev.frame, dx.frame, ev.probe_curves, manifest, items)
     if outdir is not None:
@@ -217,6 +221,21 @@ def _generate(model: LVLM, items: list[Item], cfg: DiagnoseConfig, judge: Judge 
     from lvlm_probe.tracing.run import generate_and_judge
 
     return generate_and_judge(model, items, cfg, judge=judge, vocabulary=vocabulary, progress=progress)
+
+
+def _confirmed(model: LVLM, items: list[Item], diagnoses: pd.DataFrame, cfg: DiagnoseConfig, vocabulary: Any,
+               progress: bool) -> pd.DataFrame:
+    """The diagnoses with ``confirmed`` and ``confirmed_by`` (:func:`~lvlm_probe.tracing.confirm.confirm_diagnoses`)
+    after ``causes``."""
+    from lvlm_probe.tracing.confirm import confirm_diagnoses
+
+    c = confirm_diagnoses(model, items, diagnoses, max_new_tokens=cfg.max_new_tokens, vocabulary=vocabulary,
+                          progress=progress)
+    d = diagnoses.drop(columns=["confirmed", "confirmed_by"], errors="ignore")
+    at = list(d.columns).index("rule") + 1
+    for k, col in enumerate(("confirmed", "confirmed_by")):
+        d.insert(at + k, col, c[col])
+    return d
 
 
 @dataclass

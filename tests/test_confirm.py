@@ -1,0 +1,46 @@
+"""Interventional confirmation: each diagnosed error's confirming intervention runs on its item."""
+
+import pandas as pd
+import pytest
+
+import lvlm_probe as lp
+from lvlm_probe.organisms import default_items
+from lvlm_probe.tracing.confirm import CONFIRMING, confirm_diagnoses, confirmation_summary
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_sampled_errors_are_confirmed_by_greedy_decoding(tmp_path):
+    """organism:sampling's errors are decoding errors: greedy removes most of them (measured 43 of 48 on seed 3)."""
+    items = default_items("organism:sampling", n=16, seed=3)
+    cfg = lp.DiagnoseConfig(n_probe_items=60, curve_sites=None, confirm=True)
+    rep = lp.diagnose("organism:sampling", items, cfg, out=tmp_path / "run", progress=False)
+    d = rep.diagnoses
+    dec = d[d.stage == "decoding"]
+    assert len(dec) >= 20 and (dec.confirmed_by == "greedy").all()
+    assert dec.confirmed.eq(True).mean() >= 0.8
+    assert d[d.stage == "undetermined"].confirmed.isna().all()
+    s = confirmation_summary(d).set_index("stage")
+    assert s.loc["decoding", "tested"] == len(dec)
+    again = lp.diagnose("organism:sampling", items, cfg, out=tmp_path / "run", progress=False)
+    assert again.manifest["timings"]["confirm"] == "resumed"
+    untested = "not tested"
+    assert again.diagnoses.confirmed.fillna(untested).tolist() == d.confirmed.fillna(untested).tolist()
+    lp.render_diagnosis(rep, tmp_path / "report")
+    assert "Interventional confirmation" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_stages_without_an_intervention_are_not_tested():
+    model = lp.load("organism:cooccurrence", device="cpu")
+    items = default_items("organism:cooccurrence", n=4, seed=0)
+    d = pd.DataFrame({"item_id": [items[0].id, items[0].id], "kind": ["object", "attribute"],
+                      "polarity": ["hallucinated"] * 2, "subject": ["square", "circle"], "attribute": [None, "color"],
+                      "stage": ["encoder", "long generation"]})
+    c = confirm_diagnoses(model, items, d, max_new_tokens=8, progress=False)
+    assert c.confirmed.isna().all() and c.confirmed_by.isna().all()
+    assert CONFIRMING["encoder"] is None and CONFIRMING["cooccurrence"] == "vcd"
+
+
+def test_cascade_without_confirm_has_no_column():
+    cfg = lp.DiagnoseConfig(n_probe_items=0, curve_sites=None)
+    assert cfg.confirm is False
