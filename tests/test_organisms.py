@@ -526,3 +526,30 @@ def test_inlp_stops_at_target_guard_or_empty_and_logs_the_kept_subspace(monkeypa
 
     P, log = run(target=0.0, guard=0.0)  # the target is never reached: stop before the subspace is empty
     assert log[-1]["stopped"] == "empty" and int(torch.linalg.matrix_rank(P)) == log[-1]["rank"] > 0
+
+
+@pytest.mark.parametrize("argv,names", [
+    (["organisms", "train", "nope", "--out", "{tmp}/o"], ["nope", "the zoo has"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/file.txt"], ["file.txt", "is a file"]),
+    (["organisms", "train", "clean", "--out", "{tmp}"], ["holds other files"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--steps-scale", "0"], ["--steps-scale"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--threads", "0"], ["--threads"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--seed", "-2"], ["seed"]),
+    (["organisms", "train", "sampling", "--out", "{tmp}/o"], ["run setting"]),
+    (["organisms", "check", "clean", "--n", "9"], ["--n", ">= 10"]),
+    (["organisms", "check", "clean", "--seed", "-1"], ["--seed"]),
+    (["organisms", "check", "clean@0.8"], ["clean@0.8"]),
+])
+def test_bad_organism_commands_fail_before_any_work(argv, names, tmp_path, capsys, monkeypatch):
+    """One line naming the problem, exit 2, before any training or model load (a pre-existing folder survives)."""
+    from lvlm_probe.cli import main
+    import lvlm_probe.organisms.train as train
+
+    (tmp_path / "file.txt").write_text("keep")
+    monkeypatch.setattr(train, "stage0", lambda *a, **k: pytest.fail("training started"))
+    rc = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("lvlm-probe: error:") and "\n" not in err
+    for n in names:
+        assert n in err, err
+    assert (tmp_path / "file.txt").read_text() == "keep"

@@ -263,7 +263,13 @@ def check_organism(name: str, *, seed: int = 1, n: int = 200, device: str = "cpu
     """
     from lvlm_probe.models.lvlm import load
 
+    from lvlm_probe.errors import InputError
+
     spec = Z.get_spec(name)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 10:
+        raise InputError(f"n (--n) must be an integer >= 10 (items per set; fewer cannot estimate a rate), got {n!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise InputError(f"seed (--seed) must be a non-negative integer, got {seed!r}")
     load_fn = loader or (lambda nm: load(f"organism:{nm}", device=device))
     world = SceneWorld(spec.world, seed=seed)
     model = load_fn(name)

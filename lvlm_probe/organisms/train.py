@@ -523,6 +523,36 @@ def existence_monitor(world: SceneWorld, n_scenes: int = 32, seed: int = 999) ->
     return monitor
 
 
+def check_train_args(out_dir: str | os.PathLike, *, seed: int, steps_scale: float, threads: int | None) -> None:
+    """Refuse bad settings and an unusable ``out_dir`` before any training starts (one line each).
+
+    ``out_dir`` may be new, empty, or an earlier organism checkpoint (it holds ``organism.json``; it is replaced at
+    the end); anything else (a file, a folder with other contents, a place that cannot be written) is refused.
+    """
+    from lvlm_probe.errors import InputError
+
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(steps_scale, (int, float)) or isinstance(steps_scale, bool) or not 0 < steps_scale < 1e6:
+        raise InputError(f"steps_scale (--steps-scale) must be a positive number (1.0 = the shipped recipe), got "
+                         f"{steps_scale!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise InputError(f"threads (--threads) must be a positive integer, got {threads!r}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {str(out)!r} is a file; give a directory for the checkpoint")
+    if out.is_dir() and any(out.iterdir()) and not (out / "organism.json").is_file():
+        raise InputError(f"--out {str(out)!r} holds other files (no organism.json); give a new or empty directory, "
+                         "or an earlier organism checkpoint to replace")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".probe")
+        probe.close()
+    except OSError as exc:
+        raise InputError(f"--out {str(out)!r} cannot be written ({exc.strerror or exc}); choose a writable "
+                         "directory") from None
+
+
 def train_organism(
     name: str | OrganismSpec,
     out_dir: str | os.PathLike,
@@ -564,6 +594,7 @@ def train_organism(
         from lvlm_probe.errors import InputError
 
         raise InputError(f"organism {spec.name!r} is a run setting on {spec.checkpoint!r}; train that instead")
+    check_train_args(out_dir, seed=seed, steps_scale=steps_scale, threads=threads)
     tc = spec.train
     if steps_scale != 1.0:
         from dataclasses import replace
@@ -624,7 +655,7 @@ def train_organism(
         from lvlm_probe.organisms import RUN_DEFAULTS_FILE, run_defaults
 
         (tmp / RUN_DEFAULTS_FILE).write_text(json.dumps(run_defaults(spec.name), indent=1), encoding="utf-8")
-        if out.exists():
+        if out.exists():  # an earlier checkpoint (check_train_args refused anything else)
             shutil.rmtree(out)
         os.replace(tmp, out)
     except BaseException:
