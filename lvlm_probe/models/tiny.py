@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Sequence
 
 import torch
 
@@ -58,32 +59,36 @@ def word_tokenizer(words: Sequence[str], *, specials: Sequence[str], bos: str | 
     return fast
 
 
-def build_tiny_llava(
-    out_dir: str | os.PathLike,
-    *,
-    words: Sequence[str] = DEFAULT_WORDS,
-    image_size: int = 32,
-    patch_size: int = 8,
-    vision_hidden: int = 32,
-    vision_layers: int = 2,
-    vision_heads: int = 2,
-    text_hidden: int = 64,
-    text_layers: int = 2,
-    text_heads: int = 4,
-    text_kv_heads: int = 2,
-    intermediate_mult: int = 2,
-    init_std: float = 0.02,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    vision_intermediate: int | None = None,
-    text_intermediate: int | None = None,
-    vocab_size: int | None = None,
-    max_positions: int = 512,
-    init_device: str | torch.device | None = None,
-) -> Path:
+@dataclass(frozen=True)
+class LlavaShape:
+    """The shape of a random-init LLaVA (CLIP vision tower + Llama LM) for :func:`build_tiny_llava`.
+
+    The image grid is ``(image_size // patch_size)²`` tokens per image. MLP widths default to
+    ``intermediate_mult`` times the hidden size; ``vocab_size`` to the tokenizer's size (extra rows are ids no
+    word maps to).
+    """
+
+    image_size: int = 32
+    patch_size: int = 8
+    vision_hidden: int = 32
+    vision_layers: int = 2
+    vision_heads: int = 2
+    vision_intermediate: int | None = None
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    text_intermediate: int | None = None
+    intermediate_mult: int = 2
+    vocab_size: int | None = None
+    max_positions: int = 512
+
+
+def build_tiny_llava(out_dir: str | os.PathLike, *, words: Sequence[str] = DEFAULT_WORDS, init_std: float = 0.02,
+                     seed: int = 0, dtype: torch.dtype = torch.float32, init_device: str | torch.device | None = None,
+                     **shape: int | None) -> Path:
     """Write a random-init ``LlavaForConditionalGeneration`` (CLIP vision + Llama LM) to ``out_dir``.
 
-    The image grid is ``(image_size // patch_size)²`` tokens per image (16 at the defaults).
     ``build_tiny_llava(d, **LLAVA_1_5_7B_SHAPE, dtype=torch.bfloat16, init_device="cuda")`` writes a
     model of LLaVA-1.5-7B's shape (about 14 GB), for speed and memory measurements.
 
@@ -92,28 +97,17 @@ def build_tiny_llava(
     out_dir : path
     words : sequence of str
         The word-level tokenizer's vocabulary (besides special and chat-template tokens).
-    image_size, patch_size, vision_hidden, vision_layers, vision_heads : int
-        CLIP vision tower shape.
-    text_hidden, text_layers, text_heads, text_kv_heads : int
-        Llama language model shape.
-    intermediate_mult : int
-        MLP width as a multiple of the hidden size, where ``vision_intermediate`` /
-        ``text_intermediate`` are not given.
     init_std : float
         Standard deviation of the random weights.
     seed : int
     dtype : torch.dtype
         Dtype of the written weights.
-    vision_intermediate, text_intermediate : int, optional
-        MLP widths (e.g. 4096 and 11008 for LLaVA-1.5-7B).
-    vocab_size : int, optional
-        Embedding rows; at least the tokenizer's size (extra rows are ids no word maps to).
-    max_positions : int
-        ``max_position_embeddings`` of the language model.
     init_device : str or torch.device, optional
         Build the weights directly on this device in ``dtype`` (fast for large shapes; the values
         differ from a CPU build with the same seed). Default: built in float32 on the CPU, then
         cast to ``dtype``.
+    **shape
+        Fields of :class:`LlavaShape` (16 image tokens of a 2-layer LM at the defaults).
 
     Returns
     -------
@@ -122,17 +116,15 @@ def build_tiny_llava(
     """
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
+    unknown = sorted(set(shape) - {f.name for f in fields(LlavaShape)})
+    if unknown:
+        raise TypeError(f"build_tiny_llava got unknown shape settings {unknown}; see LlavaShape")
+    sh = LlavaShape(**shape)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = word_tokenizer(words, specials=["<image>"], bos="<s>", eos="</s>", pad="<pad>",
                          template_words=["USER:", "ASSISTANT:"])
-    cfg = llava_config(
-        tok, image_size=image_size, patch_size=patch_size, vision_hidden=vision_hidden, vision_layers=vision_layers,
-        vision_heads=vision_heads, vision_intermediate=vision_intermediate or vision_hidden * intermediate_mult,
-        text_hidden=text_hidden, text_layers=text_layers, text_heads=text_heads, text_kv_heads=text_kv_heads,
-        text_intermediate=text_intermediate or text_hidden * intermediate_mult,
-        vocab_size=max(len(tok), vocab_size or 0), max_positions=max_positions, init_std=init_std,
-    )
+    cfg = llava_config(tok, sh, init_std=init_std)
     torch.manual_seed(seed)
     if init_device is None:
         model = LlavaForConditionalGeneration(cfg).to(dtype).eval()
@@ -144,26 +136,24 @@ def build_tiny_llava(
     model.generation_config.bos_token_id = tok.bos_token_id
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    ip = _image_processor("clip", image_size)
+    ip = _image_processor("clip", sh.image_size)
     ip.save_pretrained(out)
     # the processor config too, so HF's own pipeline (``AutoProcessor``) loads the directory as a hub checkpoint
-    LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch_size, vision_feature_select_strategy="default",
-                   image_token="<image>", num_additional_image_tokens=1).save_pretrained(out)
+    LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=sh.patch_size,
+                   vision_feature_select_strategy="default", image_token="<image>",
+                   num_additional_image_tokens=1).save_pretrained(out)
     return out
 
 
-def llava_config(tok, *, image_size: int, patch_size: int, vision_hidden: int, vision_layers: int,
-                 vision_heads: int, vision_intermediate: int, text_hidden: int, text_layers: int, text_heads: int,
-                 text_kv_heads: int, text_intermediate: int, vocab_size: int, max_positions: int,
-                 init_std: float):
+def llava_config(tok: Any, shape: LlavaShape | None = None, *, init_std: float = 0.02, **fields_: int | None):
     """The ``LlavaConfig`` :func:`build_tiny_llava` writes: CLIP vision, Llama text, GELU projector.
 
     Parameters
     ----------
     tok : transformers.PreTrainedTokenizerFast
-        Gives the special token ids (``<image>``, pad, BOS, EOS).
-    image_size, patch_size, vision_hidden, vision_layers, vision_heads, vision_intermediate : int
-    text_hidden, text_layers, text_heads, text_kv_heads, text_intermediate, vocab_size, max_positions : int
+        Gives the special token ids (``<image>``, pad, BOS, EOS) and the minimum vocabulary size.
+    shape : LlavaShape, optional
+        Or its fields as keyword arguments.
     init_std : float
 
     Returns
@@ -172,21 +162,24 @@ def llava_config(tok, *, image_size: int, patch_size: int, vision_hidden: int, v
     """
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
+    sh = shape or LlavaShape(**fields_)
     vc = CLIPVisionConfig(
-        hidden_size=vision_hidden, intermediate_size=vision_intermediate, num_hidden_layers=vision_layers,
-        num_attention_heads=vision_heads, image_size=image_size, patch_size=patch_size,
-        projection_dim=vision_hidden, initializer_range=init_std,
+        hidden_size=sh.vision_hidden,
+        intermediate_size=sh.vision_intermediate or sh.vision_hidden * sh.intermediate_mult,
+        num_hidden_layers=sh.vision_layers, num_attention_heads=sh.vision_heads, image_size=sh.image_size,
+        patch_size=sh.patch_size, projection_dim=sh.vision_hidden, initializer_range=init_std,
     )
     tc = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=text_hidden, intermediate_size=text_intermediate,
-        num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
-        max_position_embeddings=max_positions, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        vocab_size=max(len(tok), sh.vocab_size or 0), hidden_size=sh.text_hidden,
+        intermediate_size=sh.text_intermediate or sh.text_hidden * sh.intermediate_mult,
+        num_hidden_layers=sh.text_layers, num_attention_heads=sh.text_heads, num_key_value_heads=sh.text_kv_heads,
+        max_position_embeddings=sh.max_positions, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id, initializer_range=init_std, tie_word_embeddings=False,
     )
     return LlavaConfig(
         vision_config=vc, text_config=tc, image_token_index=tok.convert_tokens_to_ids("<image>"),
         projector_hidden_act="gelu", vision_feature_select_strategy="default", vision_feature_layer=-2,
-        image_seq_length=(image_size // patch_size) ** 2, pad_token_id=tok.pad_token_id,
+        image_seq_length=(sh.image_size // sh.patch_size) ** 2, pad_token_id=tok.pad_token_id,
     )
 
 
