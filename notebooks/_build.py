@@ -731,14 +731,16 @@ train.table[["model", "item_id", "kind", "value", "misaligned", "p_emit", "entro
     ("md", """\
 ## 2. A detector on an organism it never saw
 
-The detector is a logistic regression on the scalar features, as quantiles within each model and as raw values.
+The detector averages two experts, logistic regressions on the scalar features (as quantiles within each model
+and as raw values): one reads the output distribution, one the image grounding.
 `detection_sweep` scores the held-out organism's claims (another seed: other scenes) with it, with the residual
 stream of each layer added, and with single-feature baselines; the bars show 95% bootstrap intervals.
 
-Read the bars against each other: the training organisms' errors are mostly ones the output probability already
-exposes, so a detector fitted on them leans on `p_emit`, and on a cause it never saw it can do no better than
-what it learned. The single feature that separates this organism's errors is the presence probe. A detector is
-only as good as the variety of causes in its training claims."""),
+Read the bars against each other: on this organism the output probability says nothing (`p_emit` near 0.5),
+because it names the invented square as confidently as a real object. The presence probe separates its errors,
+and the grounding expert carries it into the detector. A single regression over all features would lean on
+`p_emit`, which the training organisms' errors mostly expose; the residual rows show what adding the residual
+stream of another model costs."""),
     ("code", """\
 held_out = claims_of("cooccurrence", 48, seed=1)
 sweep = detection_sweep(train, held_out, n_boot=200)
@@ -790,8 +792,9 @@ traced[traced.flagged].groupby(["kind", "stage"]).size().rename("claims").to_fra
 traced[traced.flagged & (traced.kind == "object")][["item_id", "value", "p_misaligned", "stage", "rule"]].head(8)"""),
     ("md", """\
 Where no truth-free rule holds, the table says so instead of guessing an encoder or projector cause. Note also
-what is *not* flagged: most invented squares stay under the threshold, because the detector weighs the output
-probability, which is high for them (section 3). `benchmarks/detection.py` runs the leave-one-organism-out
+what is *not* flagged: most invented squares stay under the 0.5 threshold, because the output expert, which sees a
+confident word, pulls the mean of the experts down (section 3); the detector ranks them high, but its probability
+is not calibrated to a threshold. `benchmarks/detection.py` runs the leave-one-organism-out
 evaluation over the whole zoo; the measured numbers, and where the detector falls short of the goal, are in
 [the docs](../docs/detection.md)."""),
 ]

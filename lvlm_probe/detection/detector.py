@@ -102,6 +102,33 @@ def feature_matrix(claims: ClaimSet, layer: int | None, features: str = "scalar"
     return np.concatenate(parts, axis=1)
 
 
+#: Columns of :func:`_scalar_matrix` read by each expert: the output distribution, and image grounding.
+EXPERTS: dict[str, tuple[int, ...]] = {"output": (0, 1, 2), "grounding": (3, 4, 5, 6, 7, 8)}
+
+
+def feature_groups(claims: ClaimSet, layer: int | None, features: str = "scalar") -> dict[str, np.ndarray]:
+    """The inputs of the detector's experts: ``output`` (p_emit, entropy, rank), ``grounding`` (image PMI,
+    knockout effect, image attention and its ratio, internal confidence, p_present), each as per-model quantiles
+    and raw values with the claim's kind; and ``residual`` (robust z-scores at ``layer``) with ``"all"`` /
+    ``"resid"``.
+
+    Returns
+    -------
+    dict of str -> numpy.ndarray [n_claims, n_features]
+    """
+    full = feature_matrix(claims, layer, features)
+    n_scalar = len(EXPERTS["output"]) + len(EXPERTS["grounding"])
+    out: dict[str, np.ndarray] = {}
+    if features in ("all", "scalar"):
+        q, raw, flags = full[:, :n_scalar], full[:, n_scalar:2 * n_scalar], full[:, 2 * n_scalar:2 * n_scalar + 5]
+        for name, cols in EXPERTS.items():
+            c = list(cols)
+            out[name] = np.concatenate([q[:, c], raw[:, c], flags], axis=1)
+    if features in ("all", "resid"):
+        out["residual"] = full[:, (2 * n_scalar + 5) if features == "all" else 0:]
+    return out
+
+
 def _labels(claims: ClaimSet) -> np.ndarray:
     y = claims.table.misaligned.to_numpy(dtype=float)
     if np.isnan(y).any():
@@ -122,6 +149,12 @@ def _model_weights(claims: ClaimSet) -> np.ndarray:
 class HallucinationDetector(ClassifierMixin, BaseEstimator):
     """Probability that a claim is misaligned, from internal states.
 
+    Two experts, each a logistic regression, score every claim: one reads the output distribution (p_emit,
+    entropy, rank), one the image grounding (image PMI, knockout effect, image attention, internal confidence, the
+    presence probe); with the residual stream a third reads it. The detector's probability is the mean of theirs.
+    One regression over all features leans on p_emit, which the training models' errors mostly expose, and misses
+    a confident error its own image tokens contradict (a planted prior); the mean of experts keeps both signals.
+
     Parameters
     ----------
     layer : int or "best"
@@ -140,7 +173,8 @@ class HallucinationDetector(ClassifierMixin, BaseEstimator):
     layer_ : int or None
     layer_scores_ : DataFrame
         ``layer, auroc`` of the selection (``layer="best"``).
-    model_ : LogisticRegression
+    experts_ : dict of str -> LogisticRegression
+        One per feature group (:func:`feature_groups`).
     """
 
     def __init__(self, layer: int | str = "best", features: str = "scalar", C: float = 0.1, cv: int = 5) -> None:
@@ -159,8 +193,9 @@ class HallucinationDetector(ClassifierMixin, BaseEstimator):
             self.layer_ = int(self.layer_scores_.sort_values("auroc").layer.iloc[-1])
         else:
             self.layer_ = int(self.layer)
-        self.model_ = self._clf().fit(feature_matrix(X, self.layer_, self.features), labels,
-                                      sample_weight=_model_weights(X))
+        w = _model_weights(X)
+        self.experts_ = {name: self._clf().fit(F, labels, sample_weight=w)
+                         for name, F in feature_groups(X, self.layer_, self.features).items()}
         self.classes_ = np.array([0, 1])
         return self
 
@@ -181,12 +216,16 @@ class HallucinationDetector(ClassifierMixin, BaseEstimator):
             rows.append({"layer": layer, "auroc": float(roc_auc_score(y, score))})
         return pd.DataFrame(rows)
 
-    def decision_function(self, X: ClaimSet) -> np.ndarray:
-        return self.model_.decision_function(feature_matrix(X, self.layer_, self.features))
-
     def predict_proba(self, X: ClaimSet) -> np.ndarray:
-        """[n_claims, 2]: probabilities of correct and misaligned."""
-        return self.model_.predict_proba(feature_matrix(X, self.layer_, self.features))
+        """[n_claims, 2]: probabilities of correct and misaligned (the mean of the experts')."""
+        groups = feature_groups(X, self.layer_, self.features)
+        p = np.mean([self.experts_[name].predict_proba(F)[:, 1] for name, F in groups.items()], axis=0)
+        return np.stack([1 - p, p], axis=1)
+
+    def decision_function(self, X: ClaimSet) -> np.ndarray:
+        """The log-odds of :meth:`predict_proba`."""
+        p = np.clip(self.predict_proba(X)[:, 1], 1e-12, 1 - 1e-12)
+        return np.log(p / (1 - p))
 
     def predict(self, X: ClaimSet) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
