@@ -13,22 +13,7 @@ With ``--json`` the last line printed is ``{"matrix": {...}, "intended": {...}, 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import time
-
-
-def _clean(x):
-    """JSON-safe: NaN -> None, numpy scalars -> Python."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if hasattr(x, "item"):
-        x = x.item()
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return x
 
 
 def main() -> None:
@@ -66,7 +51,9 @@ def main() -> None:
     if args.json:
         out = {"matrix": r["matrix"], "intended": r["intended"], "controls": r["controls"], "target": r["target"],
                "n": args.n, "seed": args.seed, "seconds": round(time.time() - t0, 1)}
-        print(json.dumps(_clean(out)))
+        from lvlm_probe._json import dumps_strict
+
+        print(dumps_strict(out))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=101)
     ap.add_argument("--out", default=None, help="also write errors.csv, confusion.csv and figures here")
     ap.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
+    ap.add_argument("--organisms", default=None, help="comma-separated planted organisms (default: all)")
     ap.add_argument("--fit-calibrator", default=None, help="fit the confidence calibrator on this run, write it here")
     args = ap.parse_args()
     import pandas as pd
@@ -35,7 +36,12 @@ def main() -> None:
     from lvlm_probe.organisms.validate import planted_cause_benchmark
 
     t0 = time.time()
-    r = planted_cause_benchmark(n=args.n, seed=args.seed)
+    from lvlm_probe.organisms.validate import PLANTED_STAGE
+
+    names = args.organisms.split(",") if args.organisms else list(PLANTED_STAGE)
+    if any(n not in PLANTED_STAGE for n in names):
+        ap.error(f"--organisms takes planted organisms {list(PLANTED_STAGE)}, got {names}")
+    r = planted_cause_benchmark(names, n=args.n, seed=args.seed)
     pd.set_option("display.width", 200)
     print("\nplanted stage (rows) x diagnosed stage (columns):")
     print(r["confusion"].to_string())
@@ -74,7 +80,9 @@ def main() -> None:
 
         save_figure(plot_reliability(r["reliability"], r["ece"]), out / "reliability")
     if args.json:
-        print(json.dumps({
+        from lvlm_probe._json import dumps_strict
+
+        print(dumps_strict({
             "balanced_accuracy": r["balanced_accuracy"], "level_balanced_accuracy": r["level_balanced_accuracy"],
             "ece": r["ece"], "confidence_auroc": r["confidence_auroc"], "per_organism": r["per_organism"].to_dict(orient="index"),
             "reliability": r["reliability"].to_dict(orient="records"), "n": args.n, "seed": args.seed}))

@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from typing import Any
 
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_jsonable(v) for v in x]
-    return x
+from lvlm_probe._json import json_safe
 
 
 def _cmd_list(a: argparse.Namespace) -> int:
@@ -58,12 +49,12 @@ def _cmd_check(a: argparse.Namespace) -> int:
         from lvlm_probe.organisms.cards import record_behaviour, write_card
 
         ckpt = CHECKPOINTS / str(get_spec(a.name).checkpoint)
-        record_behaviour(ckpt, _jsonable(res))
+        record_behaviour(ckpt, json_safe(res))
         write_card(a.name, ckpt)
     if a.json:
-        print(json.dumps(_jsonable(res)))
+        print(json.dumps(json_safe(res)))
     else:
-        print(json.dumps(_jsonable(res), indent=1))
+        print(json.dumps(json_safe(res), indent=1))
     return 0
 
 
