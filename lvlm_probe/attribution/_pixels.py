@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from lvlm_probe.errors import InputError
+from lvlm_probe.errors import InputError, UnsupportedModelError
 from lvlm_probe.models.records import Batch
 
 from lvlm_probe.attribution._common import item_ids
@@ -64,7 +64,7 @@ def item_cells(model: Any, item: Batch, iid: str) -> torch.Tensor:
     for j, ((a, z), (h, w)) in enumerate(zip(image_rows(model, item), item.image_inputs.llm_grids)):
         try:
             cells[a:z] = model.adapter.pixel_cells(pv[a:z], (h, w)) + base
-        except NotImplementedError:
+        except UnsupportedModelError:  # before ValueError: it is one
             raise _unknown_layout(model, item) from None
         except ValueError as exc:
             raise InputError(f"item {iid!r}: image {j} is {exc}") from None

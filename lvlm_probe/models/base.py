@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from PIL import Image
 
-from lvlm_probe.errors import SiteError
+from lvlm_probe.errors import SiteError, UnsupportedModelError
 
 #: Canonical site templates and what they are (documented in docs/sites.md).
 SITE_DOCS: dict[str, str] = {
@@ -227,13 +227,13 @@ class FamilyAdapter(ABC):
 
         Raises
         ------
-        NotImplementedError
+        UnsupportedModelError
             The adapter has no rule for this pixel layout.
         ValueError
             The image's size is not a whole multiple of its grid.
         """
         if pixels.dim() != 4 or pixels.shape[0] != 1:
-            raise NotImplementedError(f"{type(self).__name__} has no pixel-cell rule for pixel rows of shape "
+            raise UnsupportedModelError(f"{type(self).__name__} has no pixel-cell rule for pixel rows of shape "
                                       f"{tuple(pixels.shape)}")
         h, w = grid
         H, W = pixels.shape[-2:]
@@ -252,14 +252,14 @@ class FamilyAdapter(ABC):
         dec = self.hf_model.get_decoder() if hasattr(self.hf_model, "get_decoder") else None
         norm = getattr(dec, "norm", None)
         if norm is None:
-            raise NotImplementedError(f"{type(self).__name__} does not name its LLM's final norm")
+            raise UnsupportedModelError(f"{type(self).__name__} does not name its LLM's final norm")
         return _unwrap(norm)
 
     def unembed(self) -> torch.nn.Module:
         """The unembedding (``lm_head``): ``[..., d_model] -> [..., vocab]`` logits, as a raw HF module."""
         head = self.hf_model.get_output_embeddings()
         if head is None:
-            raise NotImplementedError(f"{type(self).__name__} does not name its unembedding")
+            raise UnsupportedModelError(f"{type(self).__name__} does not name its unembedding")
         return _unwrap(head)
 
     def lens_modules(self) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from lvlm_probe.errors import UnsupportedModelError
 from lvlm_probe.models.base import FamilyAdapter, ImageInputs, Site, _unwrap
 
 QWEN_CHAT_TEMPLATE = (
@@ -78,7 +79,7 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
         order of ``merge × merge`` units with the ``merge²`` patches of a unit contiguous, so patch row ``k``
         feeds LLM token ``k // merge²``, itself in raster order of the LLM grid (frames wrap onto the grid)."""
         if pixels.dim() != 2:
-            raise NotImplementedError(f"{type(self).__name__}: pixel rows of shape {tuple(pixels.shape)} are not "
+            raise UnsupportedModelError(f"{type(self).__name__}: pixel rows of shape {tuple(pixels.shape)} are not "
                                       "flattened patches [n_patches, C·T·P·P]")
         h, w = grid
         unit = (torch.arange(pixels.shape[0], device=pixels.device) // self.merge ** 2) % (h * w)

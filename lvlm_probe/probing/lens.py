@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lvlm_probe.errors import InputError
+from lvlm_probe.errors import InputError, UnsupportedModelError
 from lvlm_probe.models.records import ROLE_NAMES
 
 #: Columns of :func:`logit_lens`.
@@ -38,7 +38,7 @@ def lens_modules(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
     """
     try:
         return model.adapter.lens_modules()
-    except NotImplementedError:
+    except UnsupportedModelError:
         raise InputError(f"{getattr(model, 'name', 'model')!r}: cannot find the final norm / unembedding of its LLM; "
                          "the logit lens needs both (report the architecture so its adapter can name them)") from None
 
