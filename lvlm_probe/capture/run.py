@@ -329,6 +329,55 @@ def _capture_distributed(job: _Job, items: list[Item], out: str | os.PathLike, s
     return ActivationStore(out)
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_counts(items: list[Item], sites: Sequence[str], batch_size: int, shard_items: int,
+                  generate: int | dict | None) -> None:
+    """Refuse empty inputs and bad counts before anything runs (one line each)."""
+    if not items:
+        raise InputError("capture got no items; pass a non-empty list of lp.Item (or an items file with lines)")
+    check_unique_ids(items)
+    if isinstance(sites, str) or not list(sites):
+        raise InputError(f"sites must be a non-empty list of site names (e.g. ['llm.resid_post.*']), got {sites!r}")
+    if not _positive_int(batch_size):
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not _positive_int(shard_items):
+        raise InputError(f"shard_items must be a positive integer, got {shard_items!r}")
+    if generate is not None and not isinstance(generate, dict) and not _positive_int(generate):
+        raise InputError(f"generate must be None, a positive number of new tokens or a dict of generate settings, "
+                         f"got {generate!r}")
+
+
+def _plan(model: Any, sites: Sequence[str], select: Sequence[str], generate: int | dict | None,
+          chat_template: bool, system: str | None, dtype: torch.dtype | str | None
+          ) -> tuple[_Plan, dict, torch.dtype]:
+    """The hooks to install, the store's settings record and its dtype (sites, selections and dtype checked)."""
+    from lvlm_probe.models.lvlm import resolve_dtype
+
+    parsed = model.adapter.expand_sites(sites)
+    pairs = validate_selections(parsed, select)
+    if isinstance(generate, int):
+        generate = {"max_new_tokens": generate}
+    if "generated" in select and not generate:
+        raise InputError("selection 'generated' needs generation: pass generate=MAX_NEW_TOKENS or a dict of settings")
+    store_dtype = resolve_dtype(dtype, model.device) if dtype is not None else model.dtype
+    if not store_dtype.is_floating_point:
+        raise InputError(f"dtype {store_dtype} cannot hold activations; use float32, float16 or bfloat16")
+    by_hook: dict[str, tuple[Site, list[str]]] = {}
+    for s, sel in pairs:
+        by_hook.setdefault(model.adapter.hook_name(s), (s, []))[1].append(sel)
+    model._check_hooks({h: s.name for h, (s, _) in by_hook.items()})
+    plan = _Plan(parsed, by_hook, dict(generate) if generate else None)
+    settings = {
+        "sites": [s.name for s in parsed], "select": list(select),
+        "keys": [key_name(s.name, sel) for s, sel in pairs], "chat_template": chat_template, "system": system,
+        "generate": plan.gen_kwargs, "dtype": str(store_dtype).replace("torch.", ""),
+    }
+    return plan, settings, store_dtype
+
+
 def capture(
     model: Any,
     items: Sequence[Item],
@@ -389,42 +438,9 @@ def capture(
     bitwise the tensors of a single-process run (same batches, same padding). Each rank's model must sit on
     that rank's device. A killed run resumes per rank. See docs/store.md.
     """
-    from lvlm_probe.models.lvlm import resolve_dtype
-
     items = list(items)
-    if not items:
-        raise InputError("capture got no items; pass a non-empty list of lp.Item (or an items file with lines)")
-    check_unique_ids(items)
-    if isinstance(sites, str) or not list(sites):
-        raise InputError(f"sites must be a non-empty list of site names (e.g. ['llm.resid_post.*']), got {sites!r}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(shard_items, int) or isinstance(shard_items, bool) or shard_items < 1:
-        raise InputError(f"shard_items must be a positive integer, got {shard_items!r}")
-    if generate is not None and not isinstance(generate, dict) and (
-            not isinstance(generate, int) or isinstance(generate, bool) or generate < 1):
-        raise InputError(f"generate must be None, a positive number of new tokens or a dict of generate settings, "
-                         f"got {generate!r}")
-    parsed = model.adapter.expand_sites(sites)
-    pairs = validate_selections(parsed, select)
-    if isinstance(generate, int):
-        generate = {"max_new_tokens": generate}
-    if "generated" in select and not generate:
-        raise InputError("selection 'generated' needs generation: pass generate=MAX_NEW_TOKENS or a dict of settings")
-    store_dtype = resolve_dtype(dtype, model.device) if dtype is not None else model.dtype
-    if not store_dtype.is_floating_point:
-        raise InputError(f"dtype {store_dtype} cannot hold activations; use float32, float16 or bfloat16")
-    by_hook: dict[str, tuple[Site, list[str]]] = {}
-    for s, sel in pairs:
-        h = model.adapter.hook_name(s)
-        by_hook.setdefault(h, (s, []))[1].append(sel)
-    model._check_hooks({h: s.name for h, (s, _) in by_hook.items()})
-    plan = _Plan(parsed, by_hook, dict(generate) if generate else None)
-    settings = {
-        "sites": [s.name for s in parsed], "select": list(select),
-        "keys": [key_name(s.name, sel) for s, sel in pairs], "chat_template": chat_template, "system": system,
-        "generate": plan.gen_kwargs, "dtype": str(store_dtype).replace("torch.", ""),
-    }
+    _check_counts(items, sites, batch_size, shard_items, generate)
+    plan, settings, store_dtype = _plan(model, sites, select, generate, chat_template, system, dtype)
     job = _Job(model, plan, chat_template, store_dtype, system, shard_items, progress)
     group = process_group()
     if group is not None:

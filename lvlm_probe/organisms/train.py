@@ -634,27 +634,31 @@ def train_organism(
         t_total = time.time() - t0
     finally:
         torch.set_num_threads(old_threads)
-    out = Path(out_dir)
+    meta = {
+        "name": spec.name, "cause": spec.cause, "level": spec.level, "component": spec.component,
+        "planted": spec.planted, "signature": spec.signature, "world": spec.world.to_dict(),
+        "train": tc.to_dict(), "seed": seed, "steps_scale": steps_scale, "threads": torch.get_num_threads()
+        if not threads else threads, "arch": ARCH, "n_parameters": int(sum(p.numel() for p in model.parameters())),
+        "seconds": {"stage0": round(t_stage0, 1), "total": round(t_total, 1)},
+        "torch": torch.__version__, "log": log0 + log1 + log2,
+    }
+    return _save_checkpoint(Path(out_dir), (model.to(dtype), tok, ip), world, meta)
+
+
+def _save_checkpoint(out: Path, parts: tuple[Any, Any, Any], world: SceneWorld, meta: dict) -> Path:
+    """Write model, tokenizer, image processor, training statistics, ``organism.json`` and the run defaults to
+    ``out`` atomically (built in a temporary sibling, then renamed over an earlier checkpoint)."""
+    from lvlm_probe.organisms import RUN_DEFAULTS_FILE, run_defaults
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model.to(dtype).save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        ip.save_pretrained(tmp)
+        for part in parts:
+            part.save_pretrained(tmp)
         world.statistics().to_json(tmp / "training_stats.json")
-        meta = {
-            "name": spec.name, "cause": spec.cause, "level": spec.level, "component": spec.component,
-            "planted": spec.planted, "signature": spec.signature, "world": spec.world.to_dict(),
-            "train": tc.to_dict(), "seed": seed, "steps_scale": steps_scale, "threads": torch.get_num_threads()
-            if not threads else threads, "arch": ARCH, "n_parameters": int(sum(p.numel() for p in model.parameters())),
-            "seconds": {"stage0": round(t_stage0, 1), "total": round(t_total, 1)},
-            "torch": torch.__version__, "log": log0 + log1 + log2,
-        }
         with open(tmp / "organism.json", "w", encoding="utf-8") as fh:
             json.dump(meta, fh, indent=1)
-        from lvlm_probe.organisms import RUN_DEFAULTS_FILE, run_defaults
-
-        (tmp / RUN_DEFAULTS_FILE).write_text(json.dumps(run_defaults(spec.name), indent=1), encoding="utf-8")
+        (tmp / RUN_DEFAULTS_FILE).write_text(json.dumps(run_defaults(meta["name"]), indent=1), encoding="utf-8")
         if out.exists():  # an earlier checkpoint (check_train_args refused anything else)
             shutil.rmtree(out)
         os.replace(tmp, out)
