@@ -41,6 +41,12 @@ def test_stages_without_an_intervention_are_not_tested():
     assert CONFIRMING["encoder"] is None and CONFIRMING["cooccurrence"] == "vcd"
 
 
-def test_cascade_without_confirm_has_no_column():
+def test_without_confirm_no_intervention_runs(monkeypatch):
+    """confirm=False (the default) adds no step and no column, and never decodes under an intervention."""
+    import lvlm_probe.interventions as room
+
+    monkeypatch.setattr(room, "decode", lambda *a, **k: pytest.fail("an intervention ran without confirm=True"))
     cfg = lp.DiagnoseConfig(n_probe_items=0, curve_sites=None)
     assert cfg.confirm is False
+    rep = lp.diagnose("organism:sampling", default_items("organism:sampling", n=4, seed=3), cfg, progress=False)
+    assert len(rep.diagnoses) and "confirmed" not in rep.diagnoses and "confirm" not in rep.manifest["timings"]
