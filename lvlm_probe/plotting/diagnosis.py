@@ -147,6 +147,25 @@ def plot_evidence_panel(row: pd.Series | Mapping[str, Any], image: Any = None, *
         Axes: [image,] text, bars. The highlighted text segments carry a bbox; one bar per feature.
     """
     f = "plot_evidence_panel"
+    row, text, span, feats = _panel_inputs(row, text, span, features, f)
+    box = box if box is not None else _row_get(row, "box")
+    img = as_image(image, f)
+    with paper_style():
+        w, h = figsize(width, 0.3, height)
+        ratios = ([1.0] if img is not None else []) + [1.6, 1.2]
+        fig, axes = plt.subplots(1, len(ratios), figsize=(w, h), width_ratios=ratios)
+        axes = list(np.atleast_1d(axes))
+        if img is not None:
+            _draw_image(axes.pop(0), img, box, _row_get(row, "subject"), f)
+        tax, bax = axes
+        _draw_text(tax, text, span, wrap, row)
+        _draw_scores(bax, feats, row)
+    return fig
+
+
+def _panel_inputs(row: Any, text: str | None, span: tuple[int, int] | None,
+                  features: Sequence[str] | Mapping[str, float] | None, f: str) -> tuple[Any, Any, Any, dict]:
+    """The evidence panel's row, full text, error span and bar values, checked (one line per problem)."""
     if isinstance(row, pd.DataFrame):
         if len(row) != 1:
             raise InputError(f"{f}: expected one row (e.g. df.iloc[k]), got a frame of {len(row)} rows")
@@ -169,79 +188,78 @@ def plot_evidence_panel(row: pd.Series | Mapping[str, Any], image: Any = None, *
                              f"features={{name: value}}")
         features = names
     if isinstance(features, Mapping):
-        feats = {str(k): float(v) for k, v in features.items()}
-    else:
-        missing = [c for c in features if c not in row]
-        if missing:
-            raise InputError(f"{f}: feature column(s) {missing} are not in the row")
-        feats = {str(c): float(row[c]) if _row_get(row, c) is not None else np.nan for c in features}
-    box = box if box is not None else _row_get(row, "box")
-    img = as_image(image, f)
+        return row, text, span, {str(k): float(v) for k, v in features.items()}
+    missing = [c for c in features if c not in row]
+    if missing:
+        raise InputError(f"{f}: feature column(s) {missing} are not in the row")
+    return row, text, span, {str(c): float(row[c]) if _row_get(row, c) is not None else np.nan for c in features}
+
+
+def _draw_image(ax: plt.Axes, img: np.ndarray, box: Any, label: Any, f: str) -> None:
+    """The item's image, framed, with the object's box and label."""
+    ih, iw = img.shape[:2]
+    ax.imshow(img, extent=(0, iw, ih, 0), cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+    if box is not None:
+        (x0, y0, x1, y1), = parse_boxes([box], None, f)[0]
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=OKABE_ITO["vermillion"], lw=1.5))
+        if label:
+            ax.text(x0, y0, str(label), color="white", fontsize=6, va="top",
+                    bbox=dict(boxstyle="square,pad=0.1", fc=OKABE_ITO["vermillion"], ec="none"))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.spines[:].set_visible(True)  # a frame: a white scene background would vanish into the page
+    ax.spines[:].set_color("0.6")
+    ax.spines[:].set_linewidth(0.6)
+
+
+def _draw_text(tax: plt.Axes, text: str | None, span: tuple[int, int] | None, wrap: int, row: Any) -> None:
+    """The generated text with the error span highlighted, titled with what was claimed and what is true."""
+    tax.axis("off")
+    if text is not None:
+        lines = []
+        for segs in _wrap_spans(text, span, wrap):
+            areas = [TextArea(s, textprops=dict(fontsize=7, fontweight="bold" if hl else "normal",
+                                                bbox=dict(boxstyle="square,pad=0.05", fc=HIGHLIGHT, ec="none")
+                                                if hl else None))
+                     for s, hl in segs] or [TextArea(" ", textprops=dict(fontsize=7))]
+            lines.append(HPacker(children=areas, pad=0, sep=0, align="baseline"))
+        tax.add_artist(AnchoredOffsetbox(loc="upper left", child=VPacker(children=lines, pad=0, sep=2),
+                                         frameon=False, pad=0.1, borderpad=0.2))
+    title = " ".join(str(v) for v in (_row_get(row, "kind"), _row_get(row, "polarity")) if v is not None)
+    claimed = _row_get(row, "claimed")
+    if claimed is not None:
+        title += f": {claimed!r}"
+    truth = _row_get(row, "truth")
+    if truth is None:
+        truth = _row_get(row, "true")
+    if truth is not None:
+        title += f" (true: {truth})"
+    tax.set_title(title or "error", fontsize=7, loc="left")
+
+
+def _draw_scores(bax: plt.Axes, feats: dict[str, float], row: Any) -> None:
+    """One bar per feature, the diagnosed stage's highlighted; the title names the cause and its score."""
     stage = _row_get(row, "stage")
-    kind = _row_get(row, "kind")
-    with paper_style():
-        w, h = figsize(width, 0.3, height)
-        ratios = ([1.0] if img is not None else []) + [1.6, 1.2]
-        fig, axes = plt.subplots(1, len(ratios), figsize=(w, h), width_ratios=ratios)
-        axes = list(np.atleast_1d(axes))
-        if img is not None:
-            ax = axes.pop(0)
-            ih, iw = img.shape[:2]
-            ax.imshow(img, extent=(0, iw, ih, 0), cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
-            if box is not None:
-                (x0, y0, x1, y1), = parse_boxes([box], None, f)[0]
-                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=OKABE_ITO["vermillion"], lw=1.5))
-                label = _row_get(row, "subject")
-                if label:
-                    ax.text(x0, y0, str(label), color="white", fontsize=6, va="top",
-                            bbox=dict(boxstyle="square,pad=0.1", fc=OKABE_ITO["vermillion"], ec="none"))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.spines[:].set_visible(True)  # a frame: a white scene background would vanish into the page
-            ax.spines[:].set_color("0.6")
-            ax.spines[:].set_linewidth(0.6)
-        tax, bax = axes
-        tax.axis("off")
-        if text is not None:
-            lines = []
-            for segs in _wrap_spans(text, span, wrap):
-                areas = [TextArea(s, textprops=dict(fontsize=7, fontweight="bold" if hl else "normal",
-                                                    bbox=dict(boxstyle="square,pad=0.05", fc=HIGHLIGHT, ec="none")
-                                                    if hl else None))
-                         for s, hl in segs] or [TextArea(" ", textprops=dict(fontsize=7))]
-                lines.append(HPacker(children=areas, pad=0, sep=0, align="baseline"))
-            tax.add_artist(AnchoredOffsetbox(loc="upper left", child=VPacker(children=lines, pad=0, sep=2),
-                                             frameon=False, pad=0.1, borderpad=0.2))
-        title = " ".join(str(v) for v in (kind, _row_get(row, "polarity")) if v is not None)
-        claimed = _row_get(row, "claimed")
-        if claimed is not None:
-            title += f": {claimed!r}"
-        truth = _row_get(row, "truth")
-        if truth is None:
-            truth = _row_get(row, "true")
-        if truth is not None:
-            title += f" (true: {truth})"
-        tax.set_title(title or "error", fontsize=7, loc="left")
-        names = list(feats)
-        colors = [HIGHLIGHT if stage is not None and n.removeprefix("score_").replace("_", " ") == stage
-                  else OKABE_ITO["blue"] for n in names]
-        y = np.arange(len(names))
-        bax.barh(y, [feats[n] for n in names], color=colors, edgecolor="0.3", linewidth=0.4)
-        bax.set_yticks(y, [n.removeprefix("score_").replace("_", " ") for n in names])
-        bax.invert_yaxis()
-        bax.set_xlabel("score")
-        if stage is not None:
-            level = _row_get(row, "level")
-            own = feats.get("score_" + str(stage).replace(" ", "_"))
-            title = f"cause: {stage}" + (f" ({level})" if level else "")
-            if own is not None and not np.isnan(own):
-                title += f", score {own:.2f}"
-                top = max(feats, key=lambda n: -np.inf if np.isnan(feats[n]) else feats[n])
-                if feats[top] > own + 1e-9:
-                    title += f"\n(rules are tried in order; {top.removeprefix('score_').replace('_', ' ')} scores " \
-                             "higher but its rule does not hold)"
-            bax.set_title(title, fontsize=7, loc="left")
-    return fig
+    names = list(feats)
+    colors = [HIGHLIGHT if stage is not None and n.removeprefix("score_").replace("_", " ") == stage
+              else OKABE_ITO["blue"] for n in names]
+    y = np.arange(len(names))
+    bax.barh(y, [feats[n] for n in names], color=colors, edgecolor="0.3", linewidth=0.4)
+    bax.set_yticks(y, [n.removeprefix("score_").replace("_", " ") for n in names])
+    bax.invert_yaxis()
+    bax.set_xlabel("score")
+    if stage is None:
+        return
+    level = _row_get(row, "level")
+    own = feats.get("score_" + str(stage).replace(" ", "_"))
+    title = f"cause: {stage}" + (f" ({level})" if level else "")
+    if own is not None and not np.isnan(own):
+        title += f", score {own:.2f}"
+        top = max(feats, key=lambda n: -np.inf if np.isnan(feats[n]) else feats[n])
+        if feats[top] > own + 1e-9:
+            title += f"\n(rules are tried in order; {top.removeprefix('score_').replace('_', ' ')} scores " \
+                     "higher but its rule does not hold)"
+    bax.set_title(title, fontsize=7, loc="left")
 
 
 def plot_confusion(confusion: Any, labels: Sequence[str] | None = None, *, normalize: bool = True,
