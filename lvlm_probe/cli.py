@@ -6,16 +6,14 @@ import argparse
 import contextlib
 import json
 import sys
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from lvlm_probe.benchmarks.cli import add_eval_parser
 from lvlm_probe.organisms.cli import add_organisms_parser
 
 
 def _cmd_info(a: argparse.Namespace) -> int:
-    import lvlm_probe as lp
-
-    m = lp.load(a.model, device=a.device, dtype=a.dtype)
+    m = _load(a, a.device)
     print(json.dumps({**m.info(), "sites": m.sites()}, indent=1))
     return 0
 
@@ -24,8 +22,8 @@ def _cmd_capture(a: argparse.Namespace) -> int:
     import lvlm_probe as lp
 
     items = lp.read_items(a.items)  # a bad items file fails before the model loads
-    with _torchrun_group(a.device) as (device, rank):
-        m = lp.load(a.model, device=device, dtype=a.dtype)
+    with _torchrun_group(a.device, a.device_map) as (device, rank):
+        m = _load(a, device)
         store = lp.capture(m, items, sites=a.sites, select=a.select, out=a.out, batch_size=a.batch_size,
                            generate=a.generate, chat_template=not a.raw_prompts, overwrite=a.overwrite)
     if rank == 0:
@@ -33,10 +31,28 @@ def _cmd_capture(a: argparse.Namespace) -> int:
     return 0
 
 
+def _load(a: argparse.Namespace, device: str | None) -> Any:
+    """``lp.load`` with the command's ``--device`` / ``--dtype`` / ``--device-map``; under torchrun a device map
+    spans only this rank's GPUs (the local ranks share the node's GPUs in equal contiguous blocks)."""
+    import os
+
+    import lvlm_probe as lp
+
+    if not getattr(a, "device_map", None):
+        return lp.load(a.model, device=device, dtype=a.dtype)
+    if a.device:
+        raise lp.InputError("--device and --device-map exclude each other: a device map places every module itself")
+    from lvlm_probe._dist import rank_max_memory
+
+    local, n_local = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return lp.load(a.model, dtype=a.dtype, device_map=a.device_map, max_memory=rank_max_memory(local, n_local))
+
+
 @contextlib.contextmanager
-def _torchrun_group(device: str | None) -> Iterator[tuple[str | None, int]]:
+def _torchrun_group(device: str | None, device_map: str | None = None) -> Iterator[tuple[str | None, int]]:
     """Under ``torchrun`` (WORLD_SIZE > 1 in the environment) join the process group for the command's duration:
-    NCCL with one GPU per local rank when CUDA is used, gloo on CPU. Yields ``(device, rank)``."""
+    NCCL with one GPU per local rank when CUDA is used (the first of its block with a device map), gloo on CPU.
+    Yields ``(device, rank)``."""
     import os
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -48,7 +64,11 @@ def _torchrun_group(device: str | None) -> Iterator[tuple[str | None, int]]:
 
     cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if cuda:
+        from lvlm_probe._dist import rank_gpus
+
         local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device_map:
+            local = rank_gpus(local, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))[0]
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     dist.init_process_group(backend="nccl" if cuda else "gloo")
@@ -89,8 +109,11 @@ def _cmd_diagnose(a: argparse.Namespace) -> int:
     from lvlm_probe.tracing import diagnose
     from lvlm_probe.tracing.diagnose import RunDir
 
+    import os
+
     cfg = diagnose_config(a)  # bad settings fail here, before anything runs
-    RunDir.open(a.out, overwrite=a.overwrite)  # an unwritable --out fails in seconds, before the model loads
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 touches --out
+        RunDir.open(a.out, overwrite=a.overwrite)  # an unwritable --out fails in seconds, before the model loads
     if a.items:
         items = lp.read_items(a.items)
         items = items[: a.n] if a.n else items
@@ -99,8 +122,11 @@ def _cmd_diagnose(a: argparse.Namespace) -> int:
     else:
         raise lp.InputError(f"--items FILE is needed for {a.model!r} (JSON lines with image, prompt and scene; see "
                             "docs/howto/items-file.md); only organisms have default items")
-    model = lp.load(a.model, device=a.device, dtype=a.dtype)
-    rep = diagnose(model, items, cfg, out=a.out, training_stats=a.training_stats or "auto")
+    with _torchrun_group(a.device, a.device_map) as (device, rank):
+        model = _load(a, device)
+        rep = diagnose(model, items, cfg, out=a.out, training_stats=a.training_stats or "auto")
+    if rank:
+        return 0
     path = render_diagnosis(rep, a.out)
     d, failed = rep.diagnoses, rep.failed
     print(f"{len(items) - len(failed)} of {len(items)} items diagnosed, {len(failed)} failed, "
@@ -134,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     def model_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
         sp.add_argument("--dtype", default=None, help="float32, float16 or bfloat16")
+        sp.add_argument("--device-map", default=None, choices=("auto", "balanced", "sequential"),
+                        help="split one model over several GPUs (models larger than one GPU); under torchrun "
+                        "each rank splits over its own block of the node's GPUs")
 
     sp = sub.add_parser("info", help="describe a model: family, layers, image token, capture sites")
     sp.add_argument("model", help="hub id, local directory or organism:NAME")
@@ -158,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="output directory (report.html, diagnosis.csv, ...)")
     sp.add_argument("--items", default=None, help="items file (JSON lines: image, prompt, scene); organisms have "
                     "default items")
-    sp.add_argument("--n", type=int, default=48, help="number of items (default items, or the first N of --items)")
+    sp.add_argument("--n", "--n-items", dest="n", type=int, default=48, help="number of items (default items, or "
+                    "the first N of --items); under torchrun write --n-items (torchrun takes --n for its own options)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--training-stats", default=None, help="training_stats.json or a JSON-lines corpus of scenes "
                     "(default: beside the model, as the organisms ship it)")

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from lvlm_probe.capture.store import MULTI_ROW, ActivationStore, key_name, writer_lock
 from lvlm_probe.data.items import Item, check_unique_ids
+from lvlm_probe._dist import batches, process_group, rank_share
 from lvlm_probe._policy import run_isolated
 from lvlm_probe.errors import InputError, LvlmProbeError, SiteError, StoreError
 from lvlm_probe.models.base import Site
@@ -278,27 +279,6 @@ class _Job:
         bar.close()
 
 
-def _batches(items: list[Item], batch_size: int) -> list[list[Item]]:
-    """Batches cut from the full item list, so a resumed or distributed run pads and batches exactly as an
-    uninterrupted single-process one (identical tensors)."""
-    return [items[k : k + batch_size] for k in range(0, len(items), batch_size)]
-
-
-def _rank_share(chunks: list[list[Item]], rank: int, world: int) -> list[list[Item]]:
-    """Rank ``rank``'s contiguous block of whole batches (deterministic; the blocks cover every batch once)."""
-    n = len(chunks)
-    return chunks[rank * n // world : (rank + 1) * n // world]
-
-
-def process_group() -> tuple[int, int] | None:
-    """``(rank, world_size)`` of an initialised torch.distributed group of more than one process, else None."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist.get_rank(), dist.get_world_size()
-    return None
-
-
 def _capture_distributed(job: _Job, items: list[Item], out: str | os.PathLike, settings: dict, overwrite: bool,
                          batch_size: int, group: tuple[int, int]) -> ActivationStore:
     """Each rank captures its block of batches into its own journal and shards; rank 0 holds the writer lock,
@@ -321,7 +301,7 @@ def _capture_distributed(job: _Job, items: list[Item], out: str | os.PathLike, s
             raise StoreError(problem[0])
         store = ActivationStore(out).as_rank_writer(rank)
         job.progress = job.progress and rank == 0
-        job.run(store, _rank_share(_batches(items, batch_size), rank, world), desc=f"capture (rank 0 of {world})")
+        job.run(store, rank_share(batches(items, batch_size), rank, world), desc=f"capture (rank 0 of {world})")
         dist.barrier()
         if rank == 0:
             ActivationStore(out).merge_rank_journals(order)
@@ -448,5 +428,5 @@ def capture(
     with writer_lock(out):
         store = ActivationStore.open_for_capture(out, model=model.info(), settings=settings, overwrite=overwrite,
                                                  order={it.id: k for k, it in enumerate(items)})
-        job.run(store, _batches(items, batch_size))
+        job.run(store, batches(items, batch_size))
     return ActivationStore(out)  # a reader (the writer keeps no per-item meta in memory)

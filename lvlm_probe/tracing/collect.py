@@ -8,7 +8,6 @@ activations, plus the report's probe curves). :func:`collect_evidence` joins the
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from lvlm_probe._dist import gather, on_rank0, process_group, rank_share, shared_tempdir
 from lvlm_probe.data.items import Item
 from lvlm_probe.models import LVLM
 from lvlm_probe.schema import EVIDENCE_COLUMNS, FLOAT_EVIDENCE
@@ -106,7 +106,8 @@ def run_token_evidence(model: LVLM, items: Sequence[Item], run: Run, config: Dia
     """:func:`~lvlm_probe.tracing.evidence.token_evidence` of every error, batch by batch as generated.
 
     Each generation batch is re-formed from the stored tokens (same items, same order, same padding), so the
-    teacher-forced passes see exactly the sequences that were generated.
+    teacher-forced passes see exactly the sequences that were generated. Under a process group each rank takes
+    its block of the batches and every rank returns the whole frame.
     """
     errors = run.errors
     if not len(errors):
@@ -114,15 +115,22 @@ def run_token_evidence(model: LVLM, items: Sequence[Item], run: Run, config: Dia
     by_id = {it.id: it for it in items}
     g = run.generations[run.generations.failed.isna()]
     sampled = bool(config.decoding.do_sample if config.decoding is not None else False)
-    parts = []
-    for k in tqdm(sorted({int(x) for x in errors.batch}), desc="token evidence", disable=not progress):
+    batch_ids = sorted({int(x) for x in errors.batch})
+    group = process_group()
+    if group is not None:  # data-parallel: each rank its block of the generation batches
+        batch_ids = rank_share(batch_ids, *group)
+
+    def one(k: int) -> pd.DataFrame:
         rows = g[g.batch.astype(float) == k].sort_values("row", key=lambda s: s.astype(int))
         chunk = [by_id[str(i)] for i in rows.item_id]
         batch = model.prepare([it.image for it in chunk], [it.prompt for it in chunk], item_ids=[it.id for it in chunk])
         gen = model.generation_from_tokens(batch, list(rows.tokens))
-        errs = errors[errors.batch.astype(int) == k]
-        parts.append(token_evidence(model, gen, errs, sampled=sampled))
-    return pd.concat(parts)
+        return token_evidence(model, gen, errors[errors.batch.astype(int) == k], sampled=sampled)
+
+    show = progress and not (group and group[0])
+    parts = gather(lambda: [one(k) for k in tqdm(batch_ids, desc="token evidence", disable=not show)],
+                   "token evidence")
+    return pd.concat([f for part in parts for f in part])
 
 
 def data_evidence(errors: pd.DataFrame, items: Sequence[Item], generations: pd.DataFrame, stats: Any,
@@ -180,7 +188,6 @@ def probe_verdicts(model: LVLM, items: Sequence[Item], run: Run, config: Diagnos
     timings : dict
     """
     from lvlm_probe.capture import capture
-    from lvlm_probe.probing import probe_sweep, scene_labels
 
     failed = run.failed
     probe_set = [it for it in items if it.id not in failed] + list(probe_items)
@@ -193,25 +200,37 @@ def probe_verdicts(model: LVLM, items: Sequence[Item], run: Run, config: Diagnos
         return None, pd.DataFrame(), timings
     if not len(run.errors) and not curve_sites:
         return None, pd.DataFrame(), timings
-    with tempfile.TemporaryDirectory(prefix="lvlm_probe_diag_") as tmp:
+    with shared_tempdir(store if store is not None else None, keep=store is not None) as where:
         t1 = time.time()
-        st = capture(model, probe_set, sites=sites, select=["image_patches"], out=store or tmp,
+        st = capture(model, probe_set, sites=sites, select=["image_patches"], out=where,
                      batch_size=config.batch_size, overwrite=True, progress=progress)
         timings["capture"] = round(time.time() - t1, 1)
-        labels = object_class_labels(scene_labels(probe_set, families=("object", "attribute", "relation"),
-                                                  seed=config.seed))
-        t1 = time.time()
-        _, pred = probe_sweep(st, labels, list(config.probe_sites), cv=cv, control=False, n_permutations=0,
-                              n_bootstrap=0, seed=config.seed, return_predictions=True, progress=progress)
-        timings["probe_verdicts"] = round(time.time() - t1, 1)
-        t1 = time.time()
-        curves = pd.DataFrame()
-        if curve_sites:
-            curve_labels = labels[labels.family != "object"] if (labels.family != "object").any() else labels
-            curve_labels = pd.concat([curve_labels, labels[labels.concept == "class"]]).drop_duplicates()
-            curves = probe_sweep(st, curve_labels, curve_sites, cv=cv, control=True, n_permutations=0,
-                                 n_bootstrap=0, seed=config.seed, progress=progress)
-        timings["probe_curves"] = round(time.time() - t1, 1)
+        pred, curves, t_sweep = on_rank0(lambda: _probe_sweeps(st, probe_set, config, cv, curve_sites, progress),
+                                         "probe verdicts")
+        timings.update(t_sweep)
+    return pred, curves, timings
+
+
+def _probe_sweeps(st: Any, probe_set: Sequence[Item], config: DiagnoseConfig, cv: int, curve_sites: list[str],
+                  progress: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Out-of-fold probe predictions at the probe sites and the probe curves, from the captured store."""
+    from lvlm_probe.probing import probe_sweep, scene_labels
+
+    timings: dict[str, Any] = {}
+    labels = object_class_labels(scene_labels(probe_set, families=("object", "attribute", "relation"),
+                                              seed=config.seed))
+    t1 = time.time()
+    _, pred = probe_sweep(st, labels, list(config.probe_sites), cv=cv, control=False, n_permutations=0,
+                          n_bootstrap=0, seed=config.seed, return_predictions=True, progress=progress)
+    timings["probe_verdicts"] = round(time.time() - t1, 1)
+    t1 = time.time()
+    curves = pd.DataFrame()
+    if curve_sites:
+        curve_labels = labels[labels.family != "object"] if (labels.family != "object").any() else labels
+        curve_labels = pd.concat([curve_labels, labels[labels.concept == "class"]]).drop_duplicates()
+        curves = probe_sweep(st, curve_labels, curve_sites, cv=cv, control=True, n_permutations=0,
+                             n_bootstrap=0, seed=config.seed, progress=progress)
+    timings["probe_curves"] = round(time.time() - t1, 1)
     return pred, curves, timings
 
 

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from lvlm_probe._atomic import atomic_write_text
+from lvlm_probe._dist import barrier, on_rank0, process_group
 from lvlm_probe.data.items import Item
 from lvlm_probe.errors import InputError
 from lvlm_probe.models import LVLM
@@ -171,10 +172,20 @@ def diagnose(
     -------
     DiagnosisReport
         ``.failed`` lists the items that could not be run (bad image, ...); the others are diagnosed.
+
+    Notes
+    -----
+    Under an initialised ``torch.distributed`` group of more than one process (e.g. ``torchrun -m lvlm_probe
+    diagnose``), every rank calls ``diagnose`` with the same arguments and its own replica of the model: the
+    generation, the token evidence and the probe-feature capture (:func:`lvlm_probe.capture`) are split over the
+    ranks by whole batches, the probes and the interventional confirmation run on rank 0, and every rank
+    returns the same report, equal to a one-process run. Only rank 0 writes ``out``, which every rank reads when
+    a step resumes (on several nodes, ``out`` and ``TMPDIR`` must be on a shared file system).
     """
     t0 = time.time()
     items = check_items(items)
-    outdir = RunDir.open(out, overwrite=overwrite) if out is not None else None
+    writer = (process_group() or (0, 1))[0] == 0  # under a process group only rank 0 writes the out dir
+    outdir = on_rank0(lambda: RunDir.open(out, overwrite=overwrite) if out is not None else None, "opening out")
     if isinstance(model, str):
         import lvlm_probe as lp
 
@@ -188,14 +199,15 @@ def diagnose(
     timings: dict[str, Any] = {}
 
     def step(name: str, h: str, compute: Any, read: Any) -> Any:
-        if outdir is not None and outdir.done(name, h):
+        if outdir is not None and on_rank0(lambda: outdir.done(name, h), "reading out"):
             timings[name] = "resumed"
             return read(outdir.path)
         t1 = time.time()
         res = compute()
         timings[name] = round(time.time() - t1, 1)
-        if outdir is not None:
+        if outdir is not None and writer:
             outdir.finish(name, h, res.write(outdir.path))
+        barrier()
         return res
 
     run = step("run", h_run, lambda: _generate(model, items, cfg, judge, vocabulary, progress), Run.read)
@@ -205,11 +217,11 @@ def diagnose(
     dx = step("diagnoses", h_dx, lambda: _Diagnoses(cascade(ev.frame, cfg.thresholds)), _Diagnoses.read)
     if cfg.confirm:
         h_cf = settings_hash(h_dx, "confirm", cfg.max_new_tokens)
-        dx = step("confirm", h_cf, lambda: _Diagnoses(_confirmed(model, items, dx.frame, cfg, vocabulary, progress)),
-                  _Diagnoses.read)
+        dx = step("confirm", h_cf, lambda: _Diagnoses(on_rank0(
+            lambda: _confirmed(model, items, dx.frame, cfg, vocabulary, progress), "confirm")), _Diagnoses.read)
     manifest = _manifest(model, items, run, cfg, training_stats, probe_items, timings, t0)
     rep = DiagnosisReport(run.generations, run.errors, ev.frame, dx.frame, ev.probe_curves, manifest, items)
-    if outdir is not None:
+    if outdir is not None and writer:
         atomic_write_text(outdir.path / "manifest.json", json.dumps(manifest, indent=1, default=str))
         outdir.add_files("manifest", ["manifest.json"])
         outdir.remove_stale()

@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
+from lvlm_probe._dist import batches, gather, process_group, rank_share
 from lvlm_probe._policy import run_isolated
 from lvlm_probe.data.items import Item
 from lvlm_probe.errors import InputError
@@ -80,6 +81,12 @@ def generate_and_judge(model: LVLM, items: Sequence[Item], config: DiagnoseConfi
     Returns
     -------
     Run
+
+    Notes
+    -----
+    Under an initialised ``torch.distributed`` group of more than one process, every rank calls this with the same
+    arguments: rank ``r`` generates its contiguous block of the batches one process would run, and every rank
+    returns the whole run, equal to a one-process run (same batches, same padding, the same seed per batch).
     """
     from lvlm_probe.misalignment import judge_batch
 
@@ -87,6 +94,37 @@ def generate_and_judge(model: LVLM, items: Sequence[Item], config: DiagnoseConfi
     items = check_items(items)
     judge = judge or (lambda gen, chunk: judge_batch(gen, items=chunk, vocabulary=vocabulary))
     kw = cfg.generate_kwargs()
+    chunks = batches(items, cfg.batch_size)
+    group = process_group()
+    if group is not None:  # data-parallel: each rank its block of whole batches, gathered in batch order
+        chunks = rank_share(chunks, *group)
+    parts = gather(lambda: _generate_batches(model, chunks, kw, judge, progress and not (group and group[0])),
+                   "generate + judge")
+    rows, failed, err_frames = _merge_parts(parts)
+    for it in items:
+        if it.id in failed:
+            rows[it.id] = {"item_id": it.id, "task": it.task, "prompt": it.prompt, "text": None, "tokens": None,
+                           "n_errors": 0, "batch": None, "row": None, "failed": failed[it.id]}
+    if len(failed) == len(items):
+        first = next(iter(failed.items()))
+        raise InputError(f"every item failed ({len(items)}); the first, {first[0]!r}: {first[1]}")
+    generations = pd.DataFrame([rows[it.id] for it in items], columns=list(GENERATION_COLUMNS))
+    return Run(generations, _errors_frame(err_frames), {"generate": kw, "batch_size": cfg.batch_size})
+
+
+@dataclass
+class _Part:
+    """One rank's share of a run: rows by item id, failures, error frames with the part's own batch numbers."""
+
+    rows: dict[str, dict]
+    failed: dict[str, str]
+    errors: list[pd.DataFrame]
+    n_batches: int
+
+
+def _generate_batches(model: LVLM, chunks: Sequence[Sequence[Item]], kw: dict, judge: Judge, progress: bool
+                      ) -> _Part:
+    """Generate and judge each batch; a failing batch is retried item by item (each item its own batch)."""
     failed: dict[str, str] = {}
     rows: dict[str, dict] = {}
     err_frames: list[pd.DataFrame] = []
@@ -97,7 +135,6 @@ def generate_and_judge(model: LVLM, items: Sequence[Item], config: DiagnoseConfi
         gen = model.generate(batch, **kw)
         return gen, judge(gen, list(chunk))
 
-    chunks = [items[k:k + cfg.batch_size] for k in range(0, len(items), cfg.batch_size)]
     for chunk in tqdm(chunks, desc="generate + judge", disable=not progress):
         for sub, (gen, errs) in run_isolated(chunk, run, lambda it, why: failed.__setitem__(it.id, why)):
             for b, it in enumerate(sub):
@@ -108,15 +145,23 @@ def generate_and_judge(model: LVLM, items: Sequence[Item], config: DiagnoseConfi
             if len(errs):
                 err_frames.append(errs.assign(batch=batch_no))
             batch_no += 1
-    for it in items:
-        if it.id in failed:
-            rows[it.id] = {"item_id": it.id, "task": it.task, "prompt": it.prompt, "text": None, "tokens": None,
-                           "n_errors": 0, "batch": None, "row": None, "failed": failed[it.id]}
-    if len(failed) == len(items):
-        first = next(iter(failed.items()))
-        raise InputError(f"every item failed ({len(items)}); the first, {first[0]!r}: {first[1]}")
-    generations = pd.DataFrame([rows[it.id] for it in items], columns=list(GENERATION_COLUMNS))
-    return Run(generations, _errors_frame(err_frames), {"generate": kw, "batch_size": cfg.batch_size})
+    return _Part(rows, failed, err_frames, batch_no)
+
+
+def _merge_parts(parts: Sequence[_Part]) -> tuple[dict[str, dict], dict[str, str], list[pd.DataFrame]]:
+    """Join the ranks' parts in rank order, numbering batches as one process would (rank r's batches follow
+    rank r-1's)."""
+    rows: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    errors: list[pd.DataFrame] = []
+    offset = 0
+    for part in parts:
+        for item_id, row in part.rows.items():
+            rows[item_id] = {**row, "batch": row["batch"] + offset}
+        failed.update(part.failed)
+        errors.extend(e.assign(batch=e["batch"] + offset) for e in part.errors)
+        offset += part.n_batches
+    return rows, failed, errors
 
 
 def check_items(items: Sequence[Item]) -> list[Item]:
