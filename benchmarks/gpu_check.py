@@ -534,7 +534,36 @@ def phase_distributed(ws: Workspace) -> list[Row]:
     worst = max(normalised_error(dist.get(s, sel, items=ids), ref.get(s, sel, items=ids)) for s, sel in ref.keys())
     ok = worst <= DIST_TOL and set(dist.keys()) == set(ref.keys())
     return [Row("distributed", metric, f"{backend}, {len(ids)} items, same ids; normalised error {worst:.1e}",
-                target, "PASS" if ok else "FAIL")]
+                target, "PASS" if ok else "FAIL"), device_map_row(ws)]
+
+
+def device_map_row(ws: Workspace) -> Row:
+    """``lp.load(device_map=...)``: the model split over two devices gives the one-device logits.
+
+    On CUDA the small model is split with ``device_map="balanced"`` over the first two GPUs; on the CPU smoke run
+    every module is mapped to the CPU (the code path only: accelerate places nothing elsewhere).
+    """
+    import torch
+
+    import lvlm_probe as lp
+
+    metric, target = "device_map split = one device", f"same greedy text; logits <= {DIST_TOL:.0e}"
+    small_model(ws)
+    if ws.mode.device == "cuda":
+        split = lp.load(ws.small_dir, device_map="balanced", max_memory={0: "2GiB", 1: "2GiB"}, dtype="float32")
+    else:
+        split = lp.load(ws.small_dir, device_map={"": "cpu"}, dtype="float32")
+    devices = sorted({str(p.device) for p in split.hf_model.parameters()})
+    items = lp.read_items(ws.items_file)[:2]
+    batch = ws.ref_model.prepare([it.image for it in items], [it.prompt for it in items])
+    with torch.no_grad():
+        ref, got = ws.ref_model.forward(batch), split.forward(batch.to(split.device, split.dtype))
+    err = normalised_error(got.to(ref.device), ref)
+    same = ws.ref_model.generate(batch, max_new_tokens=8).text == split.generate(
+        batch.to(split.device, split.dtype), max_new_tokens=8).text
+    ok = err <= DIST_TOL and same and (ws.mode.device != "cuda" or len(devices) == 2)
+    return Row("distributed", metric, f"weights on {', '.join(devices)}; normalised error {err:.1e}; "
+               f"greedy text {'same' if same else 'differs'}", target, "PASS" if ok else "FAIL")
 
 
 def run_torchrun(ws: Workspace, out: Path, backend: str) -> str:

@@ -30,9 +30,6 @@ def test_llava_7b_shape_has_llava_1_5_7b_size():
     assert cfg.vision_config.intermediate_size == 4096 and cfg.vision_feature_layer == -2
 
 
-#: The distributed row's value while ``python -m lvlm_probe capture`` has no distributed mode: torchrun's two
-
-
 @pytest.mark.slow
 def test_cpu_smoke_prints_the_table_with_every_phase(tmp_path):
     """``gpu_check.py --cpu-smoke``: the GPU run's functions at a tiny shape on the CPU, one table, JSON rows."""
@@ -54,8 +51,10 @@ def test_cpu_smoke_prints_the_table_with_every_phase(tmp_path):
     stores = [row for row in rows if row["phase"] == "stores" and row["metric"] != "wall time"]
     assert [row["metric"].split()[0] for row in stores] == ["float16", "bfloat16", "float16", "bfloat16"]
     assert all(row["verdict"] == "PASS" for row in stores), stores
-    (dist,) = [row for row in rows if row["phase"] == "distributed" and row["metric"] != "wall time"]
+    dist, split = [row for row in rows if row["phase"] == "distributed" and row["metric"] != "wall time"]
     assert dist["verdict"] == "PASS", dist  # 2 gloo ranks in one process group, the same store as one process
+    assert split["metric"] == "device_map split = one device" and split["verdict"] == "PASS", split
+    assert "weights on cpu" in split["value"] and "greedy text same" in split["value"]
     assert {row["phase"] for row in rows if row["metric"] == "wall time"} == {
         "gpu tests", "overhead", "stores", "distributed", "total"}
     # the total time is judged (<= 60 s), but a shared CI machine may be slower: not asserted here

@@ -1,6 +1,7 @@
 import os
 
 import pytest
+import torch
 
 import lvlm_probe as lp
 
@@ -77,3 +78,29 @@ def test_manifest_records_real_library_versions():
 
     v = library_versions()
     assert v["transformer_lens"] == metadata.version("transformer-lens") and v["transformers"] != "unknown"
+
+
+def test_device_map_loads_through_accelerate_with_the_same_numerics(llava_dir, llava):
+    """A device map (here every module on the CPU: one machine without GPUs) goes through from_pretrained's
+    placement, skips the bridge's move, and gives the one-device model's logits and generations."""
+    from conftest import mixed_batch
+
+    m = lp.load(llava_dir, device_map={"": "cpu"}, dtype="float32")
+    assert str(m.device) == "cpu" and m.dtype == torch.float32
+    batch = mixed_batch(llava)
+    assert torch.equal(m.forward(batch), llava.forward(batch))
+    assert m.generate(batch, max_new_tokens=4).tokens == llava.generate(batch, max_new_tokens=4).tokens
+
+
+def test_device_map_refuses_a_device_and_max_memory_alone(llava_dir):
+    with pytest.raises(lp.InputError, match="not both"):
+        lp.load(llava_dir, device="cpu", device_map="auto")
+    with pytest.raises(lp.InputError, match="max_memory only applies with device_map"):
+        lp.load(llava_dir, max_memory={0: "1GiB"})
+
+
+def test_cli_device_and_device_map_exclude_each_other(llava_dir, capsys):
+    from lvlm_probe.cli import main
+
+    assert main(["info", str(llava_dir), "--device", "cpu", "--device-map", "auto"]) != 0
+    assert "--device and --device-map exclude each other" in capsys.readouterr().err

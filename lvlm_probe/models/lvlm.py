@@ -127,6 +127,8 @@ def load(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     revision: str | None = None,
+    device_map: str | dict[str, int | str] | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
 ) -> LVLM:
     """Load an LVLM through TransformerBridge.
 
@@ -141,6 +143,13 @@ def load(
         Default: float32 on CPU, bfloat16 (float16 without bf16 support) on CUDA.
     revision : str, optional
         Hub revision (branch, tag or commit).
+    device_map : str or dict, optional
+        Split one model over several devices (a model larger than one GPU): ``"auto"``, ``"balanced"`` or a
+        dict module → device, as in ``transformers`` ``from_pretrained`` (accelerate places the layers and moves
+        activations between devices). Exclusive with ``device``; inputs go to the device of the input
+        embeddings (``model.device``). See docs/store.md (distributed capture) for one map per rank.
+    max_memory : dict, optional
+        With ``device_map``: the memory each device may hold (e.g. ``{0: "40GiB", 1: "40GiB"}``).
 
     Returns
     -------
@@ -155,7 +164,12 @@ def load(
         file is corrupt, or a hub id is neither cached nor reachable.
     """
     name, defaults = _resolve_name(str(name_or_path))
-    dev = resolve_device(device)
+    if device_map is not None and device is not None:
+        raise InputError(f"pass device={device!r} or device_map={device_map!r}, not both: a device map places "
+                         "every module itself")
+    if max_memory is not None and device_map is None:
+        raise InputError("max_memory only applies with device_map (e.g. device_map='auto')")
+    dev = resolve_device(device if device_map is None else "cpu")
     dt = resolve_dtype(dtype, dev)
     _check_json_files(name)
     config = _load_config(name, revision)
@@ -167,12 +181,18 @@ def load(
             f"lvlm_probe supports: {fam}. Adding a family is one adapter module in lvlm_probe/models/."
         )
     tokenizer, image_processor = _load_processors(name, revision)  # before the weights: a broken one fails fast
-    hf_model = load_hf_model(name, adapter_cls.hf_class(), config=config, revision=revision, device=dev, dtype=dt)
+    if device_map is not None:
+        dt = resolve_dtype(dtype, torch.device("cuda") if torch.cuda.is_available() else dev)
+    placement = Placement(dev, device_map, max_memory)
+    hf_model = load_hf_model(name, adapter_cls.hf_class(), config=config, revision=revision, device=placement,
+                             dtype=dt)
+    if device_map is not None:
+        dev = hf_model.get_input_embeddings().weight.device
     from transformer_lens.model_bridge import TransformerBridge
 
     with _quiet_bridge_boot(config.model_type):
-        bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, device=str(dev), dtype=dt,
-                                                     revision=revision)
+        bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, dtype=dt, revision=revision,
+                                                     device=None if device_map is not None else str(dev))
     bridge.eval()
     adapter = adapter_cls(config, tokenizer, image_processor, bridge.original_model)
     chat = _find_chat_template(name, tokenizer, revision) or adapter.default_chat_template()
@@ -284,7 +304,21 @@ def _load_config(name: str, revision: str | None) -> Any:
         raise ModelLoadError(f"{name!r}: cannot read its config.json ({err.__class__.__name__}: {msg})") from None
 
 
-def load_hf_model(name: str, hf_class: type, *, config: Any, revision: str | None, device: torch.device,
+@dataclass(frozen=True)
+class Placement:
+    """Where the HF model's weights go: one ``device``, or a ``device_map`` (with ``max_memory``) over several."""
+
+    device: torch.device
+    device_map: str | dict | None = None
+    max_memory: dict | None = None
+
+    def from_pretrained_kwargs(self) -> dict:
+        if self.device_map is None:
+            return {}
+        return {"device_map": self.device_map, **({"max_memory": self.max_memory} if self.max_memory else {})}
+
+
+def load_hf_model(name: str, hf_class: type, *, config: Any, revision: str | None, device: torch.device | Placement,
                   dtype: torch.dtype) -> Any:
     """Load the HF model with eager attention and refuse a checkpoint that does not fill every parameter.
 
@@ -296,12 +330,14 @@ def load_hf_model(name: str, hf_class: type, *, config: Any, revision: str | Non
     Returns
     -------
     transformers.PreTrainedModel
-        In eval mode on ``device`` in ``dtype``.
+        In eval mode on ``device`` (or placed by its device map) in ``dtype``.
     """
+    place = device if isinstance(device, Placement) else Placement(device)
     try:
         model, info = hf_class.from_pretrained(
             name, config=config, revision=revision, dtype=dtype, attn_implementation="eager",
             output_loading_info=True, ignore_mismatched_sizes=True,  # reported (and refused) below, by name
+            **place.from_pretrained_kwargs(),
         )
     except (OSError, RuntimeError, ValueError) as err:
         raise ModelLoadError(_weights_error(name, err)) from None
@@ -330,7 +366,7 @@ def load_hf_model(name: str, hf_class: type, *, config: Any, revision: str | Non
     if unexpected:
         warnings.warn(f"{name!r}: {len(unexpected)} checkpoint tensor(s) are not used by the model "
                       f"({_some(unexpected)})", stacklevel=3)
-    return model.to(device).eval()
+    return (model if place.device_map is not None else model.to(place.device)).eval()
 
 
 def _some(keys: Sequence[str], k: int = 3) -> str:
