@@ -467,7 +467,17 @@ def test_inlp_stops_at_target_guard_or_empty_and_logs_the_kept_subspace(monkeypa
     (["organisms", "train", "sampling", "--out", "{tmp}/o"], ["run setting"]),
     (["organisms", "check", "clean", "--n", "9"], ["--n", ">= 10"]),
     (["organisms", "check", "clean", "--seed", "-1"], ["--seed"]),
-    (["organisms", "check", "clean@0.8"], ["clean@0.8"]),
+    (["organisms", "check", "clean@0.8"], ["clean@0.8", "no dose '0.8'", "has none"]),
+    (["organisms", "check", "cooccurrence@0.8"], ["'cooccurrence' has no dose '0.8'", "no organism has doses"]),
+    (["organisms", "train", "cooccurrence@0.8", "--out", "{tmp}/o"], ["'cooccurrence' has no dose '0.8'"]),
+    (["organisms", "train", "nope@0.8", "--out", "{tmp}/o"], ["no organism named 'nope'", "the zoo has"]),
+    (["organisms", "check", "nope"], ["no organism named 'nope'"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "nope=1"], ["unknown knob 'nope'", "stage2_steps"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "exists_every=2"], ["'exists_every' is not a knob"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "image_mismatch=0.5"], ["plants a cause"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "stage2_steps"], ["--set", "KEY=VALUE"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "batch_size=0"], ["batch_size", ">= 1"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "lr2=fast"], ["lr2", "'fast' is not a number"]),
 ])
 def test_bad_organism_commands_fail_before_any_work(argv, names, tmp_path, capsys, monkeypatch):
     """One line naming the problem, exit 2, before any training or model load (a pre-existing folder survives)."""
@@ -482,3 +492,18 @@ def test_bad_organism_commands_fail_before_any_work(argv, names, tmp_path, capsy
     for n in names:
         assert n in err, err
     assert (tmp_path / "file.txt").read_text() == "keep"
+
+
+def test_train_command_sets_knobs(tmp_path, monkeypatch):
+    """--set KEY=VALUE reaches train_organism as the organism's spec with those knobs changed, nothing else."""
+    from dataclasses import replace
+
+    import lvlm_probe.organisms as O
+    from lvlm_probe.cli import main
+
+    got = {}
+    monkeypatch.setattr(O, "train_organism", lambda spec, out, **k: got.update(spec=spec, out=out, **k) or out)
+    assert main(["organisms", "train", "encoder_blind", "--out", str(tmp_path / "o"), "--set", "stage2_steps=40",
+                 "--set", "lr2=0.001"]) == 0
+    assert got["spec"] == replace(ZOO["encoder_blind"], train=replace(ZOO["encoder_blind"].train, stage2_steps=40,
+                                                                        lr2=0.001))

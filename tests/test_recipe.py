@@ -87,3 +87,17 @@ def test_recorded_recipe_from_another_recipe_is_refused():
     with pytest.raises(lp.InputError, match="recorded recipe has an unknown knob 'nope'"):
         TrainConfig.from_dict({**recorded, "nope": 1})
 
+
+def test_knobs():
+    """with_knobs sets the user knobs (strings as --set gives them) and refuses the rest in one line."""
+    base = ZOO["clean"].train
+    tc = Z.with_knobs(base, {"stage2_steps": "40", "lr2": "1e-3", "batch_size": 8})
+    assert (tc.stage2_steps, tc.lr2, tc.batch_size) == (40, 1e-3, 8) and tc.blind_pair is None
+    for key, value, msg in [("exists_every", "2", "'exists_every' is not a knob: the recipe fixes it"),
+                            ("blind_pair", "red", "'blind_pair' plants a cause"),
+                            ("nope", "1", "unknown knob 'nope'; the knobs are"),
+                            ("stage2_steps", "many", "knob stage2_steps: 'many' is not an integer"),
+                            ("lr2", "fast", "knob lr2: 'fast' is not a number"),
+                            ("batch_size", "0", "TrainConfig.batch_size must be an integer >= 1")]:
+        with pytest.raises(lp.InputError, match=msg):
+            Z.with_knobs(base, {key: value})

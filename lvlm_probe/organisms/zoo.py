@@ -36,6 +36,11 @@ EXISTS_LAYERS = 1
 FIXED_IN_OLD_RECORDS: dict[str, Any] = dict(
     qa_weight=1.0, lm_init_std=LM_INIT_STD, align_target="words", exists_first_freeze=False,
     exists_first_restart=True, exists_every=EXISTS_EVERY, exists_layers=EXISTS_LAYERS, image_scale=IMAGE_SCALE)
+#: The TrainConfig fields a user may set (``organisms train --set KEY=VALUE``); the others plant a cause.
+USER_KNOBS = ("stage0_steps", "stage1_steps", "stage2_steps", "exists_first_steps", "batch_size", "lr0", "lr2",
+              "warmup", "weight_decay")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The organism recipe's knobs: step counts and optimiser settings (the same for every organism), and the
@@ -236,11 +241,49 @@ ZOO: dict[str, OrganismSpec] = {
 }
 
 
+#: Doses of each organism (``NAME@DOSE``, e.g. a weaker co-occurrence); none exist yet.
+DOSES: dict[str, tuple[str, ...]] = {}
+
+
 def get_spec(name: str) -> OrganismSpec:
-    """The zoo entry ``name`` or ``organism:NAME`` (clear error listing the zoo otherwise)."""
+    """The zoo entry ``name`` or ``organism:NAME`` (clear error listing the zoo otherwise; ``NAME@DOSE`` names a dose,
+    and an unknown dose is refused with the doses that exist)."""
     from lvlm_probe.errors import InputError
 
     name = name.split(":", 1)[1] if name.startswith("organism:") else name
-    if name not in ZOO:
-        raise InputError(f"no organism named {name!r}; the zoo has {sorted(ZOO)}")
+    base, at, dose = name.partition("@")
+    if base not in ZOO:
+        raise InputError(f"no organism named {base!r}; the zoo has {sorted(ZOO)}")
+    if at:
+        doses = DOSES.get(base, ())
+        have = f"its doses are {list(doses)}" if doses else "it has none (no organism has doses yet)"
+        raise InputError(f"organism {base!r} has no dose {dose!r} ({name!r}); {have}")
     return ZOO[name]
+
+
+def with_knobs(tc: TrainConfig, settings: dict[str, Any]) -> TrainConfig:
+    """``tc`` with user knobs changed (:data:`USER_KNOBS`; values may be strings, as ``--set KEY=VALUE`` gives them).
+
+    A fixed part of the recipe, a planted factor or an unknown key is refused in one line (:class:`InputError`).
+    """
+    from dataclasses import fields, replace
+
+    from lvlm_probe.errors import InputError
+
+    planted = {f.name for f in fields(TrainConfig)} - set(USER_KNOBS)
+    changes: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key in FIXED_IN_OLD_RECORDS:
+            raise InputError(f"{key!r} is not a knob: the recipe fixes it (docs/organisms.md, \"Recipe findings\"); "
+                             f"the knobs are {list(USER_KNOBS)}")
+        if key in planted:
+            raise InputError(f"{key!r} plants a cause, it is not a knob; train the organism that has it "
+                             f"(lvlm-probe organisms list); the knobs are {list(USER_KNOBS)}")
+        if key not in USER_KNOBS:
+            raise InputError(f"unknown knob {key!r}; the knobs are {list(USER_KNOBS)}")
+        kind = type(getattr(tc, key))
+        try:
+            changes[key] = kind(value) if isinstance(value, str) else value
+        except ValueError:
+            raise InputError(f"knob {key}: {value!r} is not {'an integer' if kind is int else 'a number'}") from None
+    return replace(tc, **changes)
