@@ -22,7 +22,7 @@ DRIFT_MAX_OBJECTS = 3
 SAMPLING_TEMPERATURE = 2.0
 
 
-#: The fixed parts of the recipe (not knobs; docs/organisms.md, "The recipe" and "Recipe findings").
+# The fixed parts of the recipe (not knobs; docs/organisms.md, "Recipe" and "Recipe findings").
 #: Every LM matrix and embedding is drawn from N(0, LM_INIT_STD).
 LM_INIT_STD = 0.1
 #: After stage 1 the projector's output layer is multiplied by IMAGE_SCALE.
