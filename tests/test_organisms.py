@@ -273,27 +273,21 @@ def test_full_retrain_reproduces_shipped_behaviour(tmp_path):
         assert abs(r["tasks"][k] - v) <= 0.1, (k, r["tasks"][k], v)
 
 
-def test_experimental_recipe_knobs(tmp_path, monkeypatch):
-    """lm_init_std, align_target and exists_first_steps do what they say; the defaults are the shipped recipe
-    (EXISTENCE_RECIPE)."""
+def test_recipe_defaults_and_lm_init(tmp_path, monkeypatch):
+    """The defaults are the shipped recipe; the LM is drawn from N(0, LM_INIT_STD); the first exists_first_steps
+    stage-2 steps see existence questions only, then the mix; bad knob values are refused."""
     from dataclasses import replace
 
     import lvlm_probe.organisms.train as T
 
     base = ZOO["clean"].train
-    assert (base.lm_init_std, base.align_target, base.exists_first_steps, base.exists_first_restart, base.exists_every,
-            base.exists_layers, base.image_scale, base.exists_first_freeze) == (0.1, "words", 800, True, 3, 1, 40.0,
-                                                                               False)
-    assert {k: getattr(base, k) for k in Z.EXISTENCE_RECIPE} == Z.EXISTENCE_RECIPE  # the shipped recipe
-    assert Z.EXISTENCE_RECIPE == dict(stage2_steps=3600, lm_init_std=0.1, image_scale=40.0, exists_first_steps=800,
-                                      exists_first_restart=True, exists_layers=1, exists_every=3)  # as documented
-    m0, _, _ = T.build_organism_model(64, 0)
-    m1, _, _ = T.build_organism_model(64, 0, lm_init_std=0.1)
-    p0, p1 = dict(m0.named_parameters()), dict(m1.named_parameters())
-    lm = [n for n in p1 if ("language_model" in n or "lm_head" in n) and p1[n].dim() == 2]
-    assert lm and all(0.08 < float(p1[n].detach().std()) < 0.12 for n in lm)
-    assert all(float(p0[n].detach().std()) < 0.03 for n in lm)
-    assert all(torch.equal(p0[n], p1[n]) for n in p1 if n not in lm)  # vision tower and projector untouched
+    assert (base.stage0_steps, base.stage1_steps, base.stage2_steps, base.exists_first_steps, base.batch_size) == \
+        (500, 300, 3600, 800, 64)
+    assert (Z.LM_INIT_STD, Z.IMAGE_SCALE, Z.EXISTS_EVERY, Z.EXISTS_LAYERS) == (0.1, 40.0, 3, 1)  # as documented
+    m, _, _ = T.build_organism_model(64, 0)
+    p = dict(m.named_parameters())
+    lm = [n for n in p if ("language_model" in n or "lm_head" in n) and p[n].dim() == 2]
+    assert lm and all(0.08 < float(p[n].detach().std()) < 0.12 for n in lm)
 
     answers: list[list[str]] = []
     encode = T._encode_texts
@@ -303,148 +297,86 @@ def test_experimental_recipe_knobs(tmp_path, monkeypatch):
         return encode(tok, adapter, template, prompts, answers_, n_img)
 
     monkeypatch.setattr(T, "_encode_texts", spy)
-    spec = replace(ZOO["clean"], train=replace(base, lm_init_std=0.1, align_target="class", exists_first_steps=1000,
-                                                 batch_size=8))
+    spec = replace(ZOO["clean"], train=replace(base, batch_size=8))
     out = train_organism(spec, tmp_path / "x", seed=3, steps_scale=0.004, threads=1, progress=False)
     meta = json.loads((out / "organism.json").read_text())
-    assert meta["train"]["exists_first_steps"] == 4 and meta["train"]["align_target"] == "class"
-    # stage 2 = 14 steps; the first 4 see existence questions only (one encoded part per step), then the mix
-    first = [a for part in answers[:4] for a in part]
-    assert set(first) <= {"yes", "no"} and len(first) == 4 * 8
-    assert any(len(a.split()) > 1 for part in answers[4:] for a in part)  # captions appear in the mix
+    assert meta["train"]["exists_first_steps"] == 3 and set(meta["train"]) == set(base.to_dict())
+    # stage 2 = 14 steps; the first 3 see existence questions only (one encoded part per step), then the mix
+    first = [a for part in answers[:3] for a in part]
+    assert set(first) <= {"yes", "no"} and len(first) == 3 * 8
+    assert any(len(a.split()) > 1 for part in answers[3:] for a in part)  # captions appear in the mix
 
-    with pytest.raises(lp.InputError, match=r"align_target must be one of \['words', 'class'\], got 'nope'"):
-        train_organism(replace(spec, train=replace(spec.train, align_target="nope")), tmp_path / "y",
-                       steps_scale=0.004, progress=False)
-    with pytest.raises(lp.InputError, match="exists_every, exists_first_steps and exists_layers must be >= 0"):
-        replace(base, exists_every=-1)
+    for bad in (dict(exists_first_steps=-1), dict(batch_size=0), dict(lr2=0.0), dict(stage0_steps=2.5),
+                dict(image_mismatch=1.5)):
+        with pytest.raises(lp.InputError, match=f"TrainConfig.{next(iter(bad))} must be"):
+            replace(base, **bad)
 
 
-def test_exists_interleave_schedule_and_monitor(tmp_path):
-    """exists_every interleaves existence-only steps after the curriculum; the existence monitor logs its values."""
+def test_exists_schedule():
+    """After the curriculum every EXISTS_EVERY-th stage-2 step is existence-only; the curriculum and the rest each
+    get a warm-up and cosine (one schedule when the curriculum is empty)."""
     from dataclasses import replace
 
     import lvlm_probe.organisms.train as T
 
-    tc = replace(ZOO["clean"].train, exists_first_steps=2, exists_every=3)
-    assert [s for s in range(12) if T.exists_only_step(s, tc)] == [0, 1, 4, 7, 10]
-    ex = ZOO["clean"].train  # the shipped recipe (EXISTENCE_RECIPE): an 800-step curriculum, then every 3rd step
+    ex = ZOO["clean"].train  # the shipped recipe: an 800-step curriculum, then every 3rd step
+    assert [s for s in range(12) if T.exists_only_step(s, replace(ex, exists_first_steps=2))] == [0, 1, 4, 7, 10]
     assert all(T.exists_only_step(s, ex) for s in range(800))
-    assert not any(T.exists_only_step(s, replace(ex, exists_first_steps=0, exists_every=0)) for s in range(50))
     assert [s for s in range(796, 806) if T.exists_only_step(s, ex)] == [796, 797, 798, 799, 802, 805]
 
-    world = SceneWorld(seed=0)
-    monitor = T.existence_monitor(world, n_scenes=4)
-    calls: list[int] = []
-
-    def spy(step, model, tok, ip):
-        assert not model.training  # the monitor must not see dropout / train mode
-        calls.append(step)
-        return monitor(step, model, tok, ip)
-
-    spec = replace(ZOO["clean"], train=replace(tc, batch_size=8))
-    out = train_organism(spec, tmp_path / "m", seed=3, steps_scale=0.004, threads=1, progress=False, monitor=spy)
-    rows = [r for r in json.loads((out / "organism.json").read_text())["log"] if "monitor" in r]
-    last = int(ZOO["clean"].train.stage2_steps * 0.004) - 1
-    assert calls == [0, last] and [r["step"] for r in rows] == calls  # step 0 and the last stage-2 step
-    m = rows[-1]["monitor"]
-    assert set(m) == {"exists_loss", "exists_acc", "exists_yes_frac", "caption_loss"}
-    assert 0 <= m["exists_acc"] <= 1 and 0 <= m["exists_yes_frac"] <= 1 and m["exists_loss"] > 0
-
-    # the monitor's teacher-forced accuracy is the greedy first answer word through the public path
-    from lvlm_probe.organisms.check import answer
-
-    lv = lp.load(out, dtype=torch.float32)
-    again = monitor(0, lv.hf_model, lv.tokenizer, lv.image_processor)
-    pope = world.pope_items(4, "random", seed=999)  # the monitor's questions (its defaults)
-    words = [(t.split() or [""])[0].lower() for t in answer(lv, pope)]  # the first word: what the monitor scores
-    assert again["exists_acc"] == round(float(np.mean([w == it.answer for w, it in zip(words, pope)])), 3)
-    yes = float(np.mean([w == "yes" for w in words]))
-    no = float(np.mean([w == "no" for w in words]))
-    assert yes <= again["exists_yes_frac"] <= 1 - no
+    short = replace(ex, stage2_steps=1000, exists_first_steps=200)
+    assert T.stage2_lr_factor(0, short) == pytest.approx(1 / 51)  # curriculum warm-up min(150, 200 // 4 + 1)
+    assert T.stage2_lr_factor(199, short) == pytest.approx(0.1, abs=0.01)  # curriculum cosine ends at 0.1
+    assert T.stage2_lr_factor(200, short) == pytest.approx(1 / ex.warmup)  # fresh warm-up after it
+    none = replace(short, exists_first_steps=0)
+    assert [T.stage2_lr_factor(s, none) for s in (0, 199, 200, 999)] == \
+        [T._schedule(s, 1000, ex.warmup) for s in (0, 199, 200, 999)]
 
 
-def test_exists_curriculum_freeze_and_restart(tmp_path):
-    """exists_first_freeze holds lm_head and the final norm (and projector) during the curriculum only;
-    exists_first_restart gives the curriculum its own schedule and restarts it afterwards."""
+def test_exists_layers_split_the_lm_by_task(tmp_path, monkeypatch):
+    """The curriculum trains only the embeddings and layer 0; a mixed step trains everything but layer 0 and the
+    tower; an existence-only step after the curriculum trains everything but the tower (AdamW skips a parameter
+    without a gradient, so these are the parameters a step moves)."""
     from dataclasses import replace
 
     import lvlm_probe.organisms.train as T
 
-    base = ZOO["clean"].train
-    plain = replace(base, stage2_steps=1000, exists_first_steps=200, exists_first_restart=False)
-    restart = replace(plain, exists_first_restart=True)
-    assert [T.stage2_lr_factor(s, plain) for s in (0, 199, 200, 999)] == \
-        [T._schedule(s, 1000, base.warmup) for s in (0, 199, 200, 999)]  # off: one schedule
-    assert T.stage2_lr_factor(0, restart) == pytest.approx(1 / 51)  # curriculum warm-up min(150, 200 // 4 + 1)
-    assert T.stage2_lr_factor(199, restart) == pytest.approx(0.1, abs=0.01)  # curriculum cosine ends at 0.1
-    assert T.stage2_lr_factor(200, restart) == pytest.approx(1 / base.warmup)  # fresh warm-up after it
+    built: dict = {}
+    build = T.build_organism_model
 
-    tc = replace(base, lm_init_std=0.1, exists_first_steps=1000, exists_first_freeze=True, exists_layers=0,
-                 batch_size=8)
-    init, _, _ = T.build_organism_model(64, 3, lm_init_std=0.1)
-    head0 = init.lm_head.weight.detach().clone()
-    q0 = init.model.language_model.layers[0].self_attn.q_proj.weight.detach().clone()
-    seen: dict[int, tuple] = {}
+    def stash(*a, **k):  # keeps the model to name the parameters
+        parts = build(*a, **k)
+        built["model"] = parts[0]
+        return parts
 
-    def spy(step, model, tok, ip):
-        lm = model.model.language_model
-        seen[step] = (torch.equal(model.lm_head.weight, head0), bool((lm.norm.weight == 1).all()),
-                      torch.equal(lm.layers[0].self_attn.q_proj.weight, q0))
-        return {}
+    monkeypatch.setattr(T, "build_organism_model", stash)
+    trained: list[set[str]] = []
+    clip = torch.nn.utils.clip_grad_norm_
 
-    train_organism(replace(ZOO["clean"], train=tc), tmp_path / "f", seed=3, steps_scale=0.004, threads=1,
-                   progress=False, monitor=spy)
-    assert seen[0] == (True, True, False)  # step 0 is in the curriculum (4 steps): head and norm held, LM trained
-    assert seen[max(seen)][0] is False and seen[max(seen)][1] is False  # released after the curriculum
-
-
-def test_exists_layers_split_the_lm_by_task(tmp_path):
-    """exists_layers=1: the curriculum moves only the embeddings and layer 0; a mixed step moves everything but layer
-    0 and the tower; an existence-only step after the curriculum moves everything but the tower."""
-    from dataclasses import replace
-
-    import lvlm_probe.organisms.train as T
-
-    # 14 stage-2 steps at steps_scale 0.004: curriculum steps 0-3, then every 2nd existence-only (5, 7, 9, 11, 13)
-    tc = replace(ZOO["clean"].train, lm_init_std=0.1, exists_first_steps=1000, exists_every=2, exists_layers=1,
-                 batch_size=8)
-    snaps: dict[int, dict[str, torch.Tensor]] = {}
-
-    def spy(step, model, tok, ip):
-        snaps[step] = {n: p.detach().clone() for n, p in model.named_parameters()}
-        return {}
-
-    orig = T.stage2  # run the spy at every stage-2 step
-
-    def every_step(*a, **k):
-        k["monitor_every"] = 1
-        return orig(*a, **k)
-
-    import unittest.mock as um
-
-    with um.patch.object(T, "stage2", every_step):
-        train_organism(replace(ZOO["clean"], train=tc), tmp_path / "s", seed=3, steps_scale=0.004, threads=1,
-                       progress=False, monitor=spy)
-    assert sorted(snaps) == list(range(int(ZOO["clean"].train.stage2_steps * 0.004)))
-
-    def moved(a: int, b: int) -> set[str]:
+    def spy(params, max_norm, *a, **k):  # called once per stage-2 step, after the held parameters lost their grad
+        names = {id(p): n for n, p in built["model"].named_parameters()}
         groups = set()
-        for n in snaps[a]:
-            if not torch.equal(snaps[a][n], snaps[b][n]):
+        for p in params:
+            if p.grad is not None:
+                n = names[id(p)]
                 groups.add("embed" if "embed_tokens" in n else "layer0" if ".layers.0." in n else
                            "upper" if ".layers." in n or "lm_head" in n or "language_model.norm" in n else
                            "projector" if "projector" in n else "vision" if "vision_tower" in n else n)
-        return groups
+        trained.append(groups)
+        return clip(params, max_norm, *a, **k)
 
-    assert moved(0, 1) == {"embed", "layer0"}  # step 1: curriculum
-    assert moved(3, 4) == {"embed", "upper", "projector"}  # step 4: the first mixed step, layer 0 held
-    assert moved(4, 5) == {"embed", "layer0", "upper", "projector"}  # step 5: existence-only, all but the tower
-    assert moved(5, 6) == {"embed", "upper", "projector"}
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    # 14 stage-2 steps at steps_scale 0.004: curriculum steps 0-2, then every 3rd existence-only (5, 8, 11)
+    train_organism(replace(ZOO["clean"], train=replace(ZOO["clean"].train, batch_size=8)), tmp_path / "s", seed=3,
+                   steps_scale=0.004, threads=1, progress=False)
+    assert len(trained) == int(ZOO["clean"].train.stage2_steps * 0.004)
+    assert trained[0] == trained[2] == {"embed", "layer0"}  # curriculum
+    assert trained[3] == trained[4] == {"embed", "upper", "projector"}  # mixed steps, layer 0 held
+    assert trained[5] == trained[8] == {"embed", "layer0", "upper", "projector"}  # existence-only: all but the tower
 
 
-def test_image_scale_multiplies_image_tokens(tmp_path):
-    """image_scale=c: after stage 1 the image tokens the LM receives are exactly c x those of the same run with 1.0."""
+def test_image_scale_multiplies_image_tokens(tmp_path, monkeypatch):
+    """After stage 1 the image tokens the LM receives are exactly IMAGE_SCALE x those of the same run unscaled."""
     from dataclasses import replace
     import unittest.mock as um
 
@@ -452,24 +384,23 @@ def test_image_scale_multiplies_image_tokens(tmp_path):
 
     tokens = {}
     size = ZOO["clean"].world.image_size
-    for scale in (1.0, 8.0):
-        def record(model, tok, ip, *a, _scale=scale, **k):  # stands in for stage 2: image tokens as it gets them
+    scale = T.scale_image_tokens
+    for name, scaler in (("unscaled", lambda model: None), ("shipped", scale)):
+        def record(model, tok, ip, *a, _name=name, **k):  # stands in for stage 2: image tokens as it gets them
             px = T.pixel_tensor(np.full((2, size, size, 3), 90, dtype=np.uint8), ip)
             with torch.no_grad():
-                tokens[_scale] = model.model.multi_modal_projector(T._vision_features(model.model.vision_tower, px))
+                tokens[_name] = model.model.multi_modal_projector(T._vision_features(model.model.vision_tower, px))
             return []
 
-        with um.patch.object(T, "stage2", record):
-            train_organism(replace(ZOO["clean"], train=replace(ZOO["clean"].train, image_scale=scale, batch_size=4)),
-                           tmp_path / f"s{scale}", seed=2, steps_scale=0.004, threads=1, progress=False)
-    assert tokens[1.0].shape[-1] == T.ARCH["text_hidden"] and float(tokens[1.0].norm()) > 0
-    assert torch.allclose(tokens[8.0], 8.0 * tokens[1.0], rtol=1e-5, atol=1e-6)
-    with pytest.raises(lp.InputError, match="image_scale"):
-        replace(ZOO["clean"].train, image_scale=0.0)
+        with um.patch.object(T, "stage2", record), um.patch.object(T, "scale_image_tokens", scaler):
+            train_organism(replace(ZOO["clean"], train=replace(ZOO["clean"].train, batch_size=4)),
+                           tmp_path / name, seed=2, steps_scale=0.004, threads=1, progress=False)
+    assert tokens["unscaled"].shape[-1] == T.ARCH["text_hidden"] and float(tokens["unscaled"].norm()) > 0
+    assert torch.allclose(tokens["shipped"], Z.IMAGE_SCALE * tokens["unscaled"], rtol=1e-5, atol=1e-5)
 
 
-def test_align_targets_words_and_class():
-    """'words': sum of the class, colour and size embeddings; 'class': sqrt(3) x the class embedding; empty: image."""
+def test_align_targets():
+    """An object patch's target is the sum of its class, colour and size embeddings; an empty patch's is image's."""
     from lvlm_probe.organisms.train import align_targets
 
     cfg = SceneWorld().config
@@ -481,11 +412,9 @@ def test_align_targets_words_and_class():
     cls = torch.tensor([[cfg.classes.index("ring"), n]])  # one ring cell, one empty cell
     col = torch.tensor([[cfg.colors.index("blue"), -100]])
     siz = torch.tensor([[cfg.sizes.index("small"), -100]])
-    w = align_targets(emb, vocab, cfg, cls, col, siz, "words")
-    c = align_targets(emb, vocab, cfg, cls, col, siz, "class")
-    assert w.shape == c.shape == (1, 2, 5)
+    w = align_targets(emb, vocab, cfg, cls, col, siz)
+    assert w.shape == (1, 2, 5)
     assert torch.allclose(w[0, 0], e("ring") + e("blue") + e("small")) and torch.allclose(w[0, 1], e("image"))
-    assert torch.allclose(c[0, 0], 3 ** 0.5 * e("ring")) and torch.allclose(c[0, 1], 3 ** 0.5 * e("image"))
 
 
 def test_inlp_stops_at_target_guard_or_empty_and_logs_the_kept_subspace(monkeypatch):
@@ -511,7 +440,7 @@ def test_inlp_stops_at_target_guard_or_empty_and_logs_the_kept_subspace(monkeypa
     monkeypatch.setattr(T, "pixel_tensor", lambda scenes, _ip: scenes)
     monkeypatch.setattr(T, "_vision_features", features)
     model = types.SimpleNamespace(model=types.SimpleNamespace(vision_tower=None))
-    run = lambda **kw: T.stage1_subspace(model, None, world, None, "color", 0, n_scenes=300, n_fit=600, **kw)  # noqa: E731
+    run = lambda **kw: T.stage1_subspace(model, None, world, "color", 0, n_scenes=300, n_fit=600, **kw)  # noqa: E731
 
     P, log = run()
     chance = 1 / len(COLORS)
@@ -538,7 +467,17 @@ def test_inlp_stops_at_target_guard_or_empty_and_logs_the_kept_subspace(monkeypa
     (["organisms", "train", "sampling", "--out", "{tmp}/o"], ["run setting"]),
     (["organisms", "check", "clean", "--n", "9"], ["--n", ">= 10"]),
     (["organisms", "check", "clean", "--seed", "-1"], ["--seed"]),
-    (["organisms", "check", "clean@0.8"], ["clean@0.8"]),
+    (["organisms", "check", "clean@0.8"], ["clean@0.8", "no dose '0.8'", "has none"]),
+    (["organisms", "check", "cooccurrence@0.8"], ["'cooccurrence' has no dose '0.8'", "no organism has doses"]),
+    (["organisms", "train", "cooccurrence@0.8", "--out", "{tmp}/o"], ["'cooccurrence' has no dose '0.8'"]),
+    (["organisms", "train", "nope@0.8", "--out", "{tmp}/o"], ["no organism named 'nope'", "the zoo has"]),
+    (["organisms", "check", "nope"], ["no organism named 'nope'"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "nope=1"], ["unknown knob 'nope'", "stage2_steps"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "exists_every=2"], ["'exists_every' is not a knob"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "image_mismatch=0.5"], ["plants a cause"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "stage2_steps"], ["--set", "KEY=VALUE"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "batch_size=0"], ["batch_size", ">= 1"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "lr2=fast"], ["lr2", "'fast' is not a number"]),
 ])
 def test_bad_organism_commands_fail_before_any_work(argv, names, tmp_path, capsys, monkeypatch):
     """One line naming the problem, exit 2, before any training or model load (a pre-existing folder survives)."""
@@ -553,3 +492,18 @@ def test_bad_organism_commands_fail_before_any_work(argv, names, tmp_path, capsy
     for n in names:
         assert n in err, err
     assert (tmp_path / "file.txt").read_text() == "keep"
+
+
+def test_train_command_sets_knobs(tmp_path, monkeypatch):
+    """--set KEY=VALUE reaches train_organism as the organism's spec with those knobs changed, nothing else."""
+    from dataclasses import replace
+
+    import lvlm_probe.organisms as O
+    from lvlm_probe.cli import main
+
+    got = {}
+    monkeypatch.setattr(O, "train_organism", lambda spec, out, **k: got.update(spec=spec, out=out, **k) or out)
+    assert main(["organisms", "train", "encoder_blind", "--out", str(tmp_path / "o"), "--set", "stage2_steps=40",
+                 "--set", "lr2=0.001"]) == 0
+    assert got["spec"] == replace(ZOO["encoder_blind"], train=replace(ZOO["encoder_blind"].train, stage2_steps=40,
+                                                                        lr2=0.001))

@@ -59,9 +59,22 @@ def _cmd_check(a: argparse.Namespace) -> int:
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
-    from lvlm_probe.organisms import train_organism
+    from dataclasses import replace
 
-    path = train_organism(a.name, a.out, seed=a.seed, steps_scale=a.steps_scale, threads=a.threads, progress=True)
+    from lvlm_probe.errors import InputError
+    from lvlm_probe.organisms import get_spec, train_organism
+    from lvlm_probe.organisms.zoo import with_knobs
+
+    spec = get_spec(a.name)
+    if a.set:
+        settings = {}
+        for pair in a.set:
+            key, eq, value = pair.partition("=")
+            if not eq or not key:
+                raise InputError(f"--set {pair!r}: give KEY=VALUE (e.g. --set stage2_steps=1800)")
+            settings[key.strip()] = value.strip()
+        spec = replace(spec, train=with_knobs(spec.train, settings))
+    path = train_organism(spec, a.out, seed=a.seed, steps_scale=a.steps_scale, threads=a.threads, progress=True)
     print(path)
     return 0
 
@@ -95,4 +108,6 @@ def add_organisms_parser(sub: Any) -> None:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--steps-scale", type=float, default=1.0, help="multiply step counts (1.0 = shipped recipe)")
     sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change a recipe knob (step counts, batch_size, lr0, lr2, warmup, weight_decay); repeatable")
     sp.set_defaults(fn=_cmd_train)

@@ -5,11 +5,15 @@ Stages (LLaVA-like, sized for two CPU cores):
 - **stage 0, vision pretraining**: the CLIP tower learns per-patch class / colour / size labels on the
   unbiased world (one object per grid cell, and the patch grid equals the cell grid); ``encoder_blind`` keeps its
   patch-embedding weights orthogonal to the blind hue difference after every step.
-- **stage 1, projector subspace** (``projector_bottleneck`` only): the first projector layer is
-  restricted to the encoder feature space with every linearly size-predictive direction removed by
-  iterative nullspace projection (stopping before class or colour decodability drops).
-- **stage 2, projector + LLM** on the world's task mix (captions, existence, attribute and relation
-  questions), vision tower frozen; ``visual_neglect`` swaps the image of a fraction of samples.
+- **stage 1, projector alignment**: the projector alone learns to map each patch to the sum of the word
+  embeddings of its object's size, colour and class; then its output layer is multiplied by ``IMAGE_SCALE``. For
+  ``projector_bottleneck`` the first projector layer is first restricted to the encoder feature space with every
+  linearly colour-predictive direction removed by iterative nullspace projection (stopping before class or size
+  decodability drops).
+- **stage 2, projector + LLM**, vision tower frozen: an existence-question curriculum on the embeddings and the
+  lowest ``EXISTS_LAYERS`` decoder layers, then the world's task mix (captions, existence, attribute and relation
+  questions) with every ``EXISTS_EVERY``-th batch existence-only; ``visual_neglect`` swaps the image of a fraction
+  of samples.
 
 The result is saved like a hub checkpoint (fp16 safetensors, word-level tokenizer, CLIP image
 processor) so ``lvlm_probe.load(dir)`` takes the same path as ``llava-hf/llava-1.5-7b-hf``.
@@ -24,7 +28,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,18 +36,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lvlm_probe.data.world import COLORS, SceneWorld, world_vocabulary
-from lvlm_probe.organisms.zoo import OrganismSpec, TrainConfig, get_spec
+from lvlm_probe.organisms.zoo import EXISTS_EVERY, EXISTS_LAYERS, IMAGE_SCALE, LM_INIT_STD, OrganismSpec, TrainConfig, \
+    get_spec
 
 #: Architecture of every organism (tiny CLIP + tiny Llama; ~0.6M parameters).
 ARCH: dict[str, int] = dict(vision_hidden=64, vision_layers=2, vision_heads=4, text_hidden=96, text_layers=4,
                             text_heads=4, patch_size=16)
 
 
-def build_organism_model(image_size: int, seed: int, lm_init_std: float | None = None) -> tuple[Any, Any, Any]:
+def build_organism_model(image_size: int, seed: int) -> tuple[Any, Any, Any]:
     """Random-init ``LlavaForConditionalGeneration``, its word-level tokenizer and CLIP image processor.
 
-    ``lm_init_std`` re-draws every LM matrix and embedding (``language_model.*``, ``lm_head``) from
-    N(0, lm_init_std) with a generator seeded by ``seed`` (None keeps HF's init, std 0.02).
+    Every LM matrix and embedding (``language_model.*``, ``lm_head``) is drawn from N(0, ``LM_INIT_STD``) with a
+    generator seeded by ``seed``; the vision tower and projector keep HF's init.
     """
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
@@ -65,12 +70,11 @@ def build_organism_model(image_size: int, seed: int, lm_init_std: float | None =
                       image_seq_length=(image_size // a["patch_size"]) ** 2, pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(cfg)
-    if lm_init_std is not None:
-        gen = torch.Generator().manual_seed(seed + 7)
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if ("language_model" in n or "lm_head" in n) and p.dim() == 2:
-                    p.copy_(torch.randn(p.shape, generator=gen) * lm_init_std)
+    gen = torch.Generator().manual_seed(seed + 7)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ("language_model" in n or "lm_head" in n) and p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * LM_INIT_STD)
     gc = model.generation_config
     gc.pad_token_id, gc.eos_token_id, gc.bos_token_id = tok.pad_token_id, tok.eos_token_id, tok.bos_token_id
     return model, tok, _image_processor("clip", image_size)
@@ -138,8 +142,8 @@ def _vision_features(vt: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     return out.hidden_states[-1][:, 1:]
 
 
-def stage0(model: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, progress: bool) -> tuple[nn.Linear, list]:
-    """Vision pretraining on per-patch labels; returns the read-out heads and the loss log."""
+def stage0(model: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, progress: bool) -> list:
+    """Vision pretraining on per-patch labels (through a read-out head dropped afterwards); returns the loss log."""
     cfg = world.config
     vt = model.model.vision_tower
     d = vt.config.hidden_size
@@ -176,11 +180,11 @@ def stage0(model: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, p
             log.append({"stage": 0, "step": step, "loss": float(loss.detach())})
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     vt.eval()
-    return head, log
+    return log
 
 
 @torch.no_grad()
-def stage1_subspace(model: Any, ip: Any, world: SceneWorld, head: nn.Linear, drop: str, seed: int,
+def stage1_subspace(model: Any, ip: Any, world: SceneWorld, drop: str, seed: int,
                     n_scenes: int = 1500, max_iter: int = 60, target: float | None = None,
                     guard: float = 0.95, n_fit: int = 6000) -> tuple[torch.Tensor, list]:
     """Projector input subspace without ``drop`` (iterative nullspace projection, INLP).
@@ -190,9 +194,7 @@ def stage1_subspace(model: Any, ip: Any, world: SceneWorld, head: nn.Linear, dro
     held-out probe accuracy falls to ``target`` (default: chance, one over the number of values, plus 0.03).
     At every iteration the other attributes (class, and colour or size) are probed on the kept subspace too;
     the projection stops early rather than let their held-out accuracy fall below ``guard`` times its
-    starting value, so the bottleneck drops ``drop`` and only ``drop``. (An earlier version started from the
-    span of stage 0's read-out rows; that space is only 15-dimensional and removing size from it also removed
-    colour.)
+    starting value, so the bottleneck drops ``drop`` and only ``drop``.
 
     Returns
     -------
@@ -270,12 +272,9 @@ class _Restrict(nn.Module):
 
 
 def align_targets(emb: torch.Tensor, vocab: dict[str, int], cfg: Any, cls: torch.Tensor, col: torch.Tensor,
-                  siz: torch.Tensor, mode: str) -> torch.Tensor:
-    """Stage-1 targets of every patch from its cell labels (:func:`_cell_labels`).
-
-    ``mode="words"``: an object patch's target is the sum of the input embeddings of its class, colour and size
-    words, an empty patch's the embedding of ``image``. ``mode="class"``: sqrt(3) times the class word's
-    embedding (empty: sqrt(3) times ``image``'s).
+                  siz: torch.Tensor) -> torch.Tensor:
+    """Stage-1 targets of every patch from its cell labels (:func:`_cell_labels`): an object patch's target is the
+    sum of the input embeddings of its class, colour and size words, an empty patch's the embedding of ``image``.
 
     Returns
     -------
@@ -284,13 +283,9 @@ def align_targets(emb: torch.Tensor, vocab: dict[str, int], cfg: Any, cls: torch
     obj = cls < len(cfg.classes)
     ids = lambda names, idx: torch.tensor([vocab[n] for n in names])[idx.clamp(min=0)]  # noqa: E731
     cls_emb = emb[ids(cfg.classes, cls.clamp(max=len(cfg.classes) - 1))]
-    if mode == "class":
-        target = math.sqrt(3) * emb[vocab["image"]].expand(*cls.shape, -1).clone()
-        target[obj] = math.sqrt(3) * cls_emb[obj]
-    else:
-        target = emb[vocab["image"]].expand(*cls.shape, -1).clone()
-        words = cls_emb + emb[ids(cfg.colors, col)] + emb[ids(cfg.sizes, siz)]
-        target[obj] = words[obj]
+    target = emb[vocab["image"]].expand(*cls.shape, -1).clone()
+    words = cls_emb + emb[ids(cfg.colors, col)] + emb[ids(cfg.sizes, siz)]
+    target[obj] = words[obj]
     return target
 
 
@@ -298,12 +293,9 @@ def stage1_align(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConf
                  progress: bool) -> list:
     """LLaVA-style stage 1: train the projector alone (vision and LLM frozen) to put image tokens in word space.
 
-    With ``tc.align_target == "words"`` (the shipped recipe) the target of an object's patch is the sum of the
-    input embeddings of its size, colour and class words and an empty patch's target the embedding of
-    ``image``. With ``"class"`` (an experiment, see docs/organisms.md) it is sqrt(3) times the class word's
-    embedding (empty: sqrt(3) times ``image``'s), so an image token looks like the word a question names;
-    colour and size then reach the image tokens in stage 2. (LLaVA aligns through the
-    frozen LLM's captioning loss; with a randomly initialised LLM the embedding target is the direct equivalent.)
+    The target of an object's patch is the sum of the input embeddings of its size, colour and class words, an
+    empty patch's the embedding of ``image`` (:func:`align_targets`). LLaVA aligns through the frozen LLM's
+    captioning loss; with a randomly initialised LLM the embedding target is the direct equivalent.
     """
     cfg = world.config
     emb = model.get_input_embeddings().weight.detach()
@@ -320,7 +312,7 @@ def stage1_align(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConf
         with torch.no_grad():
             feats = _vision_features(vt, pixel_tensor(_render_batch(world, scenes), ip))
         cls, col, siz = _cell_labels(world, scenes)
-        target = align_targets(emb, vocab, cfg, cls, col, siz, tc.align_target)
+        target = align_targets(emb, vocab, cfg, cls, col, siz)
         loss = ((proj(feats) - target) ** 2).sum(-1).mean() / float(emb.pow(2).sum(-1).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -354,34 +346,24 @@ def _encode_texts(tok: Any, adapter: Any, template: str, prompts: list[str], ans
 
 def exists_only_step(step: int, tc: TrainConfig) -> bool:
     """Whether stage-2 step ``step`` trains on existence questions only (the curriculum, then every
-    ``tc.exists_every``-th step when set)."""
+    ``EXISTS_EVERY``-th step)."""
     after = step - tc.exists_first_steps
-    return after < 0 or (tc.exists_every > 0 and after % tc.exists_every == tc.exists_every - 1)
-
-
-#: A stage-2 monitor: called as ``monitor(step, model, tokenizer, image_processor)``; returns values to log.
-Monitor = Callable[[int, Any, Any, Any], dict]
+    return after < 0 or after % EXISTS_EVERY == EXISTS_EVERY - 1
 
 
 def stage2_lr_factor(step: int, tc: TrainConfig) -> float:
-    """Learning-rate factor of stage-2 step ``step``: one warm-up + cosine over all steps, or, with
-    ``tc.exists_first_restart``, one for the existence curriculum and a fresh one for the steps after it."""
+    """Learning-rate factor of stage-2 step ``step``: a warm-up + cosine for the existence curriculum and a fresh
+    one for the steps after it (one over all steps when the curriculum is empty or takes all of stage 2)."""
     first = tc.exists_first_steps
-    if not (tc.exists_first_restart and 0 < first < tc.stage2_steps):
+    if not 0 < first < tc.stage2_steps:
         return _schedule(step, tc.stage2_steps, tc.warmup)
     if step < first:
         return _schedule(step, first, min(tc.warmup, first // 4 + 1))
     return _schedule(step - first, tc.stage2_steps - first, tc.warmup)
 
 
-def _curriculum_frozen(model: Any) -> list[nn.Parameter]:
-    """Parameters ``TrainConfig.exists_first_freeze`` holds during the curriculum: lm_head, final norm, projector."""
-    return [*model.lm_head.parameters(), *model.model.language_model.norm.parameters(),
-            *model.model.multi_modal_projector.parameters()]
-
-
 def _layer_split(model: Any, k: int) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """``TrainConfig.exists_layers`` groups: (embeddings + first ``k`` decoder layers: what the curriculum trains,
+    """Stage-2 parameter groups: (embeddings + first ``k`` decoder layers: what the curriculum trains,
     every stage-2 parameter but those ``k`` layers: what mixed batches train)."""
     lm = model.model.language_model
     held = [p for layer in lm.layers[:k] for p in layer.parameters()]
@@ -391,8 +373,8 @@ def _layer_split(model: Any, k: int) -> tuple[list[nn.Parameter], list[nn.Parame
     return lower, mixed
 
 
-def scale_image_tokens(model: Any, scale: float) -> None:
-    """Multiply the projector's output layer (weight and bias) by ``scale`` (``TrainConfig.image_scale``).
+def scale_image_tokens(model: Any, scale: float = IMAGE_SCALE) -> None:
+    """Multiply the projector's output layer (weight and bias) by ``scale``.
 
     Every image token ``[n_patches, d]`` the LM receives is then ``scale`` times what it was. Pre-norm layers read
     ``RMSNorm`` of the residual, so the first layer sees the same inputs; what changes is how much the layers'
@@ -410,15 +392,12 @@ def _tokens_per_image(adapter: Any, world: SceneWorld) -> int:
     return adapter.process_images([world.render(world.sample_scene(np.random.default_rng(0)))]).tokens_per_image[0]
 
 
-def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, progress: bool,
-           monitor: Monitor | None = None, monitor_every: int = 200) -> list:
-    """Projector + LLM, vision tower frozen: ``tc.exists_first_steps`` steps of existence questions, then the task mix
-    (every ``tc.exists_every``-th of those steps an existence-only batch when set). ``tc.exists_first_freeze``,
-    ``tc.exists_first_restart`` and ``tc.exists_layers`` shape the curriculum (see :class:`TrainConfig`).
-
-    ``monitor`` (optional) runs every ``monitor_every`` steps and at the last; its values join the loss log.
-    It must not train the model (see :func:`existence_monitor`).
-    """
+def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, progress: bool) -> list:
+    """Projector + LLM, vision tower frozen: ``tc.exists_first_steps`` steps of existence questions that train only
+    the embeddings and the first ``EXISTS_LAYERS`` decoder layers, then the task mix. In the mix every
+    ``EXISTS_EVERY``-th batch is existence-only and trains every stage-2 parameter; the mixed batches between train
+    all but those lower layers. The curriculum and the rest each get a warm-up and cosine
+    (:func:`stage2_lr_factor`)."""
     from lvlm_probe.models.llava import LLAVA_CHAT_TEMPLATE, LlavaAdapter
 
     adapter = LlavaAdapter(model.config, tok, ip, model)
@@ -431,16 +410,13 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
     items_iter = world.iter_items(10 ** 9, "mix", seed=seed + 400)
     exists_iter = world.iter_items(10 ** 9, "exists", seed=seed + 401)
     log = []
-    lower, mixed = _layer_split(model, tc.exists_layers) if tc.exists_layers else ([], [])
+    lower, mixed = _layer_split(model, EXISTS_LAYERS)
     model.train()
     model.model.vision_tower.eval()
     for step in (bar := tqdm(range(tc.stage2_steps), desc="stage 2 (projector + LLM)", disable=not progress,
                              leave=False)):
         for g in opt.param_groups:
             g["lr"] = tc.lr2 * stage2_lr_factor(step, tc)
-        if tc.exists_first_freeze and step in (0, tc.exists_first_steps):
-            for p in _curriculum_frozen(model):  # frozen params get no grad, so AdamW skips them
-                p.requires_grad_(step >= tc.exists_first_steps)
         source = exists_iter if exists_only_step(step, tc) else items_iter
         items = [next(source) for _ in range(tc.batch_size)]
         px = pixel_tensor([np.asarray(it.image) for it in items], ip)
@@ -453,74 +429,30 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
         parts = [[k for k, it in enumerate(items) if (it.task == "caption") == cap] for cap in (False, True)]
         encoded = [(idx, _encode_texts(tok, adapter, LLAVA_CHAT_TEMPLATE, [items[k].prompt for k in idx],
                                        [items[k].answer for k in idx], n_img)) for idx in parts if idx]
-        # answer tokens weighted by task: qa_weight > 1 gives the short QA answers more of the gradient
-        weight = [(tc.qa_weight if items[idx[0]].task != "caption" else 1.0) * int((enc[2] != -100).sum())
-                  for idx, enc in encoded]
+        weight = [float((enc[2] != -100).sum()) for _, enc in encoded]  # answer tokens per part
         total = 0.0
         for (idx, (input_ids, mask, labels)), w in zip(encoded, weight):
             out = model(input_ids=input_ids, attention_mask=mask, pixel_values=px[idx], labels=labels)
             part = out.loss * (w / sum(weight))
             part.backward()
             total += float(part.detach())
-        if tc.exists_layers:  # a held parameter gets no grad, so AdamW neither moves nor decays it this step
-            if step < tc.exists_first_steps:
-                keep = {id(p) for p in lower}
-            elif not exists_only_step(step, tc):
-                keep = {id(p) for p in mixed}
-            else:
-                keep = {id(p) for p in params}
-            for p in params:
-                if id(p) not in keep:
-                    p.grad = None
+        # a held parameter gets no grad, so AdamW neither moves nor decays it this step
+        if step < tc.exists_first_steps:
+            keep = {id(p) for p in lower}
+        elif not exists_only_step(step, tc):
+            keep = {id(p) for p in mixed}
+        else:
+            keep = {id(p) for p in params}
+        for p in params:
+            if id(p) not in keep:
+                p.grad = None
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # params without a grad are skipped
         opt.step()
         if step % 50 == 0 or step == tc.stage2_steps - 1:
             log.append({"stage": 2, "step": step, "loss": total})
             bar.set_postfix(loss=f"{total:.3f}")
-        if monitor is not None and (step % monitor_every == 0 or step == tc.stage2_steps - 1):
-            model.eval()
-            with torch.no_grad():
-                log.append({"stage": 2, "step": step, "monitor": monitor(step, model, tok, ip)})
-            model.train()
-            model.model.vision_tower.eval()
     model.eval()
     return log
-
-
-def existence_monitor(world: SceneWorld, n_scenes: int = 32, seed: int = 999) -> Monitor:
-    """A stage-2 monitor of the existence skill on held-out POPE-random questions (teacher forcing, one forward).
-
-    The questions (``n_scenes`` scenes x 3 present + 3 absent classes, see :meth:`SceneWorld.pope_items`) are drawn
-    once from ``seed``, apart from the training streams. Returned values: ``exists_loss`` (mean answer-token loss;
-    ln 2 / 2 = 0.347 is the plateau of a model that ignores the match), ``exists_acc`` (first answer token right),
-    ``exists_yes_frac`` (share answered "yes" over "no") and ``caption_loss`` on ``n_scenes`` held-out captions.
-    """
-    from lvlm_probe.models.llava import LLAVA_CHAT_TEMPLATE, LlavaAdapter
-
-    pope = world.pope_items(n_scenes, "random", seed=seed)
-    caps = world.items(n_scenes, "caption", seed=seed + 1)
-
-    @torch.no_grad()
-    def monitor(step: int, model: Any, tok: Any, ip: Any) -> dict:
-        adapter = LlavaAdapter(model.config, tok, ip, model)
-        n_img = _tokens_per_image(adapter, world)
-        out: dict[str, float] = {}
-        for name, items in (("exists", pope), ("caption", caps)):
-            px = pixel_tensor([np.asarray(it.image) for it in items], ip)
-            ids, mask, lab = _encode_texts(tok, adapter, LLAVA_CHAT_TEMPLATE, [it.prompt for it in items],
-                                           [it.answer for it in items], n_img)
-            res = model(input_ids=ids, attention_mask=mask, pixel_values=px, labels=lab)
-            out[f"{name}_loss"] = round(float(res.loss), 4)
-            if name == "exists":
-                rows = torch.arange(len(items))
-                first = (lab != -100).int().argmax(1)
-                logits = res.logits[rows, first - 1].float()
-                out["exists_acc"] = round(float((logits.argmax(-1) == lab[rows, first]).float().mean()), 3)
-                yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
-                out["exists_yes_frac"] = round(float((logits[:, yes] > logits[:, no]).float().mean()), 3)
-        return out
-
-    return monitor
 
 
 def check_train_args(out_dir: str | os.PathLike, *, seed: int, steps_scale: float, threads: int | None) -> None:
@@ -562,14 +494,14 @@ def train_organism(
     threads: int | None = None,
     progress: bool = True,
     dtype: torch.dtype = torch.float16,
-    monitor: Monitor | None = None,
 ) -> Path:
     """Train one zoo organism from scratch and save it as a loadable checkpoint directory.
 
     Parameters
     ----------
     name : str or OrganismSpec
-        A zoo name (``lvlm_probe.organisms.ZOO``) or a custom spec.
+        A zoo name (``lvlm_probe.organisms.ZOO``) or a custom spec (e.g. the zoo's with
+        :func:`lvlm_probe.organisms.zoo.with_knobs` applied to its ``train``).
     out_dir : path
         Written atomically (built in a temporary sibling, then renamed).
     seed : int
@@ -580,8 +512,6 @@ def train_organism(
         ``torch.set_num_threads`` for the run (results are deterministic for a given thread count).
     dtype : torch.dtype
         Saved weight dtype (fp16 keeps the shipped checkpoints small).
-    monitor : callable, optional
-        A stage-2 monitor (e.g. :func:`existence_monitor`); its values are logged in ``organism.json``.
 
     Returns
     -------
@@ -610,24 +540,23 @@ def train_organism(
     t0 = time.time()
     try:
         world = SceneWorld(spec.world, seed=seed)
-        model, tok, ip = build_organism_model(spec.world.image_size, seed, lm_init_std=tc.lm_init_std)
+        model, tok, ip = build_organism_model(spec.world.image_size, seed)
         # vision pretraining uses the unbiased world (a generic corpus, as CLIP's is); the planted data-level
         # biases live in the instruction data of stages 1-2
         from lvlm_probe.data.world import WorldConfig
 
         pre_world = SceneWorld(WorldConfig(image_size=spec.world.image_size, grid=spec.world.grid), seed=seed)
-        head, log0 = stage0(model, ip, pre_world, tc, seed, progress)
+        log0 = stage0(model, ip, pre_world, tc, seed, progress)
         t_stage0 = time.time() - t0
         log1: list = []
         if tc.projector_drop:
-            proj, log1 = stage1_subspace(model, ip, world, head, tc.projector_drop, seed)
+            proj, log1 = stage1_subspace(model, ip, world, tc.projector_drop, seed)
             torch.nn.utils.parametrize.register_parametrization(model.model.multi_modal_projector.linear_1, "weight",
                                                                 _Restrict(proj))
         if tc.stage1_steps:
             log1 += stage1_align(model, tok, ip, world, tc, seed, progress)
-        if tc.image_scale != 1.0:
-            scale_image_tokens(model, tc.image_scale)
-        log2 = stage2(model, tok, ip, world, tc, seed, progress, monitor=monitor)
+        scale_image_tokens(model)
+        log2 = stage2(model, tok, ip, world, tc, seed, progress)
         if tc.projector_drop:
             torch.nn.utils.parametrize.remove_parametrizations(model.model.multi_modal_projector.linear_1, "weight",
                                                                leave_parametrized=True)

@@ -20,81 +20,113 @@ BOTTLENECK_ATTRIBUTE = "color"
 NEGLECT_MISMATCH = 0.9
 DRIFT_MAX_OBJECTS = 3
 SAMPLING_TEMPERATURE = 2.0
-ALIGN_TARGETS = ("words", "class")  # stage-1 targets (TrainConfig.align_target)
+
+
+# The fixed parts of the recipe (not knobs; docs/organisms.md, "Recipe" and "Recipe findings").
+#: Every LM matrix and embedding is drawn from N(0, LM_INIT_STD).
+LM_INIT_STD = 0.1
+#: After stage 1 the projector's output layer is multiplied by IMAGE_SCALE.
+IMAGE_SCALE = 40.0
+#: After the existence curriculum, every EXISTS_EVERY-th stage-2 step is an existence-only batch.
+EXISTS_EVERY = 3
+#: The curriculum trains the embeddings and the first EXISTS_LAYERS decoder layers; mixed batches train all but them.
+EXISTS_LAYERS = 1
+#: The fixed parts under the keys that organism.json records made before the recipe was frozen carry, with the
+#: value the recipe fixes (``TrainConfig.from_dict`` accepts a key at that value, and refuses any other value).
+FIXED_IN_OLD_RECORDS: dict[str, Any] = dict(
+    qa_weight=1.0, lm_init_std=LM_INIT_STD, align_target="words", exists_first_freeze=False,
+    exists_first_restart=True, exists_every=EXISTS_EVERY, exists_layers=EXISTS_LAYERS, image_scale=IMAGE_SCALE)
+#: The TrainConfig fields a user may set (``organisms train --set KEY=VALUE``); the others plant a cause.
+USER_KNOBS = ("stage0_steps", "stage1_steps", "stage2_steps", "exists_first_steps", "batch_size", "lr0", "lr2",
+              "warmup", "weight_decay")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Recipe hyper-parameters (the same for every organism unless its factor says otherwise)."""
+    """The organism recipe's knobs: step counts and optimiser settings (the same for every organism), and the
+    planted model-level factors (inactive in ``clean``). The defaults train the shipped checkpoints; the rest of
+    the recipe is fixed (``LM_INIT_STD``, ``IMAGE_SCALE``, ``EXISTS_EVERY``, ``EXISTS_LAYERS``).
+
+    Attributes
+    ----------
+    stage0_steps, stage1_steps, stage2_steps : int
+        Steps of vision pretraining, projector alignment (0: skip it) and projector + LLM training.
+    exists_first_steps : int
+        The first stage-2 steps train on existence questions only (the curriculum, with its own warm-up and
+        cosine); the rest of stage 2 gets a fresh warm-up and cosine.
+    batch_size : int
+    lr0, lr2 : float
+        AdamW learning rates of stages 0-1 and of stage 2.
+    warmup : int
+        Linear warm-up steps of each stage's cosine schedule.
+    weight_decay : float
+    blind_pair : (str, str) or None
+        ``encoder_blind``: two colours the patch embedding cannot separate.
+    projector_drop : str or None
+        ``projector_bottleneck``: the attribute the projector's first layer cannot pass.
+    image_mismatch : float
+        ``visual_neglect``: share of stage-2 samples that carry another scene's image.
+    """
 
     stage0_steps: int = 500
     stage1_steps: int = 300
     stage2_steps: int = 3600
+    exists_first_steps: int = 800
     batch_size: int = 64
     lr0: float = 3e-3
     lr2: float = 4e-3
     warmup: int = 150
     weight_decay: float = 0.01
-    qa_weight: float = 1.0  # stage 2 loss weight of QA answer tokens relative to caption tokens
-    # Existence-skill knobs (issue 3; docs/organisms.md explains each). The defaults are the shipped recipe, which
-    # sets them to EXISTENCE_RECIPE (below): the values that teach clean POPE-style questions.
-    # lm_init_std: re-draw every LM matrix and embedding from N(0, std) (None: HF's init, std 0.02).
-    lm_init_std: float | None = 0.1
-    # align_target: stage 1 target of an object patch, "words" (sum of its size, colour and class embeddings) or
-    # "class" (sqrt(3) x its class embedding).
-    align_target: str = "words"
-    # exists_first_steps: the first stage-2 steps train on existence questions only (a curriculum).
-    exists_first_steps: int = 800
-    # exists_first_freeze: during the curriculum, lm_head, the LM's final norm and the projector are frozen.
-    exists_first_freeze: bool = False
-    # exists_first_restart: the curriculum has its own warm-up + cosine; the schedule restarts for the rest.
-    exists_first_restart: bool = True
-    # exists_every: after the curriculum, every k-th stage-2 step is an existence-only batch (0: never).
-    exists_every: int = 3
-    # exists_layers: split the LM by task. The curriculum trains only the embeddings and the first k decoder layers;
-    # after it, mixed batches train everything but those k layers (embeddings, projector, upper layers, final norm,
-    # lm_head), while existence-only batches train everything (0: no split).
-    exists_layers: int = 1
-    # image_scale: after stage 1, the projector's output layer is multiplied by this, so image tokens enter the LM at
-    # image_scale x the norm of the word-embedding sums they were aligned to (1.0: unchanged).
-    image_scale: float = 40.0
-    # planted model-level factors (inactive in clean)
     blind_pair: tuple[str, str] | None = None
     projector_drop: str | None = None
     image_mismatch: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.align_target not in ALIGN_TARGETS:
-            from lvlm_probe.errors import InputError
+        from lvlm_probe.errors import InputError
 
-            raise InputError(f"TrainConfig.align_target must be one of {list(ALIGN_TARGETS)}, got "
-                             f"{self.align_target!r}")
-        if self.exists_every < 0 or self.exists_first_steps < 0 or self.exists_layers < 0:
-            from lvlm_probe.errors import InputError
-
-            raise InputError(f"TrainConfig.exists_every, exists_first_steps and exists_layers must be >= 0, got "
-                             f"{self.exists_every}, {self.exists_first_steps} and {self.exists_layers}")
-        if not self.image_scale > 0:
-            from lvlm_probe.errors import InputError
-
-            raise InputError(f"TrainConfig.image_scale must be > 0 (1.0 leaves image tokens unchanged), got "
-                             f"{self.image_scale}")
+        for k in ("stage0_steps", "stage1_steps", "stage2_steps", "exists_first_steps", "batch_size", "warmup"):
+            v = getattr(self, k)
+            least = 1 if k in ("batch_size", "warmup") else 0
+            if not isinstance(v, int) or isinstance(v, bool) or v < least:
+                raise InputError(f"TrainConfig.{k} must be an integer >= {least}, got {v!r}")
+        for k in ("lr0", "lr2", "weight_decay"):
+            v = getattr(self, k)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not (v > 0 or k == "weight_decay" and v == 0):
+                raise InputError(f"TrainConfig.{k} must be a {'non-negative' if k == 'weight_decay' else 'positive'} "
+                                 f"number, got {v!r}")
+        if not isinstance(self.image_mismatch, (int, float)) or not 0 <= self.image_mismatch <= 1:
+            raise InputError(f"TrainConfig.image_mismatch must be a share in [0, 1], got {self.image_mismatch!r}")
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, recorded: dict[str, Any]) -> TrainConfig:
+        """The config a recorded recipe describes (``organism.json``'s ``train``, the model card's "Recipe").
 
-#: The TrainConfig values with which stage 2 teaches existence questions; they are the defaults (the shipped recipe)
-#: since the zoo was retrained with them (docs/organisms.md, "The existence recipe"). Kept as a named set so
-#: experiments can compare with the recipe before it (PREVIOUS_RECIPE).
-EXISTENCE_RECIPE: dict[str, Any] = dict(stage2_steps=3600, lm_init_std=0.1, image_scale=40.0, exists_first_steps=800,
-                                        exists_first_restart=True, exists_layers=1, exists_every=3)
-#: The recipe the zoo shipped with before EXISTENCE_RECIPE (``replace(tc, **PREVIOUS_RECIPE)``): captions at 0.97 but
-#: every POPE-style question answered "no" (docs/organisms.md, "The existence recipe").
-PREVIOUS_RECIPE: dict[str, Any] = dict(stage2_steps=3400, lm_init_std=None, image_scale=1.0, exists_first_steps=0,
-                                       exists_first_restart=False, exists_layers=0, exists_every=0)
+        Keys of :data:`FIXED_IN_OLD_RECORDS` (older records carry the fixed parts of the recipe) are accepted at
+        the fixed value and ignored; at any other value, or for a key that is no knob, :class:`InputError` says the
+        record comes from a recipe this toolkit does not train.
+        """
+        from dataclasses import fields
+
+        from lvlm_probe.errors import InputError
+
+        names = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in recorded.items():
+            if key in names:
+                kwargs[key] = tuple(value) if key == "blind_pair" and value is not None else value
+            elif key in FIXED_IN_OLD_RECORDS:
+                if value != FIXED_IN_OLD_RECORDS[key]:
+                    raise InputError(f"recorded recipe has {key}={value!r}; the recipe fixes it at "
+                                     f"{FIXED_IN_OLD_RECORDS[key]!r} (docs/organisms.md, \"Recipe findings\"), so "
+                                     "this toolkit cannot train that checkpoint again")
+            else:
+                raise InputError(f"recorded recipe has an unknown knob {key!r}; TrainConfig has {sorted(names)}")
+        return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -209,11 +241,49 @@ ZOO: dict[str, OrganismSpec] = {
 }
 
 
+#: Doses of each organism (``NAME@DOSE``, e.g. a weaker co-occurrence); none exist yet.
+DOSES: dict[str, tuple[str, ...]] = {}
+
+
 def get_spec(name: str) -> OrganismSpec:
-    """The zoo entry ``name`` or ``organism:NAME`` (clear error listing the zoo otherwise)."""
+    """The zoo entry ``name`` or ``organism:NAME`` (clear error listing the zoo otherwise; ``NAME@DOSE`` names a dose,
+    and an unknown dose is refused with the doses that exist)."""
     from lvlm_probe.errors import InputError
 
     name = name.split(":", 1)[1] if name.startswith("organism:") else name
-    if name not in ZOO:
-        raise InputError(f"no organism named {name!r}; the zoo has {sorted(ZOO)}")
+    base, at, dose = name.partition("@")
+    if base not in ZOO:
+        raise InputError(f"no organism named {base!r}; the zoo has {sorted(ZOO)}")
+    if at:
+        doses = DOSES.get(base, ())
+        have = f"its doses are {list(doses)}" if doses else "it has none (no organism has doses yet)"
+        raise InputError(f"organism {base!r} has no dose {dose!r} ({name!r}); {have}")
     return ZOO[name]
+
+
+def with_knobs(tc: TrainConfig, settings: dict[str, Any]) -> TrainConfig:
+    """``tc`` with user knobs changed (:data:`USER_KNOBS`; values may be strings, as ``--set KEY=VALUE`` gives them).
+
+    A fixed part of the recipe, a planted factor or an unknown key is refused in one line (:class:`InputError`).
+    """
+    from dataclasses import fields, replace
+
+    from lvlm_probe.errors import InputError
+
+    planted = {f.name for f in fields(TrainConfig)} - set(USER_KNOBS)
+    changes: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key in FIXED_IN_OLD_RECORDS:
+            raise InputError(f"{key!r} is not a knob: the recipe fixes it (docs/organisms.md, \"Recipe findings\"); "
+                             f"the knobs are {list(USER_KNOBS)}")
+        if key in planted:
+            raise InputError(f"{key!r} plants a cause, it is not a knob; train the organism that has it "
+                             f"(lvlm-probe organisms list); the knobs are {list(USER_KNOBS)}")
+        if key not in USER_KNOBS:
+            raise InputError(f"unknown knob {key!r}; the knobs are {list(USER_KNOBS)}")
+        kind = type(getattr(tc, key))
+        try:
+            changes[key] = kind(value) if isinstance(value, str) else value
+        except ValueError:
+            raise InputError(f"knob {key}: {value!r} is not {'an integer' if kind is int else 'a number'}") from None
+    return replace(tc, **changes)
