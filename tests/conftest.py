@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random-init LLaVA and Qwen2.5-VL checkpoints built offline in a temp dir, and HF's own
+"""Shared fixtures: tiny random-init LLaVA, Qwen2.5-VL and Gemma3 checkpoints built offline in a temp dir, and HF's own
 processor pipeline that every parity test compares against (never inputs built by lvlm_probe)."""
 
 from __future__ import annotations
@@ -50,6 +50,20 @@ def qwen_dir(tmp_path_factory):
     from lvlm_probe.models.tiny import build_tiny_qwen2_5_vl
 
     return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen"), init_std=0.2, seed=1)
+
+
+@pytest.fixture(scope="session")
+def gemma3_dir(tmp_path_factory):
+    from lvlm_probe.models.tiny import build_tiny_gemma3
+
+    return build_tiny_gemma3(tmp_path_factory.mktemp("tiny_gemma3"), init_std=0.2, seed=1)
+
+
+@pytest.fixture(scope="session")
+def gemma3(gemma3_dir):
+    import lvlm_probe as lp
+
+    return lp.load(gemma3_dir, device="cpu")
 
 
 @pytest.fixture(scope="session")
