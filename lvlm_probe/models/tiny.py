@@ -285,14 +285,14 @@ def build_tiny_gemma3(
 ) -> Path:
     """Write a random-init ``Gemma3ForConditionalGeneration`` (SigLIP vision, Gemma3 LM) to ``out_dir``.
 
-    Every image is resized to ``image_size`` square (``(image_size / patch_size)²`` SigLIP patches, no CLS) and
-    the projector average-pools the patches to ``tokens_per_image`` soft tokens (a √n × √n grid; 3×3 at the
-    defaults). Unlike the real checkpoints the unembedding is not tied to the embedding: a random model with tied
-    weights only repeats its last input token. The LM alternates a sliding-window layer and a full-attention layer (Gemma3 interleaves them 5:1)
-    with grouped-query attention. The tokenizer carries Gemma3's special tokens (turn markers, begin/end of image,
-    the image soft token, and ``"\\n\\n"`` so that the blank lines around each image are tokens as in the real
-    vocabulary); the processor and its chat template are saved beside it, so ``AutoProcessor.from_pretrained``
-    loads the directory offline.
+    Every image is resized to ``image_size`` square (``(image_size / patch_size)²`` SigLIP patches, no CLS)
+    and the projector average-pools the patches to ``tokens_per_image`` soft tokens (a √n × √n grid; 3×3 at
+    the defaults). Unlike the real checkpoints the unembedding is not tied to the embedding: a random model
+    with tied weights only repeats its last input token. The LM alternates a sliding-window layer and a
+    full-attention layer (Gemma3 interleaves them 5:1) with grouped-query attention. The tokenizer carries
+    Gemma3's special tokens (turn markers, begin/end of image, the image soft token, and ``"\\n\\n"`` so
+    that the blank lines around each image are tokens as in the real vocabulary); the processor and its chat
+    template are saved beside it, so ``AutoProcessor.from_pretrained`` loads the directory offline.
     """
     from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor, Gemma3TextConfig,
                               SiglipVisionConfig)
