@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random-init LLaVA and Qwen2.5-VL checkpoints built offline in a temp dir, and HF's own
+"""Shared fixtures: tiny random-init LLaVA, Qwen2.5-VL and Gemma3 checkpoints built offline in a temp dir, and HF's own
 processor pipeline that every parity test compares against (never inputs built by lvlm_probe)."""
 
 from __future__ import annotations
@@ -53,6 +53,20 @@ def qwen_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def gemma3_dir(tmp_path_factory):
+    from lvlm_probe.models.tiny import build_tiny_gemma3
+
+    return build_tiny_gemma3(tmp_path_factory.mktemp("tiny_gemma3"), init_std=0.2, seed=5)
+
+
+@pytest.fixture(scope="session")
+def gemma3(gemma3_dir):
+    import lvlm_probe as lp
+
+    return lp.load(gemma3_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def llava(llava_dir):
     import lvlm_probe as lp
 
@@ -66,7 +80,7 @@ def qwen(qwen_dir):
     return lp.load(qwen_dir, device="cpu")
 
 
-@pytest.fixture(scope="session", params=["llava", "qwen"])
+@pytest.fixture(scope="session", params=["llava", "qwen", "gemma3"])
 def family(request):
     """(model, model_dir) for each supported family."""
     return request.getfixturevalue(request.param), request.getfixturevalue(f"{request.param}_dir")
@@ -118,13 +132,18 @@ def hf_pipeline_inputs(model_dir, model, images, questions):
     ``images``: one entry per item (an image or a list of images); returns the processor's BatchFeature.
     """
     proc = hf_processor(model_dir, model)
-    texts, flat = [], []
+    texts, nested = [], []
     for im, q in zip(images, questions):
         ims = im if isinstance(im, list) else [im]
-        flat += ims
+        nested.append(ims)
         msgs = [{"role": "user", "content": [*({"type": "image"} for _ in ims), {"type": "text", "text": q}]}]
         texts.append(proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
-    return proc(images=flat, text=texts, return_tensors="pt", padding=True)
+    # a template that writes BOS itself (Gemma3) is tokenised without adding another, as the processor's
+    # apply_chat_template(..., tokenize=True) does; a plain call would put a second BOS in front
+    bos = proc.tokenizer.bos_token
+    kw = {"add_special_tokens": False} if bos and all(t.startswith(bos) for t in texts) else {}
+    # images nested per item: Gemma3's processor counts placeholders against each item's images
+    return proc(images=nested, text=texts, return_tensors="pt", padding=True, **kw)
 
 
 MIXED_QUESTIONS = ["what is in the image ?", "how many objects are there in this picture ?"]

@@ -96,6 +96,9 @@ def test_pixel_layout_maps_cells(family):
     model, _ = family
     if model.family == "qwen2_5_vl":
         H, W, cell = 56, 84, 28
+    elif model.family == "gemma3":  # every image squashed to one square, patches average-pooled to the grid
+        H = W = model.image_processor.size["height"]
+        cell = H // model.adapter.tokens_per_side
     else:
         H = W = model.image_processor.crop_size["height"]
         cell = model.adapter.patch_size

@@ -9,7 +9,7 @@ from conftest import MIXED_QUESTIONS, hf_eager, hf_pipeline_inputs, mixed_batch,
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("which", ["llava_dir", "qwen_dir"])
+@pytest.mark.parametrize("which", ["llava_dir", "qwen_dir", "gemma3_dir"])
 def test_cuda_parity_and_capture(which, request, tmp_path):
     d = request.getfixturevalue(which)
     model = lp.load(d, device="cuda", dtype=torch.float32)

@@ -51,7 +51,7 @@ def test_organism_prefix_errors():
 
 
 def test_supported_families():
-    assert lp.supported_families() == {"llava": "llava", "qwen2_5_vl": "qwen2_5_vl"}
+    assert lp.supported_families() == {"llava": "llava", "qwen2_5_vl": "qwen2_5_vl", "gemma3": "gemma3"}
 
 
 def test_dtype_argument(llava_dir):
@@ -63,8 +63,8 @@ def test_dtype_argument(llava_dir):
     assert m.forward(b).shape[:2] == b.input_ids.shape
 
 
-def test_tiny_checkpoints_have_ids_inside_their_vocabulary(llava, qwen):
-    for m in (llava, qwen):
+def test_tiny_checkpoints_have_ids_inside_their_vocabulary(llava, qwen, gemma3):
+    for m in (llava, qwen, gemma3):
         tc = m.hf_model.config.text_config
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             v = getattr(tc, key, None)

@@ -145,9 +145,11 @@ ALLOWED: dict[str, str] = {
 #: HF module attributes and input names that belong to one family (or to HF's module tree).
 FAMILY_ATTRS = {"language_model", "multi_modal_projector", "vision_tower", "visual", "spatial_merge_size",
                 "patch_size", "get_decoder", "lm_head", "original_component", "get_output_embeddings",
-                "image_grid_thw", "keeps_cls", "window_index"}
+                "image_grid_thw", "keeps_cls", "window_index", "mm_tokens_per_image", "boi_token_id",
+                "eoi_token_id", "tokens_per_side", "patches_per_side"}
 FAMILY_SUBSTRINGS = ("image_grid_thw", "mm_token_type_ids", "spatial_merge", "language_model",
-                     "multi_modal_projector", "vision_tower", "image_pad", "vision_encoder.", "vision_projector.")
+                     "multi_modal_projector", "vision_tower", "image_pad", "vision_encoder.", "vision_projector.",
+                     "token_type_ids", "image_soft_token", "start_of_image", "end_of_image", "mm_tokens_per_image")
 
 
 def _family_names() -> set[str]:
@@ -221,3 +223,11 @@ def test_family_fact_check_catches_sniffing():
     assert any("hasattr(adapter" in w for w in what) and "string 'image_grid_thw'" in what
     assert "adapter.merge (not FamilyAdapter API)" in what and "attribute .language_model" in what
     assert "string 'qwen2_5_vl'" in what
+    # Gemma3's facts too: its family name, per-token input, soft-token string and adapter-only attributes
+    src = ('def g(model, batch):\n'
+           '    kw = {"token_type_ids": batch.roles.image.long()} if model.family == "gemma3" else {}\n'
+           '    n = model.adapter.tokens_per_side ** 2\n'
+           '    return kw, n, model.tokenizer.convert_tokens_to_ids("<image_soft_token>")\n')
+    what = [w for _, w in family_facts(src, _family_names(), _api())]
+    assert {"string 'token_type_ids'", "string 'gemma3'", "string '<image_soft_token>'",
+            "attribute .tokens_per_side", "adapter.tokens_per_side (not FamilyAdapter API)"} <= set(what)

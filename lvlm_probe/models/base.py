@@ -136,6 +136,31 @@ class FamilyAdapter(ABC):
         """Id of the image token that stands for one image feature in input_ids."""
 
     @property
+    def placeholder_token_id(self) -> int:
+        """Id of the token a rendered prompt carries once per image, before expansion.
+
+        Default: :attr:`image_token_id` (LLaVA, Qwen2.5-VL: the placeholder is the image token, repeated once
+        per image feature). Gemma3 overrides it: its placeholder ``<start_of_image>`` is not its image token.
+        """
+        return self.image_token_id
+
+    def placeholder_expansion(self, n_tokens: int) -> str | None:
+        """The text that replaces one image placeholder before tokenising, or None.
+
+        None (default): ``prepare`` tokenises the prompt and repeats each placeholder token ``n_tokens`` times
+        (LLaVA, Qwen2.5-VL). A family whose processor rewrites the placeholder into more than image tokens (Gemma3:
+        a blank line, begin-of-image, ``n_tokens`` soft tokens, end-of-image, a blank line) returns that text:
+        ``prepare`` then tokenises the rewritten prompt, exactly as the HF processor does, gives the inserted
+        non-image tokens the ``template`` role, and the ``image_token_id`` positions the ``image`` role.
+
+        Parameters
+        ----------
+        n_tokens : int
+            The image's LLM tokens (``ImageInputs.tokens_per_image``).
+        """
+        return None
+
+    @property
     def max_positions(self) -> int | None:
         """The LLM's context length in tokens (``max_position_embeddings``), or None when the config has none."""
         n = getattr(self.hf_config.text_config, "max_position_embeddings", None)

@@ -16,6 +16,7 @@ import torch
 from lvlm_probe.data.items import load_image
 from lvlm_probe.errors import InputError, ModelLoadError, UnsupportedModelError
 from lvlm_probe.models.base import FamilyAdapter, ImageInputs, Site
+from lvlm_probe.models.gemma3 import Gemma3Adapter
 from lvlm_probe.models.llava import LlavaAdapter
 from lvlm_probe.models.qwen2_5_vl import Qwen2_5_VLAdapter
 from lvlm_probe.schema import RUN_DEFAULTS_FILE
@@ -23,7 +24,7 @@ from lvlm_probe.models.records import ROLE_NAMES, Batch, Generation, TokenRoles
 
 #: Supported architecture families, keyed by HF ``config.model_type``.
 FAMILIES: dict[str, type[FamilyAdapter]] = {
-    mt: cls for cls in (LlavaAdapter, Qwen2_5_VLAdapter) for mt in cls.model_types
+    mt: cls for cls in (LlavaAdapter, Qwen2_5_VLAdapter, Gemma3Adapter) for mt in cls.model_types
 }
 
 
@@ -643,9 +644,10 @@ class LVLM:
         """Token ids, role ids and patch coordinates of one item, each image placeholder expanded."""
         ad, tok = self.adapter, self.tokenizer
         bos = tok.bos_token
-        enc = tok(text, add_special_tokens=not (bos and text.startswith(bos)), return_offsets_mapping=True)
+        add_special = not (bos and text.startswith(bos))
+        enc = tok(text, add_special_tokens=add_special, return_offsets_mapping=True)
         tids, offs = enc["input_ids"], enc["offset_mapping"]
-        n_ph = sum(1 for t in tids if t == ad.image_token_id)
+        n_ph = sum(1 for t in tids if t == ad.placeholder_token_id)
         if n_ph != n_img:
             how = ("add the placeholder " + repr(ad.image_placeholder) + " once per image") if not chat_template \
                 else "check the chat template"
@@ -653,6 +655,9 @@ class LVLM:
                 f"item {iid!r}: prompt has {n_ph} image placeholder(s) but {n_img} image(s) were given; {how}"
             )
         self._warn_unknown_words(iid, text, tids, offs)
+        if n_img and ad.placeholder_expansion(1) is not None:
+            assert img_inputs is not None
+            return self._tokenize_expanded(iid, text, spans, tids, offs, add_special, img_inputs, cursor)
         special = ad.template_token_ids()
         row = _TokenRow(text=text)
         k_img = 0
@@ -670,6 +675,62 @@ class LVLM:
                 role = next((n for n in ("answer", "question", "system")
                              if n in spans and s < spans[n][1] and e > spans[n][0]), "template")
             row.add(t, _ROLE_ID[role], (-1, -1, -1))
+        return row
+
+    def _tokenize_expanded(self, iid: str, text: str, spans: dict[str, tuple[int, int]], tids: list[int],
+                           offs: list[tuple[int, int]], add_special: bool, img_inputs: ImageInputs,
+                           cursor: int) -> _TokenRow:
+        """:meth:`_tokenize` for a family whose processor rewrites each placeholder in the text (the adapter's
+        ``placeholder_expansion``): rewrite, then tokenise the rewritten text as the HF processor does. Tokens
+        that lie inside an inserted expansion are ``image`` (the image token) or ``template``; the others take
+        their role from the character spans, moved to the rewritten text."""
+        ad, tok = self.adapter, self.tokenizer
+        n_tok = img_inputs.tokens_per_image
+        places = [(s, e) for t, (s, e) in zip(tids, offs) if t == ad.placeholder_token_id]
+        parts, inserted, grow, last = [], [], [], 0  # grow: (old end of a placeholder, cumulative growth)
+        new_len = 0
+        for k, (s, e) in enumerate(places):
+            rep = ad.placeholder_expansion(n_tok[cursor + k])
+            parts.append(text[last:s])
+            new_len += s - last
+            inserted.append((new_len, new_len + len(rep)))
+            parts.append(rep)
+            new_len += len(rep)
+            grow.append((e, new_len - e))
+            last = e
+        parts.append(text[last:])
+        expanded = "".join(parts)
+
+        def moved(p: int) -> int:
+            return p + next((g for e, g in reversed(grow) if e <= p), 0)
+
+        new_spans = {n: (moved(a), moved(b)) for n, (a, b) in spans.items()}
+        enc = tok(expanded, add_special_tokens=add_special, return_offsets_mapping=True)
+        special = ad.template_token_ids()
+        row = _TokenRow(text=text)
+        coords = [ad.image_token_coords(img_inputs.llm_grids[cursor + k], n_tok[cursor + k])
+                  for k in range(len(places))]
+        row.grids = [img_inputs.llm_grids[cursor + k] for k in range(len(places))]
+        k_img, j = 0, 0
+        for t, (s, e) in zip(enc["input_ids"], enc["offset_mapping"]):
+            if t == ad.image_token_id and k_img < len(places):
+                r, c = coords[k_img][j]
+                row.add(t, _ROLE_ID["image"], (k_img, r, c))
+                j += 1
+                if j == len(coords[k_img]):
+                    k_img, j = k_img + 1, 0
+                continue
+            role = "template"
+            in_expansion = any(a <= s and e <= z for a, z in inserted) if e > s else False
+            if t not in special and e > s and not in_expansion:
+                role = next((n for n in ("answer", "question", "system")
+                             if n in new_spans and s < new_spans[n][1] and e > new_spans[n][0]), "template")
+            row.add(t, _ROLE_ID[role], (-1, -1, -1))
+        found = sum(1 for t in enc["input_ids"] if t == ad.image_token_id)
+        if found != sum(n_tok[cursor:cursor + len(places)]):
+            raise InputError(f"item {iid!r}: after expanding its {len(places)} image placeholder(s) the prompt holds "
+                             f"{found} image tokens but its images give {sum(n_tok[cursor:cursor + len(places)])}; "
+                             f"remove {tok.convert_ids_to_tokens(ad.image_token_id)!r} from the prompt text")
         return row
 
     def _warn_unknown_words(self, iid: str, text: str, tids: list[int], offs: list[tuple[int, int]]) -> None:

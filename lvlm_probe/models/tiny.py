@@ -35,13 +35,21 @@ LLAVA_1_5_7B_SHAPE: dict[str, int] = {
 
 
 def word_tokenizer(words: Sequence[str], *, specials: Sequence[str], bos: str | None, eos: str, pad: str,
-                   unk: str = "<unk>", extra_special: Sequence[str] = (), template_words: Sequence[str] = ()):
-    """A whitespace word-level fast tokenizer (HF ``PreTrainedTokenizerFast``), BOS added when given."""
+                   unk: str = "<unk>", extra_special: Sequence[str] = (), template_words: Sequence[str] = (),
+                   named_specials: dict[str, str] | None = None, added_words: Sequence[str] = ()):
+    """A whitespace word-level fast tokenizer (HF ``PreTrainedTokenizerFast``), BOS added when given.
+
+    ``named_specials`` (e.g. ``{"image_token": "<image_soft_token>"}``) become tokenizer attributes
+    (``tok.image_token``, ``tok.image_token_id``) saved with it, as a family's processor may read them;
+    ``added_words`` are non-special added tokens matched before whitespace splitting (e.g. ``"\\n\\n"``, which
+    whitespace splitting would drop).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab: dict[str, int] = {}
-    for w in [pad, unk, *([bos] if bos else []), eos, *specials, *extra_special, *template_words, *words]:
+    for w in [pad, unk, *([bos] if bos else []), eos, *specials, *extra_special, *template_words, *words,
+              *added_words]:
         if w not in vocab:
             vocab[w] = len(vocab)
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
@@ -51,8 +59,13 @@ def word_tokenizer(words: Sequence[str], *, specials: Sequence[str], bos: str | 
         tk.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, vocab[bos])]
         )
+    if added_words:
+        from tokenizers import AddedToken
+
+        tk.add_tokens([AddedToken(w, normalized=False, special=False) for w in added_words])
+    kw = {"extra_special_tokens": dict(named_specials)} if named_specials else {}
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk,
+        tokenizer_object=tk, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk, **kw,
     )
     extra = [s for s in [*specials, *extra_special] if s not in (bos, eos, pad, unk)]
     fast.add_special_tokens({"additional_special_tokens": extra})
@@ -251,6 +264,92 @@ def build_tiny_qwen2_5_vl(
     return out
 
 
+def build_tiny_gemma3(
+    out_dir: str | os.PathLike,
+    *,
+    words: Sequence[str] = DEFAULT_WORDS,
+    image_size: int = 48,
+    patch_size: int = 8,
+    tokens_per_image: int = 9,
+    vision_hidden: int = 32,
+    vision_layers: int = 2,
+    vision_heads: int = 2,
+    text_hidden: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    text_kv_heads: int = 2,
+    sliding_window: int = 24,
+    init_std: float = 0.02,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a random-init ``Gemma3ForConditionalGeneration`` (SigLIP vision, Gemma3 LM) to ``out_dir``.
+
+    Every image is resized to ``image_size`` square (``(image_size / patch_size)²`` SigLIP patches, no CLS)
+    and the projector average-pools the patches to ``tokens_per_image`` soft tokens (a √n × √n grid; 3×3 at
+    the defaults). Unlike the real checkpoints the unembedding is not tied to the embedding: a random model
+    with tied weights only repeats its last input token. The LM alternates a sliding-window layer and a
+    full-attention layer (Gemma3 interleaves them 5:1) with grouped-query attention. The tokenizer carries
+    Gemma3's special tokens (turn markers, begin/end of image, the image soft token, and ``"\\n\\n"`` so
+    that the blank lines around each image are tokens as in the real vocabulary); the processor and its chat
+    template are saved beside it, so ``AutoProcessor.from_pretrained`` loads the directory offline.
+    """
+    from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor, Gemma3TextConfig,
+                              SiglipVisionConfig)
+
+    from lvlm_probe.models.gemma3 import GEMMA3_CHAT_TEMPLATE
+
+    side = int(round(tokens_per_image ** 0.5))
+    n_side = image_size // patch_size
+    if side * side != tokens_per_image or image_size % patch_size or n_side % side:
+        raise ValueError(f"tokens_per_image={tokens_per_image} must be a square whose side divides the "
+                         f"{n_side}x{n_side} patch grid of image_size={image_size}, patch_size={patch_size}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    image_tokens = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                    "image_token": "<image_soft_token>"}
+    tok = word_tokenizer(words, specials=["<start_of_turn>", "<end_of_turn>", *image_tokens.values()],
+                         bos="<bos>", eos="<eos>", pad="<pad>", template_words=["user", "model"],
+                         named_specials=image_tokens, added_words=["\n\n"])
+    ids = {k: tok.convert_tokens_to_ids(v) for k, v in image_tokens.items()}
+    head_dim = text_hidden // text_heads
+    tc = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
+        num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+        head_dim=head_dim, query_pre_attn_scalar=head_dim, max_position_embeddings=512,
+        sliding_window=sliding_window,
+        layer_types=["full_attention" if (k + 1) % 2 == 0 else "sliding_attention" for k in range(text_layers)],
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        initializer_range=init_std, tie_word_embeddings=False,
+    )
+    vc = SiglipVisionConfig(
+        hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads, image_size=image_size, patch_size=patch_size, num_channels=3,
+        vision_use_head=False,
+    )
+    cfg = Gemma3Config(
+        text_config=tc, vision_config=vc, mm_tokens_per_image=tokens_per_image,
+        boi_token_index=ids["boi_token"], eoi_token_index=ids["eoi_token"], image_token_index=ids["image_token"],
+        initializer_range=init_std, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(cfg).to(dtype).eval()
+    with torch.no_grad():  # HF initialises the projection to zeros (every image would read the same)
+        proj = model.model.multi_modal_projector.mm_input_projection_weight
+        proj.normal_(0.0, init_std)
+    eos = [tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")]
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = eos
+    model.generation_config.bos_token_id = tok.bos_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    ip = _image_processor("gemma3", image_size)
+    ip.save_pretrained(out)
+    Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=GEMMA3_CHAT_TEMPLATE,
+                    image_seq_length=tokens_per_image).save_pretrained(out)
+    return out
+
+
 def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merge: int = 2,
                      min_pixels: int = 0, max_pixels: int = 0):
     """The family's PIL image processor (no torchvision needed)."""
@@ -259,12 +358,15 @@ def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merg
     if kind == "clip":
         cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
         return cls(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    if kind == "gemma3":  # squashes any image to image_size square (no crop); pan-and-scan off, as by default
+        cls = getattr(transformers, "Gemma3ImageProcessorPil", None) or transformers.Gemma3ImageProcessor
+        return cls(size={"height": image_size, "width": image_size})
     cls = getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
     return cls(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch_size, merge_size=merge,
                temporal_patch_size=2)
 
 
 #: Tiny-checkpoint builders by family name (``lvlm-probe make-tiny --family``); a new family adds its builder here.
-TINY_BUILDERS = {"llava": build_tiny_llava, "qwen2_5_vl": build_tiny_qwen2_5_vl}
+TINY_BUILDERS = {"llava": build_tiny_llava, "qwen2_5_vl": build_tiny_qwen2_5_vl, "gemma3": build_tiny_gemma3}
 #: The family ``make-tiny`` builds when none is named.
 TINY_DEFAULT = "llava"
