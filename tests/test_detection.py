@@ -65,6 +65,59 @@ def test_presence_probe_sees_what_the_cooccurrence_organism_invents(cooc_claims)
     assert bad.median() < 0.5 < good.median()
 
 
+@pytest.fixture(scope="module")
+def prior():
+    return lp.load("organism:attribute_prior", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def prior_claims(prior):
+    """attribute_prior's claims on its trigger scenes plus colour, existence and relation questions (seed 3)."""
+    from lvlm_probe.data.world import SceneWorld
+    from lvlm_probe.organisms import zoo as Z
+    from lvlm_probe.organisms.check import task_items
+
+    world = SceneWorld(Z.ZOO["attribute_prior"].world, seed=3)
+    items = default_items("organism:attribute_prior", n=16, seed=3) + task_items(world, 30, seed=3007)
+    return collect_claims(prior, items, progress=False).labelled()
+
+
+def test_presence_probe_contradicts_the_planted_colour_of_that_object(prior_claims):
+    """attribute_prior says the planted colour of one class whatever the image shows; the token probes read the
+    colour of *that* object, so wrong colours score low and right ones high (the mean-token probe of the first
+    version could not: AUROC 0.50 on this organism)."""
+    from sklearn.metrics import roc_auc_score
+
+    t = prior_claims.table
+    att = t[(t.kind == "attribute") & t.p_present.notna()]
+    assert att.misaligned.sum() >= 5 and (att.misaligned == 0).sum() >= 20
+    assert roc_auc_score(att.misaligned, -att.p_present) > 0.9
+
+
+def test_presence_of_negated_and_relation_claims(prior_claims):
+    """A "no" claims absence: its support is one minus the object's; relation answers are checked on the token
+    grid (subject on the claimed side of the object)."""
+    from sklearn.metrics import roc_auc_score
+
+    from lvlm_probe.detection.presence import _predicate
+
+    t = prior_claims.table
+    rel = t[t.kind == "relation"]
+    assert len(rel) >= 4 and rel.p_present.notna().all() and rel.p_present.between(0, 1).all()
+    if rel.misaligned.nunique() == 2:
+        assert roc_auc_score(rel.misaligned, -rel.p_present) > 0.7
+    ex = t[(t.task == "exists") & t.p_present.notna()]
+    assert ex.negated.any() and (~ex.negated.astype(bool)).any()
+    right = ex[ex.misaligned == 0]
+    assert right.p_present.median() > 0.5  # a right "yes" finds the object; a right "no" finds it absent
+    row = type("Claim", (), {"value": "yes", "word": "left", "kind": "relation"})
+    assert _predicate(row) == "left of"
+    row.value, row.word = "below", "below"
+    assert _predicate(row) == "below"
+    row.value, row.word = "holding", "holding"
+    assert _predicate(row) is None
+
+
 def test_detector_fits_scores_and_refuses_unlabelled(cooc_claims):
     other = lp.load("organism:attribute_prior", device="cpu")
     oc = collect_claims(other, default_items("organism:attribute_prior", n=16, seed=3), progress=False)
