@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random-init LLaVA, Qwen2.5-VL and Gemma3 checkpoints built offline in a temp dir, and HF's own
+"""Shared fixtures: tiny random-init LLaVA, Qwen2.5-VL, Gemma3 and LLaVA-NeXT checkpoints built offline in a temp dir, and HF's own
 processor pipeline that every parity test compares against (never inputs built by lvlm_probe)."""
 
 from __future__ import annotations
@@ -57,6 +57,20 @@ def gemma3_dir(tmp_path_factory):
     from lvlm_probe.models.tiny import build_tiny_gemma3
 
     return build_tiny_gemma3(tmp_path_factory.mktemp("tiny_gemma3"), init_std=0.2, seed=5)
+
+
+@pytest.fixture(scope="session")
+def llava_next_dir(tmp_path_factory):
+    from lvlm_probe.models.tiny import build_tiny_llava_next
+
+    return build_tiny_llava_next(tmp_path_factory.mktemp("tiny_llava_next"), init_std=0.2, seed=1)
+
+
+@pytest.fixture(scope="session")
+def llava_next(llava_next_dir):
+    import lvlm_probe as lp
+
+    return lp.load(llava_next_dir, device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -176,7 +176,8 @@ def test_image_attention_batch_and_maps_helper(llava):
     assert set(df["step"]) == {0} and set(df["layer"]) == {0}
     assert (df["position"] == batch.input_ids.shape[1] - 1).all()
     maps = image_attention_maps(llava, batch, layers=[1])
-    assert list(maps.columns) == ["b", "item_id", "step", "layer", "head", "image", "row", "col", "attention"]
+    assert list(maps.columns) == ["b", "item_id", "step", "layer", "head", "image", "tile", "row", "col", "attention"]
+    assert (maps["tile"] == 0).all()  # one tile per image for families without tiles
     with pytest.raises(lp.InputError, match="layer"):
         image_attention(llava, batch, layers=[7])
 

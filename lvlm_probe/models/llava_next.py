@@ -229,9 +229,10 @@ class LlavaNextAdapter(FamilyAdapter):
         top, left = (ch - nh) // 2, (cw - nw) // 2
         for q in range(min(lay.n_crops, pixels.shape[1] - 1)):
             i, j = divmod(q, lay.crops[1])
-            ys = ((torch.arange(S, device=dev) + i * S - top + 0.5) / nh).clamp(0, 1 - 1e-9)
-            xs = ((torch.arange(S, device=dev) + j * S - left + 0.5) / nw).clamp(0, 1 - 1e-9)
-            per_crop[1 + q] = (ys * h).long()[:, None] * w + (xs * w).long()[None, :]
+            # integer arithmetic: the pixel centre (2Y + 1) / 2 of canvas row Y, as a fraction of the resized image
+            ys = ((2 * (torch.arange(S, device=dev) + i * S - top) + 1) * h).div(2 * nh, rounding_mode="floor")
+            xs = ((2 * (torch.arange(S, device=dev) + j * S - left) + 1) * w).div(2 * nw, rounding_mode="floor")
+            per_crop[1 + q] = ys.clamp(0, h - 1)[:, None] * w + xs.clamp(0, w - 1)[None, :]
         cells = torch.stack(per_crop)  # [crops + 1, S, S]
         return cells[None, :, None].expand(pixels.shape).clone()
 
