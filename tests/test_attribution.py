@@ -52,7 +52,9 @@ def test_frame_matches_patch_coords(family):
     # b is the row in the batch (an int), item_id the item's id
     assert df.drop_duplicates("b")[["b", "item_id"]].values.tolist() == [[0, "a"], [1, "b"]]
     for b in range(len(batch)):
-        coords = batch.roles.patch_coords[b][batch.roles.image[b]].tolist()
+        r = batch.roles
+        grid_tokens = r.image[b] & (r.patch_tiles[b] == 0) & (r.patch_coords[b, :, 1] >= 0)  # tile 0: the map grid
+        coords = r.patch_coords[b][grid_tokens].tolist()
         got = df[df["b"] == b][["image", "row", "col"]].to_numpy().tolist()
         assert sorted(map(tuple, got)) == sorted(map(tuple, coords))
     assert (df["value"] >= 0).all()  # saliency is |gradient|

@@ -404,6 +404,16 @@ class FamilyAdapter(ABC):
         """
         ...
 
+    def grid_sums(self, site: Site, tensor: torch.Tensor, images: ImageInputs) -> list[torch.Tensor]:
+        """Per image, every row of a vision-side tensor that reaches the LLM, summed onto the image's attribution
+        grid (``llm_grids``): ``[rows * cols, d]`` in raster order.
+
+        Layer attribution on ``projector.out`` reduces with it, so a family whose projector rows are more than one
+        per grid cell (LLaVA-NeXT: the base view's rows and the high-resolution crops' rows) still gives maps whose
+        sum is the whole attribution. Default: :meth:`vision_patches` (one row per cell).
+        """
+        return [t for t, _ in self.vision_patches(site, tensor, images)]
+
     # ---- misc --------------------------------------------------------------------------------
     def describe(self) -> dict:
         """JSON-able facts for manifests and ``lvlm-probe info``."""

@@ -36,7 +36,7 @@ from lvlm_probe.models.base import FamilyAdapter, ImageInputs, Site, _unwrap
 #: message first, then ``[INST] `` + one ``<image>\n`` per image + the text + `` [/INST]``; the tokenizer adds BOS.
 LLAVA_NEXT_CHAT_TEMPLATE = (
     "{% for m in messages %}"
-    "{% if m['role'] == 'system' %}{% for c in m['content'] %}{{ c['text'] }}{% endfor %}\n"
+    "{% if m['role'] == 'system' %}{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{{ '\\n' }}"
     "{% elif m['role'] == 'user' %}[INST] "
     "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
     "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %} [/INST]"
@@ -269,5 +269,30 @@ class LlavaNextAdapter(FamilyAdapter):
             elif t.shape[0] != h * w:
                 raise ValueError(f"{site.name}: image {k} has {t.shape[0]} rows, expected {h * w} patches (+CLS)")
             out.append((t, (h, w)))
+            off += 1 + lay.n_crops
+        return out
+
+    def grid_sums(self, site: Site, tensor: torch.Tensor, images: ImageInputs) -> list[torch.Tensor]:
+        """``projector.out`` rows of each image summed onto its base grid: the base view's rows one per cell; each
+        crop row is placed on the assembled high-resolution grid, dropped when ``unpad_image`` removes it (the LLM
+        never receives it), else added to the base cell that covers the same part of the image."""
+        if site.stem != "projector.out":
+            return super().grid_sums(site, tensor, images)
+        lays = self._layouts(images)
+        out, off = [], 0
+        for lay in lays:
+            (h, w), (rows, cols), (top, left) = lay.base, lay.high, lay.offset
+            g, dev = h, tensor.device
+            acc = tensor[off].clone()
+            crops = tensor[off + 1:off + 1 + lay.n_crops]  # [n_crops, g*g, d]
+            q = torch.arange(lay.n_crops, device=dev)[:, None]
+            p = torch.arange(g * g, device=dev)[None, :]
+            R = (q // lay.crops[1]) * g + p // g - top  # row / col on the unpadded high-resolution grid
+            C = (q % lay.crops[1]) * g + p % g - left
+            keep = (R >= 0) & (R < rows) & (C >= 0) & (C < cols)
+            cell = ((2 * R + 1) * h).div(2 * max(rows, 1), rounding_mode="floor") * w + \
+                ((2 * C + 1) * w).div(2 * max(cols, 1), rounding_mode="floor")
+            acc.index_add_(0, cell[keep], crops[keep])
+            out.append(acc)
             off += 1 + lay.n_crops
         return out
