@@ -9,7 +9,7 @@ through ``lvlm_probe.load`` (TransformerBridge). ``--family llava_next`` builds 
 LLaVA-NeXT (``build_tiny_llava_next``, pinpoints of the released checkpoints scaled to 224 px: a
 square image gives a base view and 2 crops, 528 image tokens) and times its HF class instead.
 One batch of ``--batch-size`` items (random
-224x224 RGB images, 256 image tokens each, prompt "what is in the image ?") is timed with each
+224x224 RGB images, 256 image tokens each for llava, prompt "what is in the image ?") is timed with each
 variant. Every variant runs once as a warm-up, then ``--repeats`` times; the variants are run
 round-robin (one of each per repeat) so that a change in machine load hits them all alike, and
 the table reports the median (with min and max) of each.
