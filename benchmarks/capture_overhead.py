@@ -5,8 +5,11 @@ What is measured
 A random-init LLaVA (CLIP vision tower + Llama LM, ~30M parameters; ``--quick``: ~3M) is written
 to a temporary directory with ``build_tiny_llava`` and loaded twice: once as a plain
 ``transformers.LlavaForConditionalGeneration`` with eager attention (the baseline) and once
-through ``lvlm_probe.load`` (TransformerBridge). One batch of ``--batch-size`` items (random
-224x224 RGB images, 256 image tokens each, prompt "what is in the image ?") is timed with each
+through ``lvlm_probe.load`` (TransformerBridge). ``--family llava_next`` builds the same sizes as a
+LLaVA-NeXT (``build_tiny_llava_next``, pinpoints of the released checkpoints scaled to 224 px: a
+square image gives a base view and 2 crops, 528 image tokens) and times its HF class instead.
+One batch of ``--batch-size`` items (random
+224x224 RGB images, 256 image tokens each for llava, prompt "what is in the image ?") is timed with each
 variant. Every variant runs once as a warm-up, then ``--repeats`` times; the variants are run
 round-robin (one of each per repeat) so that a change in machine load hits them all alike, and
 the table reports the median (with min and max) of each.
@@ -42,7 +45,7 @@ preprocessing (row 7) plus the disk write. The final ``TARGET`` line checks row 
 goal ``capture <= 1.10x HF eager``. A sanity line also checks that capture stored the same
 numbers HF returns (layer-0 residual at the last prompt position).
 
-Run: ``python benchmarks/capture_overhead.py [--quick] [--repeats N] [--batch-size B]``.
+Run: ``python benchmarks/capture_overhead.py [--quick] [--family F] [--repeats N] [--batch-size B]``.
 """
 
 from __future__ import annotations
@@ -66,6 +69,12 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
     "quick": {"image_size": 224, "patch_size": 14, "vision_hidden": 128, "vision_layers": 2, "vision_heads": 4,
               "text_hidden": 256, "text_layers": 4, "text_heads": 4, "text_kv_heads": 4},
 }
+#: Per family (``--family``): the builder's image settings beside MODEL_SIZES' common sizes. LLaVA-NeXT's
+#: pinpoints are the released ``[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]`` scaled to 224 px.
+FAMILY_SHAPES: dict[str, dict] = {
+    "llava": {},
+    "llava_next": {"grid_pinpoints": [[224, 448], [448, 224], [448, 448], [672, 224], [224, 672]]},
+}
 PROMPT = "what is in the image ?"
 SITES = ["llm.resid_post.*"]
 SELECT = ["image_mean", "last_prompt"]
@@ -79,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8, help="items in the timed batch (default 8)")
     p.add_argument("--quick", action="store_true", help="~3M-parameter model for a smoke run (default ~30M)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and images")
+    p.add_argument("--family", choices=sorted(FAMILY_SHAPES), default="llava",
+                   help="architecture of the tiny model (default llava)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when the TARGET line fails")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.batch_size < 1:
@@ -109,11 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
     from PIL import Image
-    from transformers import LlavaForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
     import lvlm_probe as lp
-    from lvlm_probe.models.tiny import build_tiny_llava
+    from lvlm_probe.models.tiny import TINY_BUILDERS
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -122,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="lvlm_probe_bench_") as tmp:
         tmp_path = Path(tmp)
-        model_dir = build_tiny_llava(tmp_path / "model", seed=args.seed, **MODEL_SIZES[size])
-        hf = LlavaForConditionalGeneration.from_pretrained(model_dir, attn_implementation="eager").eval()
+        model_dir = TINY_BUILDERS[args.family](tmp_path / "model", seed=args.seed, **MODEL_SIZES[size],
+                                               **FAMILY_SHAPES[args.family])
         model = lp.load(model_dir, device="cpu")
+        hf = type(model.hf_model).from_pretrained(model_dir, attn_implementation="eager").eval()
         n_params = sum(p.numel() for p in hf.parameters())
 
         rng = np.random.default_rng(args.seed)
@@ -136,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         store_dir = tmp_path / "store"
 
         print("capture overhead benchmark")
-        print(f"  model          tiny llava ({size}): {n_params:,} parameters ({n_params / 1e6:.1f}M), "
+        print(f"  model          tiny {args.family} ({size}): {n_params:,} parameters ({n_params / 1e6:.1f}M), "
               f"{model.adapter.n_vision_layers} vision + {model.adapter.n_llm_layers} LLM layers")
         print(f"  batch          {B} items x {ids.shape[1]} tokens ({batch.n_image_tokens[0]} image tokens each)")
         print(f"  capture        sites {SITES} -> {len(model.adapter.expand_sites(SITES))} hooks, select {SELECT}")

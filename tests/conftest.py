@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random-init LLaVA, Qwen2.5-VL and Gemma3 checkpoints built offline in a temp dir, and HF's own
+"""Shared fixtures: tiny random-init LLaVA, Qwen2.5-VL, Gemma3 and LLaVA-NeXT checkpoints built offline in a temp dir, and HF's own
 processor pipeline that every parity test compares against (never inputs built by lvlm_probe)."""
 
 from __future__ import annotations
@@ -60,6 +60,20 @@ def gemma3_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def llava_next_dir(tmp_path_factory):
+    from lvlm_probe.models.tiny import build_tiny_llava_next
+
+    return build_tiny_llava_next(tmp_path_factory.mktemp("tiny_llava_next"), init_std=0.2, seed=1)
+
+
+@pytest.fixture(scope="session")
+def llava_next(llava_next_dir):
+    import lvlm_probe as lp
+
+    return lp.load(llava_next_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def gemma3(gemma3_dir):
     import lvlm_probe as lp
 
@@ -82,7 +96,12 @@ def qwen(qwen_dir):
 
 @pytest.fixture(scope="session", params=["llava", "qwen", "gemma3"])
 def family(request):
-    """(model, model_dir) for each supported family."""
+    """(model, model_dir) for each supported family.
+
+    LLaVA-NeXT (``llava_next``) is not a parameter yet: it passes every family-parametrised test except two that
+    read ``image_patches`` back from an activation store, whose index (item, image, row, col) has no tile column,
+    so its base-view and high-resolution tokens collide there (tests/test_family_llava_next.py covers the rest).
+    """
     return request.getfixturevalue(request.param), request.getfixturevalue(f"{request.param}_dir")
 
 

@@ -52,7 +52,9 @@ def test_frame_matches_patch_coords(family):
     # b is the row in the batch (an int), item_id the item's id
     assert df.drop_duplicates("b")[["b", "item_id"]].values.tolist() == [[0, "a"], [1, "b"]]
     for b in range(len(batch)):
-        coords = batch.roles.patch_coords[b][batch.roles.image[b]].tolist()
+        r = batch.roles
+        grid_tokens = r.image[b] & (r.patch_tiles[b] == 0) & (r.patch_coords[b, :, 1] >= 0)  # tile 0: the map grid
+        coords = r.patch_coords[b][grid_tokens].tolist()
         got = df[df["b"] == b][["image", "row", "col"]].to_numpy().tolist()
         assert sorted(map(tuple, got)) == sorted(map(tuple, coords))
     assert (df["value"] >= 0).all()  # saliency is |gradient|
@@ -176,7 +178,8 @@ def test_image_attention_batch_and_maps_helper(llava):
     assert set(df["step"]) == {0} and set(df["layer"]) == {0}
     assert (df["position"] == batch.input_ids.shape[1] - 1).all()
     maps = image_attention_maps(llava, batch, layers=[1])
-    assert list(maps.columns) == ["b", "item_id", "step", "layer", "head", "image", "row", "col", "attention"]
+    assert list(maps.columns) == ["b", "item_id", "step", "layer", "head", "image", "tile", "row", "col", "attention"]
+    assert (maps["tile"] == 0).all()  # one tile per image for families without tiles
     with pytest.raises(lp.InputError, match="layer"):
         image_attention(llava, batch, layers=[7])
 

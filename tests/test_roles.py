@@ -14,14 +14,20 @@ def _check_roles(model, batch):
     # roles are mutually exclusive and cover every real token; padding has none
     stack = torch.stack([r.mask(n) for n in lp.ROLE_NAMES]).long().sum(0)
     assert torch.equal(stack, batch.attention_mask)
-    # coordinates cover each image's grid exactly once, in raster order
+    # coordinates cover each tile's grid of each image exactly once, in raster order (tokens on no grid cell, e.g.
+    # LLaVA-NeXT's row-end newlines, have (-1, -1)); families without tiles have one tile per image, its grid
+    # the image's grid
     for b in range(len(batch)):
-        coords = r.patch_coords[b][r.image[b]]
-        assert len(r.grids[b]) == batch.n_images[b]
-        for i, (h, w) in enumerate(r.grids[b]):
-            mine = coords[coords[:, 0] == i][:, 1:].tolist()
-            assert mine == [[y, x] for y in range(h) for x in range(w)]
-        assert (r.patch_coords[b][~r.image[b]] == -1).all()
+        coords, tiles = r.patch_coords[b][r.image[b]], r.patch_tiles[b][r.image[b]]
+        assert len(r.grids[b]) == len(r.tile_grids[b]) == batch.n_images[b]
+        for i, tile_grids in enumerate(r.tile_grids[b]):
+            assert tile_grids[0] == r.grids[b][i]  # the attribution grid is tile 0's
+            for tile, (h, w) in enumerate(tile_grids):
+                sel = (coords[:, 0] == i) & (tiles == tile) & (coords[:, 1] >= 0)
+                assert coords[sel][:, 1:].tolist() == [[y, x] for y in range(h) for x in range(w)]
+            assert set(tiles[coords[:, 0] == i].tolist()) <= set(range(len(tile_grids)))
+        assert (r.patch_coords[b][~r.image[b]] == -1).all() and (r.patch_tiles[b][~r.image[b]] == -1).all()
+    assert not r.separator.any() or not (r.separator & r.image).any()
 
 
 def test_llava_roles(llava):
@@ -77,7 +83,8 @@ def test_system_and_answer_roles(family):
 def test_role_table(llava):
     b = mixed_batch(llava)
     df = b.roles.table(0)
-    assert list(df.columns) == ["position", "role", "image", "row", "col"]
+    assert list(df.columns) == ["position", "role", "image", "tile", "row", "col"]
+    assert set(df.loc[df["role"] == "image", "tile"]) == {0} and set(df.loc[df["role"] != "image", "tile"]) == {-1}
     assert (df["role"] == "image").sum() == b.n_image_tokens[0]
     assert (df["role"] == "padding").sum() == int((b.attention_mask[0] == 0).sum())
 

@@ -63,7 +63,7 @@ def item_cells(model: Any, item: Batch, iid: str) -> torch.Tensor:
     base = 0
     for j, ((a, z), (h, w)) in enumerate(zip(image_rows(model, item), item.image_inputs.llm_grids)):
         try:
-            cells[a:z] = model.adapter.pixel_cells(pv[a:z], (h, w)) + base
+            cells[a:z] = model.adapter.pixel_cells(pv[a:z], (h, w), images=item.image_inputs, index=j) + base
         except UnsupportedModelError:  # before ValueError: it is one
             raise _unknown_layout(model, item) from None
         except ValueError as exc:

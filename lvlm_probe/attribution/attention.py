@@ -14,7 +14,9 @@ from lvlm_probe.errors import InputError
 from lvlm_probe.models.records import ROLE_NAMES, Batch, Generation
 
 MASS_COLUMNS = ["b", "item_id", "step", "position", "layer", "head", "to_role", "mass"]
-MAP_COLUMNS = ["b", "item_id", "step", "layer", "head", "image", "row", "col", "attention"]
+#: ``tile``: the token's tile within its image (``TokenRoles.patch_tiles``; 0 for families without tiles), so that
+#: tiled families' tokens (LLaVA-NeXT: base view and high-resolution grid) with the same (image, row, col) stay apart.
+MAP_COLUMNS = ["b", "item_id", "step", "layer", "head", "image", "tile", "row", "col", "attention"]
 
 
 def _queries(inputs: Batch | Generation, steps: Sequence[int] | None) -> tuple[Batch, list[int], np.ndarray]:
@@ -74,8 +76,8 @@ def image_attention(
         ``lvlm_probe.ROLE_NAMES``; ``b`` is the row in the batch; for each (b, step, layer, head) the masses sum
         to 1.
     (DataFrame, DataFrame) when ``maps=True``
-        The second frame: ``b, item_id, step, layer, head, image, row, col, attention`` (attention of
-        the query to the image token at (image, row, col)).
+        The second frame: ``b, item_id, step, layer, head, image, tile, row, col, attention`` (attention of
+        the query to the image token at (image, tile, row, col); ``tile`` is 0 for families without tiles).
 
     Notes
     -----
@@ -148,12 +150,14 @@ def _patch_rows(a: torch.Tensor, roles: Any, valid: np.ndarray, ids: list[str], 
         if pos.numel() == 0:
             continue
         coords = roles.patch_coords[b, pos].cpu().numpy()  # [P, 3]
+        tiles = roles.patch_tiles[b, pos].cpu().numpy()  # [P]
         att = a[b][:, :, pos].permute(1, 0, 2).cpu().numpy()  # [S, H, P]
         s_j, h_j, p_j = np.meshgrid(np.arange(S), np.arange(H), np.arange(len(pos)), indexing="ij")
         k = valid[b][s_j]
         out.append(pd.DataFrame({
             "b": b, "item_id": ids[b], "step": np.asarray(steps)[s_j[k]], "layer": layer,
-            "head": h_j[k], "image": coords[p_j[k], 0], "row": coords[p_j[k], 1], "col": coords[p_j[k], 2],
+            "head": h_j[k], "image": coords[p_j[k], 0], "tile": tiles[p_j[k]], "row": coords[p_j[k], 1],
+            "col": coords[p_j[k], 2],
             "attention": att[k],
         }))
     return out
@@ -161,7 +165,7 @@ def _patch_rows(a: torch.Tensor, roles: Any, valid: np.ndarray, ids: list[str], 
 
 def image_attention_maps(model: Any, inputs: Batch | Generation, *, layers: Sequence[int] | None = None,
                          steps: Sequence[int] | None = None) -> pd.DataFrame:
-    """Per-patch attention maps only: ``b, item_id, step, layer, head, image, row, col, attention``.
+    """Per-patch attention maps only: ``b, item_id, step, layer, head, image, tile, row, col, attention``.
 
     Same arguments as :func:`image_attention`.
     """

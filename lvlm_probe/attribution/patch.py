@@ -159,8 +159,8 @@ def _layer_to_cells(model: Any, item: ItemPixels, attr: torch.Tensor) -> torch.T
     """Projector-output attributions (bridge layout) → item-local cell values [n_cells]."""
     per_row = attr.detach().float().sum(-1, keepdim=True)  # LLaVA [n_img, n_tok, 1]; Qwen [n_units, 1]
     site = model.adapter.parse_site("projector.out")
-    parts = model.adapter.vision_patches(site, per_row, item.batch.image_inputs)
-    return torch.cat([p.reshape(-1) for p, _ in parts])
+    parts = model.adapter.grid_sums(site, per_row, item.batch.image_inputs)  # every row, onto the item's grids
+    return torch.cat([p.reshape(-1) for p in parts])
 
 
 def patch_attribution(

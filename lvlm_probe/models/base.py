@@ -83,6 +83,11 @@ class ImageInputs:
     pixel_rows : list of (start, stop)
         Per image: its rows ``[start, stop)`` along ``pixel_values`` dim 0 (LLaVA: ``(k, k + 1)``;
         Qwen2.5-VL: ``tokens × merge²`` patch rows). ``Batch.select`` slices images with it.
+    tile_grids : list of list of (rows, cols), optional
+        Per image, per tile: the LLM grid of each tile (a tile is a view of the image whose tokens lie on a grid
+        of their own). None for families without tiles: every image is one tile, ``[llm_grids[k]]``. LLaVA-NeXT:
+        tile 0 is the base (global) view's grid, tile 1 the unpadded high-resolution grid assembled from the
+        crops. ``llm_grids[k]`` stays the grid attribution maps are drawn on (LLaVA-NeXT: tile 0's).
     """
 
     pixel_values: torch.Tensor
@@ -91,6 +96,11 @@ class ImageInputs:
     tokens_per_image: list[int]
     vision_grids: list[tuple[int, int]]
     pixel_rows: list[tuple[int, int]] | None = None
+    tile_grids: list[list[tuple[int, int]]] | None = None
+
+    def tiles(self, k: int) -> list[tuple[int, int]]:
+        """The grid of each tile of image ``k`` (``[llm_grids[k]]`` for families without tiles)."""
+        return list(self.tile_grids[k]) if self.tile_grids is not None else [self.llm_grids[k]]
 
 
 def _unwrap(module: Any) -> Any:
@@ -224,6 +234,26 @@ class FamilyAdapter(ABC):
     def image_token_coords(self, grid: tuple[int, int], n_tokens: int) -> list[tuple[int, int]]:
         """(row, col) of each of one image's LLM tokens in sequence order ((-1, -1) for non-grid tokens)."""
 
+    def image_token_layout(self, images: ImageInputs, k: int) -> list[tuple[int, int, int]]:
+        """``(tile, row, col)`` of each of image ``k``'s LLM tokens in sequence order.
+
+        ``row, col`` lie on the grid of that tile (``images.tiles(k)[tile]``); ``(-1, -1)`` marks an image token
+        that sits on no grid cell (a CLS token, LLaVA-NeXT's row-end newline) but still belongs to ``tile``.
+        Default: one tile (0), the coordinates of :meth:`image_token_coords`. Families with tiles (LLaVA-NeXT)
+        override it; the length must be ``images.tokens_per_image[k]``.
+        """
+        return [(0, r, c) for r, c in self.image_token_coords(images.llm_grids[k], images.tokens_per_image[k])]
+
+    def separator_token_ids(self) -> set[int]:
+        """Ids that a placeholder expansion (:meth:`placeholder_expansion`) inserts between an image's tiles or
+        rows and that are **not** the image token; they get the ``separator`` role instead of ``template``.
+
+        Default: none. LLaVA-NeXT's row-end newlines are image-token ids (the model fills them with its learned
+        ``image_newline`` vector), so they keep the ``image`` role; a family whose processor writes text
+        separators between tiles (e.g. Idefics3's row / column markers) lists them here.
+        """
+        return set()
+
     def channel_view(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``pixel_values`` of one item as ``[rows, channels, -1]`` (a view): LLaVA's ``[n_images, C, H, W]`` and
         Qwen2.5-VL's ``[n_patches, C·T·P·P]`` both store the channels first. Used to fill an image with one
@@ -231,7 +261,8 @@ class FamilyAdapter(ABC):
         n_channels = int(getattr(getattr(self.hf_config, "vision_config", None), "num_channels", 3) or 3)
         return pixel_values.reshape(pixel_values.shape[0], n_channels, -1)
 
-    def pixel_cells(self, pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def pixel_cells(self, pixels: torch.Tensor, grid: tuple[int, int], images: ImageInputs | None = None,
+                    index: int | None = None) -> torch.Tensor:
         """The pixel ↔ token cell rule: which LLM grid cell each element of one image's pixel rows feeds.
 
         The default serves image-tensor layouts (one ``[C, H, W]`` row per image, as LLaVA): a pixel at
@@ -243,7 +274,11 @@ class FamilyAdapter(ABC):
         pixels : torch.Tensor
             One image's rows of ``pixel_values`` (``pixel_values[start:stop]`` of ``ImageInputs.pixel_rows``).
         grid : (rows, cols)
-            The image's LLM grid.
+            The image's LLM grid (``ImageInputs.llm_grids``).
+        images, index : ImageInputs and int, optional
+            The batch's processed images and this image's index among them, for a rule that needs more than the
+            pixels (LLaVA-NeXT: the original image size, to place each crop's pixels on the image). The base
+            rule and Qwen2.5-VL's ignore them.
 
         Returns
         -------
@@ -368,6 +403,16 @@ class FamilyAdapter(ABC):
             One entry per image of the batch, rows in row-major order of the returned grid.
         """
         ...
+
+    def grid_sums(self, site: Site, tensor: torch.Tensor, images: ImageInputs) -> list[torch.Tensor]:
+        """Per image, every row of a vision-side tensor that reaches the LLM, summed onto the image's attribution
+        grid (``llm_grids``): ``[rows * cols, d]`` in raster order.
+
+        Layer attribution on ``projector.out`` reduces with it, so a family whose projector rows are more than one
+        per grid cell (LLaVA-NeXT: the base view's rows and the high-resolution crops' rows) still gives maps whose
+        sum is the whole attribution. Default: :meth:`vision_patches` (one row per cell).
+        """
+        return [t for t, _ in self.vision_patches(site, tensor, images)]
 
     # ---- misc --------------------------------------------------------------------------------
     def describe(self) -> dict:

@@ -18,13 +18,14 @@ from lvlm_probe.errors import InputError, ModelLoadError, UnsupportedModelError
 from lvlm_probe.models.base import FamilyAdapter, ImageInputs, Site
 from lvlm_probe.models.gemma3 import Gemma3Adapter
 from lvlm_probe.models.llava import LlavaAdapter
+from lvlm_probe.models.llava_next import LlavaNextAdapter
 from lvlm_probe.models.qwen2_5_vl import Qwen2_5_VLAdapter
 from lvlm_probe.schema import RUN_DEFAULTS_FILE
 from lvlm_probe.models.records import ROLE_NAMES, Batch, Generation, TokenRoles
 
 #: Supported architecture families, keyed by HF ``config.model_type``.
 FAMILIES: dict[str, type[FamilyAdapter]] = {
-    mt: cls for cls in (LlavaAdapter, Qwen2_5_VLAdapter, Gemma3Adapter) for mt in cls.model_types
+    mt: cls for cls in (LlavaAdapter, Qwen2_5_VLAdapter, Gemma3Adapter, LlavaNextAdapter) for mt in cls.model_types
 }
 
 
@@ -404,18 +405,29 @@ _ROLE_ID: dict[str, int] = {n: k for k, n in enumerate(ROLE_NAMES)}
 
 @dataclass
 class _TokenRow:
-    """One item's expanded token ids, role ids and (image, row, col) coordinates, before padding."""
+    """One item's expanded token ids, role ids, (image, row, col) coordinates and tiles, before padding."""
 
     text: str
     ids: list[int] = field(default_factory=list)
     roles: list[int] = field(default_factory=list)
     coords: list[tuple[int, int, int]] = field(default_factory=list)
+    tiles: list[int] = field(default_factory=list)
     grids: list[tuple[int, int]] = field(default_factory=list)
+    tile_grids: list[list[tuple[int, int]]] = field(default_factory=list)
 
-    def add(self, token: int, role: int, coord: tuple[int, int, int]) -> None:
+    def add(self, token: int, role: int, coord: tuple[int, int, int], tile: int = -1) -> None:
         self.ids.append(token)
         self.roles.append(role)
         self.coords.append(coord)
+        self.tiles.append(tile)
+
+    def add_image(self, images: ImageInputs, k: int, layout: list[tuple[int, int, int]]) -> None:
+        """Record image ``k`` of the batch (the item's next image): its grid, its tiles' grids."""
+        self.grids.append(images.llm_grids[k])
+        self.tile_grids.append(images.tiles(k))
+        if len(layout) != images.tokens_per_image[k]:
+            raise UnsupportedModelError(f"the adapter lays out {len(layout)} tokens for an image of "
+                                        f"{images.tokens_per_image[k]} tokens")
 
     @property
     def n_image_tokens(self) -> int:
@@ -429,13 +441,16 @@ def _pad_left(rows: list[_TokenRow], pad_id: int) -> tuple[torch.Tensor, torch.T
     attn = torch.zeros((B, T), dtype=torch.long)
     role_id = torch.full((B, T), -1, dtype=torch.long)
     coords = torch.full((B, T, 3), -1, dtype=torch.long)
+    tiles = torch.full((B, T), -1, dtype=torch.long)
     for b, r in enumerate(rows):
         n = len(r.ids)
         input_ids[b, T - n:] = torch.tensor(r.ids, dtype=torch.long)
         attn[b, T - n:] = 1
         role_id[b, T - n:] = torch.tensor(r.roles, dtype=torch.long)
         coords[b, T - n:] = torch.tensor(r.coords, dtype=torch.long)
-    roles = TokenRoles(patch_coords=coords, grids=[r.grids for r in rows],
+        tiles[b, T - n:] = torch.tensor(r.tiles, dtype=torch.long)
+    roles = TokenRoles(patch_coords=coords, grids=[r.grids for r in rows], patch_tiles=tiles,
+                       tile_grids=[r.tile_grids for r in rows],
                        **{n: role_id == k for k, n in enumerate(ROLE_NAMES)})
     return input_ids, attn, roles
 
@@ -664,10 +679,10 @@ class LVLM:
         for t, (s, e) in zip(tids, offs):
             if t == ad.image_token_id:
                 assert img_inputs is not None
-                g = img_inputs.llm_grids[cursor + k_img]
-                row.grids.append(g)
-                for r, c in ad.image_token_coords(g, img_inputs.tokens_per_image[cursor + k_img]):
-                    row.add(t, _ROLE_ID["image"], (k_img, r, c))
+                layout = ad.image_token_layout(img_inputs, cursor + k_img)
+                row.add_image(img_inputs, cursor + k_img, layout)
+                for tile, r, c in layout:
+                    row.add(t, _ROLE_ID["image"], (k_img, r, c), tile)
                 k_img += 1
                 continue
             role = "template"
@@ -707,22 +722,25 @@ class LVLM:
         new_spans = {n: (moved(a), moved(b)) for n, (a, b) in spans.items()}
         enc = tok(expanded, add_special_tokens=add_special, return_offsets_mapping=True)
         special = ad.template_token_ids()
+        separators = ad.separator_token_ids()
         row = _TokenRow(text=text)
-        coords = [ad.image_token_coords(img_inputs.llm_grids[cursor + k], n_tok[cursor + k])
-                  for k in range(len(places))]
-        row.grids = [img_inputs.llm_grids[cursor + k] for k in range(len(places))]
+        coords = [ad.image_token_layout(img_inputs, cursor + k) for k in range(len(places))]
+        for k in range(len(places)):
+            row.add_image(img_inputs, cursor + k, coords[k])
         k_img, j = 0, 0
         for t, (s, e) in zip(enc["input_ids"], enc["offset_mapping"]):
             if t == ad.image_token_id and k_img < len(places):
-                r, c = coords[k_img][j]
-                row.add(t, _ROLE_ID["image"], (k_img, r, c))
+                tile, r, c = coords[k_img][j]
+                row.add(t, _ROLE_ID["image"], (k_img, r, c), tile)
                 j += 1
                 if j == len(coords[k_img]):
                     k_img, j = k_img + 1, 0
                 continue
             role = "template"
             in_expansion = any(a <= s and e <= z for a, z in inserted) if e > s else False
-            if t not in special and e > s and not in_expansion:
+            if in_expansion and t in separators:
+                role = "separator"
+            elif t not in special and e > s and not in_expansion:
                 role = next((n for n in ("answer", "question", "system")
                              if n in new_spans and s < new_spans[n][1] and e > new_spans[n][0]), "template")
             row.add(t, _ROLE_ID[role], (-1, -1, -1))

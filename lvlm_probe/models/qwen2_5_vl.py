@@ -74,7 +74,8 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
             pixel_rows=rows,
         )
 
-    def pixel_cells(self, pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def pixel_cells(self, pixels: torch.Tensor, grid: tuple[int, int], images: ImageInputs | None = None,
+                    index: int | None = None) -> torch.Tensor:
         """Flattened merge-unit patches: ``pixels`` is ``[n_patches, C·T·P·P]``, one image's patches in raster
         order of ``merge × merge`` units with the ``merge²`` patches of a unit contiguous, so patch row ``k``
         feeds LLM token ``k // merge²``, itself in raster order of the LLM grid (frames wrap onto the grid)."""

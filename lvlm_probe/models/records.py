@@ -9,8 +9,9 @@ import torch
 
 from lvlm_probe.errors import InputError
 
-#: Role names in a fixed order; each position has at most one role (padding has none).
-ROLE_NAMES: tuple[str, ...] = ("image", "system", "template", "question", "answer", "generated")
+#: Role names in a fixed order; each position has at most one role (padding has none). New roles are appended, so
+#: the index of every earlier role (``TokenRoles.role_ids``, stored attention masses per role) stays the same.
+ROLE_NAMES: tuple[str, ...] = ("image", "system", "template", "question", "answer", "generated", "separator")
 
 
 @dataclass
@@ -34,10 +35,22 @@ class TokenRoles:
     generated : torch.BoolTensor [B, T]
         Tokens produced by ``LVLM.generate`` (all False in a prepared batch).
     patch_coords : torch.LongTensor [B, T, 3]
-        For each image token (image index within its item, row, col) in that image's LLM patch
-        grid; -1 elsewhere.
+        For each image token (image index within its item, row, col), row and col on the grid of the token's
+        tile (``patch_tiles``); -1 elsewhere. An image token on no grid cell (a CLS token, LLaVA-NeXT's row-end
+        newline) has ``(image, -1, -1)``.
     grids : list of list of (rows, cols)
-        Per item, per image: the LLM-side patch grid (after any merging).
+        Per item, per image: the LLM-side patch grid (after any merging) that attribution maps are drawn on.
+        For families without tiles it is the image's only grid; LLaVA-NeXT: tile 0's (the base view).
+    separator : torch.BoolTensor [B, T]
+        Text tokens a processor inserts between an image's tiles or rows that are not image tokens
+        (``FamilyAdapter.separator_token_ids``; none for LLaVA, Qwen2.5-VL, Gemma3 or LLaVA-NeXT, whose row-end
+        newlines carry the image token id and so are ``image``).
+    patch_tiles : torch.LongTensor [B, T]
+        For each image token the index of its tile within its image (0 for families without tiles; LLaVA-NeXT:
+        0 = the base view, 1 = the high-resolution grid and its row-end newlines); -1 elsewhere.
+    tile_grids : list of list of list of (rows, cols)
+        Per item, per image, per tile: the tile's grid. ``(image, tile, row, col)`` of an image token is
+        ``patch_coords[b, t, 0], patch_tiles[b, t], patch_coords[b, t, 1:]``.
     """
 
     image: torch.Tensor
@@ -48,6 +61,24 @@ class TokenRoles:
     generated: torch.Tensor
     patch_coords: torch.Tensor
     grids: list[list[tuple[int, int]]]
+    separator: torch.Tensor | None = None
+    patch_tiles: torch.Tensor | None = None
+    tile_grids: list[list[list[tuple[int, int]]]] | None = None
+
+    def __post_init__(self) -> None:
+        # records built without tiles (or before the separator role existed): one tile per image, no separators
+        if self.separator is None:
+            self.separator = torch.zeros_like(self.image)
+        if self.patch_tiles is None:
+            self.patch_tiles = torch.where(self.image, 0, -1).to(torch.long)
+        if self.tile_grids is None:
+            self.tile_grids = [[[g] for g in item] for item in self.grids]
+
+    @property
+    def off_grid(self) -> torch.Tensor:
+        """BoolTensor [B, T]: image tokens on no grid cell (a CLS token, LLaVA-NeXT's row-end newlines), a part
+        of ``image``."""
+        return self.image & (self.patch_coords[..., 1] < 0)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -68,7 +99,8 @@ class TokenRoles:
 
     def to(self, device: torch.device | str) -> TokenRoles:
         kw = {n: getattr(self, n).to(device) for n in ROLE_NAMES}
-        return replace(self, patch_coords=self.patch_coords.to(device), **kw)
+        return replace(self, patch_coords=self.patch_coords.to(device), patch_tiles=self.patch_tiles.to(device),
+                       **kw)
 
     def select(self, rows: Sequence[int]) -> TokenRoles:
         """Roles of the items ``rows`` (in that order): every mask and ``patch_coords`` indexed on dim 0.
@@ -76,17 +108,22 @@ class TokenRoles:
         Returns
         -------
         TokenRoles
-            Masks [len(rows), T], ``patch_coords`` [len(rows), T, 3], ``grids`` of those items.
+            Masks [len(rows), T], ``patch_coords`` [len(rows), T, 3], ``patch_tiles`` [len(rows), T], ``grids``
+            and ``tile_grids`` of those items.
         """
         idx = torch.as_tensor(list(rows), dtype=torch.long, device=self.image.device)
         kw = {n: getattr(self, n).index_select(0, idx) for n in ROLE_NAMES}
         return replace(self, patch_coords=self.patch_coords.index_select(0, idx),
-                       grids=[self.grids[int(r)] for r in rows], **kw)
+                       patch_tiles=self.patch_tiles.index_select(0, idx),
+                       grids=[self.grids[int(r)] for r in rows], tile_grids=[self.tile_grids[int(r)] for r in rows],
+                       **kw)
 
     def truncate(self, length: int) -> TokenRoles:
-        """Roles of the first ``length`` positions: masks [B, length], ``patch_coords`` [B, length, 3]."""
+        """Roles of the first ``length`` positions: masks [B, length], ``patch_coords`` [B, length, 3],
+        ``patch_tiles`` [B, length]."""
         kw = {n: getattr(self, n)[:, :length] for n in ROLE_NAMES}
-        return replace(self, patch_coords=self.patch_coords[:, :length], **kw)
+        return replace(self, patch_coords=self.patch_coords[:, :length], patch_tiles=self.patch_tiles[:, :length],
+                       **kw)
 
     def extend(self, n_new: int, generated: torch.Tensor) -> TokenRoles:
         """Roles for a sequence extended by ``n_new`` positions whose generated mask is given [B, n_new]."""
@@ -97,14 +134,17 @@ class TokenRoles:
         coords = torch.cat(
             [self.patch_coords, torch.full((B, n_new, 3), -1, dtype=torch.long, device=self.image.device)], dim=1
         )
-        return TokenRoles(patch_coords=coords, grids=self.grids, **kw)
+        tiles = torch.cat([self.patch_tiles, torch.full((B, n_new), -1, dtype=torch.long, device=self.image.device)],
+                          dim=1)
+        return TokenRoles(patch_coords=coords, grids=self.grids, patch_tiles=tiles, tile_grids=self.tile_grids, **kw)
 
     def table(self, index: int, tokens: list[str] | None = None):
-        """A tidy DataFrame (one row per position) of item ``index``: position, role, image, row, col."""
+        """A tidy DataFrame (one row per position) of item ``index``: position, role, image, tile, row, col."""
         import pandas as pd
 
         rid = self.role_ids()[index].tolist()
         c = self.patch_coords[index].tolist()
+        tiles = self.patch_tiles[index].tolist()
         rows = []
         for t, r in enumerate(rid):
             rows.append(
@@ -112,6 +152,7 @@ class TokenRoles:
                     "position": t,
                     "role": ROLE_NAMES[r] if r >= 0 else "padding",
                     "image": c[t][0],
+                    "tile": tiles[t],
                     "row": c[t][1],
                     "col": c[t][2],
                     **({"token": tokens[t]} if tokens is not None else {}),
@@ -293,7 +334,8 @@ class Batch:
         ii = replace(ii, pixel_values=pv, extras=extras, pixel_rows=new_rows,
                      llm_grids=[ii.llm_grids[k] for k in images],
                      tokens_per_image=[ii.tokens_per_image[k] for k in images],
-                     vision_grids=[ii.vision_grids[k] for k in images])
+                     vision_grids=[ii.vision_grids[k] for k in images],
+                     tile_grids=None if ii.tile_grids is None else [ii.tile_grids[k] for k in images])
         return pv, extras, ii
 
     def truncate(self, length: int) -> Batch:

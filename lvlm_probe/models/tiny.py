@@ -350,14 +350,92 @@ def build_tiny_gemma3(
     return out
 
 
+def build_tiny_llava_next(
+    out_dir: str | os.PathLike,
+    *,
+    words: Sequence[str] = DEFAULT_WORDS,
+    image_size: int = 32,
+    patch_size: int = 8,
+    grid_pinpoints: Sequence[Sequence[int]] = ((32, 64), (64, 32), (64, 64), (96, 32), (32, 96)),
+    vision_hidden: int = 32,
+    vision_layers: int = 2,
+    vision_heads: int = 2,
+    text_hidden: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    text_kv_heads: int = 2,
+    init_std: float = 0.02,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a random-init ``LlavaNextForConditionalGeneration`` (CLIP vision, Llama LM with grouped-query
+    attention, any-resolution tiles) to ``out_dir``.
+
+    Each image gives a base view squashed to ``image_size`` square (an ``(image_size / patch_size)²`` grid, 4×4
+    at the defaults) plus the crops of the best-fitting ``grid_pinpoints`` canvas (the released pinpoints
+    scaled by ``image_size / 336``: 2, 3 or 4 crops depending on the image's size and aspect), so images of
+    different sizes give different token counts. The tokenizer carries ``<image>`` and the ``[INST]`` /
+    ``[/INST]`` turn markers of llava-v1.6-mistral; the processor (``LlavaNextProcessor`` with the PIL image
+    processor) and the chat template are saved beside it, so ``AutoProcessor.from_pretrained`` loads the
+    directory offline.
+    """
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                              LlavaNextProcessor)
+
+    from lvlm_probe.models.llava_next import LLAVA_NEXT_CHAT_TEMPLATE
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pins = [[int(h), int(w)] for h, w in grid_pinpoints]
+    if image_size % patch_size or any(h % image_size or w % image_size for h, w in pins):
+        raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size} and divide every "
+                         f"grid pinpoint {pins}")
+    tok = word_tokenizer(words, specials=["<image>"], bos="<s>", eos="</s>", pad="<pad>",
+                         template_words=["[INST]", "[/INST]"])
+    vc = CLIPVisionConfig(
+        hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads, image_size=image_size, patch_size=patch_size,
+        projection_dim=vision_hidden, initializer_range=init_std,
+    )
+    tc = LlamaConfig(
+        vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
+        num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+        max_position_embeddings=1024, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, initializer_range=init_std, tie_word_embeddings=False,
+    )
+    cfg = LlavaNextConfig(
+        vision_config=vc, text_config=tc, image_token_index=tok.convert_tokens_to_ids("<image>"),
+        projector_hidden_act="gelu", vision_feature_select_strategy="default", vision_feature_layer=-2,
+        image_grid_pinpoints=pins, image_seq_length=(image_size // patch_size) ** 2,
+        pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(cfg).to(dtype).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    ip = _image_processor("llava_next", image_size, grid_pinpoints=pins)
+    ip.save_pretrained(out)
+    LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=patch_size,
+                       vision_feature_select_strategy="default", image_token="<image>",
+                       num_additional_image_tokens=1, chat_template=LLAVA_NEXT_CHAT_TEMPLATE).save_pretrained(out)
+    return out
+
+
 def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merge: int = 2,
-                     min_pixels: int = 0, max_pixels: int = 0):
+                     min_pixels: int = 0, max_pixels: int = 0, grid_pinpoints: list | None = None):
     """The family's PIL image processor (no torchvision needed)."""
     import transformers
 
     if kind == "clip":
         cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
         return cls(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    if kind == "llava_next":  # base view squashed to image_size square + crops of the best pinpoint canvas
+        cls = getattr(transformers, "LlavaNextImageProcessorPil", None) or transformers.LlavaNextImageProcessor
+        return cls(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                   image_grid_pinpoints=grid_pinpoints)
     if kind == "gemma3":  # squashes any image to image_size square (no crop); pan-and-scan off, as by default
         cls = getattr(transformers, "Gemma3ImageProcessorPil", None) or transformers.Gemma3ImageProcessor
         return cls(size={"height": image_size, "width": image_size})
@@ -367,6 +445,7 @@ def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merg
 
 
 #: Tiny-checkpoint builders by family name (``lvlm-probe make-tiny --family``); a new family adds its builder here.
-TINY_BUILDERS = {"llava": build_tiny_llava, "qwen2_5_vl": build_tiny_qwen2_5_vl, "gemma3": build_tiny_gemma3}
+TINY_BUILDERS = {"llava": build_tiny_llava, "qwen2_5_vl": build_tiny_qwen2_5_vl, "gemma3": build_tiny_gemma3,
+                 "llava_next": build_tiny_llava_next}
 #: The family ``make-tiny`` builds when none is named.
 TINY_DEFAULT = "llava"
