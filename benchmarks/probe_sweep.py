@@ -75,7 +75,7 @@ def build_synthetic_store(path: str, items: list, seed: int = 0, shard_items: in
     settings = {"sites": [s for s, _ in SITES], "select": ["image_mean", "image_patches"]}
     store = ActivationStore.open_for_capture(path, model=model, settings=settings, overwrite=True)
     rr = torch.arange(grid * grid)
-    index = torch.stack([torch.zeros_like(rr), torch.zeros_like(rr), rr // grid, rr % grid], 1)
+    index = torch.stack([torch.zeros_like(rr), torch.zeros_like(rr), torch.zeros_like(rr), rr // grid, rr % grid], 1)
     buf = []
     for it in items:
         occ = np.full(grid * grid, -1)

@@ -94,14 +94,9 @@ def qwen(qwen_dir):
     return lp.load(qwen_dir, device="cpu")
 
 
-@pytest.fixture(scope="session", params=["llava", "qwen", "gemma3"])
+@pytest.fixture(scope="session", params=["llava", "qwen", "gemma3", "llava_next"])
 def family(request):
-    """(model, model_dir) for each supported family.
-
-    LLaVA-NeXT (``llava_next``) is not a parameter yet: it passes every family-parametrised test except two that
-    read ``image_patches`` back from an activation store, whose index (item, image, row, col) has no tile column,
-    so its base-view and high-resolution tokens collide there (tests/test_family_llava_next.py covers the rest).
-    """
+    """(model, model_dir) for each supported family."""
     return request.getfixturevalue(request.param), request.getfixturevalue(f"{request.param}_dir")
 
 

@@ -100,7 +100,7 @@ def test_word_probability_agrees_with_logit_lens(family):
     conf = internal_confidence(wp)
     assert len(conf) == len(batch) * len(ids)
     assert list(conf.columns) == list(internal_confidence(wp.iloc[:0]).columns) == [
-        "b", "item_id", "word", "token_id", "confidence", "layer", "position", "row", "col"]
+        "b", "item_id", "word", "token_id", "confidence", "layer", "position", "tile", "row", "col"]
     best = wp.groupby(["b", "word"]).prob.max().reset_index()
     np.testing.assert_allclose(conf.sort_values(["b", "word"]).confidence.to_numpy(),
                                best.sort_values(["b", "word"]).prob.to_numpy())
@@ -124,7 +124,8 @@ def test_lens_on_store_residuals_equals_live(family, tmp_path):
     store_img = word_probability(model, store, [3, 5], items=["it2", "it0"])
     # rows follow the store's order; `b` is the position in the given items list
     assert set(store_img[store_img.item_id == "it2"].b) == {0} and set(store_img[store_img.item_id == "it0"].b) == {1}
-    key = ["item_id", "layer", "image", "row", "col", "token_id"]
+    key = ["item_id", "layer", "image", "tile", "row", "col", "token_id"]
+    live_img, store_img = live_img[live_img.row.notna()], store_img[store_img.row.notna()]  # grid tokens
     m = live_img.merge(store_img, on=key, suffixes=("_live", "_store"))
     assert len(m) == len(store_img) and len(m) > 0
     np.testing.assert_allclose(m.prob_live, m.prob_store, atol=1e-5)

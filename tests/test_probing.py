@@ -27,7 +27,7 @@ def write_store(path, ids, single=None, patches=None, grid=(4, 4)):
                                              settings={"sites": sites}, overwrite=True)
     H, W = grid
     rr = torch.arange(H * W)
-    index = torch.stack([torch.zeros_like(rr), torch.zeros_like(rr), rr // W, rr % W], 1)
+    index = torch.stack([torch.zeros_like(rr), torch.zeros_like(rr), torch.zeros_like(rr), rr // W, rr % W], 1)
     recs = []
     for k, iid in enumerate(ids):
         t, ix = {}, {}

@@ -175,3 +175,29 @@ def test_version_1_store_reads_and_resumes(store_dir, llava):
 def test_reader_refuses_to_append(pristine):
     with pytest.raises(lp.StoreError, match="opened for reading"):
         lp.ActivationStore(pristine).record_failure("x", "why")
+
+
+def test_a_store_written_before_tiles_reads_with_tile_0_and_refuses_to_mix(tmp_path, monkeypatch):
+    """image_patches rows are indexed (item, image, tile, row, col); a store whose rows were indexed without the
+    tile reads with tile 0, and appending rows of the new layout to it is refused with the fix."""
+    from lvlm_probe.capture import store as S
+
+    def record(iid, ncol):
+        rr = torch.arange(4)
+        cols = [torch.zeros_like(rr)] * (ncol - 2) + [rr // 2, rr % 2]
+        return {"id": iid, "tensors": {"projector.out|image_patches": torch.ones(4, 3)},
+                "index": {"projector.out|image_patches": torch.stack(cols, 1)}, "meta": {}}
+
+    model = {"name": "synthetic", "config_hash": "x", "n_vision_layers": 1, "n_llm_layers": 1}
+    monkeypatch.setitem(S.INDEX_COLUMNS, "image_patches", ("item", "image", "row", "col"))
+    st = S.ActivationStore.open_for_capture(tmp_path / "old", model=model, settings={"sites": ["projector.out"]})
+    st.append([record("a", 4)])
+    monkeypatch.undo()
+    rows, index = lp.ActivationStore(tmp_path / "old").get_rows("projector.out", "image_patches")
+    assert list(index.columns) == ["item_id", "image", "tile", "row", "col"] and set(index.tile) == {0}
+    assert index[["row", "col"]].values.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    st = S.ActivationStore.open_for_capture(tmp_path / "old", model=model, settings={"sites": ["projector.out"]})
+    with pytest.raises(S.StoreError, match="before image tokens had a tile.*overwrite=True"):
+        st.append([record("b", 5)])
+    with pytest.raises(S.StoreError, match=r"index of shape \(4, 4\)"):
+        st.append([record("c", 4)])

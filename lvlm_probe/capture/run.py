@@ -21,7 +21,7 @@ from lvlm_probe.models.records import ROLE_NAMES, Batch
 #: Token selections and what each stores per item.
 SELECTIONS: dict[str, str] = {
     "image_mean": "mean over the item's image tokens (vision side: over all its patches)",
-    "image_patches": "one row per image token / patch, indexed by (image, row, col)",
+    "image_patches": "one row per image token / patch, indexed by (image, tile, row, col)",
     "last_prompt": "the last prompt position (the state that emits the first answer token)",
     "text_mean": "mean over the question tokens",
     "generated": "one row per generated token t: the state whose output emitted token t",
@@ -83,7 +83,9 @@ class _Recorder:
         self.out: dict[str, list[list[tuple[torch.Tensor, torch.Tensor | None]]]] = {}
         img_pos = r.image.nonzero()  # [N, 2] (b, t)
         self.img_b = img_pos[:, 0]
-        self.img_coords = r.patch_coords[r.image]  # [N, 3]
+        tiles = r.patch_tiles if r.patch_tiles is not None else torch.zeros_like(r.patch_coords[..., 0])
+        c = r.patch_coords[r.image]
+        self.img_coords = torch.cat([c[:, :1], tiles[r.image][:, None], c[:, 1:]], 1)  # [N, 4] image, tile, row, col
 
     def _put(self, key: str, b: int, rows: torch.Tensor, index: torch.Tensor | None = None) -> None:
         self.out.setdefault(key, [[] for _ in range(self.B)])[b].append((rows, index))
@@ -122,7 +124,8 @@ class _Recorder:
             if "image_patches" in sels:
                 for i, (p, (h, w)) in enumerate(mine):
                     rr = torch.arange(h * w, device=p.device)
-                    ix = torch.stack([torch.zeros_like(rr), torch.full_like(rr, i), rr // w, rr % w], 1)
+                    ix = torch.stack([torch.zeros_like(rr), torch.full_like(rr, i), torch.zeros_like(rr), rr // w,
+                                      rr % w], 1)
                     self._put(key_name(site.name, "image_patches"), b, p, ix)
 
     def _llm(self, site: Site, sels: list[str], t: torch.Tensor, call: int) -> None:

@@ -53,7 +53,7 @@ def _is_store_manifest(path: Path) -> bool:
 
 #: Index columns of multi-row selections (one LongTensor column each; -1 where not applicable).
 INDEX_COLUMNS: dict[str, tuple[str, ...]] = {
-    "image_patches": ("item", "image", "row", "col"),
+    "image_patches": ("item", "image", "tile", "row", "col"),
     "generated": ("item", "step", "token_id", "unused"),
 }
 MULTI_ROW = frozenset(INDEX_COLUMNS)
@@ -155,6 +155,9 @@ def _shard_tensors(records: Sequence[dict]) -> tuple[dict[str, torch.Tensor], di
             parts.append(r["tensors"][k])
             if select in MULTI_ROW:
                 ix = r["index"][k].clone()
+                if ix.ndim != 2 or ix.shape[1] != len(INDEX_COLUMNS[select]):
+                    raise StoreError(f"item {r['id']!r}, {k}: index of shape {tuple(ix.shape)}; {select} rows are "
+                                     f"indexed by {list(INDEX_COLUMNS[select])}")
                 ix[:, 0] = pos
                 idx_parts.append(ix)
         cat = torch.cat(parts, dim=0)
@@ -357,6 +360,10 @@ class ActivationStore:
             old = self._m["keys"].get(k)
             if old is None:
                 new_keys[k] = spec
+            elif old.get("index_columns", spec["index_columns"]) != spec["index_columns"]:
+                raise StoreError(f"{k}: the store indexes its rows by {old['index_columns']}, this lvlm_probe by "
+                                 f"{spec['index_columns']} (a store written before image tokens had a tile); capture "
+                                 "into a new directory or pass overwrite=True")
             elif old["dtype"] != spec["dtype"] or (old["row_shape"] != spec["row_shape"] and not spec["multi_row"]):
                 raise StoreError(f"{k}: row shape {spec['row_shape']} {spec['dtype']} differs from the store's "
                                  f"{old['row_shape']} {old['dtype']}")
@@ -558,7 +565,8 @@ class ActivationStore:
         rows : torch.Tensor [R, ...]
         index : pandas.DataFrame
             One row per tensor row: ``item_id`` plus the selection's index columns
-            (``image, row, col`` for image_patches; ``step, token_id`` for generated).
+            (``image, tile, row, col`` for image_patches, tile 0 in stores written before tiles; ``step, token_id``
+            for generated).
         """
         import pandas as pd
 
@@ -571,9 +579,11 @@ class ActivationStore:
             ids = sh["items"]
             if spec["multi_row"]:
                 assert ix is not None
-                df = pd.DataFrame(ix.numpy(), columns=list(INDEX_COLUMNS[select]))
+                df = pd.DataFrame(ix.numpy(), columns=list(spec.get("index_columns") or INDEX_COLUMNS[select]))
                 df.insert(0, "item_id", [ids[i] for i in df["item"].tolist()])
                 df = df.drop(columns=["item", "unused"], errors="ignore")
+                if select == "image_patches" and "tile" not in df:  # written before tiles: one view per image
+                    df.insert(list(df.columns).index("image") + 1, "tile", 0)
             else:
                 df = pd.DataFrame({"item_id": ids})
             frames.append(df)

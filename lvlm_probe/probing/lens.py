@@ -19,10 +19,12 @@ from lvlm_probe.errors import InputError, UnsupportedModelError
 from lvlm_probe.models.records import ROLE_NAMES
 
 #: Columns of :func:`logit_lens`.
-LENS_COLUMNS: tuple[str, ...] = ("b", "item_id", "site", "layer", "position", "role", "image", "row", "col", "rank",
+LENS_COLUMNS: tuple[str, ...] = ("b", "item_id", "site", "layer", "position", "role", "image", "tile", "row", "col",
+                                 "rank",
                                  "token_id", "token", "prob", "logit")
 #: Columns of :func:`word_probability`.
-WORD_COLUMNS: tuple[str, ...] = ("b", "item_id", "site", "layer", "position", "role", "image", "row", "col", "word",
+WORD_COLUMNS: tuple[str, ...] = ("b", "item_id", "site", "layer", "position", "role", "image", "tile", "row", "col",
+                                 "word",
                                  "token_id", "prob", "logit")
 #: Roles given to rows read from a store, by selection.
 STORE_ROLES = {"image_patches": "image", "generated": "generated", "last_prompt": "last_prompt",
@@ -130,13 +132,15 @@ def _live_blocks(model: Any, batch: Any, layers: list[int], positions: Any, stem
     mask = _position_mask(batch, positions)
     b_idx, t_idx = mask.nonzero(as_tuple=True)
     coords = batch.roles.patch_coords[b_idx, t_idx].cpu()
+    tiles = batch.roles.patch_tiles[b_idx, t_idx].cpu()
     rid = batch.roles.role_ids()[b_idx, t_idx].cpu()
     ids = batch.item_ids or [str(b) for b in range(len(batch))]
     meta = pd.DataFrame({
         "b": b_idx.cpu().numpy(), "item_id": [ids[b] for b in b_idx.tolist()],
         "position": pd.array(t_idx.cpu().numpy(), dtype="Int64"),
         "role": [ROLE_NAMES[r] if r >= 0 else "padding" for r in rid.tolist()],
-        "image": _nullable(coords[:, 0]), "row": _nullable(coords[:, 1]), "col": _nullable(coords[:, 2]),
+        "image": _nullable(coords[:, 0]), "tile": _nullable(tiles), "row": _nullable(coords[:, 1]),
+        "col": _nullable(coords[:, 2]),
     })
     for lay, site in zip(layers, sites):
         yield {"site": site, "layer": lay, "meta": meta, "resid": cache[site][b_idx, t_idx]}
@@ -161,9 +165,8 @@ def _store_blocks(store: Any, layers: list[int], selection: str, stem: str,
         meta = pd.DataFrame({"b": index["item_id"].map(pos).to_numpy(), "item_id": index["item_id"].to_numpy(),
                              "position": pd.array([pd.NA] * n, dtype="Int64"),
                              "role": STORE_ROLES.get(selection, selection)})
-        for c in ("image", "row", "col"):
-            meta[c] = _nullable(index[c].to_numpy()) if c in index else pd.array([pd.NA] * n,
-                                                                                                   dtype="Int64")
+        for c in ("image", "tile", "row", "col"):
+            meta[c] = _nullable(index[c].to_numpy()) if c in index else pd.array([pd.NA] * n, dtype="Int64")
         if "step" in index:
             meta["step"] = index["step"].to_numpy()
         yield {"site": site, "layer": lay, "meta": meta, "resid": rows}
@@ -394,14 +397,14 @@ def internal_confidence(word_probs: pd.DataFrame) -> pd.DataFrame:
     -------
     pandas.DataFrame
         One row per (b, word): ``b, item_id, word, token_id, confidence`` and where the
-        max is (``layer, position, row, col``). A low confidence for a mentioned object flags a
+        max is (``layer, position, tile, row, col``). A low confidence for a mentioned object flags a
         likely hallucination.
     """
     if word_probs.empty:
-        return pd.DataFrame(columns=["b", "item_id", "word", "token_id", "confidence", "layer", "position", "row",
-                                     "col"])
+        return pd.DataFrame(columns=["b", "item_id", "word", "token_id", "confidence", "layer", "position", "tile",
+                                     "row", "col"])
     best = word_probs.loc[word_probs.groupby(["b", "word"], sort=True)["prob"].idxmax()]
-    out = best[["b", "item_id", "word", "token_id", "prob", "layer", "position", "row", "col"]]
+    out = best[["b", "item_id", "word", "token_id", "prob", "layer", "position", "tile", "row", "col"]]
     return out.rename(columns={"prob": "confidence"}).reset_index(drop=True)
 
 

@@ -252,6 +252,8 @@ class _PatchFeatures:
     def __init__(self, rows: np.ndarray, index: pd.DataFrame) -> None:
         self.rows = rows
         ok = (index["row"] >= 0) & (index["col"] >= 0)  # drop non-grid tokens (e.g. a kept CLS)
+        if "tile" in index:  # tiling families: the probes read the base view, the grid the boxes are mapped onto
+            ok &= index["tile"] <= 0
         idx = index[ok.to_numpy()]
         rid = np.flatnonzero(ok.to_numpy())
         g = idx.groupby(["item_id", "image"], sort=False)
@@ -266,7 +268,8 @@ class _PatchFeatures:
         self.lut = np.full(int((shape["H"] * shape["W"]).sum()), -1, dtype=np.int64)
         self.lut[flat] = rid
         self.item_rows = idx.assign(_rid=rid)
-        self.signature = (len(index), hash(index[["item_id", "image", "row", "col"]].to_numpy().tobytes()))
+        self.signature = (len(index), hash(index[[c for c in ("item_id", "image", "tile", "row", "col")
+                                                           if c in index]].to_numpy().tobytes()))
 
     def _groups(self, rows: pd.DataFrame) -> np.ndarray:
         key = pd.MultiIndex.from_frame(rows[["item_id", "image"]].astype({"image": np.int64}))
