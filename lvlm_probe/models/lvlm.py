@@ -59,6 +59,16 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return dtype
 
 
+def _check_torchvision() -> None:
+    """Refuse, with the reason, an installed torchvision that does not import: transformers imports it whenever its
+    package metadata is present, so configs and processors of every family then fail with a lazy-import error."""
+    if importlib.util.find_spec("torchvision") is not None and not _torchvision_importable():
+        raise ModelLoadError(
+            "torchvision is installed but does not import (a CUDA build beside a CPU torch?), and transformers cannot "
+            "load configs or image processors while it is there; lvlm_probe needs no torchvision: uninstall it, or "
+            "install the torchvision build that matches your torch")
+
+
 def _torchvision_importable() -> bool:
     """True when torchvision really imports (a CUDA wheel beside a CPU torch is installed but does not)."""
     if importlib.util.find_spec("torchvision") is None:
@@ -173,6 +183,7 @@ def load(
     dev = resolve_device(device if device_map is None else "cpu")
     dt = resolve_dtype(dtype, dev)
     _check_json_files(name)
+    _check_torchvision()
     config = _load_config(name, revision)
     adapter_cls = FAMILIES.get(config.model_type)
     if adapter_cls is None:
@@ -235,14 +246,22 @@ def _check_json_files(name: str) -> None:
 
 
 def _load_processors(name: str, revision: str | None) -> tuple[Any, Any]:
-    """The checkpoint's tokenizer and image processor, with an error that names what is missing."""
+    """The checkpoint's tokenizer and image processor, with an error that names what is missing.
+
+    The image processor is HF's PIL one wherever the family has one (``backend="pil"``): with torchvision
+    importable, ``AutoImageProcessor`` would otherwise pick the torchvision ("fast") variant, whose resize and
+    normalisation differ numerically, so the same checkpoint (an organism's planted behaviour, a stored
+    capture) would see other pixels depending on what else is installed. A processor with no PIL variant
+    falls back to the other backend inside transformers.
+    """
     from transformers import AutoImageProcessor, AutoTokenizer
 
     out = []
-    for what, cls, files in (("tokenizer", AutoTokenizer, "tokenizer.json / tokenizer_config.json"),
-                             ("image processor", AutoImageProcessor, "preprocessor_config.json")):
+    for what, cls, files, kw in (("tokenizer", AutoTokenizer, "tokenizer.json / tokenizer_config.json", {}),
+                                 ("image processor", AutoImageProcessor, "preprocessor_config.json",
+                                  {"backend": "pil"})):
         try:
-            out.append(cls.from_pretrained(name, revision=revision))
+            out.append(cls.from_pretrained(name, revision=revision, **kw))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             msg = " ".join(str(err).split())[:200]
             raise ModelLoadError(f"{name!r}: cannot load its {what} ({type(err).__name__}: {msg}); the model "
