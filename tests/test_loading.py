@@ -121,6 +121,7 @@ def test_image_processors_stay_pil_when_torchvision_is_importable(family, monkey
     assert ipa._resolve_backend(None, None, saved) == "torchvision"  # what a plain from_pretrained would pick
     _, ip = _load_processors(str(model_dir), None)
     assert type(ip).__name__.endswith("Pil") and type(ip) is type(model.image_processor)
+    assert model.info()["backend"] == "bridge"
 
 
 def test_broken_torchvision_is_named(llava_dir, tmp_path):

@@ -19,12 +19,13 @@ from lvlm_probe.models.base import FamilyAdapter, ImageInputs, Site
 from lvlm_probe.models.gemma3 import Gemma3Adapter
 from lvlm_probe.models.llava import LlavaAdapter
 from lvlm_probe.models.qwen2_5_vl import Qwen2_5_VLAdapter
+from lvlm_probe.models.qwen3_vl import Qwen3VLAdapter
 from lvlm_probe.schema import RUN_DEFAULTS_FILE
 from lvlm_probe.models.records import ROLE_NAMES, Batch, Generation, TokenRoles
 
 #: Supported architecture families, keyed by HF ``config.model_type``.
 FAMILIES: dict[str, type[FamilyAdapter]] = {
-    mt: cls for cls in (LlavaAdapter, Qwen2_5_VLAdapter, Gemma3Adapter) for mt in cls.model_types
+    mt: cls for cls in (LlavaAdapter, Qwen2_5_VLAdapter, Gemma3Adapter, Qwen3VLAdapter) for mt in cls.model_types
 }
 
 
@@ -80,6 +81,13 @@ def _torchvision_importable() -> bool:
     return True
 
 
+#: TransformerLens bridge adapters that list torchvision as required (only HF's fast processors need it).
+_TL_NEEDS_TORCHVISION: dict[str, tuple[str, str]] = {
+    "qwen2_5_vl": ("qwen2_5_vl", "Qwen2_5_VLArchitectureAdapter"),
+    "qwen3_vl": ("qwen3_vl", "Qwen3VLArchitectureAdapter"),
+}
+
+
 @contextlib.contextmanager
 def _quiet_bridge_boot(model_type: str) -> Iterator[None]:
     """Boot TransformerBridge without its two side effects that hurt lvlm_probe users.
@@ -87,7 +95,7 @@ def _quiet_bridge_boot(model_type: str) -> Iterator[None]:
     - TransformerLens 4.3 ``pip install``-s torchvision on the fly when a multimodal checkpoint has no
       loadable ``AutoProcessor``; on a CPU torch that pulls a multi-GB CUDA torch build into the
       environment and breaks it. lvlm_probe processes images itself, so the install is refused here.
-    - Its Qwen2.5-VL adapter insists on torchvision, which only HF's *fast* image processors need;
+    - Its Qwen2.5-VL and Qwen3-VL adapters insist on torchvision, which only HF's *fast* image processors need;
       lvlm_probe uses the PIL processors, so that check is relaxed.
     Both are restored on exit.
     """
@@ -96,10 +104,9 @@ def _quiet_bridge_boot(model_type: str) -> Iterator[None]:
     saved_ensure = tl_helpers._ensure_torchvision
     tl_helpers._ensure_torchvision = _torchvision_importable
     restore: list[tuple[Any, list]] = []
-    if model_type == "qwen2_5_vl" and not _torchvision_importable():
-        from transformer_lens.model_bridge.supported_architectures import qwen2_5_vl as tl_qwen
-
-        cls = tl_qwen.Qwen2_5_VLArchitectureAdapter
+    if model_type in _TL_NEEDS_TORCHVISION and not _torchvision_importable():
+        mod, name = _TL_NEEDS_TORCHVISION[model_type]
+        cls = getattr(importlib.import_module(f"transformer_lens.model_bridge.supported_architectures.{mod}"), name)
         restore.append((cls, cls.required_libraries))
         cls.required_libraries = []
     try:
@@ -496,6 +503,12 @@ class LVLM:
         return self.adapter.family
 
     @property
+    def backend(self) -> str:
+        """``"bridge"`` (TransformerLens TransformerBridge hooks) or ``"hooks"`` (the forward-hook fallback of
+        :mod:`lvlm_probe.models.hook_backend`, for a family the installed TransformerLens has no adapter for)."""
+        return getattr(self.bridge, "backend", "bridge")
+
+    @property
     def image_token_id(self) -> int:
         return self.adapter.image_token_id
 
@@ -516,6 +529,7 @@ class LVLM:
             "config_hash": self.adapter.config_hash(),
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
+            "backend": self.backend,
             **self.adapter.describe(),
         }
 
