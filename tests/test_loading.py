@@ -136,8 +136,8 @@ def test_broken_torchvision_is_named(llava_dir, tmp_path):
     dist = tmp_path / "site" / "torchvision-0.28.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: torchvision\nVersion: 0.28.0\n")
-    code = ("import lvlm_probe as lp\ntry:\n    lp.load(%r, device='cpu')\nexcept lp.ModelLoadError as e:\n"
-            "    print('ERR', e)\n" % str(llava_dir))
+    code = (f"import lvlm_probe as lp\ntry:\n    lp.load({str(llava_dir)!r}, device='cpu')\n"
+            "except lp.ModelLoadError as e:\n    print('ERR', e)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), *sys.path])}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert "ERR torchvision is installed but does not import" in out.stdout, out.stderr[-2000:]

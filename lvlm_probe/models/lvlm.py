@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -19,13 +20,17 @@ from lvlm_probe.models.base import FamilyAdapter, ImageInputs, Site
 from lvlm_probe.models.gemma3 import Gemma3Adapter
 from lvlm_probe.models.llava import LlavaAdapter
 from lvlm_probe.models.qwen2_5_vl import Qwen2_5_VLAdapter
+from lvlm_probe.models.qwen2_vl import Qwen2VLAdapter
 from lvlm_probe.models.qwen3_vl import Qwen3VLAdapter
 from lvlm_probe.schema import RUN_DEFAULTS_FILE
 from lvlm_probe.models.records import ROLE_NAMES, Batch, Generation, TokenRoles
 
+_log = logging.getLogger("lvlm_probe")
+
 #: Supported architecture families, keyed by HF ``config.model_type``.
 FAMILIES: dict[str, type[FamilyAdapter]] = {
-    mt: cls for cls in (LlavaAdapter, Qwen2_5_VLAdapter, Gemma3Adapter, Qwen3VLAdapter) for mt in cls.model_types
+    mt: cls for cls in (LlavaAdapter, Qwen2_5_VLAdapter, Gemma3Adapter, Qwen3VLAdapter, Qwen2VLAdapter)
+    for mt in cls.model_types
 }
 
 
@@ -58,6 +63,19 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
             raise InputError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
         return getattr(torch, name)
     return dtype
+
+
+def _bridge_supports(hf_class_name: str) -> bool:
+    """Whether the installed TransformerLens has a TransformerBridge adapter for this HF architecture."""
+    from transformer_lens.factories.architecture_adapter_factory import (SUPPORTED_ARCHITECTURES,
+                                                                         ArchitectureAdapterFactory)
+
+    try:
+        ArchitectureAdapterFactory.discover_entry_points()  # adapters other packages register
+        known = ArchitectureAdapterFactory._adapters
+    except AttributeError:  # another TransformerLens layout: its static table
+        known = SUPPORTED_ARCHITECTURES
+    return hf_class_name in known
 
 
 def _check_torchvision() -> None:
@@ -147,8 +165,9 @@ def load(
     revision: str | None = None,
     device_map: str | dict[str, int | str] | None = None,
     max_memory: dict[int | str, int | str] | None = None,
+    backend: str | None = None,
 ) -> LVLM:
-    """Load an LVLM through TransformerBridge.
+    """Load an LVLM through TransformerBridge (or, for a family it has no adapter for, forward hooks).
 
     Parameters
     ----------
@@ -168,6 +187,11 @@ def load(
         embeddings (``model.device``). See docs/store.md (distributed capture) for one map per rank.
     max_memory : dict, optional
         With ``device_map``: the memory each device may hold (e.g. ``{0: "40GiB", 1: "40GiB"}``).
+    backend : {"bridge", "hooks"}, optional
+        How canonical sites are hooked. Default: ``"bridge"`` (TransformerLens TransformerBridge) when the installed
+        TransformerLens has an adapter for the architecture, else ``"hooks"`` (plain PyTorch forward hooks on the HF
+        modules, :mod:`lvlm_probe.models.hook_backend`). The choice is logged, and ``model.info()["backend"]``
+        records it.
 
     Returns
     -------
@@ -187,6 +211,9 @@ def load(
                          "every module itself")
     if max_memory is not None and device_map is None:
         raise InputError("max_memory only applies with device_map (e.g. device_map='auto')")
+    if backend not in (None, "bridge", "hooks"):
+        raise InputError(f"backend={backend!r}: use 'bridge', 'hooks' or None (bridge where TransformerLens has an "
+                         "adapter, else hooks)")
     dev = resolve_device(device if device_map is None else "cpu")
     dt = resolve_dtype(dtype, dev)
     _check_json_files(name)
@@ -207,11 +234,20 @@ def load(
                              dtype=dt)
     if device_map is not None:
         dev = hf_model.get_input_embeddings().weight.device
-    from transformer_lens.model_bridge import TransformerBridge
+    if backend == "hooks" or (backend is None and not _bridge_supports(adapter_cls.hf_class_name)):
+        from lvlm_probe.models.hook_backend import HookBackend
 
-    with _quiet_bridge_boot(config.model_type):
-        bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, dtype=dt, revision=revision,
-                                                     device=None if device_map is not None else str(dev))
+        bridge = HookBackend(hf_model, adapter_cls(config, tokenizer, image_processor, hf_model))
+        _log.info("lvlm_probe: %s (%s) runs on forward hooks: %s", name, config.model_type,
+                  "requested" if backend == "hooks" else "the installed TransformerLens has no bridge adapter for "
+                  f"{adapter_cls.hf_class_name}")
+    else:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        with _quiet_bridge_boot(config.model_type):
+            bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, dtype=dt, revision=revision,
+                                                         device=None if device_map is not None else str(dev))
+        _log.info("lvlm_probe: %s (%s) runs on TransformerBridge", name, config.model_type)
     bridge.eval()
     adapter = adapter_cls(config, tokenizer, image_processor, bridge.original_model)
     chat = _find_chat_template(name, tokenizer, revision) or adapter.default_chat_template()
@@ -839,6 +875,8 @@ class LVLM:
         return logits, cache
 
     def _check_hooks(self, names: dict[str, str]) -> None:
+        if hasattr(self.bridge, "check_hooks"):  # the forward-hook backend names why a site is missing
+            self.bridge.check_hooks(list(names))
         hd = self.bridge.hook_dict
         missing = [f"{c} -> {h}" for h, c in names.items() if h not in hd]
         if missing:
