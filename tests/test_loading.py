@@ -51,7 +51,8 @@ def test_organism_prefix_errors():
 
 
 def test_supported_families():
-    assert lp.supported_families() == {"llava": "llava", "qwen2_5_vl": "qwen2_5_vl", "gemma3": "gemma3"}
+    assert lp.supported_families() == {"llava": "llava", "qwen2_5_vl": "qwen2_5_vl", "gemma3": "gemma3",
+                                       "qwen3_vl": "qwen3_vl", "qwen2_vl": "qwen2_vl"}
 
 
 def test_dtype_argument(llava_dir):
