@@ -74,6 +74,34 @@ def llava_next(llava_next_dir):
 
 
 @pytest.fixture(scope="session")
+def qwen3vl_dir(tmp_path_factory):
+    from lvlm_probe.models.tiny import build_tiny_qwen3_vl
+
+    return build_tiny_qwen3_vl(tmp_path_factory.mktemp("tiny_qwen3vl"), init_std=0.2, seed=1)
+
+
+@pytest.fixture(scope="session")
+def qwen3vl(qwen3vl_dir):
+    import lvlm_probe as lp
+
+    return lp.load(qwen3vl_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def qwen2vl_dir(tmp_path_factory):
+    from lvlm_probe.models.tiny import build_tiny_qwen2_vl
+
+    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_qwen2vl"), init_std=0.2, seed=1)
+
+
+@pytest.fixture(scope="session")
+def qwen2vl(qwen2vl_dir):
+    import lvlm_probe as lp
+
+    return lp.load(qwen2vl_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def gemma3(gemma3_dir):
     import lvlm_probe as lp
 
@@ -120,7 +148,8 @@ def hf_processor(model_dir, model):
     try:
         proc = AutoProcessor.from_pretrained(model_dir)
     except Exception:  # noqa: BLE001 - only the video processor is missing; checked below
-        cls = {"qwen2_5_vl": "Qwen2_5_VLProcessor"}[model.family]
+        cls = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen2_vl": "Qwen2VLProcessor",
+               "qwen3_vl": "Qwen3VLProcessor"}[model.family]
         import transformers
 
         orig = ProcessorMixin.check_argument_for_proper_class

@@ -52,7 +52,7 @@ def test_organism_prefix_errors():
 
 def test_supported_families():
     assert lp.supported_families() == {"llava": "llava", "qwen2_5_vl": "qwen2_5_vl", "gemma3": "gemma3",
-                                       "llava_next": "llava_next"}
+                                       "llava_next": "llava_next", "qwen3_vl": "qwen3_vl", "qwen2_vl": "qwen2_vl"}
 
 
 def test_dtype_argument(llava_dir):
@@ -105,3 +105,40 @@ def test_cli_device_and_device_map_exclude_each_other(llava_dir, capsys):
 
     assert main(["info", str(llava_dir), "--device", "cpu", "--device-map", "auto"]) != 0
     assert "--device and --device-map exclude each other" in capsys.readouterr().err
+
+
+def test_image_processors_stay_pil_when_torchvision_is_importable(family, monkeypatch):
+    """transformers 5.x takes the torchvision ("fast") image processor whenever torchvision is importable (other
+    resize/normalisation numerics); lvlm_probe asks for the PIL one, so installing torchvision changes no pixel."""
+    from transformers.models.auto import image_processing_auto as ipa
+
+    from lvlm_probe.models.lvlm import _load_processors
+
+    model, model_dir = family
+    import json
+
+    saved = json.loads((model_dir / "preprocessor_config.json").read_text())["image_processor_type"]
+    monkeypatch.setattr(ipa, "is_torchvision_available", lambda: True)
+    assert ipa._resolve_backend(None, None, saved) == "torchvision"  # what a plain from_pretrained would pick
+    _, ip = _load_processors(str(model_dir), None)
+    assert type(ip).__name__.endswith("Pil") and type(ip) is type(model.image_processor)
+    assert model.info()["backend"] == "bridge"
+
+
+def test_broken_torchvision_is_named(llava_dir, tmp_path):
+    """A torchvision that is installed but does not import (the PyPI CUDA build beside a CPU torch) breaks
+    transformers' image processors; the load error says so instead of transformers' lazy-import message."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "torchvision"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+    dist = tmp_path / "site" / "torchvision-0.28.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: torchvision\nVersion: 0.28.0\n")
+    code = (f"import lvlm_probe as lp\ntry:\n    lp.load({str(llava_dir)!r}, device='cpu')\n"
+            "except lp.ModelLoadError as e:\n    print('ERR', e)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), *sys.path])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert "ERR torchvision is installed but does not import" in out.stdout, out.stderr[-2000:]

@@ -414,6 +414,47 @@ class FamilyAdapter(ABC):
         """
         return [t for t, _ in self.vision_patches(site, tensor, images)]
 
+    # ---- HF modules of the forward-hook fallback (models/hook_backend.py) ------------------------
+    def llm_layer_modules(self) -> Sequence[torch.nn.Module]:
+        """The LLM's decoder layers as raw HF modules (default: the decoder's ``layers``)."""
+        dec = self.hf_model.get_decoder() if hasattr(self.hf_model, "get_decoder") else None
+        layers = getattr(dec, "layers", None)
+        if layers is None:
+            raise UnsupportedModelError(f"{type(self).__name__} does not name its LLM's decoder layers")
+        return [_unwrap(m) for m in layers]
+
+    def attention_module(self, layer: torch.nn.Module) -> torch.nn.Module:
+        """A decoder layer's attention module (HF: ``self_attn``; it returns ``(output, weights)``)."""
+        return layer.self_attn
+
+    def vision_block_modules(self) -> Sequence[torch.nn.Module]:
+        """The vision encoder's layers as raw HF modules; families served by the fallback name theirs."""
+        raise UnsupportedModelError(f"{type(self).__name__} does not name its vision layers for forward hooks")
+
+    def projector_module(self) -> torch.nn.Module:
+        """The vision-language projector as a raw HF module; families served by the fallback name theirs."""
+        raise UnsupportedModelError(f"{type(self).__name__} does not name its projector for forward hooks")
+
+    def hook_module(self, site: Site) -> tuple[torch.nn.Module, str]:
+        """The HF module a canonical site is read on by the forward-hook fallback, and how: ``out`` (its output, or
+        output[0]), ``in`` (its first input), ``mid`` (first input, read-only), ``weights`` (output[1], read-only).
+        The table and the reasons are in :mod:`lvlm_probe.models.hook_backend`."""
+        if site.stem == "vision.resid_post":
+            return self.vision_block_modules()[site.layer], "out"
+        if site.stem in ("projector.in", "projector.out"):
+            return self.projector_module(), "in" if site.stem == "projector.in" else "out"
+        if site.stem == "llm.final_norm":
+            return self.final_norm(), "out"
+        layer = self.llm_layer_modules()[site.layer]
+        return {
+            "llm.resid_pre": (layer, "in"),
+            "llm.resid_mid": (layer.post_attention_layernorm, "mid"),
+            "llm.resid_post": (layer, "out"),
+            "llm.attn_out": (self.attention_module(layer), "out"),
+            "llm.mlp_out": (layer.mlp, "out"),
+            "llm.attn_pattern": (self.attention_module(layer), "weights"),
+        }[site.stem]
+
     # ---- misc --------------------------------------------------------------------------------
     def describe(self) -> dict:
         """JSON-able facts for manifests and ``lvlm-probe info``."""

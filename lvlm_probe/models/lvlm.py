@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -20,12 +21,18 @@ from lvlm_probe.models.gemma3 import Gemma3Adapter
 from lvlm_probe.models.llava import LlavaAdapter
 from lvlm_probe.models.llava_next import LlavaNextAdapter
 from lvlm_probe.models.qwen2_5_vl import Qwen2_5_VLAdapter
+from lvlm_probe.models.qwen2_vl import Qwen2VLAdapter
+from lvlm_probe.models.qwen3_vl import Qwen3VLAdapter
 from lvlm_probe.schema import RUN_DEFAULTS_FILE
 from lvlm_probe.models.records import ROLE_NAMES, Batch, Generation, TokenRoles
 
+_log = logging.getLogger("lvlm_probe")
+
 #: Supported architecture families, keyed by HF ``config.model_type``.
 FAMILIES: dict[str, type[FamilyAdapter]] = {
-    mt: cls for cls in (LlavaAdapter, Qwen2_5_VLAdapter, Gemma3Adapter, LlavaNextAdapter) for mt in cls.model_types
+    mt: cls for cls in (LlavaAdapter, Qwen2_5_VLAdapter, Gemma3Adapter, LlavaNextAdapter, Qwen3VLAdapter,
+                        Qwen2VLAdapter)
+    for mt in cls.model_types
 }
 
 
@@ -60,6 +67,29 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return dtype
 
 
+def _bridge_supports(hf_class_name: str) -> bool:
+    """Whether the installed TransformerLens has a TransformerBridge adapter for this HF architecture."""
+    from transformer_lens.factories.architecture_adapter_factory import (SUPPORTED_ARCHITECTURES,
+                                                                         ArchitectureAdapterFactory)
+
+    try:
+        ArchitectureAdapterFactory.discover_entry_points()  # adapters other packages register
+        known = ArchitectureAdapterFactory._adapters
+    except AttributeError:  # another TransformerLens layout: its static table
+        known = SUPPORTED_ARCHITECTURES
+    return hf_class_name in known
+
+
+def _check_torchvision() -> None:
+    """Refuse, with the reason, an installed torchvision that does not import: transformers imports it whenever its
+    package metadata is present, so configs and processors of every family then fail with a lazy-import error."""
+    if importlib.util.find_spec("torchvision") is not None and not _torchvision_importable():
+        raise ModelLoadError(
+            "torchvision is installed but does not import (a CUDA build beside a CPU torch?), and transformers cannot "
+            "load configs or image processors while it is there; lvlm_probe needs no torchvision: uninstall it, or "
+            "install the torchvision build that matches your torch")
+
+
 def _torchvision_importable() -> bool:
     """True when torchvision really imports (a CUDA wheel beside a CPU torch is installed but does not)."""
     if importlib.util.find_spec("torchvision") is None:
@@ -71,6 +101,13 @@ def _torchvision_importable() -> bool:
     return True
 
 
+#: TransformerLens bridge adapters that list torchvision as required (only HF's fast processors need it).
+_TL_NEEDS_TORCHVISION: dict[str, tuple[str, str]] = {
+    "qwen2_5_vl": ("qwen2_5_vl", "Qwen2_5_VLArchitectureAdapter"),
+    "qwen3_vl": ("qwen3_vl", "Qwen3VLArchitectureAdapter"),
+}
+
+
 @contextlib.contextmanager
 def _quiet_bridge_boot(model_type: str) -> Iterator[None]:
     """Boot TransformerBridge without its two side effects that hurt lvlm_probe users.
@@ -78,7 +115,7 @@ def _quiet_bridge_boot(model_type: str) -> Iterator[None]:
     - TransformerLens 4.3 ``pip install``-s torchvision on the fly when a multimodal checkpoint has no
       loadable ``AutoProcessor``; on a CPU torch that pulls a multi-GB CUDA torch build into the
       environment and breaks it. lvlm_probe processes images itself, so the install is refused here.
-    - Its Qwen2.5-VL adapter insists on torchvision, which only HF's *fast* image processors need;
+    - Its Qwen2.5-VL and Qwen3-VL adapters insist on torchvision, which only HF's *fast* image processors need;
       lvlm_probe uses the PIL processors, so that check is relaxed.
     Both are restored on exit.
     """
@@ -87,10 +124,9 @@ def _quiet_bridge_boot(model_type: str) -> Iterator[None]:
     saved_ensure = tl_helpers._ensure_torchvision
     tl_helpers._ensure_torchvision = _torchvision_importable
     restore: list[tuple[Any, list]] = []
-    if model_type == "qwen2_5_vl" and not _torchvision_importable():
-        from transformer_lens.model_bridge.supported_architectures import qwen2_5_vl as tl_qwen
-
-        cls = tl_qwen.Qwen2_5_VLArchitectureAdapter
+    if model_type in _TL_NEEDS_TORCHVISION and not _torchvision_importable():
+        mod, name = _TL_NEEDS_TORCHVISION[model_type]
+        cls = getattr(importlib.import_module(f"transformer_lens.model_bridge.supported_architectures.{mod}"), name)
         restore.append((cls, cls.required_libraries))
         cls.required_libraries = []
     try:
@@ -131,8 +167,9 @@ def load(
     revision: str | None = None,
     device_map: str | dict[str, int | str] | None = None,
     max_memory: dict[int | str, int | str] | None = None,
+    backend: str | None = None,
 ) -> LVLM:
-    """Load an LVLM through TransformerBridge.
+    """Load an LVLM through TransformerBridge (or, for a family it has no adapter for, forward hooks).
 
     Parameters
     ----------
@@ -152,6 +189,11 @@ def load(
         embeddings (``model.device``). See docs/store.md (distributed capture) for one map per rank.
     max_memory : dict, optional
         With ``device_map``: the memory each device may hold (e.g. ``{0: "40GiB", 1: "40GiB"}``).
+    backend : {"bridge", "hooks"}, optional
+        How canonical sites are hooked. Default: ``"bridge"`` (TransformerLens TransformerBridge) when the installed
+        TransformerLens has an adapter for the architecture, else ``"hooks"`` (plain PyTorch forward hooks on the HF
+        modules, :mod:`lvlm_probe.models.hook_backend`). The choice is logged, and ``model.info()["backend"]``
+        records it.
 
     Returns
     -------
@@ -171,9 +213,13 @@ def load(
                          "every module itself")
     if max_memory is not None and device_map is None:
         raise InputError("max_memory only applies with device_map (e.g. device_map='auto')")
+    if backend not in (None, "bridge", "hooks"):
+        raise InputError(f"backend={backend!r}: use 'bridge', 'hooks' or None (bridge where TransformerLens has an "
+                         "adapter, else hooks)")
     dev = resolve_device(device if device_map is None else "cpu")
     dt = resolve_dtype(dtype, dev)
     _check_json_files(name)
+    _check_torchvision()
     config = _load_config(name, revision)
     adapter_cls = FAMILIES.get(config.model_type)
     if adapter_cls is None:
@@ -190,11 +236,20 @@ def load(
                              dtype=dt)
     if device_map is not None:
         dev = hf_model.get_input_embeddings().weight.device
-    from transformer_lens.model_bridge import TransformerBridge
+    if backend == "hooks" or (backend is None and not _bridge_supports(adapter_cls.hf_class_name)):
+        from lvlm_probe.models.hook_backend import HookBackend
 
-    with _quiet_bridge_boot(config.model_type):
-        bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, dtype=dt, revision=revision,
-                                                     device=None if device_map is not None else str(dev))
+        bridge = HookBackend(hf_model, adapter_cls(config, tokenizer, image_processor, hf_model))
+        _log.info("lvlm_probe: %s (%s) runs on forward hooks: %s", name, config.model_type,
+                  "requested" if backend == "hooks" else "the installed TransformerLens has no bridge adapter for "
+                  f"{adapter_cls.hf_class_name}")
+    else:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        with _quiet_bridge_boot(config.model_type):
+            bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, dtype=dt, revision=revision,
+                                                         device=None if device_map is not None else str(dev))
+        _log.info("lvlm_probe: %s (%s) runs on TransformerBridge", name, config.model_type)
     bridge.eval()
     adapter = adapter_cls(config, tokenizer, image_processor, bridge.original_model)
     chat = _find_chat_template(name, tokenizer, revision) or adapter.default_chat_template()
@@ -236,14 +291,22 @@ def _check_json_files(name: str) -> None:
 
 
 def _load_processors(name: str, revision: str | None) -> tuple[Any, Any]:
-    """The checkpoint's tokenizer and image processor, with an error that names what is missing."""
+    """The checkpoint's tokenizer and image processor, with an error that names what is missing.
+
+    The image processor is HF's PIL one wherever the family has one (``backend="pil"``): with torchvision
+    importable, ``AutoImageProcessor`` would otherwise pick the torchvision ("fast") variant, whose resize and
+    normalisation differ numerically, so the same checkpoint (an organism's planted behaviour, a stored
+    capture) would see other pixels depending on what else is installed. A processor with no PIL variant
+    falls back to the other backend inside transformers.
+    """
     from transformers import AutoImageProcessor, AutoTokenizer
 
     out = []
-    for what, cls, files in (("tokenizer", AutoTokenizer, "tokenizer.json / tokenizer_config.json"),
-                             ("image processor", AutoImageProcessor, "preprocessor_config.json")):
+    for what, cls, files, kw in (("tokenizer", AutoTokenizer, "tokenizer.json / tokenizer_config.json", {}),
+                                 ("image processor", AutoImageProcessor, "preprocessor_config.json",
+                                  {"backend": "pil"})):
         try:
-            out.append(cls.from_pretrained(name, revision=revision))
+            out.append(cls.from_pretrained(name, revision=revision, **kw))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             msg = " ".join(str(err).split())[:200]
             raise ModelLoadError(f"{name!r}: cannot load its {what} ({type(err).__name__}: {msg}); the model "
@@ -492,6 +555,12 @@ class LVLM:
         return self.adapter.family
 
     @property
+    def backend(self) -> str:
+        """``"bridge"`` (TransformerLens TransformerBridge hooks) or ``"hooks"`` (the forward-hook fallback of
+        :mod:`lvlm_probe.models.hook_backend`, for a family the installed TransformerLens has no adapter for)."""
+        return getattr(self.bridge, "backend", "bridge")
+
+    @property
     def image_token_id(self) -> int:
         return self.adapter.image_token_id
 
@@ -512,6 +581,7 @@ class LVLM:
             "config_hash": self.adapter.config_hash(),
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
+            "backend": self.backend,
             **self.adapter.describe(),
         }
 
@@ -824,6 +894,8 @@ class LVLM:
         return logits, cache
 
     def _check_hooks(self, names: dict[str, str]) -> None:
+        if hasattr(self.bridge, "check_hooks"):  # the forward-hook backend names why a site is missing
+            self.bridge.check_hooks(list(names))
         hd = self.bridge.hook_dict
         missing = [f"{c} -> {h}" for h, c in names.items() if h not in hd]
         if missing:

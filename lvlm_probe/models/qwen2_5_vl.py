@@ -90,6 +90,18 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
         """The text model's final RMSNorm, ``model.language_model.norm``."""
         return _unwrap(self.hf_model.model.language_model.norm)
 
+    def llm_layer_modules(self):
+        """``model.language_model.layers``."""
+        return list(_unwrap(self.hf_model.model.language_model).layers)
+
+    def vision_block_modules(self):
+        """``model.visual.blocks`` (run in window order; :meth:`vision_patches` undoes it)."""
+        return [_unwrap(b) for b in _unwrap(self.hf_model.model.visual).blocks]
+
+    def projector_module(self) -> torch.nn.Module:
+        """``model.visual.merger`` (its input: the last block's patches; output: one row per LLM image token)."""
+        return _unwrap(_unwrap(self.hf_model.model.visual).merger)
+
     def image_token_coords(self, grid: tuple[int, int], n_tokens: int) -> list[tuple[int, int]]:
         h, w = grid
         return [(r, c) for r in range(h) for c in range(w)][:n_tokens]

@@ -424,6 +424,146 @@ def build_tiny_llava_next(
     return out
 
 
+def _qwen_tokenizer(words: Sequence[str], *, default_system: bool) -> Any:
+    """Word-level tokenizer with the Qwen-VL special tokens (``<|im_end|>`` ends a turn, no BOS)."""
+    specials = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    extra = ["You", "are", "helpful", "assistant."] if default_system else []
+    return word_tokenizer(words, specials=specials, bos=None, eos="<|im_end|>", pad="<|endoftext|>",
+                          template_words=["system", "user", "assistant", *extra])
+
+
+def _qwen_ids(tok: Any) -> dict[str, int]:
+    return {"image_token_id": tok.convert_tokens_to_ids("<|image_pad|>"),
+            "video_token_id": tok.convert_tokens_to_ids("<|video_pad|>"),
+            "vision_start_token_id": tok.convert_tokens_to_ids("<|vision_start|>"),
+            "vision_end_token_id": tok.convert_tokens_to_ids("<|vision_end|>")}
+
+
+def build_tiny_qwen3_vl(
+    out_dir: str | os.PathLike,
+    *,
+    words: Sequence[str] = DEFAULT_WORDS,
+    patch_size: int = 16,
+    merge: int = 2,
+    min_pixels: int = 64 * 64,
+    max_pixels: int = 128 * 128,
+    vision_hidden: int = 32,
+    vision_layers: int = 3,
+    vision_heads: int = 2,
+    deepstack_visual_indexes: Sequence[int] = (0, 1),
+    text_hidden: int = 64,
+    text_layers: int = 3,
+    text_heads: int = 4,
+    text_kv_heads: int = 2,
+    init_std: float = 0.02,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a random-init ``Qwen3VLForConditionalGeneration`` to ``out_dir``.
+
+    Images are resized within ``[min_pixels, max_pixels]`` to multiples of ``patch_size · merge`` (grids vary
+    with aspect ratio, as in the real model); the vision tower has a learned 8×8 position grid resampled to
+    each image, and DeepStack mergers on blocks ``deepstack_visual_indexes`` whose features the LM adds at image
+    tokens after its first ``len(deepstack_visual_indexes)`` layers (the default leaves the last LM layer
+    without one). The LM is Qwen3-style (per-head q/k RMSNorm, grouped-query attention, interleaved mRoPE).
+    The tokenizer carries Qwen3-VL's chat template.
+    """
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    from lvlm_probe.models.qwen3_vl import QWEN3_VL_CHAT_TEMPLATE
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _qwen_tokenizer(words, default_system=False)
+    tok.chat_template = QWEN3_VL_CHAT_TEMPLATE
+    head_dim = text_hidden // text_heads
+    mrope = [head_dim // 2 - 2 * (head_dim // 8), head_dim // 8, head_dim // 8]
+    cfg = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
+            num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+            head_dim=head_dim, max_position_embeddings=1024, initializer_range=init_std,
+            bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            rope_parameters={"rope_type": "default", "mrope_section": mrope, "mrope_interleaved": True,
+                             "rope_theta": 10000.0},
+        ),
+        vision_config=dict(
+            depth=vision_layers, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
+            num_heads=vision_heads, out_hidden_size=text_hidden, patch_size=patch_size, spatial_merge_size=merge,
+            temporal_patch_size=2, num_position_embeddings=64, in_channels=3, initializer_range=init_std,
+            deepstack_visual_indexes=list(deepstack_visual_indexes),
+        ),
+        **_qwen_ids(tok), tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(cfg).to(dtype).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    _image_processor("qwen2_vl", patch_size=patch_size, merge=merge, min_pixels=min_pixels,
+                     max_pixels=max_pixels).save_pretrained(out)
+    return out
+
+
+def build_tiny_qwen2_vl(
+    out_dir: str | os.PathLike,
+    *,
+    words: Sequence[str] = DEFAULT_WORDS,
+    patch_size: int = 14,
+    merge: int = 2,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 112 * 112,
+    vision_hidden: int = 32,
+    vision_layers: int = 2,
+    vision_heads: int = 2,
+    text_hidden: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    text_kv_heads: int = 2,
+    init_std: float = 0.02,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a random-init ``Qwen2VLForConditionalGeneration`` to ``out_dir``.
+
+    Images are resized within ``[min_pixels, max_pixels]`` so grids vary with aspect ratio; the vision blocks
+    use full attention per image (no windows, unlike Qwen2.5-VL) and the merger (LayerNorm + 2-layer MLP) maps
+    each ``merge × merge`` unit to one LLM token. The LM is Qwen2 with grouped-query attention and mRoPE.
+    """
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _qwen_tokenizer(words, default_system=True)
+    head_dim = text_hidden // text_heads
+    mrope = [head_dim // 2 - 2 * (head_dim // 8), head_dim // 8, head_dim // 8]
+    cfg = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
+            num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+            max_position_embeddings=1024, initializer_range=init_std, tie_word_embeddings=False,
+            bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            rope_parameters={"rope_type": "default", "mrope_section": mrope, "rope_theta": 10000.0},
+        ),
+        vision_config=dict(
+            depth=vision_layers, embed_dim=vision_hidden, hidden_size=text_hidden, mlp_ratio=2,
+            num_heads=vision_heads, patch_size=patch_size, spatial_merge_size=merge, temporal_patch_size=2,
+            in_channels=3, initializer_range=init_std,
+        ),
+        **_qwen_ids(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(cfg).to(dtype).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    _image_processor("qwen2_vl", patch_size=patch_size, merge=merge, min_pixels=min_pixels,
+                     max_pixels=max_pixels).save_pretrained(out)
+    return out
+
+
 def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merge: int = 2,
                      min_pixels: int = 0, max_pixels: int = 0, grid_pinpoints: list | None = None):
     """The family's PIL image processor (no torchvision needed)."""
@@ -446,6 +586,6 @@ def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merg
 
 #: Tiny-checkpoint builders by family name (``lvlm-probe make-tiny --family``); a new family adds its builder here.
 TINY_BUILDERS = {"llava": build_tiny_llava, "qwen2_5_vl": build_tiny_qwen2_5_vl, "gemma3": build_tiny_gemma3,
-                 "llava_next": build_tiny_llava_next}
+                 "llava_next": build_tiny_llava_next, "qwen3_vl": build_tiny_qwen3_vl, "qwen2_vl": build_tiny_qwen2_vl}
 #: The family ``make-tiny`` builds when none is named.
 TINY_DEFAULT = "llava"
