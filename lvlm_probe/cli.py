@@ -99,7 +99,8 @@ def diagnose_config(a: argparse.Namespace):
     if len(curves) == 1 and curves[0] in ("auto", "none"):
         curves = "auto" if curves[0] == "auto" else None
     return DiagnoseConfig(max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, decoding=decoding,
-                          n_probe_items=a.probe_items, curve_sites=curves, seed=a.seed, confirm=a.confirm)
+                          n_probe_items=a.probe_items, curve_sites=curves, seed=a.seed, confirm=a.confirm,
+                          detect_threshold=a.detect_threshold)
 
 
 def _cmd_diagnose(a: argparse.Namespace) -> int:
@@ -107,11 +108,13 @@ def _cmd_diagnose(a: argparse.Namespace) -> int:
     from lvlm_probe.organisms import default_items
     from lvlm_probe.report import render_diagnosis
     from lvlm_probe.tracing import diagnose
+    from lvlm_probe.detection import HallucinationDetector
     from lvlm_probe.tracing.diagnose import RunDir
 
     import os
 
     cfg = diagnose_config(a)  # bad settings fail here, before anything runs
+    detector = HallucinationDetector.load(a.detector) if a.detector else None
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 touches --out
         RunDir.open(a.out, overwrite=a.overwrite)  # an unwritable --out fails in seconds, before the model loads
     if a.items:
@@ -124,7 +127,7 @@ def _cmd_diagnose(a: argparse.Namespace) -> int:
                             "docs/howto/items-file.md); only organisms have default items")
     with _torchrun_group(a.device, a.device_map) as (device, rank):
         model = _load(a, device)
-        rep = diagnose(model, items, cfg, out=a.out, training_stats=a.training_stats or "auto")
+        rep = diagnose(model, items, cfg, out=a.out, training_stats=a.training_stats or "auto", detector=detector)
     if rank:
         return 0
     path = render_diagnosis(rep, a.out)
@@ -134,6 +137,10 @@ def _cmd_diagnose(a: argparse.Namespace) -> int:
           f"{d.level.value_counts().to_dict() if len(d) else {}}")
     for iid, why in failed.items():
         print(f"  failed: {iid}: {why}")
+    if len(rep.detected):
+        fl = rep.flagged()
+        print(f"without ground truth: {rep.detected.item_id.nunique()} items, {len(rep.detected)} claims, "
+              f"{len(fl)} flagged by the detector; stages: {fl.stage.value_counts().to_dict() if len(fl) else {}}")
     print(f"report: {path}")
     return 0
 
@@ -205,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-k", type=int, default=None)
     sp.add_argument("--confirm", action="store_true", help="run each diagnosed error's confirming intervention "
                     "(VCD for a prior, PAI for llm fusion, greedy for decoding) and record whether it removes it")
+    sp.add_argument("--detector", default=None, help="a fitted HallucinationDetector (JSON from "
+                    "HallucinationDetector.save): items without a scene go through it (docs/detection.md)")
+    sp.add_argument("--detect-threshold", type=float, default=0.5, help="flag a claim of an item without a scene "
+                    "when its probability of being misaligned is at least this (default 0.5)")
     sp.add_argument("--overwrite", action="store_true", help="clear --out first (otherwise a rerun resumes)")
     model_args(sp)
     sp.set_defaults(fn=_cmd_diagnose)

@@ -682,8 +682,30 @@ def _diagnosis_report(rep: Any, out: Path, figs: dict, figures: bool, max_exampl
     _summary_section(report.section("Summary"), rep, figs)
     for kind in ("object", "attribute", "relation"):
         _kind_section(report.section(f"{kind.capitalize()} errors"), rep, kind, figures, max_examples, out, written)
+    det = getattr(rep, "detected", None)
+    if det is not None and len(det):
+        _detected_section(report.section("Claims without ground truth"), rep)
     _tail_sections(report, rep, figs)
     return report
+
+
+def _detected_section(s: Section, rep: Any) -> None:
+    """Items without a scene graph: the detector's flagged claims and the truth-free stage each was traced to."""
+    d = rep.detected
+    flagged = rep.flagged()
+    thr = rep.manifest.get("config", {}).get("detect_threshold", 0.5)
+    s.text(f"{d.item_id.nunique()} item(s) had no scene graph, so no judge could check them. The hallucination "
+           f"detector scored their {len(d)} claims; {len(flagged)} reached p_misaligned >= {thr} and were traced "
+           "with the evidence that needs no truth (training prior, image use, decoding, position). Stages that need "
+           "the true value (encoder, projector) cannot be tested here: a flagged claim no truth-free rule explains "
+           "says `needs ground truth`. See docs/detection.md.")
+    if len(flagged):
+        s.table(flagged.groupby(["kind", "level", "stage"]).size().rename("claims").reset_index(),
+                "Flagged claims per kind, level and stage")
+        cols = [c for c in ("item_id", "kind", "subject", "value", "word", "p_misaligned", "stage", "rule",
+                            "needs_ground_truth") if c in flagged]
+        s.table(flagged.sort_values("p_misaligned", ascending=False)[cols], "Flagged claims (all claims: "
+                "detected.csv)", max_rows=100)
 
 
 def _summary_section(s: Section, rep: Any, figs: dict) -> None:

@@ -10,6 +10,9 @@ training model weighs the same in the fit.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,6 +30,8 @@ BASELINES: dict[str, tuple[str, float]] = {"p_emit": ("p_emit", -1.0), "entropy"
                                            "internal_confidence": ("internal_confidence", -1.0),
                                            "p_present": ("p_present", -1.0)}
 _KINDS = ("object", "attribute", "relation")
+#: ``format`` of a saved detector (:meth:`HallucinationDetector.save`).
+DETECTOR_FORMAT = "lvlm_probe.HallucinationDetector/1"
 
 
 def _quantiles(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -229,6 +234,56 @@ class HallucinationDetector(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: ClaimSet) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+    def to_dict(self) -> dict:
+        """The fitted detector as plain JSON types (settings, chosen layer, each expert's coefficients)."""
+        if not hasattr(self, "experts_"):
+            raise InputError("the detector is not fitted; call fit(claims) before saving it")
+        return {"format": DETECTOR_FORMAT, "params": self.get_params(), "layer_": self.layer_,
+                "experts": {name: {"coef": clf.coef_.tolist(), "intercept": clf.intercept_.tolist(),
+                                   "classes": clf.classes_.tolist()} for name, clf in self.experts_.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HallucinationDetector:
+        """Rebuild a detector written by :meth:`to_dict`; it predicts exactly as the one saved."""
+        if not isinstance(d, dict) or d.get("format") != DETECTOR_FORMAT:
+            raise InputError(f"not a saved HallucinationDetector (format {DETECTOR_FORMAT!r} expected); write one with "
+                             "HallucinationDetector.save(PATH)")
+        det = cls(**d["params"])
+        det.layer_ = d["layer_"]
+        det.experts_ = {}
+        for name, e in d["experts"].items():
+            clf = det._clf()
+            clf.coef_, clf.intercept_ = np.asarray(e["coef"], dtype=float), np.asarray(e["intercept"], dtype=float)
+            clf.classes_ = np.asarray(e["classes"])
+            det.experts_[name] = clf
+        det.classes_ = np.array([0, 1])
+        return det
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the fitted detector as JSON (atomically; no pickle) for :meth:`load` and ``--detector``."""
+        from lvlm_probe._atomic import atomic_write_text
+
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_dict()))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> HallucinationDetector:
+        """A detector written by :meth:`save`; a missing or foreign file gets one line naming it."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"detector file {str(path)!r} does not exist; write one with "
+                             "HallucinationDetector.save(PATH)") from None
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise InputError(f"detector file {str(path)!r} is not readable JSON ({err}); write it again with "
+                             "HallucinationDetector.save(PATH)") from None
+        try:
+            return cls.from_dict(data)
+        except InputError as err:
+            raise InputError(f"{str(path)!r}: {err}") from None
 
 
 def bootstrap_auroc(y: np.ndarray, score: np.ndarray, *, n_boot: int = 500, seed: int = 0) -> tuple[float, float, float]:

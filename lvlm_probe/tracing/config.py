@@ -78,6 +78,9 @@ class DiagnoseConfig:
     confirm : bool
         ``--confirm``: run each diagnosed error's confirming intervention (:mod:`lvlm_probe.tracing.confirm`) and
         record ``confirmed``; one extra generation per (item, intervention).
+    detect_threshold : float
+        ``--detect-threshold``: items without a scene graph go through the detector; a claim is flagged (and
+        traced) when its probability of being misaligned is at least this.
     """
 
     max_new_tokens: int = 48
@@ -89,12 +92,15 @@ class DiagnoseConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     seed: int = 0
     confirm: bool = False
+    detect_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.detect_threshold, (int, float)) or not 0.0 <= float(self.detect_threshold) <= 1.0:
+            raise InputError(f"detect_threshold must be a probability in [0, 1], got {self.detect_threshold!r}")
         if not isinstance(self.n_probe_items, int) or self.n_probe_items < 0:
             raise InputError(f"n_probe_items must be >= 0, got {self.n_probe_items!r}")
         if isinstance(self.probe_sites, str) or len(self.probe_sites) != 2:

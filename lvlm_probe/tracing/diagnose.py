@@ -61,6 +61,10 @@ class DiagnosisReport:
         Model, settings, seeds, thresholds, library versions, timings.
     items : list of Item
         The diagnosed items (for images in reports).
+    detected : DataFrame
+        Items without ground truth, through the detector (:func:`~lvlm_probe.detection.trace_claims`): one row
+        per claim with ``p_misaligned``, ``flagged`` and, for flagged claims, ``stage``, ``level``, ``rule`` and
+        ``needs_ground_truth``; empty when every item had a scene graph.
     """
 
     generations: pd.DataFrame
@@ -70,6 +74,7 @@ class DiagnosisReport:
     probe_curves: pd.DataFrame
     manifest: dict
     items: list = field(default_factory=list, repr=False)
+    detected: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
 
     @property
     def failed(self) -> dict[str, str]:
@@ -90,10 +95,18 @@ class DiagnosisReport:
             return None
         return str(self.diagnoses[by].value_counts().idxmax())
 
+    def flagged(self) -> pd.DataFrame:
+        """The detector's flagged claims of the items without ground truth, with their traced stage."""
+        d = self.detected
+        return d[d.flagged.astype(bool)] if len(d) and "flagged" in d else d
+
     def __repr__(self) -> str:
         n_fail = len(self.failed)
+        det = f", {len(self.flagged())} of {len(self.detected)} claims flagged without ground truth" \
+            if len(self.detected) else ""
         return (f"DiagnosisReport({len(self.generations) - n_fail} items ran, {n_fail} failed, "
-                f"{len(self.errors)} errors, levels {self.level_counts().to_dict() if len(self.diagnoses) else {}})")
+                f"{len(self.errors)} errors, levels {self.level_counts().to_dict() if len(self.diagnoses) else {}}"
+                f"{det})")
 
     def _repr_html_(self) -> str:
         """Notebook view: counts, errors per (kind, level, stage), and the failed items with their reasons."""
@@ -108,17 +121,25 @@ class DiagnosisReport:
         if n_fail:
             failed = pd.DataFrame(list(self.failed.items())[:20], columns=["item_id", "reason"])
             parts.append("<b>failed items</b>" + failed.to_html(index=False))
+        if len(self.detected):
+            fl = self.flagged()
+            parts.append(f"<b>without ground truth</b>: {len(fl)} of {len(self.detected)} claims flagged by the "
+                         "detector")
+            if len(fl):
+                parts.append(fl.groupby(["kind", "stage"]).size().rename("claims").reset_index().to_html(index=False))
         return "\n".join(parts)
 
     def write(self, out: str | os.PathLike) -> Path:
         """Write the tables (``generations.csv``, ``errors.csv``, ``evidence.csv``, ``probe_curves.csv``,
-        ``diagnosis.csv``) and ``manifest.json`` under ``out``, each atomically; :meth:`read` reads them back.
+        ``diagnosis.csv``, and ``detected.csv`` when items went through the detector) and ``manifest.json`` under
+        ``out``, each atomically; :meth:`read` reads them back.
 
         Rendering (``report.html``, figures) is :func:`lvlm_probe.render_diagnosis`.
         """
         out = Path(out)
         write_tables(out, {"generations": self.generations, "errors": self.errors, "evidence": self.evidence,
-                           "probe_curves": self.probe_curves, "diagnosis": self.diagnoses})
+                           "probe_curves": self.probe_curves, "diagnosis": self.diagnoses,
+                           **({"detected": self.detected} if len(self.detected) else {})})
         atomic_write_text(out / "manifest.json", json.dumps(self.manifest, indent=1, default=str))
         return out
 
@@ -126,11 +147,17 @@ class DiagnosisReport:
     def read(cls, out: str | os.PathLike, items: Sequence[Item] = ()) -> DiagnosisReport:
         """A report written by :meth:`write` (or by ``diagnose(..., out=DIR)``); ``items`` for images."""
         out = Path(out)
-        t = read_tables(out, ("generations", "errors", "diagnosis"))
-        ev = Evidence.read(out)
+        if not (out / "generations.csv").is_file() and (out / "detected.csv").is_file():  # detector only
+            run, ev, dx = _empty_judged()
+            t = {"generations": run.generations, "errors": run.errors, "diagnosis": dx.frame}
+        else:
+            t = read_tables(out, ("generations", "errors", "diagnosis"))
+            ev = Evidence.read(out)
         man = out / "manifest.json"
         manifest = json.loads(man.read_text(encoding="utf-8")) if man.is_file() else {}
-        return cls(t["generations"], t["errors"], ev.frame, t["diagnosis"], ev.probe_curves, manifest, list(items))
+        detected = read_tables(out, ("detected",))["detected"] if (out / "detected.csv").is_file() else pd.DataFrame()
+        return cls(t["generations"], t["errors"], ev.frame, t["diagnosis"], ev.probe_curves, manifest, list(items),
+                   detected)
 
 
 def diagnose(
@@ -144,6 +171,7 @@ def diagnose(
     probe_items: Sequence[Item] | None = None,
     judge: Judge | None = None,
     vocabulary: Any = None,
+    detector: Any = None,
     progress: bool = True,
 ) -> DiagnosisReport:
     """Find the misaligned outputs of a model on items with ground truth and say why each happened.
@@ -167,11 +195,18 @@ def diagnose(
         See :func:`~lvlm_probe.tracing.collect.collect_evidence`.
     judge, vocabulary :
         See :func:`~lvlm_probe.tracing.run.generate_and_judge`.
+    detector : HallucinationDetector, optional
+        A fitted :class:`~lvlm_probe.detection.HallucinationDetector` (or one read with ``.load(PATH)``). Items
+        without a scene graph then go through it (:func:`~lvlm_probe.detection.trace_claims`): every claim of
+        their generations is scored, the claims at or above ``config.detect_threshold`` are traced with the
+        evidence that needs no truth, and the result is ``report.detected``. Without a detector every item needs a
+        scene graph.
 
     Returns
     -------
     DiagnosisReport
-        ``.failed`` lists the items that could not be run (bad image, ...); the others are diagnosed.
+        ``.failed`` lists the items that could not be run (bad image, ...); the others are diagnosed;
+        ``.detected`` holds the claims of items without ground truth.
 
     Notes
     -----
@@ -183,49 +218,113 @@ def diagnose(
     a step resumes (on several nodes, ``out`` and ``TMPDIR`` must be on a shared file system).
     """
     t0 = time.time()
-    items = check_items(items)
+    items = check_items(items, need_scene=detector is None)
     writer = (process_group() or (0, 1))[0] == 0  # under a process group only rank 0 writes the out dir
     outdir = on_rank0(lambda: RunDir.open(out, overwrite=overwrite) if out is not None else None, "opening out")
     if isinstance(model, str):
         import lvlm_probe as lp
 
         model = lp.load(model)
-    cfg = (config or DiagnoseConfig()).resolve(model)
-    h_run = settings_hash(_model_key(model), _items_key(items), cfg.generate_kwargs(), cfg.batch_size,
-                          _callable_key(judge), _callable_key(vocabulary))
-    h_ev = settings_hash(h_run, cfg.probe_sites, cfg.curve_sites, cfg.n_probe_items, cfg.seed,
-                         _stats_key(training_stats), None if probe_items is None else _items_key(probe_items))
-    h_dx = settings_hash(h_ev, cfg.thresholds.to_dict())
-    timings: dict[str, Any] = {}
-
-    def step(name: str, h: str, compute: Any, read: Any) -> Any:
-        if outdir is not None and on_rank0(lambda: outdir.done(name, h), "reading out"):
-            timings[name] = "resumed"
-            return read(outdir.path)
-        t1 = time.time()
-        res = compute()
-        timings[name] = round(time.time() - t1, 1)
-        if outdir is not None and writer:
-            outdir.finish(name, h, res.write(outdir.path))
-        barrier()
-        return res
-
-    run = step("run", h_run, lambda: _generate(model, items, cfg, judge, vocabulary, progress), Run.read)
-    ev = step("evidence", h_ev, lambda: collect_evidence(model, items, run, cfg, training_stats=training_stats,
-                                                         probe_items=probe_items, vocabulary=vocabulary,
-                                                         progress=progress), Evidence.read)
-    dx = step("diagnoses", h_dx, lambda: _Diagnoses(cascade(ev.frame, cfg.thresholds)), _Diagnoses.read)
-    if cfg.confirm:
-        h_cf = settings_hash(h_dx, "confirm", cfg.max_new_tokens)
-        dx = step("confirm", h_cf, lambda: _Diagnoses(on_rank0(
-            lambda: _confirmed(model, items, dx.frame, cfg, vocabulary, progress), "confirm")), _Diagnoses.read)
-    manifest = _manifest(model, items, run, cfg, training_stats, probe_items, timings, t0)
-    rep = DiagnosisReport(run.generations, run.errors, ev.frame, dx.frame, ev.probe_curves, manifest, items)
+    ctx = _Context(model, (config or DiagnoseConfig()).resolve(model), _Steps(outdir, writer), training_stats,
+                   probe_items, judge, vocabulary, progress)
+    judged = [it for it in items if it.scene is not None]
+    run, ev, dx = _judged_steps(ctx, judged)
+    detected = _detect_step(ctx, [it for it in items if it.scene is None], detector)
+    manifest = _manifest(model, items, run, ctx.cfg, training_stats, probe_items, ctx.steps.timings, t0)
+    manifest.update(n_judged=len(judged), n_unjudged=len(items) - len(judged), n_claims_detected=len(detected),
+                    n_flagged=int(detected.flagged.sum()) if len(detected) else 0)
+    rep = DiagnosisReport(run.generations, run.errors, ev.frame, dx.frame, ev.probe_curves, manifest, items,
+                          detected)
     if outdir is not None and writer:
         atomic_write_text(outdir.path / "manifest.json", json.dumps(manifest, indent=1, default=str))
         outdir.add_files("manifest", ["manifest.json"])
         outdir.remove_stale()
     return rep
+
+
+@dataclass
+class _Steps:
+    """Runs a diagnosis step or resumes it from the out dir (only the writer rank writes); records timings."""
+
+    outdir: Any
+    writer: bool
+    timings: dict = field(default_factory=dict)
+
+    def __call__(self, name: str, h: str, compute: Any, read: Any) -> Any:
+        outdir = self.outdir
+        if outdir is not None and on_rank0(lambda: outdir.done(name, h), "reading out"):
+            self.timings[name] = "resumed"
+            return read(outdir.path)
+        t1 = time.time()
+        res = compute()
+        self.timings[name] = round(time.time() - t1, 1)
+        if outdir is not None and self.writer:
+            outdir.finish(name, h, res.write(outdir.path))
+        barrier()
+        return res
+
+
+@dataclass
+class _Context:
+    """What every step of one diagnosis reads."""
+
+    model: LVLM
+    cfg: DiagnoseConfig
+    steps: _Steps
+    training_stats: Any
+    probe_items: Sequence[Item] | None
+    judge: Judge | None
+    vocabulary: Any
+    progress: bool
+
+
+def _judged_steps(ctx: _Context, items: list[Item]) -> tuple[Run, Evidence, _Diagnoses]:
+    """Generate and judge, collect evidence, run the cascade (and confirm) on the items with ground truth."""
+    model, cfg, step = ctx.model, ctx.cfg, ctx.steps
+    if not items:
+        return _empty_judged()
+    h_run = settings_hash(_model_key(model), _items_key(items), cfg.generate_kwargs(), cfg.batch_size,
+                          _callable_key(ctx.judge), _callable_key(ctx.vocabulary))
+    h_ev = settings_hash(h_run, cfg.probe_sites, cfg.curve_sites, cfg.n_probe_items, cfg.seed,
+                         _stats_key(ctx.training_stats),
+                         None if ctx.probe_items is None else _items_key(ctx.probe_items))
+    h_dx = settings_hash(h_ev, cfg.thresholds.to_dict())
+    run = step("run", h_run, lambda: _generate(model, items, cfg, ctx.judge, ctx.vocabulary, ctx.progress), Run.read)
+    ev = step("evidence", h_ev, lambda: collect_evidence(
+        model, items, run, cfg, training_stats=ctx.training_stats, probe_items=ctx.probe_items,
+        vocabulary=ctx.vocabulary, progress=ctx.progress), Evidence.read)
+    dx = step("diagnoses", h_dx, lambda: _Diagnoses(cascade(ev.frame, cfg.thresholds)), _Diagnoses.read)
+    if cfg.confirm:
+        h_cf = settings_hash(h_dx, "confirm", cfg.max_new_tokens)
+        dx = step("confirm", h_cf, lambda: _Diagnoses(on_rank0(
+            lambda: _confirmed(model, items, dx.frame, cfg, ctx.vocabulary, ctx.progress), "confirm")),
+            _Diagnoses.read)
+    return run, ev, dx
+
+
+def _empty_judged() -> tuple[Run, Evidence, _Diagnoses]:
+    """The judged steps' records when every item lacks ground truth (all went to the detector)."""
+    from lvlm_probe.schema import ERROR_COLUMNS, EVIDENCE_COLUMNS, GENERATION_COLUMNS
+
+    errors = pd.DataFrame(columns=list(ERROR_COLUMNS))
+    run = Run(pd.DataFrame(columns=list(GENERATION_COLUMNS)), errors)
+    ev = Evidence(pd.DataFrame(columns=list(dict.fromkeys([*errors.columns, *EVIDENCE_COLUMNS]))), pd.DataFrame())
+    return run, ev, _Diagnoses(cascade(ev.frame))
+
+
+def _detect_step(ctx: _Context, items: list[Item], detector: Any) -> pd.DataFrame:
+    """Claims of the items without ground truth, scored by the detector and traced where flagged (rank 0)."""
+    from lvlm_probe.detection.trace import trace_claims
+
+    if not items:
+        return pd.DataFrame()
+    cfg = ctx.cfg
+    h = settings_hash(_model_key(ctx.model), _items_key(items), cfg.generate_kwargs(), cfg.batch_size,
+                      cfg.n_probe_items, cfg.seed, cfg.detect_threshold, detector.to_dict(),
+                      _stats_key(ctx.training_stats), _callable_key(ctx.vocabulary))
+    return ctx.steps("detect", h, lambda: _Detected(on_rank0(lambda: trace_claims(
+        ctx.model, items, detector, config=cfg, threshold=cfg.detect_threshold, training_stats=ctx.training_stats,
+        vocabulary=ctx.vocabulary, progress=ctx.progress), "detect")), _Detected.read).frame
 
 
 def _generate(model: LVLM, items: list[Item], cfg: DiagnoseConfig, judge: Judge | None, vocabulary: Any,
@@ -262,6 +361,20 @@ class _Diagnoses:
     @classmethod
     def read(cls, out: Path) -> _Diagnoses:
         return cls(read_tables(out, ("diagnosis",))["diagnosis"])
+
+
+@dataclass
+class _Detected:
+    """The detect step's output: one row per claim of the items without ground truth (``detected.csv``)."""
+
+    frame: pd.DataFrame
+
+    def write(self, out: Path) -> list[str]:
+        return write_tables(out, {"detected": self.frame})
+
+    @classmethod
+    def read(cls, out: Path) -> _Detected:
+        return cls(read_tables(out, ("detected",))["detected"])
 
 
 def _manifest(model: LVLM, items: list[Item], run: Run, cfg: DiagnoseConfig, training_stats: Any,

@@ -164,8 +164,9 @@ def _merge_parts(parts: Sequence[_Part]) -> tuple[dict[str, dict], dict[str, str
     return rows, failed, errors
 
 
-def check_items(items: Sequence[Item]) -> list[Item]:
-    """Items a diagnosis can judge: at least one, unique ids, each with a scene graph."""
+def check_items(items: Sequence[Item], *, need_scene: bool = True) -> list[Item]:
+    """Items a diagnosis can take: at least one, unique ids, each with a scene graph (or, with ``need_scene``
+    False, a scene graph or none: items without one go to the detector)."""
     from lvlm_probe.data.scene import SceneGraph
 
     if items is None or isinstance(items, (str, bytes, dict)):
@@ -183,10 +184,12 @@ def check_items(items: Sequence[Item]) -> list[Item]:
     if dup:
         raise InputError(f"item ids must be unique; repeated: {dup[:5]}")
     missing = [it.id for it in items if it.scene is None]
-    if missing:
+    if missing and need_scene:
         raise InputError(f"items {missing[:5]} have no scene graph; diagnose judges outputs against item.scene "
-                         "(see docs/howto/items-file.md for the format)")
-    wrong = [it.id for it in items if not isinstance(it.scene, SceneGraph)]
+                         "(see docs/howto/items-file.md for the format), or pass a fitted detector "
+                         "(diagnose(..., detector=HallucinationDetector.load(PATH)); --detector PATH) to find and "
+                         "trace their misaligned claims without ground truth (docs/detection.md)")
+    wrong = [it.id for it in items if it.scene is not None and not isinstance(it.scene, SceneGraph)]
     if wrong:
         raise InputError(f"items {wrong[:5]} have a scene that is not a SceneGraph (got "
                          f"{type(next(it.scene for it in items if it.id == wrong[0])).__name__}); pass "
