@@ -335,7 +335,8 @@ class Batch:
                      llm_grids=[ii.llm_grids[k] for k in images],
                      tokens_per_image=[ii.tokens_per_image[k] for k in images],
                      vision_grids=[ii.vision_grids[k] for k in images],
-                     tile_grids=None if ii.tile_grids is None else [ii.tile_grids[k] for k in images])
+                     tile_grids=None if ii.tile_grids is None else [ii.tile_grids[k] for k in images],
+                     image_info=None if getattr(ii, "image_info", None) is None else [ii.image_info[k] for k in images])
         return pv, extras, ii
 
     def truncate(self, length: int) -> Batch:
