@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny random-init LLaVA, Qwen2.5-VL, Gemma3 and LLaVA-NeXT checkpoints built offline in a temp dir, and HF's own
-processor pipeline that every parity test compares against (never inputs built by lvlm_probe)."""
+"""Shared fixtures: tiny random-init LLaVA, Qwen2.5-VL, Gemma3, LLaVA-NeXT and Idefics3 checkpoints built offline
+in a temp dir, and HF's own processor pipeline that every parity test compares against (never inputs built by lvlm_probe)."""
 
 from __future__ import annotations
 
@@ -64,6 +64,20 @@ def llava_next_dir(tmp_path_factory):
     from lvlm_probe.models.tiny import build_tiny_llava_next
 
     return build_tiny_llava_next(tmp_path_factory.mktemp("tiny_llava_next"), init_std=0.2, seed=1)
+
+
+@pytest.fixture(scope="session")
+def idefics3_dir(tmp_path_factory):
+    from lvlm_probe.models.tiny import build_tiny_idefics3
+
+    return build_tiny_idefics3(tmp_path_factory.mktemp("tiny_idefics3"), init_std=0.2, seed=1)
+
+
+@pytest.fixture(scope="session")
+def idefics3(idefics3_dir):
+    import lvlm_probe as lp
+
+    return lp.load(idefics3_dir, device="cpu")
 
 
 @pytest.fixture(scope="session")
