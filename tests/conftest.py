@@ -115,6 +115,15 @@ def family(request):
     LLaVA-NeXT (``llava_next``) is not a parameter yet: it passes every family-parametrised test except two that
     read ``image_patches`` back from an activation store, whose index (item, image, row, col) has no tile column,
     so its base-view and high-resolution tokens collide there (tests/test_family_llava_next.py covers the rest).
+
+    Idefics3 (``idefics3``) is not a parameter either: it passes every other family-parametrised test but fails five,
+    none for a wrong output. Two read ``image_patches`` of LLM sites back from a store (no tile column: its
+    crops' and global view's tokens collide: test_capture's projector test, test_logit_lens' store test); two assume
+    a layout it does not have (test_parity's ``batch.pixel_values == processor pixel_values``: lvlm_probe keeps one
+    view per row where HF pads items to ``[items, max_views, ...]``, and passes no ``pixel_attention_mask``, whose
+    values the model's default reproduces; test_capture's raster test reads the image's first vision row, a crop,
+    where ``vision_patches`` returns the global view, the last); test_attribution's pixel-layout test needs a
+    ``crop_size`` and a view that is not resampled. tests/test_family_idefics3.py checks each of these its own way.
     """
     return request.getfixturevalue(request.param), request.getfixturevalue(f"{request.param}_dir")
 
