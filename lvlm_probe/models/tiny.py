@@ -428,7 +428,7 @@ def build_tiny_idefics3(
     out_dir: str | os.PathLike,
     *,
     words: Sequence[str] = DEFAULT_WORDS,
-    tile_size: int = 32,
+    image_size: int = 32,
     patch_size: int = 4,
     scale_factor: int = 2,
     max_tiles_per_side: int = 3,
@@ -446,11 +446,12 @@ def build_tiny_idefics3(
     """Write a random-init ``Idefics3ForConditionalGeneration`` (SigLIP-style vision, pixel-shuffle connector,
     Llama LM with grouped-query attention) to ``out_dir``.
 
-    The processor resizes every image to a longest edge of ``max_tiles_per_side × tile_size`` (upsampling small
-    ones), cuts it into up to ``max_tiles_per_side²`` crops of ``tile_size`` square plus a global view, so images
+    ``image_size`` is the side of every view (a crop or the global view; ``vision_config.image_size``). The
+    processor resizes every image to a longest edge of ``max_tiles_per_side × image_size`` (upsampling small
+    ones), cuts it into up to ``max_tiles_per_side²`` crops of ``image_size`` square plus a global view, so images
     of different sizes and aspect ratios give different crop counts (a 40 × 60 image: 2 × 3 crops). Each view has
-    ``(tile_size / patch_size)²`` patches (8 × 8 at the defaults) that the connector's pixel shuffle merges
-    ``scale_factor²`` at a time into ``(tile_size / patch_size / scale_factor)²`` tokens (4 × 4). The tokenizer
+    ``(image_size / patch_size)²`` patches (8 × 8 at the defaults) that the connector's pixel shuffle merges
+    ``scale_factor²`` at a time into ``(image_size / patch_size / scale_factor)²`` tokens (4 × 4). The tokenizer
     carries SmolVLM's special tokens (``<fake_token_around_image>``, ``<image>``, ``<global-img>``, the 36
     ``<row_r_col_c>`` markers, ``<end_of_utterance>``) and ``"\\n"`` as a token (the processor writes newlines
     between crop rows); ``Idefics3Processor`` with the PIL image processor and the chat template is saved beside
@@ -461,8 +462,8 @@ def build_tiny_idefics3(
     from lvlm_probe.models.idefics3 import (END_OF_UTTERANCE, FAKE_TOKEN, GLOBAL_TOKEN, IDEFICS3_CHAT_TEMPLATE,
                                             MAX_CROPS_PER_SIDE, row_col_token)
 
-    if tile_size % (patch_size * scale_factor):
-        raise ValueError(f"tile_size={tile_size} must be a multiple of patch_size × scale_factor = "
+    if image_size % (patch_size * scale_factor):
+        raise ValueError(f"image_size={image_size} must be a multiple of patch_size × scale_factor = "
                          f"{patch_size} × {scale_factor}")
     if not 1 <= max_tiles_per_side <= MAX_CROPS_PER_SIDE:
         raise ValueError(f"max_tiles_per_side={max_tiles_per_side}: the processor marks 1..{MAX_CROPS_PER_SIDE}")
@@ -480,7 +481,7 @@ def build_tiny_idefics3(
     )
     cfg = Idefics3Config(
         vision_config=dict(hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
-                           num_hidden_layers=vision_layers, num_attention_heads=vision_heads, image_size=tile_size,
+                           num_hidden_layers=vision_layers, num_attention_heads=vision_heads, image_size=image_size,
                            patch_size=patch_size, initializer_range=init_std),
         text_config=tc.to_dict(), image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=scale_factor,
         tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
@@ -492,9 +493,9 @@ def build_tiny_idefics3(
     model.generation_config.bos_token_id = tok.bos_token_id
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    ip = _image_processor("idefics3", tile_size, grid_pinpoints=None, max_tiles=max_tiles_per_side)
+    ip = _image_processor("idefics3", image_size, grid_pinpoints=None, max_tiles=max_tiles_per_side)
     ip.save_pretrained(out)
-    Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=(tile_size // patch_size // scale_factor) ** 2,
+    Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=(image_size // patch_size // scale_factor) ** 2,
                       chat_template=IDEFICS3_CHAT_TEMPLATE).save_pretrained(out)
     return out
 
