@@ -74,6 +74,7 @@ class Idefics3Adapter(FamilyAdapter):
     model_types = ("idefics3",)
     image_placeholder = "<image>"
     hf_class_name = "Idefics3ForConditionalGeneration"
+    _separators: set[int] | None = None
 
     # ---- facts -------------------------------------------------------------------------------
     @property
@@ -106,27 +107,21 @@ class Idefics3Adapter(FamilyAdapter):
         """``(rows, cols)`` of image ``k``'s crops (``(0, 0)``: only the global view)."""
         return tuple(images.image_info[k]["crops"])  # type: ignore[return-value, index]
 
-    def _marker_ids(self) -> dict[str, int]:
-        """Ids of the markers in this tokenizer (markers it does not know are left out)."""
-        tok = self.tokenizer
-        names = [FAKE_TOKEN, GLOBAL_TOKEN] + [row_col_token(r, c) for r in range(1, MAX_CROPS_PER_SIDE + 1)
-                                              for c in range(1, MAX_CROPS_PER_SIDE + 1)]
-        out = {}
-        for n in names:
-            i = tok.convert_tokens_to_ids(n)
-            if i is not None and i != tok.unk_token_id:
-                out[n] = int(i)
-        return out
-
     def separator_token_ids(self) -> set[int]:
         """``<fake_token_around_image>``, ``<global-img>``, every ``<row_r_col_c>`` and the newline token(s) (the
-        ids of ``"\\n"`` and ``"\\n\\n"``, which a BPE tokenizer may merge). Only inside an expansion are they
-        ``separator``; a newline of the chat template or the question keeps its own role."""
-        ids = set(self._marker_ids().values())
-        for s in ("\n", "\n\n"):
-            ids |= set(self.tokenizer(s, add_special_tokens=False)["input_ids"])
-        ids.discard(self.image_token_id)
-        return ids
+        ids of ``"\\n"`` and ``"\\n\\n"``, which a BPE tokenizer may merge); a marker the tokenizer does not hold as
+        one token gives the ids of its pieces. Only inside an expansion are they ``separator``; a newline of the
+        chat template or the question keeps its own role."""
+        if self._separators is None:
+            tok = self.tokenizer
+            names = [FAKE_TOKEN, GLOBAL_TOKEN, "\n", "\n\n"] + [
+                row_col_token(r, c) for r in range(1, MAX_CROPS_PER_SIDE + 1) for c in range(1, MAX_CROPS_PER_SIDE + 1)]
+            ids: set[int] = set()
+            for n in names:
+                ids |= set(tok(n, add_special_tokens=False)["input_ids"])
+            ids.discard(self.image_token_id)
+            self._separators = ids
+        return set(self._separators)
 
     # ---- prompts -----------------------------------------------------------------------------
     def default_chat_template(self) -> str:
