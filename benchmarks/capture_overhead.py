@@ -7,7 +7,9 @@ to a temporary directory with ``build_tiny_llava`` and loaded twice: once as a p
 ``transformers.LlavaForConditionalGeneration`` with eager attention (the baseline) and once
 through ``lvlm_probe.load`` (TransformerBridge). ``--family llava_next`` builds the same sizes as a
 LLaVA-NeXT (``build_tiny_llava_next``, pinpoints of the released checkpoints scaled to 224 px: a
-square image gives a base view and 2 crops, 528 image tokens) and times its HF class instead.
+square image gives a base view and 2 crops, 528 image tokens) and times its HF class instead; ``--family
+idefics3`` builds an Idefics3 (``build_tiny_idefics3``: 224-px views, a square image upsampled to 448 px gives
+2 x 2 crops + a global view of 8 x 8 tokens each after the pixel shuffle, 320 image tokens).
 One batch of ``--batch-size`` items (random
 224x224 RGB images, 256 image tokens each for llava, prompt "what is in the image ?") is timed with each
 variant. Every variant runs once as a warm-up, then ``--repeats`` times; the variants are run
@@ -74,6 +76,8 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 FAMILY_SHAPES: dict[str, dict] = {
     "llava": {},
     "llava_next": {"grid_pinpoints": [[224, 448], [448, 224], [448, 448], [672, 224], [224, 672]]},
+    # Idefics3: 224-px views, longest edge 448 px (a square image: 2 x 2 crops + the global view), pixel shuffle 2
+    "idefics3": {"scale_factor": 2, "max_tiles_per_side": 2},
 }
 PROMPT = "what is in the image ?"
 SITES = ["llm.resid_post.*"]

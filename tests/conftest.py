@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny random-init LLaVA, Qwen2.5-VL, Gemma3 and LLaVA-NeXT checkpoints built offline in a temp dir, and HF's own
-processor pipeline that every parity test compares against (never inputs built by lvlm_probe)."""
+"""Shared fixtures: tiny random-init LLaVA, Qwen2.5-VL, Gemma3, LLaVA-NeXT and Idefics3 checkpoints built offline
+in a temp dir, and HF's own processor pipeline that every parity test compares against (never inputs built by lvlm_probe)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,20 @@ def llava_next_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def idefics3_dir(tmp_path_factory):
+    from lvlm_probe.models.tiny import build_tiny_idefics3
+
+    return build_tiny_idefics3(tmp_path_factory.mktemp("tiny_idefics3"), init_std=0.2, seed=1)
+
+
+@pytest.fixture(scope="session")
+def idefics3(idefics3_dir):
+    import lvlm_probe as lp
+
+    return lp.load(idefics3_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def llava_next(llava_next_dir):
     import lvlm_probe as lp
 
@@ -124,7 +138,16 @@ def qwen(qwen_dir):
 
 @pytest.fixture(scope="session", params=["llava", "qwen", "gemma3", "llava_next"])
 def family(request):
-    """(model, model_dir) for each supported family."""
+    """(model, model_dir) for each supported family.
+
+    Idefics3 (``idefics3``) is not a parameter: three family-parametrised tests assume a layout it does not have,
+    none for a wrong output (test_parity's ``batch.pixel_values == processor pixel_values``: lvlm_probe keeps one
+    view per row where HF pads items to ``[items, max_views, ...]``, and passes no ``pixel_attention_mask``, whose
+    values the model's default reproduces; test_capture's raster test reads the image's first vision row, a crop,
+    where ``vision_patches`` returns the global view, the last; test_attribution's pixel-layout test needs a
+    ``crop_size`` and a view that is not resampled). tests/test_family_idefics3.py checks each of these its own way.
+    Qwen2-VL and Qwen3-VL have their own files (tests/_qwen_family.py).
+    """
     return request.getfixturevalue(request.param), request.getfixturevalue(f"{request.param}_dir")
 
 

@@ -11,7 +11,7 @@ from conftest import rand_image
 from lvlm_probe.attribution import (block_attention, counterfactual_pair, knockout, patch_activations,
                                     patch_attribution, patched)
 
-TEXT_ROLES = ["system", "template", "question", "answer", "generated"]
+TEXT_ROLES = ["system", "template", "question", "answer", "generated", "separator"]
 
 
 def _pair(model, seeds=(3, 4)):

@@ -88,6 +88,10 @@ class ImageInputs:
         of their own). None for families without tiles: every image is one tile, ``[llm_grids[k]]``. LLaVA-NeXT:
         tile 0 is the base (global) view's grid, tile 1 the unpadded high-resolution grid assembled from the
         crops. ``llm_grids[k]`` stays the grid attribution maps are drawn on (LLaVA-NeXT: tile 0's).
+    image_info : list of dict, optional
+        Per image, facts the adapter needs later to lay out its tokens or map its pixels and that no forward input
+        carries (Idefics3: ``{"crops": (rows, cols)}``). ``Batch.select`` slices it with the images; never passed
+        to the model.
     """
 
     pixel_values: torch.Tensor
@@ -97,6 +101,7 @@ class ImageInputs:
     vision_grids: list[tuple[int, int]]
     pixel_rows: list[tuple[int, int]] | None = None
     tile_grids: list[list[tuple[int, int]]] | None = None
+    image_info: list[dict] | None = None
 
     def tiles(self, k: int) -> list[tuple[int, int]]:
         """The grid of each tile of image ``k`` (``[llm_grids[k]]`` for families without tiles)."""
@@ -154,7 +159,8 @@ class FamilyAdapter(ABC):
         """
         return self.image_token_id
 
-    def placeholder_expansion(self, n_tokens: int) -> str | None:
+    def placeholder_expansion(self, n_tokens: int, images: ImageInputs | None = None,
+                              index: int | None = None) -> str | None:
         """The text that replaces one image placeholder before tokenising, or None.
 
         None (default): ``prepare`` tokenises the prompt and repeats each placeholder token ``n_tokens`` times
@@ -167,6 +173,10 @@ class FamilyAdapter(ABC):
         ----------
         n_tokens : int
             The image's LLM tokens (``ImageInputs.tokens_per_image``).
+        images, index : ImageInputs and int, optional
+            The batch's processed images and this image's index among them, for an expansion that depends on more
+            than the token count (Idefics3: one block per crop, its row / column markers). ``prepare`` passes them;
+            without them an adapter returns the expansion of an image without tiles (or None).
         """
         return None
 

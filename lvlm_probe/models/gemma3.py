@@ -103,7 +103,8 @@ class Gemma3Adapter(FamilyAdapter):
     def answer_prefix(self) -> str:
         return ""
 
-    def placeholder_expansion(self, n_tokens: int) -> str:
+    def placeholder_expansion(self, n_tokens: int, images: ImageInputs | None = None,
+                              index: int | None = None) -> str:
         """What Gemma3's processor puts in place of one ``<start_of_image>`` before tokenising: a blank line,
         ``<start_of_image>``, ``n_tokens`` soft tokens, ``<end_of_image>`` and a blank line."""
         tok = self.tokenizer

@@ -18,6 +18,7 @@ from lvlm_probe.data.items import load_image
 from lvlm_probe.errors import InputError, ModelLoadError, UnsupportedModelError
 from lvlm_probe.models.base import FamilyAdapter, ImageInputs, Site
 from lvlm_probe.models.gemma3 import Gemma3Adapter
+from lvlm_probe.models.idefics3 import Idefics3Adapter
 from lvlm_probe.models.llava import LlavaAdapter
 from lvlm_probe.models.llava_next import LlavaNextAdapter
 from lvlm_probe.models.qwen2_5_vl import Qwen2_5_VLAdapter
@@ -31,7 +32,7 @@ _log = logging.getLogger("lvlm_probe")
 #: Supported architecture families, keyed by HF ``config.model_type``.
 FAMILIES: dict[str, type[FamilyAdapter]] = {
     mt: cls for cls in (LlavaAdapter, Qwen2_5_VLAdapter, Gemma3Adapter, LlavaNextAdapter, Qwen3VLAdapter,
-                        Qwen2VLAdapter)
+                        Qwen2VLAdapter, Idefics3Adapter)
     for mt in cls.model_types
 }
 
@@ -775,7 +776,7 @@ class LVLM:
         parts, inserted, grow, last = [], [], [], 0  # grow: (old end of a placeholder, cumulative growth)
         new_len = 0
         for k, (s, e) in enumerate(places):
-            rep = ad.placeholder_expansion(n_tok[cursor + k])
+            rep = ad.placeholder_expansion(n_tok[cursor + k], images=img_inputs, index=cursor + k)
             parts.append(text[last:s])
             new_len += s - last
             inserted.append((new_len, new_len + len(rep)))

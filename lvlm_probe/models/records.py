@@ -43,11 +43,13 @@ class TokenRoles:
         For families without tiles it is the image's only grid; LLaVA-NeXT: tile 0's (the base view).
     separator : torch.BoolTensor [B, T]
         Text tokens a processor inserts between an image's tiles or rows that are not image tokens
-        (``FamilyAdapter.separator_token_ids``; none for LLaVA, Qwen2.5-VL, Gemma3 or LLaVA-NeXT, whose row-end
-        newlines carry the image token id and so are ``image``).
+        (``FamilyAdapter.separator_token_ids``; Idefics3's crop / global-view markers and the newlines between crop
+        rows; none for LLaVA, Qwen2.5-VL, Gemma3 or LLaVA-NeXT, whose row-end newlines carry the image token id and
+        so are ``image``).
     patch_tiles : torch.LongTensor [B, T]
         For each image token the index of its tile within its image (0 for families without tiles; LLaVA-NeXT:
-        0 = the base view, 1 = the high-resolution grid and its row-end newlines); -1 elsewhere.
+        0 = the base view, 1 = the high-resolution grid and its row-end newlines; Idefics3: 0 = the global view,
+        1 .. rows·cols = the crops in raster order); -1 elsewhere.
     tile_grids : list of list of list of (rows, cols)
         Per item, per image, per tile: the tile's grid. ``(image, tile, row, col)`` of an image token is
         ``patch_coords[b, t, 0], patch_tiles[b, t], patch_coords[b, t, 1:]``.
@@ -335,7 +337,8 @@ class Batch:
                      llm_grids=[ii.llm_grids[k] for k in images],
                      tokens_per_image=[ii.tokens_per_image[k] for k in images],
                      vision_grids=[ii.vision_grids[k] for k in images],
-                     tile_grids=None if ii.tile_grids is None else [ii.tile_grids[k] for k in images])
+                     tile_grids=None if ii.tile_grids is None else [ii.tile_grids[k] for k in images],
+                     image_info=None if getattr(ii, "image_info", None) is None else [ii.image_info[k] for k in images])
         return pv, extras, ii
 
     def truncate(self, length: int) -> Batch:

@@ -424,6 +424,82 @@ def build_tiny_llava_next(
     return out
 
 
+def build_tiny_idefics3(
+    out_dir: str | os.PathLike,
+    *,
+    words: Sequence[str] = DEFAULT_WORDS,
+    image_size: int = 32,
+    patch_size: int = 4,
+    scale_factor: int = 2,
+    max_tiles_per_side: int = 3,
+    vision_hidden: int = 32,
+    vision_layers: int = 2,
+    vision_heads: int = 2,
+    text_hidden: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    text_kv_heads: int = 2,
+    init_std: float = 0.02,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a random-init ``Idefics3ForConditionalGeneration`` (SigLIP-style vision, pixel-shuffle connector,
+    Llama LM with grouped-query attention) to ``out_dir``.
+
+    ``image_size`` is the side of every view (a crop or the global view; ``vision_config.image_size``). The
+    processor resizes every image to a longest edge of ``max_tiles_per_side × image_size`` (upsampling small
+    ones), cuts it into up to ``max_tiles_per_side²`` crops of ``image_size`` square plus a global view, so images
+    of different sizes and aspect ratios give different crop counts (a 40 × 60 image: 2 × 3 crops). Each view has
+    ``(image_size / patch_size)²`` patches (8 × 8 at the defaults) that the connector's pixel shuffle merges
+    ``scale_factor²`` at a time into ``(image_size / patch_size / scale_factor)²`` tokens (4 × 4). The tokenizer
+    carries SmolVLM's special tokens (``<fake_token_around_image>``, ``<image>``, ``<global-img>``, the 36
+    ``<row_r_col_c>`` markers, ``<end_of_utterance>``) and ``"\\n"`` as a token (the processor writes newlines
+    between crop rows); ``Idefics3Processor`` with the PIL image processor and the chat template is saved beside
+    it, so ``AutoProcessor.from_pretrained`` loads the directory offline (no torchvision needed).
+    """
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, LlamaConfig
+
+    from lvlm_probe.models.idefics3 import (END_OF_UTTERANCE, FAKE_TOKEN, GLOBAL_TOKEN, IDEFICS3_CHAT_TEMPLATE,
+                                            MAX_CROPS_PER_SIDE, row_col_token)
+
+    if image_size % (patch_size * scale_factor):
+        raise ValueError(f"image_size={image_size} must be a multiple of patch_size × scale_factor = "
+                         f"{patch_size} × {scale_factor}")
+    if not 1 <= max_tiles_per_side <= MAX_CROPS_PER_SIDE:
+        raise ValueError(f"max_tiles_per_side={max_tiles_per_side}: the processor marks 1..{MAX_CROPS_PER_SIDE}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    row_col = [row_col_token(r, c) for r in range(1, MAX_CROPS_PER_SIDE + 1) for c in range(1, MAX_CROPS_PER_SIDE + 1)]
+    tok = word_tokenizer(words, specials=[FAKE_TOKEN, "<image>", GLOBAL_TOKEN, *row_col], bos="<|im_start|>",
+                         eos=END_OF_UTTERANCE, pad="<|endoftext|>", template_words=["User:", "Assistant:", "System:"],
+                         added_words=["\n"])
+    tc = LlamaConfig(
+        vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
+        num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+        max_position_embeddings=2048, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, initializer_range=init_std, tie_word_embeddings=False,
+    )
+    cfg = Idefics3Config(
+        vision_config=dict(hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
+                           num_hidden_layers=vision_layers, num_attention_heads=vision_heads, image_size=image_size,
+                           patch_size=patch_size, initializer_range=init_std),
+        text_config=tc.to_dict(), image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=scale_factor,
+        tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(cfg).to(dtype).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    ip = _image_processor("idefics3", image_size, grid_pinpoints=None, max_tiles=max_tiles_per_side)
+    ip.save_pretrained(out)
+    Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=(image_size // patch_size // scale_factor) ** 2,
+                      chat_template=IDEFICS3_CHAT_TEMPLATE).save_pretrained(out)
+    return out
+
+
 def _qwen_tokenizer(words: Sequence[str], *, default_system: bool) -> Any:
     """Word-level tokenizer with the Qwen-VL special tokens (``<|im_end|>`` ends a turn, no BOS)."""
     specials = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -565,7 +641,8 @@ def build_tiny_qwen2_vl(
 
 
 def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merge: int = 2,
-                     min_pixels: int = 0, max_pixels: int = 0, grid_pinpoints: list | None = None):
+                     min_pixels: int = 0, max_pixels: int = 0, grid_pinpoints: list | None = None,
+                     max_tiles: int = 1):
     """The family's PIL image processor (no torchvision needed)."""
     import transformers
 
@@ -576,6 +653,10 @@ def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merg
         cls = getattr(transformers, "LlavaNextImageProcessorPil", None) or transformers.LlavaNextImageProcessor
         return cls(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
                    image_grid_pinpoints=grid_pinpoints)
+    if kind == "idefics3":  # longest edge max_tiles tiles (small images upsampled), crops of image_size + global view
+        cls = getattr(transformers, "Idefics3ImageProcessorPil", None) or transformers.Idefics3ImageProcessor
+        return cls(size={"longest_edge": max_tiles * image_size}, max_image_size={"longest_edge": image_size},
+                   do_image_splitting=True)
     if kind == "gemma3":  # squashes any image to image_size square (no crop); pan-and-scan off, as by default
         cls = getattr(transformers, "Gemma3ImageProcessorPil", None) or transformers.Gemma3ImageProcessor
         return cls(size={"height": image_size, "width": image_size})
@@ -586,6 +667,7 @@ def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merg
 
 #: Tiny-checkpoint builders by family name (``lvlm-probe make-tiny --family``); a new family adds its builder here.
 TINY_BUILDERS = {"llava": build_tiny_llava, "qwen2_5_vl": build_tiny_qwen2_5_vl, "gemma3": build_tiny_gemma3,
-                 "llava_next": build_tiny_llava_next, "qwen3_vl": build_tiny_qwen3_vl, "qwen2_vl": build_tiny_qwen2_vl}
+                 "llava_next": build_tiny_llava_next, "qwen3_vl": build_tiny_qwen3_vl, "qwen2_vl": build_tiny_qwen2_vl,
+                 "idefics3": build_tiny_idefics3}
 #: The family ``make-tiny`` builds when none is named.
 TINY_DEFAULT = "llava"

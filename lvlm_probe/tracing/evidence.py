@@ -23,7 +23,10 @@ import torch
 from lvlm_probe.misalignment import extract_claims
 from lvlm_probe.schema import EVIDENCE_COLUMNS  # noqa: F401 - re-exported (the contract lives in schema)
 
-TEXT_ROLES: tuple[str, ...] = ("system", "template", "question", "answer", "generated")
+#: Every non-image role: the "text blind to the image" knockout blocks all of them from the image tokens. ``separator``
+#: (text markers a processor writes between an image's tiles, e.g. Idefics3's ``<row_1_col_2>``) is text too: left
+#: out, it would read the image and pass it on to the other text tokens.
+TEXT_ROLES: tuple[str, ...] = ("system", "template", "question", "answer", "generated", "separator")
 
 
 def _nan(x: Any) -> bool:
