@@ -78,6 +78,13 @@ FAMILY_SHAPES: dict[str, dict] = {
     "llava_next": {"grid_pinpoints": [[224, 448], [448, 224], [448, 448], [672, 224], [224, 672]]},
     # Idefics3: 224-px views, longest edge 448 px (a square image: 2 x 2 crops + the global view), pixel shuffle 2
     "idefics3": {"scale_factor": 2, "max_tiles_per_side": 2},
+    # Gemma3: SigLIP on 224 px / 14 px patches, no pooling (256 soft tokens, as llava's 256 image tokens)
+    "gemma3": {"tokens_per_image": 256},
+    # Qwen families: images resized to 448 px (Qwen2-VL, Qwen2.5-VL: 14-px patches) or 512 px (Qwen3-VL: 16-px
+    # patches), so the 2 x 2 merge gives 256 tokens per image
+    "qwen2_5_vl": {"min_pixels": 448 * 448, "max_pixels": 448 * 448},
+    "qwen2_vl": {"min_pixels": 448 * 448, "max_pixels": 448 * 448},
+    "qwen3_vl": {"patch_size": 16, "min_pixels": 512 * 512, "max_pixels": 512 * 512},
 }
 PROMPT = "what is in the image ?"
 SITES = ["llm.resid_post.*"]
@@ -99,6 +106,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.repeats < 1 or args.batch_size < 1:
         p.error("--repeats and --batch-size must be >= 1")
     return args
+
+
+def builder_kwargs(builder: Callable, size: str, family: str) -> dict:
+    """MODEL_SIZES[size] and FAMILY_SHAPES[family], less what the family's builder does not take (the Qwen
+    builders size images in pixels, not ``image_size``)."""
+    import inspect
+
+    params = inspect.signature(builder).parameters
+    kw = {**MODEL_SIZES[size], **FAMILY_SHAPES[family]}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kw
+    return {k: v for k, v in kw.items() if k in params}
 
 
 def time_round_robin(variants: list[tuple[str, Callable[[], object]]], repeats: int) -> dict[str, list[float]]:
@@ -136,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="lvlm_probe_bench_") as tmp:
         tmp_path = Path(tmp)
-        model_dir = TINY_BUILDERS[args.family](tmp_path / "model", seed=args.seed, **MODEL_SIZES[size],
-                                               **FAMILY_SHAPES[args.family])
+        builder = TINY_BUILDERS[args.family]
+        model_dir = builder(tmp_path / "model", seed=args.seed, **builder_kwargs(builder, size, args.family))
         model = lp.load(model_dir, device="cpu")
         hf = type(model.hf_model).from_pretrained(model_dir, attn_implementation="eager").eval()
         n_params = sum(p.numel() for p in hf.parameters())

@@ -209,48 +209,21 @@ def load(
         file is corrupt, or a hub id is neither cached nor reachable.
     """
     name, defaults = _resolve_name(str(name_or_path))
-    if device_map is not None and device is not None:
-        raise InputError(f"pass device={device!r} or device_map={device_map!r}, not both: a device map places "
-                         "every module itself")
-    if max_memory is not None and device_map is None:
-        raise InputError("max_memory only applies with device_map (e.g. device_map='auto')")
-    if backend not in (None, "bridge", "hooks"):
-        raise InputError(f"backend={backend!r}: use 'bridge', 'hooks' or None (bridge where TransformerLens has an "
-                         "adapter, else hooks)")
+    _check_load_args(device, device_map, max_memory, backend)
     dev = resolve_device(device if device_map is None else "cpu")
-    dt = resolve_dtype(dtype, dev)
+    # a device map defaults to the accelerator's dtype (its layers land on GPUs when there are any)
+    dt = resolve_dtype(dtype, torch.device("cuda") if device_map is not None and torch.cuda.is_available() else dev)
     _check_json_files(name)
     _check_torchvision()
     config = _load_config(name, revision)
-    adapter_cls = FAMILIES.get(config.model_type)
-    if adapter_cls is None:
-        fam = ", ".join(f"{mt} ({cls.family})" for mt, cls in FAMILIES.items())
-        raise UnsupportedModelError(
-            f"{name!r} is a {config.model_type!r} model ({', '.join(config.architectures or [])}); "
-            f"lvlm_probe supports: {fam}. Adding a family is one adapter module in lvlm_probe/models/."
-        )
+    adapter_cls = _family_of(name, config)
     tokenizer, image_processor = _load_processors(name, revision)  # before the weights: a broken one fails fast
-    if device_map is not None:
-        dt = resolve_dtype(dtype, torch.device("cuda") if torch.cuda.is_available() else dev)
-    placement = Placement(dev, device_map, max_memory)
-    hf_model = load_hf_model(name, adapter_cls.hf_class(), config=config, revision=revision, device=placement,
-                             dtype=dt)
+    hf_model = load_hf_model(name, adapter_cls.hf_class(), config=config, revision=revision,
+                             device=Placement(dev, device_map, max_memory), dtype=dt)
     if device_map is not None:
         dev = hf_model.get_input_embeddings().weight.device
-    if backend == "hooks" or (backend is None and not _bridge_supports(adapter_cls.hf_class_name)):
-        from lvlm_probe.models.hook_backend import HookBackend
-
-        bridge = HookBackend(hf_model, adapter_cls(config, tokenizer, image_processor, hf_model))
-        _log.info("lvlm_probe: %s (%s) runs on forward hooks: %s", name, config.model_type,
-                  "requested" if backend == "hooks" else "the installed TransformerLens has no bridge adapter for "
-                  f"{adapter_cls.hf_class_name}")
-    else:
-        from transformer_lens.model_bridge import TransformerBridge
-
-        with _quiet_bridge_boot(config.model_type):
-            bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, dtype=dt, revision=revision,
-                                                         device=None if device_map is not None else str(dev))
-        _log.info("lvlm_probe: %s (%s) runs on TransformerBridge", name, config.model_type)
+    bridge = _hook_host(name, config, adapter_cls, hf_model, (tokenizer, image_processor), backend,
+                        Placement(dev, device_map, max_memory), dt, revision)
     bridge.eval()
     adapter = adapter_cls(config, tokenizer, image_processor, bridge.original_model)
     chat = _find_chat_template(name, tokenizer, revision) or adapter.default_chat_template()
@@ -260,6 +233,51 @@ def load(
     return model
 
 
+
+
+def _check_load_args(device: Any, device_map: Any, max_memory: Any, backend: Any) -> None:
+    """One line per contradictory or unknown loading setting, before anything is read."""
+    if device_map is not None and device is not None:
+        raise InputError(f"pass device={device!r} or device_map={device_map!r}, not both: a device map places "
+                         "every module itself")
+    if max_memory is not None and device_map is None:
+        raise InputError("max_memory only applies with device_map (e.g. device_map='auto')")
+    if backend not in (None, "bridge", "hooks"):
+        raise InputError(f"backend={backend!r}: use 'bridge', 'hooks' or None (bridge where TransformerLens has an "
+                         "adapter, else hooks)")
+
+
+def _family_of(name: str, config: Any) -> type[FamilyAdapter]:
+    """The adapter class serving ``config.model_type``, or UnsupportedModelError listing the families."""
+    adapter_cls = FAMILIES.get(config.model_type)
+    if adapter_cls is None:
+        fam = ", ".join(f"{mt} ({cls.family})" for mt, cls in FAMILIES.items())
+        raise UnsupportedModelError(
+            f"{name!r} is a {config.model_type!r} model ({', '.join(config.architectures or [])}); "
+            f"lvlm_probe supports: {fam}. Adding a family is one adapter module in lvlm_probe/models/."
+        )
+    return adapter_cls
+
+
+def _hook_host(name: str, config: Any, adapter_cls: type[FamilyAdapter], hf_model: Any, processors: tuple,
+               backend: str | None, place: Placement, dt: torch.dtype, revision: str | None) -> Any:
+    """What the hooks live on: TransformerBridge (booted over ``hf_model``) where TransformerLens has an adapter
+    for the architecture (or ``backend="bridge"``), else the forward-hook fallback; the choice is logged."""
+    if backend == "hooks" or (backend is None and not _bridge_supports(adapter_cls.hf_class_name)):
+        from lvlm_probe.models.hook_backend import HookBackend
+
+        host = HookBackend(hf_model, adapter_cls(config, *processors, hf_model))
+        _log.info("lvlm_probe: %s (%s) runs on forward hooks: %s", name, config.model_type,
+                  "requested" if backend == "hooks" else "the installed TransformerLens has no bridge adapter for "
+                  f"{adapter_cls.hf_class_name}")
+        return host
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with _quiet_bridge_boot(config.model_type):
+        host = TransformerBridge.boot_transformers(name, hf_model=hf_model, dtype=dt, revision=revision,
+                                                   device=None if place.device_map is not None else str(place.device))
+    _log.info("lvlm_probe: %s (%s) runs on TransformerBridge", name, config.model_type)
+    return host
 
 
 #: JSON files of a checkpoint directory that must parse when present (a corrupt one is named before loading).
