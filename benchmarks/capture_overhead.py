@@ -7,7 +7,9 @@ to a temporary directory with ``build_tiny_llava`` and loaded twice: once as a p
 ``transformers.LlavaForConditionalGeneration`` with eager attention (the baseline) and once
 through ``lvlm_probe.load`` (TransformerBridge). ``--family llava_next`` builds the same sizes as a
 LLaVA-NeXT (``build_tiny_llava_next``, pinpoints of the released checkpoints scaled to 224 px: a
-square image gives a base view and 2 crops, 528 image tokens) and times its HF class instead.
+square image gives a base view and 2 crops, 528 image tokens) and times its HF class instead;
+``--family llava_onevision`` the same for LLaVA-OneVision (``build_tiny_llava_onevision``: SigLIP, Qwen2 LM,
+``anyres_max_9``, which does not shrink this image: 256 + 16·17 = 528 image tokens, as llava_next).
 One batch of ``--batch-size`` items (random
 224x224 RGB images, 256 image tokens each for llava, prompt "what is in the image ?") is timed with each
 variant. Every variant runs once as a warm-up, then ``--repeats`` times; the variants are run
@@ -74,6 +76,9 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 FAMILY_SHAPES: dict[str, dict] = {
     "llava": {},
     "llava_next": {"grid_pinpoints": [[224, 448], [448, 224], [448, 448], [672, 224], [224, 672]]},
+    # the same scaled pinpoints with the released anyres_max_9 (a 224 px square: base view + 2 crops, no shrink)
+    "llava_onevision": {"grid_pinpoints": [[224, 448], [448, 224], [448, 448], [672, 224], [224, 672]],
+                        "anyres_max": 9},
 }
 PROMPT = "what is in the image ?"
 SITES = ["llm.resid_post.*"]
