@@ -1,5 +1,6 @@
-"""Shared fixtures: tiny random-init LLaVA, Qwen2.5-VL, Gemma3, LLaVA-NeXT and LLaVA-OneVision checkpoints built offline in a temp dir, and HF's own
-processor pipeline that every parity test compares against (never inputs built by lvlm_probe)."""
+"""Shared fixtures: tiny random-init LLaVA, Qwen2.5-VL, Gemma3, LLaVA-NeXT and LLaVA-OneVision checkpoints built
+offline in a temp dir, and HF's own processor pipeline that every parity test compares against (never inputs built
+by lvlm_probe)."""
 
 from __future__ import annotations
 
