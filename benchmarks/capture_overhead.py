@@ -7,9 +7,12 @@ to a temporary directory with ``build_tiny_llava`` and loaded twice: once as a p
 ``transformers.LlavaForConditionalGeneration`` with eager attention (the baseline) and once
 through ``lvlm_probe.load`` (TransformerBridge). ``--family llava_next`` builds the same sizes as a
 LLaVA-NeXT (``build_tiny_llava_next``, pinpoints of the released checkpoints scaled to 224 px: a
-square image gives a base view and 2 crops, 528 image tokens) and times its HF class instead; ``--family
+square image gives a base view and 2 crops, 528 image tokens) and times its HF class instead;
+``--family llava_onevision`` the same for LLaVA-OneVision (``build_tiny_llava_onevision``: SigLIP, Qwen2 LM,
+``anyres_max_9``, which does not shrink this image: 256 + 16·17 = 528 image tokens, as llava_next); ``--family
 idefics3`` builds an Idefics3 (``build_tiny_idefics3``: 224-px views, a square image upsampled to 448 px gives
-2 x 2 crops + a global view of 8 x 8 tokens each after the pixel shuffle, 320 image tokens).
+2 x 2 crops + a global view of 8 x 8 tokens each after the pixel shuffle, 320 image tokens); the other families
+(``gemma3``, ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``) are sized to 256 image tokens per image (FAMILY_SHAPES).
 One batch of ``--batch-size`` items (random
 224x224 RGB images, 256 image tokens each for llava, prompt "what is in the image ?") is timed with each
 variant. Every variant runs once as a warm-up, then ``--repeats`` times; the variants are run
@@ -85,6 +88,9 @@ FAMILY_SHAPES: dict[str, dict] = {
     "qwen2_5_vl": {"min_pixels": 448 * 448, "max_pixels": 448 * 448},
     "qwen2_vl": {"min_pixels": 448 * 448, "max_pixels": 448 * 448},
     "qwen3_vl": {"patch_size": 16, "min_pixels": 512 * 512, "max_pixels": 512 * 512},
+    # the same scaled pinpoints with the released anyres_max_9 (a 224 px square: base view + 2 crops, no shrink)
+    "llava_onevision": {"grid_pinpoints": [[224, 448], [448, 224], [448, 448], [672, 224], [224, 672]],
+                        "anyres_max": 9},
 }
 PROMPT = "what is in the image ?"
 SITES = ["llm.resid_post.*"]

@@ -102,7 +102,7 @@ def test_pixel_layout_maps_cells(family):
         H = W = model.image_processor.size["height"]
         cell = H // model.adapter.tokens_per_side
     else:
-        H = W = model.image_processor.crop_size["height"]
+        H = W = (model.image_processor.crop_size or model.image_processor.size)["height"]  # OneVision: no crop_size
         cell = model.adapter.patch_size
     arr = np.zeros((H, W, 3), dtype=np.uint8)
     r, c = 1, 2

@@ -53,7 +53,7 @@ def test_organism_prefix_errors():
 def test_supported_families():
     assert lp.supported_families() == {"llava": "llava", "qwen2_5_vl": "qwen2_5_vl", "gemma3": "gemma3",
                                        "llava_next": "llava_next", "qwen3_vl": "qwen3_vl", "qwen2_vl": "qwen2_vl",
-                                       "idefics3": "idefics3"}
+                                       "idefics3": "idefics3", "llava_onevision": "llava_onevision"}
 
 
 def test_dtype_argument(llava_dir):

@@ -130,6 +130,10 @@ class FamilyAdapter(ABC):
     #: Forward input that marks image tokens per position, for families whose positions depend on it
     #: (Qwen2.5-VL builds its 3-D mRoPE positions only when ``mm_token_type_ids`` is passed); None if none.
     token_type_input: ClassVar[str | None] = None
+    #: Forward input that counts the images of each item that has any, for families whose processing of an
+    #: image depends on how many images share its prompt (LLaVA-OneVision: ``batch_num_images``); None if none.
+    #: ``Batch.model_inputs()`` derives it from ``Batch.n_images``, so every slice of a batch keeps it aligned.
+    images_per_item_input: ClassVar[str | None] = None
 
     def __init__(self, hf_config: Any, tokenizer: Any, image_processor: Any, hf_model: Any) -> None:
         self.hf_config = hf_config
@@ -239,6 +243,14 @@ class FamilyAdapter(ABC):
     @abstractmethod
     def process_images(self, images: Sequence[Image.Image]) -> ImageInputs:
         """Turn PIL images into pixel tensors and report each image's grids and token count."""
+
+    def process_item_images(self, per_item: Sequence[Sequence[Image.Image]]) -> ImageInputs:
+        """:meth:`process_images` of a batch given per item (an item without images is an empty list).
+
+        Default: the items' images concatenated in item order. A family whose processing of an image depends on
+        the other images of its item (LLaVA-OneVision: an item with several images gets no crops) overrides it.
+        """
+        return self.process_images([im for ims in per_item for im in ims])
 
     @abstractmethod
     def image_token_coords(self, grid: tuple[int, int], n_tokens: int) -> list[tuple[int, int]]:

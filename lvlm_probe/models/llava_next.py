@@ -149,8 +149,12 @@ class LlavaNextAdapter(FamilyAdapter):
         return AnyresLayout(size=(H, W), canvas=(ch, cw), crops=(nph, npw), base=(g, g), high=(rows, cols),
                             offset=(top, left))
 
+    def _layout_of(self, images: ImageInputs, k: int) -> AnyresLayout:
+        """The layout of image ``k`` of a processed batch (from its ``image_sizes`` row)."""
+        return self.layout(images.extras["image_sizes"][k].tolist())
+
     def _layouts(self, images: ImageInputs) -> list[AnyresLayout]:
-        return [self.layout(s) for s in images.extras["image_sizes"].tolist()]
+        return [self._layout_of(images, k) for k in range(len(images.extras["image_sizes"]))]
 
     # ---- prompts -----------------------------------------------------------------------------
     def default_chat_template(self) -> str:
@@ -182,7 +186,7 @@ class LlavaNextAdapter(FamilyAdapter):
     def image_token_layout(self, images: ImageInputs, k: int) -> list[tuple[int, int, int]]:
         """Tile 0: the base grid in raster order; tile 1: the unpadded high-resolution grid in raster order, each
         row followed by its newline token ``(1, -1, -1)``."""
-        lay = self.layout(images.extras["image_sizes"][k].tolist())
+        lay = self._layout_of(images, k)
         (h, w), (rows, cols) = lay.base, lay.high
         out = [(0, r, c) for r in range(h) for c in range(w)]
         for r in range(rows):
@@ -214,7 +218,7 @@ class LlavaNextAdapter(FamilyAdapter):
         S = int(pixels.shape[-1])
         if pixels.shape[-2] != S or S % h or S % w:
             raise ValueError(f"{pixels.shape[-2]}x{S} px, not a multiple of its {h}x{w} grid")
-        lay = self.layout(images.extras["image_sizes"][index].tolist())
+        lay = self._layout_of(images, index)
         dev = pixels.device
         base_y = torch.arange(S, device=dev) * h // S
         base_x = torch.arange(S, device=dev) * w // S
@@ -284,6 +288,10 @@ class LlavaNextAdapter(FamilyAdapter):
             (h, w), (rows, cols), (top, left) = lay.base, lay.high, lay.offset
             g, dev = h, tensor.device
             acc = tensor[off].clone()
+            if not lay.n_crops:  # a view without crops (LLaVA-OneVision's multi-image items)
+                out.append(acc)
+                off += 1
+                continue
             crops = tensor[off + 1:off + 1 + lay.n_crops]  # [n_crops, g*g, d]
             q = torch.arange(lay.n_crops, device=dev)[:, None]
             p = torch.arange(g * g, device=dev)[None, :]

@@ -21,6 +21,7 @@ from lvlm_probe.models.gemma3 import Gemma3Adapter
 from lvlm_probe.models.idefics3 import Idefics3Adapter
 from lvlm_probe.models.llava import LlavaAdapter
 from lvlm_probe.models.llava_next import LlavaNextAdapter
+from lvlm_probe.models.llava_onevision import LlavaOnevisionAdapter
 from lvlm_probe.models.qwen2_5_vl import Qwen2_5_VLAdapter
 from lvlm_probe.models.qwen2_vl import Qwen2VLAdapter
 from lvlm_probe.models.qwen3_vl import Qwen3VLAdapter
@@ -32,7 +33,7 @@ _log = logging.getLogger("lvlm_probe")
 #: Supported architecture families, keyed by HF ``config.model_type``.
 FAMILIES: dict[str, type[FamilyAdapter]] = {
     mt: cls for cls in (LlavaAdapter, Qwen2_5_VLAdapter, Gemma3Adapter, LlavaNextAdapter, Qwen3VLAdapter,
-                        Qwen2VLAdapter, Idefics3Adapter)
+                        Qwen2VLAdapter, Idefics3Adapter, LlavaOnevisionAdapter)
     for mt in cls.model_types
 }
 
@@ -672,6 +673,7 @@ class LVLM:
             n_image_tokens=[r.n_image_tokens for r in rows],
             image_inputs=img_inputs,
             token_type_input=self.adapter.token_type_input,
+            images_per_item_input=self.adapter.images_per_item_input,
         )
         return batch.to(self.device, self.dtype)
 
@@ -685,7 +687,7 @@ class LVLM:
     def _process_images(self, flat: list[Any], per_item: list[list[Any]], ids: list[str]) -> ImageInputs:
         """The adapter's image processing of the batch; when it refuses, the item whose image it refuses is named."""
         try:
-            return self.adapter.process_images(flat)
+            return self.adapter.process_item_images(per_item)
         except (ValueError, RuntimeError, TypeError, OSError) as exc:
             for iid, ims in zip(ids, per_item):
                 for k, im in enumerate(ims):

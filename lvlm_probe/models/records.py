@@ -191,6 +191,9 @@ class Batch:
         Name of the family's per-token modality input (Qwen2.5-VL: ``mm_token_type_ids``, 1 at image
         tokens, else 0), derived from ``roles.image`` by :meth:`model_inputs` so that every slice or
         extension of the batch keeps it aligned with ``input_ids``.
+    images_per_item_input : str or None
+        Name of the family's per-item image-count input (LLaVA-OneVision: ``batch_num_images``, one entry per
+        item that has images), derived from ``n_images`` by :meth:`model_inputs` so that slices keep it aligned.
     """
 
     input_ids: torch.Tensor
@@ -204,6 +207,7 @@ class Batch:
     n_image_tokens: list[int] | None = None
     image_inputs: Any = None
     token_type_input: str | None = None
+    images_per_item_input: str | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -225,6 +229,9 @@ class Batch:
         kw: dict[str, Any] = {"attention_mask": self.attention_mask}
         if self.pixel_values is not None:
             kw["pixel_values"] = self.pixel_values
+            if self.images_per_item_input is not None:
+                kw[self.images_per_item_input] = torch.tensor([n for n in self.n_images if n], dtype=torch.long,
+                                                              device=self.input_ids.device)
         kw.update(self.extras)
         if self.token_type_input is not None:
             kw[self.token_type_input] = self.roles.image.long()

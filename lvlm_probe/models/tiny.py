@@ -424,6 +424,87 @@ def build_tiny_llava_next(
     return out
 
 
+def build_tiny_llava_onevision(
+    out_dir: str | os.PathLike,
+    *,
+    words: Sequence[str] = DEFAULT_WORDS,
+    image_size: int = 32,
+    patch_size: int = 8,
+    grid_pinpoints: Sequence[Sequence[int]] = ((32, 64), (64, 32), (64, 64), (96, 32), (32, 96)),
+    anyres_max: int = 2,
+    vision_hidden: int = 32,
+    vision_layers: int = 2,
+    vision_heads: int = 2,
+    text_hidden: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    text_kv_heads: int = 2,
+    init_std: float = 0.02,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a random-init ``LlavaOnevisionForConditionalGeneration`` (SigLIP vision without CLS, Qwen2 LM with
+    grouped-query attention, any-resolution tiles with the ``anyres_max`` shrink) to ``out_dir``.
+
+    As :func:`build_tiny_llava_next`: a base view squashed to ``image_size`` square (4×4 tokens at the defaults)
+    plus the crops of the best ``grid_pinpoints`` canvas (2, 3 or 4 crops by size and aspect). The unpadded
+    high-resolution grid is shrunk (bilinear) when it holds more than ``1.1² · anyres_max`` base grids:
+    ``vision_aspect_ratio = "anyres_max_{anyres_max}"`` (the released checkpoints use 9; 2 here, so a 3- or 4-crop
+    image is shrunk and a 2-crop one is not). An item with several images gets each image's base view only
+    (padded to a square), plus one newline token. The tokenizer has ``<image>``, ``<video>`` and the Qwen2 turn
+    markers (``<|im_start|>``, ``<|im_end|>``, no BOS); the image processor, the chat template and a
+    ``processor_config.json`` (``num_image_tokens``, ``vision_feature_select_strategy``, ``vision_aspect_ratio``)
+    are saved beside it, so ``LlavaOnevisionProcessor.from_pretrained`` reads the directory offline (HF's
+    ``AutoProcessor`` also wants a video processor, which needs torchvision).
+    """
+    import json
+
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, \
+        SiglipVisionConfig
+
+    from lvlm_probe.models.llava_onevision import LLAVA_ONEVISION_CHAT_TEMPLATE
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pins = [[int(h), int(w)] for h, w in grid_pinpoints]
+    if image_size % patch_size or any(h % image_size or w % image_size for h, w in pins):
+        raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size} and divide every "
+                         f"grid pinpoint {pins}")
+    tok = word_tokenizer(words, specials=["<|im_start|>", "<image>", "<video>"], bos=None, eos="<|im_end|>",
+                         pad="<|endoftext|>", template_words=["system", "user", "assistant"])
+    tok.chat_template = LLAVA_ONEVISION_CHAT_TEMPLATE
+    vc = SiglipVisionConfig(
+        hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads, image_size=image_size, patch_size=patch_size, vision_use_head=False,
+    )
+    tc = Qwen2Config(
+        vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
+        num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+        max_position_embeddings=1024, pad_token_id=tok.pad_token_id, bos_token_id=None,
+        eos_token_id=tok.eos_token_id, initializer_range=init_std, tie_word_embeddings=False,
+    )
+    aspect = f"anyres_max_{int(anyres_max)}"
+    cfg = LlavaOnevisionConfig(
+        vision_config=vc, text_config=tc, image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"), projector_hidden_act="gelu",
+        vision_feature_select_strategy="full", vision_feature_layer=-1, image_grid_pinpoints=pins,
+        vision_aspect_ratio=aspect, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(cfg).to(dtype).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    _image_processor("llava_onevision", image_size, grid_pinpoints=pins).save_pretrained(out)
+    # the processor's own settings (ProcessorMixin.save_pretrained would also want a video processor)
+    (out / "processor_config.json").write_text(json.dumps({
+        "processor_class": "LlavaOnevisionProcessor", "num_image_tokens": (image_size // patch_size) ** 2,
+        "vision_feature_select_strategy": "full", "vision_aspect_ratio": aspect, "image_token": "<image>",
+        "video_token": "<video>"}, indent=2))
+    return out
+
+
 def build_tiny_idefics3(
     out_dir: str | os.PathLike,
     *,
@@ -657,6 +738,10 @@ def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merg
         cls = getattr(transformers, "Idefics3ImageProcessorPil", None) or transformers.Idefics3ImageProcessor
         return cls(size={"longest_edge": max_tiles * image_size}, max_image_size={"longest_edge": image_size},
                    do_image_splitting=True)
+    if kind == "llava_onevision":  # as llava_next; a multi-image item's images are padded to a square instead
+        cls = getattr(transformers, "LlavaOnevisionImageProcessorPil", None) or \
+            transformers.LlavaOnevisionImageProcessor
+        return cls(size={"height": image_size, "width": image_size}, image_grid_pinpoints=grid_pinpoints)
     if kind == "gemma3":  # squashes any image to image_size square (no crop); pan-and-scan off, as by default
         cls = getattr(transformers, "Gemma3ImageProcessorPil", None) or transformers.Gemma3ImageProcessor
         return cls(size={"height": image_size, "width": image_size})
@@ -668,6 +753,6 @@ def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merg
 #: Tiny-checkpoint builders by family name (``lvlm-probe make-tiny --family``); a new family adds its builder here.
 TINY_BUILDERS = {"llava": build_tiny_llava, "qwen2_5_vl": build_tiny_qwen2_5_vl, "gemma3": build_tiny_gemma3,
                  "llava_next": build_tiny_llava_next, "qwen3_vl": build_tiny_qwen3_vl, "qwen2_vl": build_tiny_qwen2_vl,
-                 "idefics3": build_tiny_idefics3}
+                 "idefics3": build_tiny_idefics3, "llava_onevision": build_tiny_llava_onevision}
 #: The family ``make-tiny`` builds when none is named.
 TINY_DEFAULT = "llava"
