@@ -72,8 +72,35 @@ def word_tokenizer(words: Sequence[str], *, specials: Sequence[str], bos: str | 
     return fast
 
 
-@dataclass(frozen=True)
-class LlavaShape:
+@dataclass(frozen=True, kw_only=True)
+class TinyShape:
+    """The sizes every tiny family has: width, depth and heads of the vision tower and of the LM.
+
+    Each family's shape (:class:`LlavaShape`, :class:`Qwen2_5_VLShape`, ... in ``TINY_SHAPES``) adds the family's
+    image settings and may change these defaults; its builder takes the fields as keyword arguments (``**shape``)
+    and refuses any other with a ``TypeError`` naming the shape. Keyword-only, so a family can change a default
+    without reordering fields.
+    """
+
+    vision_hidden: int = 32
+    vision_layers: int = 2
+    vision_heads: int = 2
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    text_kv_heads: int = 2
+
+
+def _shape(cls: type[TinyShape], builder: str, shape: dict[str, Any]) -> Any:
+    """``cls(**shape)``; a ``TypeError`` that names ``cls`` for a setting it lacks (a builder's ``**shape``)."""
+    unknown = sorted(set(shape) - {f.name for f in fields(cls)})
+    if unknown:
+        raise TypeError(f"{builder} got unknown shape settings {unknown}; see {cls.__name__}")
+    return cls(**shape)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LlavaShape(TinyShape):
     """The shape of a random-init LLaVA (CLIP vision tower + Llama LM) for :func:`build_tiny_llava`.
 
     The image grid is ``(image_size // patch_size)²`` tokens per image. MLP widths default to
@@ -83,14 +110,7 @@ class LlavaShape:
 
     image_size: int = 32
     patch_size: int = 8
-    vision_hidden: int = 32
-    vision_layers: int = 2
-    vision_heads: int = 2
     vision_intermediate: int | None = None
-    text_hidden: int = 64
-    text_layers: int = 2
-    text_heads: int = 4
-    text_kv_heads: int = 2
     text_intermediate: int | None = None
     intermediate_mult: int = 2
     vocab_size: int | None = None
@@ -129,10 +149,7 @@ def build_tiny_llava(out_dir: str | os.PathLike, *, words: Sequence[str] = DEFAU
     """
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-    unknown = sorted(set(shape) - {f.name for f in fields(LlavaShape)})
-    if unknown:
-        raise TypeError(f"build_tiny_llava got unknown shape settings {unknown}; see LlavaShape")
-    sh = LlavaShape(**shape)
+    sh = _shape(LlavaShape, "build_tiny_llava", shape)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = word_tokenizer(words, specials=["<image>"], bos="<s>", eos="</s>", pad="<pad>",
@@ -196,54 +213,56 @@ def llava_config(tok: Any, shape: LlavaShape | None = None, *, init_std: float =
     )
 
 
-def build_tiny_qwen2_5_vl(
-    out_dir: str | os.PathLike,
-    *,
-    words: Sequence[str] = DEFAULT_WORDS,
-    patch_size: int = 14,
-    merge: int = 2,
-    window_size: int = 56,
-    min_pixels: int = 56 * 56,
-    max_pixels: int = 112 * 112,
-    vision_hidden: int = 32,
-    vision_layers: int = 2,
-    vision_heads: int = 2,
-    text_hidden: int = 64,
-    text_layers: int = 2,
-    text_heads: int = 4,
-    text_kv_heads: int = 2,
-    init_std: float = 0.02,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-) -> Path:
+@dataclass(frozen=True, kw_only=True)
+class Qwen2_5_VLShape(TinyShape):
+    """The shape of a random-init Qwen2.5-VL for :func:`build_tiny_qwen2_5_vl`.
+
+    Images are resized to ``[min_pixels, max_pixels]`` pixels in multiples of ``patch_size · merge``; each
+    ``merge × merge`` unit of patches is one LLM token; the vision blocks attend within windows of
+    ``window_size`` pixels (the last block attends over the whole image).
+    """
+
+    patch_size: int = 14
+    merge: int = 2
+    window_size: int = 56
+    min_pixels: int = 56 * 56
+    max_pixels: int = 112 * 112
+
+
+def build_tiny_qwen2_5_vl(out_dir: str | os.PathLike, *, words: Sequence[str] = DEFAULT_WORDS, init_std: float = 0.02,
+                          seed: int = 0, dtype: torch.dtype = torch.float32, **shape: Any) -> Path:
     """Write a random-init ``Qwen2_5_VLForConditionalGeneration`` to ``out_dir``.
 
     Images are resized within ``[min_pixels, max_pixels]`` so grids vary with aspect ratio, as in
     the real model; the last vision block uses full attention, the others windowed attention.
+
+    ``words``, ``init_std``, ``seed`` and ``dtype`` as in :func:`build_tiny_llava`; ``**shape``: fields of
+    :class:`Qwen2_5_VLShape` (its defaults otherwise; any other name is a ``TypeError``).
     """
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+    sh = _shape(Qwen2_5_VLShape, "build_tiny_qwen2_5_vl", shape)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     specials = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
     tok = word_tokenizer(words, specials=specials, bos=None, eos="<|im_end|>", pad="<|endoftext|>",
                          template_words=["system", "user", "assistant", "You", "are", "helpful", "assistant."])
-    head_dim = text_hidden // text_heads
+    head_dim = sh.text_hidden // sh.text_heads
     # mRoPE splits the rotary half-dim into temporal / height / width sections
     mrope = [head_dim // 2 - 2 * (head_dim // 8), head_dim // 8, head_dim // 8]
     cfg = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
-            num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+            vocab_size=len(tok), hidden_size=sh.text_hidden, intermediate_size=sh.text_hidden * 2,
+            num_hidden_layers=sh.text_layers, num_attention_heads=sh.text_heads, num_key_value_heads=sh.text_kv_heads,
             max_position_embeddings=1024, initializer_range=init_std, tie_word_embeddings=False,
             # the real Qwen ids (151643 ...) lie outside a word-level vocabulary
             bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
             rope_parameters={"rope_type": "default", "mrope_section": mrope, "rope_theta": 10000.0},
         ),
         vision_config=dict(
-            depth=vision_layers, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
-            num_heads=vision_heads, out_hidden_size=text_hidden, patch_size=patch_size, spatial_merge_size=merge,
-            temporal_patch_size=2, window_size=window_size, fullatt_block_indexes=[vision_layers - 1],
+            depth=sh.vision_layers, hidden_size=sh.vision_hidden, intermediate_size=sh.vision_hidden * 2,
+            num_heads=sh.vision_heads, out_hidden_size=sh.text_hidden, patch_size=sh.patch_size, spatial_merge_size=sh.merge,
+            temporal_patch_size=2, window_size=sh.window_size, fullatt_block_indexes=[sh.vision_layers - 1],
             in_channels=3, initializer_range=init_std,
         ),
         image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
@@ -258,31 +277,29 @@ def build_tiny_qwen2_5_vl(
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    ip = _image_processor("qwen2_vl", patch_size=patch_size, merge=merge, min_pixels=min_pixels,
-                          max_pixels=max_pixels)
+    ip = _image_processor("qwen2_vl", patch_size=sh.patch_size, merge=sh.merge, min_pixels=sh.min_pixels,
+                          max_pixels=sh.max_pixels)
     ip.save_pretrained(out)
     return out
 
 
-def build_tiny_gemma3(
-    out_dir: str | os.PathLike,
-    *,
-    words: Sequence[str] = DEFAULT_WORDS,
-    image_size: int = 48,
-    patch_size: int = 8,
-    tokens_per_image: int = 9,
-    vision_hidden: int = 32,
-    vision_layers: int = 2,
-    vision_heads: int = 2,
-    text_hidden: int = 64,
-    text_layers: int = 2,
-    text_heads: int = 4,
-    text_kv_heads: int = 2,
-    sliding_window: int = 24,
-    init_std: float = 0.02,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-) -> Path:
+@dataclass(frozen=True, kw_only=True)
+class Gemma3Shape(TinyShape):
+    """The shape of a random-init Gemma3 for :func:`build_tiny_gemma3`.
+
+    Every image is squashed to ``image_size`` square, ``(image_size / patch_size)²`` SigLIP patches pooled to
+    ``tokens_per_image`` soft tokens (a square whose side divides the patch grid); the LM's sliding-window layers
+    attend over ``sliding_window`` tokens.
+    """
+
+    image_size: int = 48
+    patch_size: int = 8
+    tokens_per_image: int = 9
+    sliding_window: int = 24
+
+
+def build_tiny_gemma3(out_dir: str | os.PathLike, *, words: Sequence[str] = DEFAULT_WORDS, init_std: float = 0.02,
+                      seed: int = 0, dtype: torch.dtype = torch.float32, **shape: Any) -> Path:
     """Write a random-init ``Gemma3ForConditionalGeneration`` (SigLIP vision, Gemma3 LM) to ``out_dir``.
 
     Every image is resized to ``image_size`` square (``(image_size / patch_size)²`` SigLIP patches, no CLS)
@@ -293,17 +310,21 @@ def build_tiny_gemma3(
     Gemma3's special tokens (turn markers, begin/end of image, the image soft token, and ``"\\n\\n"`` so
     that the blank lines around each image are tokens as in the real vocabulary); the processor and its chat
     template are saved beside it, so ``AutoProcessor.from_pretrained`` loads the directory offline.
+
+    ``words``, ``init_std``, ``seed`` and ``dtype`` as in :func:`build_tiny_llava`; ``**shape``: fields of
+    :class:`Gemma3Shape` (its defaults otherwise; any other name is a ``TypeError``).
     """
     from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor, Gemma3TextConfig,
                               SiglipVisionConfig)
 
     from lvlm_probe.models.gemma3 import GEMMA3_CHAT_TEMPLATE
 
-    side = int(round(tokens_per_image ** 0.5))
-    n_side = image_size // patch_size
-    if side * side != tokens_per_image or image_size % patch_size or n_side % side:
-        raise ValueError(f"tokens_per_image={tokens_per_image} must be a square whose side divides the "
-                         f"{n_side}x{n_side} patch grid of image_size={image_size}, patch_size={patch_size}")
+    sh = _shape(Gemma3Shape, "build_tiny_gemma3", shape)
+    side = int(round(sh.tokens_per_image ** 0.5))
+    n_side = sh.image_size // sh.patch_size
+    if side * side != sh.tokens_per_image or sh.image_size % sh.patch_size or n_side % side:
+        raise ValueError(f"tokens_per_image={sh.tokens_per_image} must be a square whose side divides the "
+                         f"{n_side}x{n_side} patch grid of image_size={sh.image_size}, patch_size={sh.patch_size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     image_tokens = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
@@ -312,23 +333,23 @@ def build_tiny_gemma3(
                          bos="<bos>", eos="<eos>", pad="<pad>", template_words=["user", "model"],
                          named_specials=image_tokens, added_words=["\n\n"])
     ids = {k: tok.convert_tokens_to_ids(v) for k, v in image_tokens.items()}
-    head_dim = text_hidden // text_heads
+    head_dim = sh.text_hidden // sh.text_heads
     tc = Gemma3TextConfig(
-        vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
-        num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+        vocab_size=len(tok), hidden_size=sh.text_hidden, intermediate_size=sh.text_hidden * 2,
+        num_hidden_layers=sh.text_layers, num_attention_heads=sh.text_heads, num_key_value_heads=sh.text_kv_heads,
         head_dim=head_dim, query_pre_attn_scalar=head_dim, max_position_embeddings=512,
-        sliding_window=sliding_window,
-        layer_types=["full_attention" if (k + 1) % 2 == 0 else "sliding_attention" for k in range(text_layers)],
+        sliding_window=sh.sliding_window,
+        layer_types=["full_attention" if (k + 1) % 2 == 0 else "sliding_attention" for k in range(sh.text_layers)],
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         initializer_range=init_std, tie_word_embeddings=False,
     )
     vc = SiglipVisionConfig(
-        hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_hidden_layers=vision_layers,
-        num_attention_heads=vision_heads, image_size=image_size, patch_size=patch_size, num_channels=3,
+        hidden_size=sh.vision_hidden, intermediate_size=sh.vision_hidden * 2, num_hidden_layers=sh.vision_layers,
+        num_attention_heads=sh.vision_heads, image_size=sh.image_size, patch_size=sh.patch_size, num_channels=3,
         vision_use_head=False,
     )
     cfg = Gemma3Config(
-        text_config=tc, vision_config=vc, mm_tokens_per_image=tokens_per_image,
+        text_config=tc, vision_config=vc, mm_tokens_per_image=sh.tokens_per_image,
         boi_token_index=ids["boi_token"], eoi_token_index=ids["eoi_token"], image_token_index=ids["image_token"],
         initializer_range=init_std, tie_word_embeddings=False,
     )
@@ -343,31 +364,28 @@ def build_tiny_gemma3(
     model.generation_config.bos_token_id = tok.bos_token_id
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    ip = _image_processor("gemma3", image_size)
+    ip = _image_processor("gemma3", sh.image_size)
     ip.save_pretrained(out)
     Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=GEMMA3_CHAT_TEMPLATE,
-                    image_seq_length=tokens_per_image).save_pretrained(out)
+                    image_seq_length=sh.tokens_per_image).save_pretrained(out)
     return out
 
 
-def build_tiny_llava_next(
-    out_dir: str | os.PathLike,
-    *,
-    words: Sequence[str] = DEFAULT_WORDS,
-    image_size: int = 32,
-    patch_size: int = 8,
-    grid_pinpoints: Sequence[Sequence[int]] = ((32, 64), (64, 32), (64, 64), (96, 32), (32, 96)),
-    vision_hidden: int = 32,
-    vision_layers: int = 2,
-    vision_heads: int = 2,
-    text_hidden: int = 64,
-    text_layers: int = 2,
-    text_heads: int = 4,
-    text_kv_heads: int = 2,
-    init_std: float = 0.02,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-) -> Path:
+@dataclass(frozen=True, kw_only=True)
+class LlavaNextShape(TinyShape):
+    """The shape of a random-init LLaVA-NeXT for :func:`build_tiny_llava_next`.
+
+    A base view of ``image_size`` square (``(image_size / patch_size)²`` tokens) plus the crops of the best-fitting
+    ``grid_pinpoints`` canvas (``(height, width)`` pairs, each a multiple of ``image_size``).
+    """
+
+    image_size: int = 32
+    patch_size: int = 8
+    grid_pinpoints: Sequence[Sequence[int]] = ((32, 64), (64, 32), (64, 64), (96, 32), (32, 96))
+
+
+def build_tiny_llava_next(out_dir: str | os.PathLike, *, words: Sequence[str] = DEFAULT_WORDS, init_std: float = 0.02,
+                          seed: int = 0, dtype: torch.dtype = torch.float32, **shape: Any) -> Path:
     """Write a random-init ``LlavaNextForConditionalGeneration`` (CLIP vision, Llama LM with grouped-query
     attention, any-resolution tiles) to ``out_dir``.
 
@@ -378,35 +396,39 @@ def build_tiny_llava_next(
     ``[/INST]`` turn markers of llava-v1.6-mistral; the processor (``LlavaNextProcessor`` with the PIL image
     processor) and the chat template are saved beside it, so ``AutoProcessor.from_pretrained`` loads the
     directory offline.
+
+    ``words``, ``init_std``, ``seed`` and ``dtype`` as in :func:`build_tiny_llava`; ``**shape``: fields of
+    :class:`LlavaNextShape` (its defaults otherwise; any other name is a ``TypeError``).
     """
     from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
                               LlavaNextProcessor)
 
     from lvlm_probe.models.llava_next import LLAVA_NEXT_CHAT_TEMPLATE
 
+    sh = _shape(LlavaNextShape, "build_tiny_llava_next", shape)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pins = [[int(h), int(w)] for h, w in grid_pinpoints]
-    if image_size % patch_size or any(h % image_size or w % image_size for h, w in pins):
-        raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size} and divide every "
+    pins = [[int(h), int(w)] for h, w in sh.grid_pinpoints]
+    if sh.image_size % sh.patch_size or any(h % sh.image_size or w % sh.image_size for h, w in pins):
+        raise ValueError(f"image_size={sh.image_size} must be a multiple of patch_size={sh.patch_size} and divide every "
                          f"grid pinpoint {pins}")
     tok = word_tokenizer(words, specials=["<image>"], bos="<s>", eos="</s>", pad="<pad>",
                          template_words=["[INST]", "[/INST]"])
     vc = CLIPVisionConfig(
-        hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_hidden_layers=vision_layers,
-        num_attention_heads=vision_heads, image_size=image_size, patch_size=patch_size,
-        projection_dim=vision_hidden, initializer_range=init_std,
+        hidden_size=sh.vision_hidden, intermediate_size=sh.vision_hidden * 2, num_hidden_layers=sh.vision_layers,
+        num_attention_heads=sh.vision_heads, image_size=sh.image_size, patch_size=sh.patch_size,
+        projection_dim=sh.vision_hidden, initializer_range=init_std,
     )
     tc = LlamaConfig(
-        vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
-        num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+        vocab_size=len(tok), hidden_size=sh.text_hidden, intermediate_size=sh.text_hidden * 2,
+        num_hidden_layers=sh.text_layers, num_attention_heads=sh.text_heads, num_key_value_heads=sh.text_kv_heads,
         max_position_embeddings=1024, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id, initializer_range=init_std, tie_word_embeddings=False,
     )
     cfg = LlavaNextConfig(
         vision_config=vc, text_config=tc, image_token_index=tok.convert_tokens_to_ids("<image>"),
         projector_hidden_act="gelu", vision_feature_select_strategy="default", vision_feature_layer=-2,
-        image_grid_pinpoints=pins, image_seq_length=(image_size // patch_size) ** 2,
+        image_grid_pinpoints=pins, image_seq_length=(sh.image_size // sh.patch_size) ** 2,
         pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
@@ -416,33 +438,24 @@ def build_tiny_llava_next(
     model.generation_config.bos_token_id = tok.bos_token_id
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    ip = _image_processor("llava_next", image_size, grid_pinpoints=pins)
+    ip = _image_processor("llava_next", sh.image_size, grid_pinpoints=pins)
     ip.save_pretrained(out)
-    LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=patch_size,
+    LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=sh.patch_size,
                        vision_feature_select_strategy="default", image_token="<image>",
                        num_additional_image_tokens=1, chat_template=LLAVA_NEXT_CHAT_TEMPLATE).save_pretrained(out)
     return out
 
 
-def build_tiny_llava_onevision(
-    out_dir: str | os.PathLike,
-    *,
-    words: Sequence[str] = DEFAULT_WORDS,
-    image_size: int = 32,
-    patch_size: int = 8,
-    grid_pinpoints: Sequence[Sequence[int]] = ((32, 64), (64, 32), (64, 64), (96, 32), (32, 96)),
-    anyres_max: int = 2,
-    vision_hidden: int = 32,
-    vision_layers: int = 2,
-    vision_heads: int = 2,
-    text_hidden: int = 64,
-    text_layers: int = 2,
-    text_heads: int = 4,
-    text_kv_heads: int = 2,
-    init_std: float = 0.02,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-) -> Path:
+@dataclass(frozen=True, kw_only=True)
+class LlavaOnevisionShape(LlavaNextShape):
+    """The shape of a random-init LLaVA-OneVision for :func:`build_tiny_llava_onevision`: LLaVA-NeXT's views, and
+    the high-resolution grid shrunk when it holds more than ``1.1² · anyres_max`` base grids."""
+
+    anyres_max: int = 2
+
+
+def build_tiny_llava_onevision(out_dir: str | os.PathLike, *, words: Sequence[str] = DEFAULT_WORDS, init_std: float = 0.02,
+                               seed: int = 0, dtype: torch.dtype = torch.float32, **shape: Any) -> Path:
     """Write a random-init ``LlavaOnevisionForConditionalGeneration`` (SigLIP vision without CLS, Qwen2 LM with
     grouped-query attention, any-resolution tiles with the ``anyres_max`` shrink) to ``out_dir``.
 
@@ -456,6 +469,9 @@ def build_tiny_llava_onevision(
     ``processor_config.json`` (``num_image_tokens``, ``vision_feature_select_strategy``, ``vision_aspect_ratio``)
     are saved beside it, so ``LlavaOnevisionProcessor.from_pretrained`` reads the directory offline (HF's
     ``AutoProcessor`` also wants a video processor, which needs torchvision).
+
+    ``words``, ``init_std``, ``seed`` and ``dtype`` as in :func:`build_tiny_llava`; ``**shape``: fields of
+    :class:`LlavaOnevisionShape` (its defaults otherwise; any other name is a ``TypeError``).
     """
     import json
 
@@ -464,26 +480,27 @@ def build_tiny_llava_onevision(
 
     from lvlm_probe.models.llava_onevision import LLAVA_ONEVISION_CHAT_TEMPLATE
 
+    sh = _shape(LlavaOnevisionShape, "build_tiny_llava_onevision", shape)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pins = [[int(h), int(w)] for h, w in grid_pinpoints]
-    if image_size % patch_size or any(h % image_size or w % image_size for h, w in pins):
-        raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size} and divide every "
+    pins = [[int(h), int(w)] for h, w in sh.grid_pinpoints]
+    if sh.image_size % sh.patch_size or any(h % sh.image_size or w % sh.image_size for h, w in pins):
+        raise ValueError(f"image_size={sh.image_size} must be a multiple of patch_size={sh.patch_size} and divide every "
                          f"grid pinpoint {pins}")
     tok = word_tokenizer(words, specials=["<|im_start|>", "<image>", "<video>"], bos=None, eos="<|im_end|>",
                          pad="<|endoftext|>", template_words=["system", "user", "assistant"])
     tok.chat_template = LLAVA_ONEVISION_CHAT_TEMPLATE
     vc = SiglipVisionConfig(
-        hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_hidden_layers=vision_layers,
-        num_attention_heads=vision_heads, image_size=image_size, patch_size=patch_size, vision_use_head=False,
+        hidden_size=sh.vision_hidden, intermediate_size=sh.vision_hidden * 2, num_hidden_layers=sh.vision_layers,
+        num_attention_heads=sh.vision_heads, image_size=sh.image_size, patch_size=sh.patch_size, vision_use_head=False,
     )
     tc = Qwen2Config(
-        vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
-        num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+        vocab_size=len(tok), hidden_size=sh.text_hidden, intermediate_size=sh.text_hidden * 2,
+        num_hidden_layers=sh.text_layers, num_attention_heads=sh.text_heads, num_key_value_heads=sh.text_kv_heads,
         max_position_embeddings=1024, pad_token_id=tok.pad_token_id, bos_token_id=None,
         eos_token_id=tok.eos_token_id, initializer_range=init_std, tie_word_embeddings=False,
     )
-    aspect = f"anyres_max_{int(anyres_max)}"
+    aspect = f"anyres_max_{int(sh.anyres_max)}"
     cfg = LlavaOnevisionConfig(
         vision_config=vc, text_config=tc, image_token_index=tok.convert_tokens_to_ids("<image>"),
         video_token_index=tok.convert_tokens_to_ids("<video>"), projector_hidden_act="gelu",
@@ -496,34 +513,32 @@ def build_tiny_llava_onevision(
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    _image_processor("llava_onevision", image_size, grid_pinpoints=pins).save_pretrained(out)
+    _image_processor("llava_onevision", sh.image_size, grid_pinpoints=pins).save_pretrained(out)
     # the processor's own settings (ProcessorMixin.save_pretrained would also want a video processor)
     (out / "processor_config.json").write_text(json.dumps({
-        "processor_class": "LlavaOnevisionProcessor", "num_image_tokens": (image_size // patch_size) ** 2,
+        "processor_class": "LlavaOnevisionProcessor", "num_image_tokens": (sh.image_size // sh.patch_size) ** 2,
         "vision_feature_select_strategy": "full", "vision_aspect_ratio": aspect, "image_token": "<image>",
         "video_token": "<video>"}, indent=2))
     return out
 
 
-def build_tiny_idefics3(
-    out_dir: str | os.PathLike,
-    *,
-    words: Sequence[str] = DEFAULT_WORDS,
-    image_size: int = 32,
-    patch_size: int = 4,
-    scale_factor: int = 2,
-    max_tiles_per_side: int = 3,
-    vision_hidden: int = 32,
-    vision_layers: int = 2,
-    vision_heads: int = 2,
-    text_hidden: int = 64,
-    text_layers: int = 2,
-    text_heads: int = 4,
-    text_kv_heads: int = 2,
-    init_std: float = 0.02,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-) -> Path:
+@dataclass(frozen=True, kw_only=True)
+class Idefics3Shape(TinyShape):
+    """The shape of a random-init Idefics3 for :func:`build_tiny_idefics3`.
+
+    Views (crops and the global view) of ``image_size`` square, up to ``max_tiles_per_side`` crops per side
+    (1..6); ``(image_size / patch_size)²`` patches per view merged ``scale_factor²`` at a time by the pixel
+    shuffle (``image_size`` a multiple of ``patch_size · scale_factor``).
+    """
+
+    image_size: int = 32
+    patch_size: int = 4
+    scale_factor: int = 2
+    max_tiles_per_side: int = 3
+
+
+def build_tiny_idefics3(out_dir: str | os.PathLike, *, words: Sequence[str] = DEFAULT_WORDS, init_std: float = 0.02,
+                        seed: int = 0, dtype: torch.dtype = torch.float32, **shape: Any) -> Path:
     """Write a random-init ``Idefics3ForConditionalGeneration`` (SigLIP-style vision, pixel-shuffle connector,
     Llama LM with grouped-query attention) to ``out_dir``.
 
@@ -537,17 +552,21 @@ def build_tiny_idefics3(
     ``<row_r_col_c>`` markers, ``<end_of_utterance>``) and ``"\\n"`` as a token (the processor writes newlines
     between crop rows); ``Idefics3Processor`` with the PIL image processor and the chat template is saved beside
     it, so ``AutoProcessor.from_pretrained`` loads the directory offline (no torchvision needed).
+
+    ``words``, ``init_std``, ``seed`` and ``dtype`` as in :func:`build_tiny_llava`; ``**shape``: fields of
+    :class:`Idefics3Shape` (its defaults otherwise; any other name is a ``TypeError``).
     """
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, LlamaConfig
 
     from lvlm_probe.models.idefics3 import (END_OF_UTTERANCE, FAKE_TOKEN, GLOBAL_TOKEN, IDEFICS3_CHAT_TEMPLATE,
                                             MAX_CROPS_PER_SIDE, row_col_token)
 
-    if image_size % (patch_size * scale_factor):
-        raise ValueError(f"image_size={image_size} must be a multiple of patch_size × scale_factor = "
-                         f"{patch_size} × {scale_factor}")
-    if not 1 <= max_tiles_per_side <= MAX_CROPS_PER_SIDE:
-        raise ValueError(f"max_tiles_per_side={max_tiles_per_side}: the processor marks 1..{MAX_CROPS_PER_SIDE}")
+    sh = _shape(Idefics3Shape, "build_tiny_idefics3", shape)
+    if sh.image_size % (sh.patch_size * sh.scale_factor):
+        raise ValueError(f"image_size={sh.image_size} must be a multiple of patch_size × scale_factor = "
+                         f"{sh.patch_size} × {sh.scale_factor}")
+    if not 1 <= sh.max_tiles_per_side <= MAX_CROPS_PER_SIDE:
+        raise ValueError(f"max_tiles_per_side={sh.max_tiles_per_side}: the processor marks 1..{MAX_CROPS_PER_SIDE}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     row_col = [row_col_token(r, c) for r in range(1, MAX_CROPS_PER_SIDE + 1) for c in range(1, MAX_CROPS_PER_SIDE + 1)]
@@ -555,16 +574,16 @@ def build_tiny_idefics3(
                          eos=END_OF_UTTERANCE, pad="<|endoftext|>", template_words=["User:", "Assistant:", "System:"],
                          added_words=["\n"])
     tc = LlamaConfig(
-        vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
-        num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+        vocab_size=len(tok), hidden_size=sh.text_hidden, intermediate_size=sh.text_hidden * 2,
+        num_hidden_layers=sh.text_layers, num_attention_heads=sh.text_heads, num_key_value_heads=sh.text_kv_heads,
         max_position_embeddings=2048, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id, initializer_range=init_std, tie_word_embeddings=False,
     )
     cfg = Idefics3Config(
-        vision_config=dict(hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
-                           num_hidden_layers=vision_layers, num_attention_heads=vision_heads, image_size=image_size,
-                           patch_size=patch_size, initializer_range=init_std),
-        text_config=tc.to_dict(), image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=scale_factor,
+        vision_config=dict(hidden_size=sh.vision_hidden, intermediate_size=sh.vision_hidden * 2,
+                           num_hidden_layers=sh.vision_layers, num_attention_heads=sh.vision_heads, image_size=sh.image_size,
+                           patch_size=sh.patch_size, initializer_range=init_std),
+        text_config=tc.to_dict(), image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=sh.scale_factor,
         tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)
@@ -574,9 +593,9 @@ def build_tiny_idefics3(
     model.generation_config.bos_token_id = tok.bos_token_id
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    ip = _image_processor("idefics3", image_size, grid_pinpoints=None, max_tiles=max_tiles_per_side)
+    ip = _image_processor("idefics3", sh.image_size, grid_pinpoints=None, max_tiles=sh.max_tiles_per_side)
     ip.save_pretrained(out)
-    Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=(image_size // patch_size // scale_factor) ** 2,
+    Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=(sh.image_size // sh.patch_size // sh.scale_factor) ** 2,
                       chat_template=IDEFICS3_CHAT_TEMPLATE).save_pretrained(out)
     return out
 
@@ -596,26 +615,25 @@ def _qwen_ids(tok: Any) -> dict[str, int]:
             "vision_end_token_id": tok.convert_tokens_to_ids("<|vision_end|>")}
 
 
-def build_tiny_qwen3_vl(
-    out_dir: str | os.PathLike,
-    *,
-    words: Sequence[str] = DEFAULT_WORDS,
-    patch_size: int = 16,
-    merge: int = 2,
-    min_pixels: int = 64 * 64,
-    max_pixels: int = 128 * 128,
-    vision_hidden: int = 32,
-    vision_layers: int = 3,
-    vision_heads: int = 2,
-    deepstack_visual_indexes: Sequence[int] = (0, 1),
-    text_hidden: int = 64,
-    text_layers: int = 3,
-    text_heads: int = 4,
-    text_kv_heads: int = 2,
-    init_std: float = 0.02,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-) -> Path:
+@dataclass(frozen=True, kw_only=True)
+class Qwen3VLShape(TinyShape):
+    """The shape of a random-init Qwen3-VL for :func:`build_tiny_qwen3_vl` (3 vision and 3 LM layers by default).
+
+    Images are resized to ``[min_pixels, max_pixels]`` pixels in multiples of ``patch_size · merge``; DeepStack
+    mergers read the vision blocks ``deepstack_visual_indexes`` (fewer than the LM's layers).
+    """
+
+    vision_layers: int = 3
+    text_layers: int = 3
+    patch_size: int = 16
+    merge: int = 2
+    min_pixels: int = 64 * 64
+    max_pixels: int = 128 * 128
+    deepstack_visual_indexes: Sequence[int] = (0, 1)
+
+
+def build_tiny_qwen3_vl(out_dir: str | os.PathLike, *, words: Sequence[str] = DEFAULT_WORDS, init_std: float = 0.02,
+                        seed: int = 0, dtype: torch.dtype = torch.float32, **shape: Any) -> Path:
     """Write a random-init ``Qwen3VLForConditionalGeneration`` to ``out_dir``.
 
     Images are resized within ``[min_pixels, max_pixels]`` to multiples of ``patch_size · merge`` (grids vary
@@ -624,31 +642,35 @@ def build_tiny_qwen3_vl(
     tokens after its first ``len(deepstack_visual_indexes)`` layers (the default leaves the last LM layer
     without one). The LM is Qwen3-style (per-head q/k RMSNorm, grouped-query attention, interleaved mRoPE).
     The tokenizer carries Qwen3-VL's chat template.
+
+    ``words``, ``init_std``, ``seed`` and ``dtype`` as in :func:`build_tiny_llava`; ``**shape``: fields of
+    :class:`Qwen3VLShape` (its defaults otherwise; any other name is a ``TypeError``).
     """
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     from lvlm_probe.models.qwen3_vl import QWEN3_VL_CHAT_TEMPLATE
 
+    sh = _shape(Qwen3VLShape, "build_tiny_qwen3_vl", shape)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = _qwen_tokenizer(words, default_system=False)
     tok.chat_template = QWEN3_VL_CHAT_TEMPLATE
-    head_dim = text_hidden // text_heads
+    head_dim = sh.text_hidden // sh.text_heads
     mrope = [head_dim // 2 - 2 * (head_dim // 8), head_dim // 8, head_dim // 8]
     cfg = Qwen3VLConfig(
         text_config=dict(
-            vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
-            num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+            vocab_size=len(tok), hidden_size=sh.text_hidden, intermediate_size=sh.text_hidden * 2,
+            num_hidden_layers=sh.text_layers, num_attention_heads=sh.text_heads, num_key_value_heads=sh.text_kv_heads,
             head_dim=head_dim, max_position_embeddings=1024, initializer_range=init_std,
             bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
             rope_parameters={"rope_type": "default", "mrope_section": mrope, "mrope_interleaved": True,
                              "rope_theta": 10000.0},
         ),
         vision_config=dict(
-            depth=vision_layers, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
-            num_heads=vision_heads, out_hidden_size=text_hidden, patch_size=patch_size, spatial_merge_size=merge,
+            depth=sh.vision_layers, hidden_size=sh.vision_hidden, intermediate_size=sh.vision_hidden * 2,
+            num_heads=sh.vision_heads, out_hidden_size=sh.text_hidden, patch_size=sh.patch_size, spatial_merge_size=sh.merge,
             temporal_patch_size=2, num_position_embeddings=64, in_channels=3, initializer_range=init_std,
-            deepstack_visual_indexes=list(deepstack_visual_indexes),
+            deepstack_visual_indexes=list(sh.deepstack_visual_indexes),
         ),
         **_qwen_ids(tok), tie_word_embeddings=False,
     )
@@ -658,54 +680,55 @@ def build_tiny_qwen3_vl(
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    _image_processor("qwen2_vl", patch_size=patch_size, merge=merge, min_pixels=min_pixels,
-                     max_pixels=max_pixels).save_pretrained(out)
+    _image_processor("qwen2_vl", patch_size=sh.patch_size, merge=sh.merge, min_pixels=sh.min_pixels,
+                     max_pixels=sh.max_pixels).save_pretrained(out)
     return out
 
 
-def build_tiny_qwen2_vl(
-    out_dir: str | os.PathLike,
-    *,
-    words: Sequence[str] = DEFAULT_WORDS,
-    patch_size: int = 14,
-    merge: int = 2,
-    min_pixels: int = 56 * 56,
-    max_pixels: int = 112 * 112,
-    vision_hidden: int = 32,
-    vision_layers: int = 2,
-    vision_heads: int = 2,
-    text_hidden: int = 64,
-    text_layers: int = 2,
-    text_heads: int = 4,
-    text_kv_heads: int = 2,
-    init_std: float = 0.02,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-) -> Path:
+@dataclass(frozen=True, kw_only=True)
+class Qwen2VLShape(TinyShape):
+    """The shape of a random-init Qwen2-VL for :func:`build_tiny_qwen2_vl`.
+
+    Images are resized to ``[min_pixels, max_pixels]`` pixels in multiples of ``patch_size · merge``; each
+    ``merge × merge`` unit of patches is one LLM token.
+    """
+
+    patch_size: int = 14
+    merge: int = 2
+    min_pixels: int = 56 * 56
+    max_pixels: int = 112 * 112
+
+
+def build_tiny_qwen2_vl(out_dir: str | os.PathLike, *, words: Sequence[str] = DEFAULT_WORDS, init_std: float = 0.02,
+                        seed: int = 0, dtype: torch.dtype = torch.float32, **shape: Any) -> Path:
     """Write a random-init ``Qwen2VLForConditionalGeneration`` to ``out_dir``.
 
     Images are resized within ``[min_pixels, max_pixels]`` so grids vary with aspect ratio; the vision blocks
     use full attention per image (no windows, unlike Qwen2.5-VL) and the merger (LayerNorm + 2-layer MLP) maps
     each ``merge × merge`` unit to one LLM token. The LM is Qwen2 with grouped-query attention and mRoPE.
+
+    ``words``, ``init_std``, ``seed`` and ``dtype`` as in :func:`build_tiny_llava`; ``**shape``: fields of
+    :class:`Qwen2VLShape` (its defaults otherwise; any other name is a ``TypeError``).
     """
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
+    sh = _shape(Qwen2VLShape, "build_tiny_qwen2_vl", shape)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = _qwen_tokenizer(words, default_system=True)
-    head_dim = text_hidden // text_heads
+    head_dim = sh.text_hidden // sh.text_heads
     mrope = [head_dim // 2 - 2 * (head_dim // 8), head_dim // 8, head_dim // 8]
     cfg = Qwen2VLConfig(
         text_config=dict(
-            vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_hidden * 2,
-            num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+            vocab_size=len(tok), hidden_size=sh.text_hidden, intermediate_size=sh.text_hidden * 2,
+            num_hidden_layers=sh.text_layers, num_attention_heads=sh.text_heads, num_key_value_heads=sh.text_kv_heads,
             max_position_embeddings=1024, initializer_range=init_std, tie_word_embeddings=False,
             bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
             rope_parameters={"rope_type": "default", "mrope_section": mrope, "rope_theta": 10000.0},
         ),
         vision_config=dict(
-            depth=vision_layers, embed_dim=vision_hidden, hidden_size=text_hidden, mlp_ratio=2,
-            num_heads=vision_heads, patch_size=patch_size, spatial_merge_size=merge, temporal_patch_size=2,
+            depth=sh.vision_layers, embed_dim=sh.vision_hidden, hidden_size=sh.text_hidden, mlp_ratio=2,
+            num_heads=sh.vision_heads, patch_size=sh.patch_size, spatial_merge_size=sh.merge, temporal_patch_size=2,
             in_channels=3, initializer_range=init_std,
         ),
         **_qwen_ids(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
@@ -716,8 +739,8 @@ def build_tiny_qwen2_vl(
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    _image_processor("qwen2_vl", patch_size=patch_size, merge=merge, min_pixels=min_pixels,
-                     max_pixels=max_pixels).save_pretrained(out)
+    _image_processor("qwen2_vl", patch_size=sh.patch_size, merge=sh.merge, min_pixels=sh.min_pixels,
+                     max_pixels=sh.max_pixels).save_pretrained(out)
     return out
 
 
@@ -750,9 +773,38 @@ def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merg
                temporal_patch_size=2)
 
 
-#: Tiny-checkpoint builders by family name (``lvlm-probe make-tiny --family``); a new family adds its builder here.
+#: Tiny-checkpoint builders by family name (``lvlm-probe make-tiny --family``); a new family adds its builder here,
+#: its shape to ``TINY_SHAPES`` and its benchmark settings to ``BENCH_SHAPES``.
 TINY_BUILDERS = {"llava": build_tiny_llava, "qwen2_5_vl": build_tiny_qwen2_5_vl, "gemma3": build_tiny_gemma3,
                  "llava_next": build_tiny_llava_next, "qwen3_vl": build_tiny_qwen3_vl, "qwen2_vl": build_tiny_qwen2_vl,
                  "idefics3": build_tiny_idefics3, "llava_onevision": build_tiny_llava_onevision}
+#: The ``**shape`` dataclass of each family's builder (its fields are the settings the builder accepts).
+TINY_SHAPES: dict[str, type[TinyShape]] = {
+    "llava": LlavaShape, "qwen2_5_vl": Qwen2_5_VLShape, "gemma3": Gemma3Shape, "llava_next": LlavaNextShape,
+    "qwen3_vl": Qwen3VLShape, "qwen2_vl": Qwen2VLShape, "idefics3": Idefics3Shape,
+    "llava_onevision": LlavaOnevisionShape,
+}
 #: The family ``make-tiny`` builds when none is named.
 TINY_DEFAULT = "llava"
+
+#: Per family, the image settings ``benchmarks/capture_overhead.py --family`` adds to its common sizes (its
+#: ``MODEL_SIZES``: 224-px images, 14-px patches, 256 image tokens for llava); the benchmark passes a builder only
+#: the settings its ``TINY_SHAPES`` dataclass has (the Qwen builders size images in pixels, not ``image_size``).
+#: LLaVA-NeXT's pinpoints are the released ``[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]``
+#: scaled to 224 px.
+BENCH_SHAPES: dict[str, dict[str, Any]] = {
+    "llava": {},
+    "llava_next": {"grid_pinpoints": [[224, 448], [448, 224], [448, 448], [672, 224], [224, 672]]},
+    # Idefics3: 224-px views, longest edge 448 px (a square image: 2 x 2 crops + the global view), pixel shuffle 2
+    "idefics3": {"scale_factor": 2, "max_tiles_per_side": 2},
+    # Gemma3: SigLIP on 224 px / 14 px patches, no pooling (256 soft tokens, as llava's 256 image tokens)
+    "gemma3": {"tokens_per_image": 256},
+    # Qwen families: images resized to 448 px (Qwen2-VL, Qwen2.5-VL: 14-px patches) or 512 px (Qwen3-VL: 16-px
+    # patches), so the 2 x 2 merge gives 256 tokens per image
+    "qwen2_5_vl": {"min_pixels": 448 * 448, "max_pixels": 448 * 448},
+    "qwen2_vl": {"min_pixels": 448 * 448, "max_pixels": 448 * 448},
+    "qwen3_vl": {"patch_size": 16, "min_pixels": 512 * 512, "max_pixels": 512 * 512},
+    # the same scaled pinpoints with the released anyres_max_9 (a 224 px square: base view + 2 crops, no shrink)
+    "llava_onevision": {"grid_pinpoints": [[224, 448], [448, 224], [448, 448], [672, 224], [224, 672]],
+                        "anyres_max": 9},
+}
