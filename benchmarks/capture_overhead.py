@@ -12,7 +12,8 @@ square image gives a base view and 2 crops, 528 image tokens) and times its HF c
 ``anyres_max_9``, which does not shrink this image: 256 + 16·17 = 528 image tokens, as llava_next); ``--family
 idefics3`` builds an Idefics3 (``build_tiny_idefics3``: 224-px views, a square image upsampled to 448 px gives
 2 x 2 crops + a global view of 8 x 8 tokens each after the pixel shuffle, 320 image tokens); the other families
-(``gemma3``, ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``) are sized to 256 image tokens per image (FAMILY_SHAPES).
+(``gemma3``, ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``) are sized to 256 image tokens per image (each family's
+settings: ``BENCH_SHAPES`` in ``lvlm_probe/models/tiny.py``; ``--family`` takes any family of ``TINY_BUILDERS``).
 One batch of ``--batch-size`` items (random
 224x224 RGB images, 256 image tokens each for llava, prompt "what is in the image ?") is timed with each
 variant. Every variant runs once as a warm-up, then ``--repeats`` times; the variants are run
@@ -74,24 +75,6 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
     "quick": {"image_size": 224, "patch_size": 14, "vision_hidden": 128, "vision_layers": 2, "vision_heads": 4,
               "text_hidden": 256, "text_layers": 4, "text_heads": 4, "text_kv_heads": 4},
 }
-#: Per family (``--family``): the builder's image settings beside MODEL_SIZES' common sizes. LLaVA-NeXT's
-#: pinpoints are the released ``[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]`` scaled to 224 px.
-FAMILY_SHAPES: dict[str, dict] = {
-    "llava": {},
-    "llava_next": {"grid_pinpoints": [[224, 448], [448, 224], [448, 448], [672, 224], [224, 672]]},
-    # Idefics3: 224-px views, longest edge 448 px (a square image: 2 x 2 crops + the global view), pixel shuffle 2
-    "idefics3": {"scale_factor": 2, "max_tiles_per_side": 2},
-    # Gemma3: SigLIP on 224 px / 14 px patches, no pooling (256 soft tokens, as llava's 256 image tokens)
-    "gemma3": {"tokens_per_image": 256},
-    # Qwen families: images resized to 448 px (Qwen2-VL, Qwen2.5-VL: 14-px patches) or 512 px (Qwen3-VL: 16-px
-    # patches), so the 2 x 2 merge gives 256 tokens per image
-    "qwen2_5_vl": {"min_pixels": 448 * 448, "max_pixels": 448 * 448},
-    "qwen2_vl": {"min_pixels": 448 * 448, "max_pixels": 448 * 448},
-    "qwen3_vl": {"patch_size": 16, "min_pixels": 512 * 512, "max_pixels": 512 * 512},
-    # the same scaled pinpoints with the released anyres_max_9 (a 224 px square: base view + 2 crops, no shrink)
-    "llava_onevision": {"grid_pinpoints": [[224, 448], [448, 224], [448, 448], [672, 224], [224, 672]],
-                        "anyres_max": 9},
-}
 PROMPT = "what is in the image ?"
 SITES = ["llm.resid_post.*"]
 SELECT = ["image_mean", "last_prompt"]
@@ -99,13 +82,15 @@ TARGET_RATIO = 1.10
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from lvlm_probe.models.tiny import TINY_BUILDERS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=5, help="timed runs per variant after one warm-up (default 5)")
     p.add_argument("--batch-size", type=int, default=8, help="items in the timed batch (default 8)")
     p.add_argument("--quick", action="store_true", help="~3M-parameter model for a smoke run (default ~30M)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and images")
-    p.add_argument("--family", choices=sorted(FAMILY_SHAPES), default="llava",
+    p.add_argument("--family", choices=sorted(TINY_BUILDERS), default="llava",
                    help="architecture of the tiny model (default llava)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 when the TARGET line fails")
     args = p.parse_args(argv)
@@ -114,16 +99,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def builder_kwargs(builder: Callable, size: str, family: str) -> dict:
-    """MODEL_SIZES[size] and FAMILY_SHAPES[family], less what the family's builder does not take (the Qwen
-    builders size images in pixels, not ``image_size``)."""
-    import inspect
+def builder_kwargs(size: str, family: str) -> dict:
+    """MODEL_SIZES[size] and the family's ``BENCH_SHAPES`` settings, less what the family's shape dataclass
+    (``TINY_SHAPES``) has no field for (the Qwen builders size images in pixels, not ``image_size``)."""
+    from dataclasses import fields
 
-    params = inspect.signature(builder).parameters
-    kw = {**MODEL_SIZES[size], **FAMILY_SHAPES[family]}
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return kw
-    return {k: v for k, v in kw.items() if k in params}
+    from lvlm_probe.models.tiny import BENCH_SHAPES, TINY_SHAPES
+
+    accepted = {f.name for f in fields(TINY_SHAPES[family])}
+    kw = {**MODEL_SIZES[size], **BENCH_SHAPES[family]}
+    return {k: v for k, v in kw.items() if k in accepted}
 
 
 def time_round_robin(variants: list[tuple[str, Callable[[], object]]], repeats: int) -> dict[str, list[float]]:
@@ -141,9 +126,9 @@ def time_round_robin(variants: list[tuple[str, Callable[[], object]]], repeats: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before parse_args imports lvlm_probe (and with it the hub)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = parse_args(argv)
 
     import numpy as np
     import torch
@@ -162,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lvlm_probe_bench_") as tmp:
         tmp_path = Path(tmp)
         builder = TINY_BUILDERS[args.family]
-        model_dir = builder(tmp_path / "model", seed=args.seed, **builder_kwargs(builder, size, args.family))
+        model_dir = builder(tmp_path / "model", seed=args.seed, **builder_kwargs(size, args.family))
         model = lp.load(model_dir, device="cpu")
         hf = type(model.hf_model).from_pretrained(model_dir, attn_implementation="eager").eval()
         n_params = sum(p.numel() for p in hf.parameters())
