@@ -202,9 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         variants: list[tuple[str, Callable[[], object]]] = [
             ("HF eager forward (baseline)", hf_eager),
             ("HF eager + output_hidden_states", hf_hidden),
-            ("bridge forward, no hooks", bridge_plain),
-            ("bridge run_with_cache (all hooks)", bridge_cache),
         ]
+        if getattr(model, "backend", "bridge") == "bridge":  # the forward-hook fallback has no run_with_cache
+            variants += [("bridge forward, no hooks", bridge_plain), ("bridge run_with_cache (all hooks)", bridge_cache)]
+        else:
+            print(f"note: {args.family} runs on forward hooks (no TransformerBridge): bridge rows skipped\n")
         fwd_only = _capture_forward_only(model, batch)
         if fwd_only is not None:
             variants.append(("capture forward-only (hooks+copy)", fwd_only))
