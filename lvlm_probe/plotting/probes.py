@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -72,6 +72,37 @@ def plot_probe_curves(sweep_df: pd.DataFrame, concepts: Sequence[str] | None = N
     f = "plot_probe_curves"
     cols = list(PROBE_COLUMNS) + (["majority"] if majority else [])
     df = require_columns(sweep_df, cols if control else [c for c in cols if c != "control_score"], f, "probe sweep")
+    df, concepts, panels = _curve_rows(df, concepts, selection, panels, hue, f)
+    panel_values = ordered(df[panels], []) if panels else [None]
+    hue_values = concepts if (hue == "concept" and concepts) else ordered(df[hue], [])
+    colors = {h: PALETTE[k % len(PALETTE)] for k, h in enumerate(hue_values)}
+    nrows, nc = _grid_shape(len(panel_values), ncols)
+    with paper_style():
+        fig, axes = plt.subplots(nrows, nc, figsize=figsize(width, 0.42 * nrows / max(1, nc / 2), height),
+                                 squeeze=False, sharey=True)
+        for k, pv in enumerate(panel_values):
+            ax = axes.flat[k]
+            _curve_panel(ax, df if pv is None else df[df[panels] == pv], hue, hue_values, colors, control, majority)
+            if k % nc == 0:
+                ax.set_ylabel(ylabel or "probe score")
+            if pv is not None:
+                ax.set_title(f"{panels} = {pv}")
+        for ax in axes.flat[len(panel_values):]:
+            ax.set_visible(False)
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        if control:
+            handles.append(plt.Line2D([], [], color="0.3", ls="--", lw=0.8))
+            labels.append("control task")
+        if majority:
+            handles.append(plt.Line2D([], [], color="0.5", ls=":", lw=0.8))
+            labels.append("majority class")
+        fig.legend(handles, labels, loc="outside right upper")
+    return fig
+
+
+def _curve_rows(df: pd.DataFrame, concepts: Sequence[str] | None, selection: str | None, panels: str | None,
+                hue: str, f: str) -> tuple[pd.DataFrame, list | None, str | None]:
+    """The sweep rows plotted, the concepts, and the panel column; one line per (panel, hue) and depth."""
     if selection is not None:
         df = select_one(df, "selection", selection, f)
     if concepts is not None:
@@ -93,48 +124,28 @@ def plot_probe_curves(sweep_df: pd.DataFrame, concepts: Sequence[str] | None = N
         extra = [c for c in ("site", "selection", "family") if c in df.columns and c not in keys]
         raise InputError(f"{f}: several rows share depth {r['depth']} for {dict(r[keys])}; filter the sweep "
                          f"(e.g. selection=... or one site kind) or split them with panels= / hue= (columns {extra})")
-    panel_values = ordered(df[panels], []) if panels else [None]
-    hue_values = concepts if (hue == "concept" and concepts) else ordered(df[hue], [])
-    colors = {h: PALETTE[k % len(PALETTE)] for k, h in enumerate(hue_values)}
-    nrows, nc = _grid_shape(len(panel_values), ncols)
-    with paper_style():
-        fig, axes = plt.subplots(nrows, nc, figsize=figsize(width, 0.42 * nrows / max(1, nc / 2), height),
-                                 squeeze=False, sharey=True)
-        for k, pv in enumerate(panel_values):
-            ax = axes.flat[k]
-            d = df if pv is None else df[df[panels] == pv]
-            _shade_components(ax, d)
-            for h in hue_values:
-                g = d[d[hue] == h].sort_values("depth")
-                if len(g) == 0:
-                    continue
-                x = g["depth"].to_numpy(float)
-                ax.fill_between(x, g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float), color=colors[h],
-                                alpha=0.2, lw=0)
-                ax.plot(x, g["score"].to_numpy(float), color=colors[h], marker="o", label=str(h))
-                if control:
-                    ax.plot(x, g["control_score"].to_numpy(float), color=colors[h], ls="--", lw=0.8,
-                            label="_control")
-            if majority:
-                m = d.groupby("depth")["majority"].mean()
-                ax.plot(m.index.to_numpy(float), m.to_numpy(float), color="0.5", ls=":", lw=0.8, label="_majority")
-            ax.set_xlabel("depth")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            if k % nc == 0:
-                ax.set_ylabel(ylabel or "probe score")
-            if pv is not None:
-                ax.set_title(f"{panels} = {pv}")
-        for ax in axes.flat[len(panel_values):]:
-            ax.set_visible(False)
-        handles, labels = axes.flat[0].get_legend_handles_labels()
+    return df, concepts, panels
+
+
+def _curve_panel(ax: plt.Axes, d: pd.DataFrame, hue: str, hue_values: list, colors: dict, control: bool,
+                 majority: bool) -> None:
+    """One panel: shaded components, per hue value the score with its band (and the dashed control)."""
+    _shade_components(ax, d)
+    for h in hue_values:
+        g = d[d[hue] == h].sort_values("depth")
+        if len(g) == 0:
+            continue
+        x = g["depth"].to_numpy(float)
+        ax.fill_between(x, g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float), color=colors[h],
+                        alpha=0.2, lw=0)
+        ax.plot(x, g["score"].to_numpy(float), color=colors[h], marker="o", label=str(h))
         if control:
-            handles.append(plt.Line2D([], [], color="0.3", ls="--", lw=0.8))
-            labels.append("control task")
-        if majority:
-            handles.append(plt.Line2D([], [], color="0.5", ls=":", lw=0.8))
-            labels.append("majority class")
-        fig.legend(handles, labels, loc="outside right upper")
-    return fig
+            ax.plot(x, g["control_score"].to_numpy(float), color=colors[h], ls="--", lw=0.8, label="_control")
+    if majority:
+        m = d.groupby("depth")["majority"].mean()
+        ax.plot(m.index.to_numpy(float), m.to_numpy(float), color="0.5", ls=":", lw=0.8, label="_majority")
+    ax.set_xlabel("depth")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _shade_components(ax: plt.Axes, d: pd.DataFrame) -> None:
@@ -187,7 +198,27 @@ def plot_logit_lens(lens_df: pd.DataFrame, word: str | None = None, *, item: int
         Grid mode: one axes per layer plus a colourbar.
     """
     f = "plot_logit_lens"
-    df = require_columns(lens_df, LENS_COLUMNS, f, "logit-lens frame")
+    df = _lens_rows(require_columns(lens_df, LENS_COLUMNS, f, "logit-lens frame"), item, site, f)
+    base = df.dropna(subset=["row", "col"])  # every image token of this item: the grid's shape
+    if len(base) == 0:
+        raise InputError(f"{f}: no rows with patch coordinates (row, col); the lens frame must include image tokens")
+    shape = (int(base["row"].max()) + 1, int(base["col"].max()) + 1)
+    all_layers = sorted(int(v) for v in df["layer"].unique())
+    df, word = _lens_word(df, word, f, list(lens_df.columns))
+    layers = _lens_layers(layers, all_layers, grid, f)
+    grids = {la: frame_to_grid(df[df["layer"] == la], "prob", f, shape) if (df["layer"] == la).any()
+             else np.full(shape, np.nan) for la in layers}
+    label = f"p({word!r})" if word is not None else "top-1 probability"
+    top = vmax if vmax is not None else float(np.nanmax([np.nanmax(g) if np.isfinite(g).any() else 0.0
+                                                        for g in grids.values()]) or 1.0)
+    with paper_style():
+        if not grid:
+            return _lens_heatmap(grids, layers, shape, top, label, figsize(width, 0.75, height))
+        return _lens_maps(grids, layers, as_image(image, f), top, label, ncols, width, height)
+
+
+def _lens_rows(df: pd.DataFrame, item: int | str | None, site: str | None, f: str) -> pd.DataFrame:
+    """One item's rows, of one site (or site prefix); a tiling family's base view only (tile 0)."""
     if item is not None:
         by = "item_id" if isinstance(item, str) and "item_id" in df.columns else "b"
         df = select_one(df, by, item, f, "item")
@@ -201,69 +232,75 @@ def plot_logit_lens(lens_df: pd.DataFrame, word: str | None = None, *, item: int
             raise InputError(f"{f}: no rows with site {site!r} (or starting with {site.rstrip('.') + '.'!r}); "
                              f"the frame has {sorted(set(df['site']))[:8]}")
         df = df[keep]
-    base = df.dropna(subset=["row", "col"])  # every image token of this item: the grid's shape
-    if len(base) == 0:
-        raise InputError(f"{f}: no rows with patch coordinates (row, col); the lens frame must include image tokens")
-    shape = (int(base["row"].max()) + 1, int(base["col"].max()) + 1)
-    all_layers = sorted(int(v) for v in df["layer"].unique())
+    if "tile" in df.columns:  # other tiles share (row, col) with the base view: they would overwrite its cells
+        df = df[~(df["tile"].fillna(0) > 0)]
+    return df
+
+
+def _lens_word(df: pd.DataFrame, word: str | None, f: str, columns: list) -> tuple[pd.DataFrame, str | None]:
+    """The rows of the word (or top-1 token) shown, and the word."""
     if "word" in df.columns:
         if word is None:
             df = select_one(df, "word", None, f, "word")
-            word = str(df["word"].iloc[0])
-        else:
-            df = select_one(df, "word", word, f, "word")
-    elif "token" in df.columns and "rank" in df.columns:
+            return df, str(df["word"].iloc[0])
+        return select_one(df, "word", word, f, "word"), word
+    if "token" in df.columns and "rank" in df.columns:
         if word is None:
-            df = df[df["rank"] == 1]
-        else:
-            df = df[df["token"].astype(str).str.strip() == word.strip()]
-            if len(df) == 0:
-                raise InputError(f"{f}: token {word!r} is never in the top k; use word_probability for its "
-                                 f"probability everywhere")
-    else:
-        raise InputError(f"{f}: the frame needs a 'word' column (word_probability) or 'token' and 'rank' columns "
-                         f"(logit_lens); it has {list(lens_df.columns)}")
+            return df[df["rank"] == 1], None
+        df = df[df["token"].astype(str).str.strip() == word.strip()]
+        if len(df) == 0:
+            raise InputError(f"{f}: token {word!r} is never in the top k; use word_probability for its "
+                             f"probability everywhere")
+        return df, word
+    raise InputError(f"{f}: the frame needs a 'word' column (word_probability) or 'token' and 'rank' columns "
+                     f"(logit_lens); it has {columns}")
+
+
+def _lens_layers(layers: Sequence[int] | None, all_layers: list[int], grid: bool, f: str) -> list[int]:
+    """The layers shown: all (at most 12, evenly spaced, in grid mode) or the given ones, checked."""
     if layers is None:
-        layers = all_layers
-        if grid and len(layers) > 12:
-            layers = [layers[int(round(i))] for i in np.linspace(0, len(layers) - 1, 12)]
-    else:
-        bad = [la for la in layers if la not in all_layers]
-        if bad:
-            raise InputError(f"{f}: layer(s) {bad} are not in the frame; it has {all_layers}")
-    grids = {la: frame_to_grid(df[df["layer"] == la], "prob", f, shape) if (df["layer"] == la).any()
-             else np.full(shape, np.nan) for la in layers}
-    label = f"p({word!r})" if word is not None else "top-1 probability"
-    top = vmax if vmax is not None else float(np.nanmax([np.nanmax(g) if np.isfinite(g).any() else 0.0
-                                                        for g in grids.values()]) or 1.0)
-    with paper_style():
-        if not grid:
-            mat = np.stack([grids[la].reshape(-1) for la in layers])  # [n_layers, rows * cols]
-            fig, ax = plt.subplots(figsize=figsize(width, 0.75, height))
-            im = ax.imshow(mat, aspect="auto", origin="lower", cmap=SEQUENTIAL_CMAP, vmin=0, vmax=top,
-                           extent=(-0.5, mat.shape[1] - 0.5, -0.5, len(layers) - 0.5))
-            ax.set_yticks(range(len(layers)), [str(la) for la in layers])
-            ax.set_xlabel(f"image patch (row × {shape[1]} + col)")
-            ax.set_ylabel("layer")
-            fig.colorbar(im, ax=ax, label=label)
-            return fig
-        img = as_image(image, f)
-        nrows, nc = _grid_shape(len(layers), ncols or min(len(layers), 4))
-        w = figsize(width)[0]
-        fig, axes = plt.subplots(nrows, nc, figsize=(w, height or w / nc * nrows * 1.05), squeeze=False)
-        for ax, la in zip(axes.flat, layers):
-            if img is not None:
-                h, wi = img.shape[:2]
-                ax.imshow(img, extent=(0, wi, h, 0))
-                ax.imshow(grids[la], extent=(0, wi, h, 0), alpha=0.65, cmap=SEQUENTIAL_CMAP, vmin=0, vmax=top)
-            else:
-                ax.imshow(grids[la], cmap=SEQUENTIAL_CMAP, vmin=0, vmax=top)
-            ax.set_title(f"layer {la}", fontsize=7)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.spines[:].set_visible(False)
-        for ax in axes.flat[len(layers):]:
-            ax.set_visible(False)
-        sm = ScalarMappable(norm=Normalize(0, top), cmap=SEQUENTIAL_CMAP)  # opaque, unlike the overlays
-        fig.colorbar(sm, ax=axes.ravel().tolist(), label=label, shrink=0.8)
+        if grid and len(all_layers) > 12:
+            return [all_layers[int(round(i))] for i in np.linspace(0, len(all_layers) - 1, 12)]
+        return all_layers
+    bad = [la for la in layers if la not in all_layers]
+    if bad:
+        raise InputError(f"{f}: layer(s) {bad} are not in the frame; it has {all_layers}")
+    return list(layers)
+
+
+def _lens_heatmap(grids: dict, layers: list[int], shape: tuple[int, int], top: float, label: str,
+                  size: tuple[float, float]) -> Figure:
+    """One [n_layers, rows * cols] heatmap with a colourbar."""
+    mat = np.stack([grids[la].reshape(-1) for la in layers])  # [n_layers, rows * cols]
+    fig, ax = plt.subplots(figsize=size)
+    im = ax.imshow(mat, aspect="auto", origin="lower", cmap=SEQUENTIAL_CMAP, vmin=0, vmax=top,
+                   extent=(-0.5, mat.shape[1] - 0.5, -0.5, len(layers) - 0.5))
+    ax.set_yticks(range(len(layers)), [str(la) for la in layers])
+    ax.set_xlabel(f"image patch (row × {shape[1]} + col)")
+    ax.set_ylabel("layer")
+    fig.colorbar(im, ax=ax, label=label)
+    return fig
+
+
+def _lens_maps(grids: dict, layers: list[int], img: Any, top: float, label: str, ncols: int | None,
+               width: str | float, height: float | None) -> Figure:
+    """One [rows, cols] map per layer (over the image when given) with a shared colour scale."""
+    nrows, nc = _grid_shape(len(layers), ncols or min(len(layers), 4))
+    w = figsize(width)[0]
+    fig, axes = plt.subplots(nrows, nc, figsize=(w, height or w / nc * nrows * 1.05), squeeze=False)
+    for ax, la in zip(axes.flat, layers):
+        if img is not None:
+            h, wi = img.shape[:2]
+            ax.imshow(img, extent=(0, wi, h, 0))
+            ax.imshow(grids[la], extent=(0, wi, h, 0), alpha=0.65, cmap=SEQUENTIAL_CMAP, vmin=0, vmax=top)
+        else:
+            ax.imshow(grids[la], cmap=SEQUENTIAL_CMAP, vmin=0, vmax=top)
+        ax.set_title(f"layer {la}", fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.spines[:].set_visible(False)
+    for ax in axes.flat[len(layers):]:
+        ax.set_visible(False)
+    sm = ScalarMappable(norm=Normalize(0, top), cmap=SEQUENTIAL_CMAP)  # opaque, unlike the overlays
+    fig.colorbar(sm, ax=axes.ravel().tolist(), label=label, shrink=0.8)
     return fig
