@@ -23,6 +23,39 @@ ATTENTION_COLUMNS: tuple[str, ...] = ("b", "step", "layer", "head", "to_role", "
 SPREADS: tuple[str, ...] = ("sd", "iqr", "range")
 
 
+def _heatmap_grid(values: Any, select: Mapping[str, Any] | None, value: str | None, label: str | None, f: str
+                  ) -> tuple[np.ndarray, str | None]:
+    """The [rows, cols] map (from an array, or a long frame after ``select``) and the colourbar label."""
+    if not isinstance(values, pd.DataFrame):
+        return as_array(values, "values", f, ndim=2), label
+    require_columns(values, ["row", "col"], f, "patch frame")
+    df = values
+    for k, v in (select or {}).items():
+        if k not in df.columns:
+            raise InputError(f"{f}: select key {k!r} is not a column of the frame ({list(df.columns)})")
+        df = select_one(df, k, v, f, "select")
+    if value is None:
+        value = next((c for c in VALUE_COLUMNS if c in df.columns), None)
+        if value is None:
+            raise InputError(f"{f}: the frame has no value column; expected one of {list(VALUE_COLUMNS)} "
+                             f"or value=NAME")
+    elif value not in df.columns:
+        raise InputError(f"{f}: value={value!r} is not a column of the frame ({list(df.columns)})")
+    return frame_to_grid(df, value, f), label or value
+
+
+def _heatmap_norm(grid: np.ndarray, signed: bool | None) -> tuple[Normalize, bool]:
+    """Colour normalisation: centred on 0 when the map is signed (by default: when it has both signs)."""
+    finite = grid[np.isfinite(grid)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if signed is None:
+        signed = lo < 0 < hi
+    if signed:
+        m = max(abs(lo), abs(hi)) or 1.0
+        return TwoSlopeNorm(0.0, -m, m), True
+    return Normalize(lo, hi if hi > lo else lo + 1.0), False
+
+
 def plot_patch_heatmap(image: Any, values: Any, boxes: Any = None, labels: Sequence[str] | None = None, *,
                        select: Mapping[str, Any] | None = None, value: str | None = None,
                        signed: bool | None = None, cmap: str | None = None, alpha: float = 0.6,
@@ -67,24 +100,7 @@ def plot_patch_heatmap(image: Any, values: Any, boxes: Any = None, labels: Seque
         ``ax.images[-1]`` is the map (extent in pixels); one Rectangle per box; a colourbar axes.
     """
     f = "plot_patch_heatmap"
-    if isinstance(values, pd.DataFrame):
-        require_columns(values, ["row", "col"], f, "patch frame")
-        df = values
-        for k, v in (select or {}).items():
-            if k not in df.columns:
-                raise InputError(f"{f}: select key {k!r} is not a column of the frame ({list(df.columns)})")
-            df = select_one(df, k, v, f, "select")
-        if value is None:
-            value = next((c for c in VALUE_COLUMNS if c in df.columns), None)
-            if value is None:
-                raise InputError(f"{f}: the frame has no value column; expected one of {list(VALUE_COLUMNS)} "
-                                 f"or value=NAME")
-        elif value not in df.columns:
-            raise InputError(f"{f}: value={value!r} is not a column of the frame ({list(df.columns)})")
-        grid = frame_to_grid(df, value, f)
-        colorbar_label = colorbar_label or value
-    else:
-        grid = as_array(values, "values", f, ndim=2)
+    grid, colorbar_label = _heatmap_grid(values, select, value, colorbar_label, f)
     img = as_image(image, f)
     bxs, lbls = parse_boxes(boxes, labels, f)
     if img is not None:
@@ -93,15 +109,7 @@ def plot_patch_heatmap(image: Any, values: Any, boxes: Any = None, labels: Seque
         w, h = image_size
     else:
         h, w = grid.shape
-    finite = grid[np.isfinite(grid)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if signed is None:
-        signed = lo < 0 < hi
-    if signed:
-        m = max(abs(lo), abs(hi)) or 1.0
-        norm: Normalize = TwoSlopeNorm(0.0, -m, m)
-    else:
-        norm = Normalize(lo, hi if hi > lo else lo + 1.0)
+    norm, signed = _heatmap_norm(grid, signed)
     with paper_style():
         if ax is None:
             fig, ax = plt.subplots(figsize=figsize(width, h / w * 0.85 if w else 0.85, height))
