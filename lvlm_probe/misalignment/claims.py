@@ -197,6 +197,85 @@ def _is_denied(units: list[_Unit], first: int) -> bool:
     return False
 
 
+def _mark_negation(units: list, nps: list) -> None:
+    """Negation of noun phrases, carried over "or"/"nor" coordination ("no circle or square")."""
+    for k, np_ in enumerate(nps):
+        np_.negated = _is_denied(units, np_.first)
+        if not np_.negated and k > 0 and nps[k - 1].negated:
+            j = _skip_back(units, np_.first - 1, DETERMINERS)
+            np_.negated = j == nps[k - 1].head + 1 and units[j].word in ("or", "nor")
+
+
+def _cls(units: list, np_: Any) -> str:
+    return units[np_.head].meanings["object"]
+
+
+def _span(units: list, a: int, b: int) -> Span:
+    return units[a].start, units[b].end
+
+
+def _relation_claims(text: str, units: list, nps: list) -> tuple[list[Claim], set[int]]:
+    """Relations "NP (fillers) RELATION (determiners) NP", and the noun phrases whose negation denies the
+    relation rather than the object ("there is no circle left of the ring")."""
+    in_np = {u for np_ in nps for u in (*np_.attrs, np_.head)}
+    head_to_np = {np_.head: k for k, np_ in enumerate(nps)}
+    first_to_np = {np_.first: k for k, np_ in enumerate(nps)}
+    claims: list[Claim] = []
+    relation_subjects: set[int] = set()
+    for r, u in enumerate(units):
+        if "relation" not in u.meanings or r in in_np:
+            continue
+        k = _skip_back(units, r - 1, RELATION_FILLERS)
+        j = r + 1
+        while j < len(units) and units[j].word in DETERMINERS and not units[j].meanings:
+            j += 1
+        if k < 0 or k not in head_to_np or j not in first_to_np:
+            continue
+        s_np, o_np = nps[head_to_np[k]], nps[first_to_np[j]]
+        negated = any(units[x].word in NOT_WORDS for x in range(k + 1, r)) or s_np.negated
+        if s_np.negated:
+            relation_subjects.add(head_to_np[k])
+        claims.append(Claim("relation", _cls(units, s_np), u.meanings["relation"], (u.start, u.end),
+                            _span(units, s_np.first, o_np.head), text[u.start:u.end], object=_cls(units, o_np),
+                            negated=negated, mention=head_to_np[k], object_mention=first_to_np[j]))
+    return claims, relation_subjects
+
+
+def _phrase_claims(text: str, units: list, nps: list, k: int) -> list[Claim]:
+    """Noun phrase ``k``'s object claim, its prenominal attributes and its predicative ones ("the circle is
+    (not) large and red")."""
+    np_ = nps[k]
+    cls_name, h = _cls(units, np_), units[np_.head]
+    claims: list[Claim] = []
+    if not np_.attrs:
+        claims.append(Claim("object", cls_name, cls_name, (h.start, h.end), (h.start, h.end), text[h.start:h.end],
+                            negated=np_.negated, mention=k))
+    elif not np_.negated:  # "there is no red circle" denies the red circle, not every circle
+        claims.append(Claim("object", cls_name, cls_name, (h.start, h.end), _span(units, np_.first, np_.head),
+                            text[h.start:h.end], mention=k))
+    for a in np_.attrs:
+        att, val = units[a].meanings["attribute"]
+        claims.append(Claim("attribute", cls_name, val, (units[a].start, units[a].end),
+                            _span(units, np_.first, np_.head), text[units[a].start:units[a].end], attribute=att,
+                            negated=np_.negated, mention=k))
+    in_np = {u for p in nps for u in (*p.attrs, p.head)}
+    j = np_.head + 1
+    if j < len(units) and units[j].word in BE_WORDS:
+        negated = units[j].word in NOT_WORDS
+        j += 1
+        if j < len(units) and units[j].word in NOT_WORDS:
+            negated, j = True, j + 1
+        while j < len(units) and "attribute" in units[j].meanings and j not in in_np:
+            att, val = units[j].meanings["attribute"]
+            claims.append(Claim("attribute", cls_name, val, (units[j].start, units[j].end),
+                                _span(units, np_.first, j), text[units[j].start:units[j].end], attribute=att,
+                                negated=negated, mention=k))
+            j += 1
+            if j + 1 < len(units) and units[j].word in COORDINATORS and "attribute" in units[j + 1].meanings:
+                j += 1
+    return claims
+
+
 def extract_claims(text: str, vocabulary: Vocabulary | None = None, token_spans: Sequence[Sequence[int]] | None = None
                    ) -> list[Claim]:
     """Object, attribute and relation claims of a text, with character and token spans.
@@ -230,75 +309,11 @@ def extract_claims(text: str, vocabulary: Vocabulary | None = None, token_spans:
         raise InputError(f"vocabulary must be a Vocabulary (e.g. Vocabulary.synthetic()), got {type(vocab).__name__}")
     units = _lex(text, vocab)
     nps = _noun_phrases(units)
-    in_np = {u for np_ in nps for u in (*np_.attrs, np_.head)}
-    head_to_np = {np_.head: k for k, np_ in enumerate(nps)}
-    first_to_np = {np_.first: k for k, np_ in enumerate(nps)}
-
-    # negation of noun phrases, carried over "or"/"nor" coordination ("no circle or square")
-    for k, np_ in enumerate(nps):
-        np_.negated = _is_denied(units, np_.first)
-        if not np_.negated and k > 0 and nps[k - 1].negated:
-            j = _skip_back(units, np_.first - 1, DETERMINERS)
-            np_.negated = j == nps[k - 1].head + 1 and units[j].word in ("or", "nor")
-
-    def cls_of(np_: _NounPhrase) -> str:
-        return units[np_.head].meanings["object"]
-
-    def span(a: int, b: int) -> Span:
-        return units[a].start, units[b].end
-
-    claims: list[Claim] = []
-    relation_subjects: set[int] = set()
-
-    # relations: NP (fillers) RELATION (determiners) NP
-    for r, u in enumerate(units):
-        if "relation" not in u.meanings or r in in_np:
-            continue
-        k = _skip_back(units, r - 1, RELATION_FILLERS)
-        j = r + 1
-        while j < len(units) and units[j].word in DETERMINERS and not units[j].meanings:
-            j += 1
-        if k < 0 or k not in head_to_np or j not in first_to_np:
-            continue
-        s_np, o_np = nps[head_to_np[k]], nps[first_to_np[j]]
-        negated = any(units[x].word in NOT_WORDS for x in range(k + 1, r)) or s_np.negated
-        if s_np.negated:  # "there is no circle left of the ring" denies the relation, not the circle
-            relation_subjects.add(head_to_np[k])
-        claims.append(Claim("relation", cls_of(s_np), u.meanings["relation"], (u.start, u.end),
-                            span(s_np.first, o_np.head), text[u.start:u.end], object=cls_of(o_np), negated=negated,
-                            mention=head_to_np[k], object_mention=first_to_np[j]))
-
-    # objects and their prenominal attributes
-    for k, np_ in enumerate(nps):
-        cls_name, h = cls_of(np_), units[np_.head]
-        if k in relation_subjects:
-            continue
-        if not np_.attrs:
-            claims.append(Claim("object", cls_name, cls_name, (h.start, h.end), (h.start, h.end), text[h.start:h.end],
-                                negated=np_.negated, mention=k))
-        elif not np_.negated:  # "there is no red circle" denies the red circle, not every circle
-            claims.append(Claim("object", cls_name, cls_name, (h.start, h.end), span(np_.first, np_.head),
-                                text[h.start:h.end], mention=k))
-        for a in np_.attrs:
-            att, val = units[a].meanings["attribute"]
-            claims.append(Claim("attribute", cls_name, val, (units[a].start, units[a].end), span(np_.first, np_.head),
-                                text[units[a].start:units[a].end], attribute=att, negated=np_.negated, mention=k))
-        # predicative attributes: "the circle is (not) large and red"
-        j = np_.head + 1
-        if j < len(units) and units[j].word in BE_WORDS:
-            negated = units[j].word in NOT_WORDS
-            j += 1
-            if j < len(units) and units[j].word in NOT_WORDS:
-                negated, j = True, j + 1
-            while j < len(units) and "attribute" in units[j].meanings and j not in in_np:
-                att, val = units[j].meanings["attribute"]
-                claims.append(Claim("attribute", cls_name, val, (units[j].start, units[j].end),
-                                    span(np_.first, j), text[units[j].start:units[j].end], attribute=att,
-                                    negated=negated, mention=k))
-                j += 1
-                if j + 1 < len(units) and units[j].word in COORDINATORS and "attribute" in units[j + 1].meanings:
-                    j += 1
-
+    _mark_negation(units, nps)
+    claims, relation_subjects = _relation_claims(text, units, nps)
+    for k in range(len(nps)):
+        if k not in relation_subjects:
+            claims += _phrase_claims(text, units, nps, k)
     rank = {k: n for n, k in enumerate(CLAIM_KINDS)}
     claims.sort(key=lambda c: (c.span[0], rank[c.kind]))
     if token_spans is not None:
