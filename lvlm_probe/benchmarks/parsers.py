@@ -178,90 +178,98 @@ def pope_metrics(answers: Sequence[str], labels: Sequence[str], profile: str = "
         raise InputError(f"{len(answers)} answers but {len(labels)} labels")
     if profile not in PROFILES:
         raise InputError(f"unknown parser profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    n = len(answers)
+    score = {"pope": _pope_counts, "opera": _pope_counts, "vcd": _vcd_counts, "lmms_eval": _lmms_eval_counts,
+             "vlmevalkit": _vlmevalkit_counts}[profile]
+    m = score(list(answers), list(labels), profile)
+    return {"n": len(answers), **{k: int(m[k]) for k in ("tp", "fp", "tn", "fn", "unknown")},
+            **{k: m[k] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")}}
+
+
+def _pope_counts(answers: list[str], labels: list[str], profile: str) -> dict:
+    """POPE's and OPERA's scoring: anything but the label "no" is a yes label."""
+    parse: Callable[[str], str] = parse_pope if profile == "pope" else parse_opera
+    tp = fp = tn = fn = n_pred_yes = 0
+    for a, lab in zip(answers, labels):
+        pred_yes = parse(a) == YES
+        gt_yes = lab != "no"  # the originals test label == 'no' only
+        n_pred_yes += pred_yes
+        tp += pred_yes and gt_yes
+        fp += pred_yes and not gt_yes
+        tn += (not pred_yes) and (not gt_yes)
+        fn += (not pred_yes) and gt_yes
+    precision, recall = _div(tp, tp + fp, "precision", profile), _div(tp, tp + fn, "recall", profile)
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "unknown": 0, "precision": precision, "recall": recall,
+            "f1": _f1(precision, recall, profile), "accuracy": _div(tp + tn, len(answers), "accuracy", profile),
+            "yes_ratio": _div(n_pred_yes, len(answers), "yes ratio", profile)}
+
+
+def _vcd_counts(answers: list[str], labels: list[str], profile: str) -> dict:
+    """VCD's scoring: labels that are neither yes nor no count only in the totals."""
     tp = fp = tn = fn = unknown = 0
-    n_pred_yes = 0
+    for a, lab in zip(answers, labels):
+        pred = parse_vcd(a, lab)
+        gt = lab.lower().strip()
+        if gt == YES:
+            tp += pred == YES
+            fn += pred == NO
+        elif gt == NO:
+            tn += pred == NO
+            fp += pred == YES
+        else:
+            unknown += 1
+    if unknown:
+        warnings.warn(f"vcd: {unknown} labels are neither yes nor no; counted only in the totals, as VCD does",
+                      RuntimeWarning, stacklevel=3)
+    precision, recall = _div(tp, tp + fp, "precision", profile), _div(tp, tp + fn, "recall", profile)
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "unknown": unknown, "precision": precision, "recall": recall,
+            "f1": _f1(precision, recall, profile),
+            "accuracy": _div(tp + tn, len(answers), "accuracy", profile),  # total includes unknown-label rows
+            "yes_ratio": _div(tp + fp, len(answers), "yes ratio", profile)}
 
-    if profile in ("pope", "opera"):
-        parse: Callable[[str], str] = parse_pope if profile == "pope" else parse_opera
-        for a, lab in zip(answers, labels):
-            pred_yes = parse(a) == YES
-            gt_yes = lab != "no"  # the originals test label == 'no' only
-            n_pred_yes += pred_yes
-            tp += pred_yes and gt_yes
-            fp += pred_yes and not gt_yes
-            tn += (not pred_yes) and (not gt_yes)
-            fn += (not pred_yes) and gt_yes
-        precision = _div(tp, tp + fp, "precision", profile)
-        recall = _div(tp, tp + fn, "recall", profile)
-        f1 = _f1(precision, recall, profile)
-        accuracy = _div(tp + tn, n, "accuracy", profile)
-        yes_ratio = _div(n_pred_yes, n, "yes ratio", profile)
 
-    elif profile == "vcd":
-        for a, lab in zip(answers, labels):
-            pred = parse_vcd(a, lab)
-            gt = lab.lower().strip()
-            if gt == YES:
-                tp += pred == YES
-                fn += pred == NO
-            elif gt == NO:
-                tn += pred == NO
-                fp += pred == YES
-            else:
-                unknown += 1
-        if unknown:
-            warnings.warn(f"vcd: {unknown} labels are neither yes nor no; counted only in the totals, as VCD does",
-                          RuntimeWarning, stacklevel=2)
-        precision = _div(tp, tp + fp, "precision", profile)
-        recall = _div(tp, tp + fn, "recall", profile)
-        f1 = _f1(precision, recall, profile)
-        accuracy = _div(tp + tn, n, "accuracy", profile)  # total includes unknown-label rows
-        yes_ratio = _div(tp + fp, n, "yes ratio", profile)
+def _lmms_eval_counts(answers: list[str], labels: list[str], profile: str) -> dict:
+    """lmms-eval's scoring: exact answers, and the yes ratio of the ground truth."""
+    tp = fp = tn = fn = unknown = n_gt_yes = n_gt_no = correct = 0
+    for a, lab in zip(answers, labels):
+        gt = lab.lower().strip()
+        if gt not in (YES, NO):
+            raise InputError(f"lmms_eval: label {lab!r} is neither yes nor no (lmms-eval asserts this)")
+        pred = a.lower().strip()
+        correct += pred == gt
+        unknown += pred not in (YES, NO)
+        n_gt_yes += gt == YES
+        n_gt_no += gt == NO
+        tp += gt == YES and pred == YES
+        fp += gt == NO and pred == YES
+        fn += gt == YES and pred == NO
+        tn += gt == NO and pred == NO
+    precision, recall = _guarded(tp, tp + fp), _guarded(tp, tp + fn)
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "unknown": unknown, "precision": precision, "recall": recall,
+            "f1": _guarded(2 * precision * recall, precision + recall),
+            "accuracy": _div(correct, len(answers), "accuracy", profile),
+            "yes_ratio": _guarded(n_gt_yes, n_gt_yes + n_gt_no)}  # sic: from the ground truth
 
-    elif profile == "lmms_eval":
-        n_gt_yes = n_gt_no = correct = 0
-        for a, lab in zip(answers, labels):
-            gt = lab.lower().strip()
-            if gt not in (YES, NO):
-                raise InputError(f"lmms_eval: label {lab!r} is neither yes nor no (lmms-eval asserts this)")
-            pred = a.lower().strip()
-            correct += pred == gt
-            unknown += pred not in (YES, NO)
-            n_gt_yes += gt == YES
-            n_gt_no += gt == NO
-            tp += gt == YES and pred == YES
-            fp += gt == NO and pred == YES
-            fn += gt == YES and pred == NO
-            tn += gt == NO and pred == NO
-        precision = _guarded(tp, tp + fp)
-        recall = _guarded(tp, tp + fn)
-        f1 = _guarded(2 * precision * recall, precision + recall)
-        accuracy = _div(correct, n, "accuracy", profile)
-        yes_ratio = _guarded(n_gt_yes, n_gt_yes + n_gt_no)  # sic: from the ground truth
 
-    else:  # vlmevalkit
-        correct = 0
-        for a, lab in zip(answers, labels):
-            pred = parse_vlmevalkit(a)
-            gt_yes = lab.strip().lower() == YES
-            gt = YES if gt_yes else (NO if lab.strip().lower() == NO else lab)
-            correct += pred == gt
-            unknown += pred == UNKNOWN
-            pred_yes = pred == YES  # Unknown counts as a negative prediction
-            n_pred_yes += pred_yes
-            tp += gt_yes and pred_yes
-            fp += (not gt_yes) and pred_yes
-            fn += gt_yes and not pred_yes
-            tn += (not gt_yes) and not pred_yes
-        precision = _guarded(tp, tp + fp)
-        recall = _guarded(tp, tp + fn)
-        f1 = _guarded(2 * precision * recall, precision + recall)
-        accuracy = _div(correct, n, "accuracy", profile)
-        yes_ratio = _div(n_pred_yes, n, "yes ratio", profile)  # not reported by VLMEvalKit
-
-    return {"n": n, "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn), "unknown": int(unknown),
-            "accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1, "yes_ratio": yes_ratio}
+def _vlmevalkit_counts(answers: list[str], labels: list[str], profile: str) -> dict:
+    """VLMEvalKit's scoring: an Unknown answer counts as a negative prediction."""
+    tp = fp = tn = fn = unknown = n_pred_yes = correct = 0
+    for a, lab in zip(answers, labels):
+        pred = parse_vlmevalkit(a)
+        gt_yes = lab.strip().lower() == YES
+        gt = YES if gt_yes else (NO if lab.strip().lower() == NO else lab)
+        correct += pred == gt
+        unknown += pred == UNKNOWN
+        pred_yes = pred == YES
+        n_pred_yes += pred_yes
+        tp += gt_yes and pred_yes
+        fp += (not gt_yes) and pred_yes
+        fn += gt_yes and not pred_yes
+        tn += (not gt_yes) and not pred_yes
+    precision, recall = _guarded(tp, tp + fp), _guarded(tp, tp + fn)
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "unknown": unknown, "precision": precision, "recall": recall,
+            "f1": _guarded(2 * precision * recall, precision + recall),
+            "accuracy": _div(correct, len(answers), "accuracy", profile),
+            "yes_ratio": _div(n_pred_yes, len(answers), "yes ratio", profile)}  # not reported by VLMEvalKit
 
 
 def predictions(answers: Sequence[str], labels: Sequence[str], profile: str = "pope") -> List[str]:
