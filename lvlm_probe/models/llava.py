@@ -7,7 +7,7 @@ the CLS token the "default" feature strategy drops, and the ``USER: <image>\\nâ€
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from PIL import Image
@@ -27,13 +27,10 @@ LLAVA_CHAT_TEMPLATE = (
 )
 
 
-class LlavaAdapter(FamilyAdapter):
-    """Adapter for LLaVA-1.5-style checkpoints (``model_type == "llava"``)."""
+class LlavaConfigFacts:
+    """Facts every LLaVA-lineage config states the same way (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision)."""
 
-    family = "llava"
-    model_types = ("llava",)
-    image_placeholder = "<image>"
-    hf_class_name = "LlavaForConditionalGeneration"
+    hf_config: Any
 
     @property
     def image_token_id(self) -> int:
@@ -50,6 +47,15 @@ class LlavaAdapter(FamilyAdapter):
     @property
     def patch_size(self) -> int:
         return int(self.hf_config.vision_config.patch_size)
+
+
+class LlavaAdapter(LlavaConfigFacts, FamilyAdapter):
+    """Adapter for LLaVA-1.5-style checkpoints (``model_type == "llava"``)."""
+
+    family = "llava"
+    model_types = ("llava",)
+    image_placeholder = "<image>"
+    hf_class_name = "LlavaForConditionalGeneration"
 
     @property
     def keeps_cls(self) -> bool:

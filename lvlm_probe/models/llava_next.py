@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from lvlm_probe.errors import UnsupportedModelError
+from lvlm_probe.models.llava import LlavaConfigFacts
 from lvlm_probe.models.base import FamilyAdapter, ImageInputs, Site, _unwrap
 
 #: llava-v1.6-mistral's prompt format, written for lvlm_probe (used when a checkpoint ships no template): a system
@@ -83,7 +84,7 @@ class AnyresLayout:
         return self.base[0] * self.base[1] + self.high[0] * (self.high[1] + 1)
 
 
-class LlavaNextAdapter(FamilyAdapter):
+class LlavaNextAdapter(LlavaConfigFacts, FamilyAdapter):
     """Adapter for LLaVA-NeXT (1.6) checkpoints (``model_type == "llava_next"``)."""
 
     family = "llava_next"
@@ -93,25 +94,9 @@ class LlavaNextAdapter(FamilyAdapter):
 
     # ---- facts -------------------------------------------------------------------------------
     @property
-    def image_token_id(self) -> int:
-        cfg = self.hf_config
-        tid = getattr(cfg, "image_token_id", None)
-        if tid is None:
-            tid = cfg.image_token_index
-        return int(tid)
-
-    @property
-    def n_vision_layers(self) -> int:
-        return int(self.hf_config.vision_config.num_hidden_layers)
-
-    @property
     def image_size(self) -> int:
         """Side of the base view and of every crop in pixels (``vision_config.image_size``)."""
         return int(self.hf_config.vision_config.image_size)
-
-    @property
-    def patch_size(self) -> int:
-        return int(self.hf_config.vision_config.patch_size)
 
     @property
     def grid_pinpoints(self) -> list[list[int]]:
