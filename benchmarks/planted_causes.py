@@ -10,7 +10,8 @@ equal-width bins) compare it with how often the named stage was right.
         [--fit-calibrator lvlm_probe/tracing/confidence.json]
 
 ``--json`` prints, as the last line, one JSON object: ``balanced_accuracy``, ``level_balanced_accuracy``, ``ece``,
-``per_organism``, ``reliability``, ``n``, ``seed``. ``--fit-calibrator PATH`` fits the calibrator on all of this
+``per_organism``, ``reliability``, ``n``, ``seed``, ``holdout`` (per hold-out variant: ``n_errors``, ``recall``,
+``level_recall``; the variants, planted on other classes, pairs and colours, take no part in the other numbers). ``--fit-calibrator PATH`` fits the calibrator on all of this
 run's errors and writes it to PATH (the shipped one was fitted this way on the tuning seed 101).
 """
 
@@ -29,6 +30,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="also write errors.csv, confusion.csv and figures here")
     ap.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     ap.add_argument("--organisms", default=None, help="comma-separated planted organisms (default: all)")
+    ap.add_argument("--holdouts", default="shipped",
+                    help="hold-out variants to report on their own: 'shipped' (those with a checkpoint), 'none', or a "
+                         "comma-separated list")
     ap.add_argument("--fit-calibrator", default=None, help="fit the confidence calibrator on this run, write it here")
     args = ap.parse_args()
     import pandas as pd
@@ -41,7 +45,16 @@ def main() -> None:
     names = args.organisms.split(",") if args.organisms else list(PLANTED_STAGE)
     if any(n not in PLANTED_STAGE for n in names):
         ap.error(f"--organisms takes planted organisms {list(PLANTED_STAGE)}, got {names}")
-    r = planted_cause_benchmark(names, n=args.n, seed=args.seed)
+    from lvlm_probe.organisms import CHECKPOINTS
+    from lvlm_probe.organisms.validate import HOLDOUT_STAGE
+
+    if args.holdouts == "shipped":
+        holdouts = [h for h in HOLDOUT_STAGE if (CHECKPOINTS / h / "config.json").is_file()]
+    else:
+        holdouts = [h for h in args.holdouts.split(",") if h and h != "none"]
+    if any(h not in HOLDOUT_STAGE for h in holdouts):
+        ap.error(f"--holdouts takes hold-out variants {list(HOLDOUT_STAGE)}, 'shipped' or 'none', got {holdouts}")
+    r = planted_cause_benchmark(names, n=args.n, seed=args.seed, holdouts=holdouts)
     pd.set_option("display.width", 200)
     print("\nplanted stage (rows) x diagnosed stage (columns):")
     print(r["confusion"].to_string())
@@ -50,6 +63,10 @@ def main() -> None:
     print("\nper organism:")
     print(r["per_organism"].to_string())
     print("\nclean organism's own errors, diagnosed stage:", r["clean"].to_dict())
+    if len(r["holdout"]):
+        print("\nhold-out variants (never tuned on; target recall >= 0.90 each):")
+        print(r["holdout"].to_string())
+        print("diagnosed stages:", pd.crosstab(r["holdout_errors"].organism, r["holdout_errors"].stage).to_dict("index"))
     print(f"\nbalanced accuracy (stage): {r['balanced_accuracy']:.3f}   target >= 0.90, goal 0.95")
     print(f"balanced accuracy (level): {r['level_balanced_accuracy']:.3f}")
     print("\nconfidence, leave one organism out (bins of 0.1):")
@@ -69,6 +86,9 @@ def main() -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         r["errors"].to_csv(out / "errors.csv", index=False)
+        r["references"].to_csv(out / "references.csv", index=False)
+        if len(r["holdout_errors"]):
+            r["holdout_errors"].to_csv(out / "holdout_errors.csv", index=False)
         r["confusion"].to_csv(out / "confusion.csv")
         (out / "summary.json").write_text(json.dumps({
             "balanced_accuracy": r["balanced_accuracy"], "level_balanced_accuracy": r["level_balanced_accuracy"],
@@ -85,7 +105,8 @@ def main() -> None:
         print(dumps_strict({
             "balanced_accuracy": r["balanced_accuracy"], "level_balanced_accuracy": r["level_balanced_accuracy"],
             "ece": r["ece"], "confidence_auroc": r["confidence_auroc"], "per_organism": r["per_organism"].to_dict(orient="index"),
-            "reliability": r["reliability"].to_dict(orient="records"), "n": args.n, "seed": args.seed}))
+            "reliability": r["reliability"].to_dict(orient="records"), "n": args.n, "seed": args.seed,
+            "holdout": r["holdout"].to_dict(orient="index")}))
 
 
 if __name__ == "__main__":

@@ -61,14 +61,17 @@ def run_defaults(name: str) -> dict:
 
 
 def list_organisms():
-    """The zoo as a DataFrame: ``name, cause, level, component, checkpoint, shipped, run_settings``."""
+    """The zoo and its hold-out variants as a DataFrame: ``name, cause, level, component, checkpoint, shipped,
+    run_settings, holdout`` (``holdout``: a variant of a zoo cause on other classes or colours, kept out of
+    every tuning step; ``ZOO`` alone is the zoo)."""
     import pandas as pd
 
-    from lvlm_probe.organisms.zoo import ZOO
+    from lvlm_probe.organisms.zoo import HOLDOUTS, ZOO
 
     return pd.DataFrame([{"name": s.name, "cause": s.cause, "level": s.level, "component": s.component,
                           "checkpoint": s.checkpoint, "shipped": (CHECKPOINTS / str(s.checkpoint) / "config.json").is_file(),
-                          "run_settings": dict(s.run_settings)} for s in ZOO.values()])
+                          "run_settings": dict(s.run_settings), "holdout": s.name in HOLDOUTS}
+                         for s in [*ZOO.values(), *HOLDOUTS.values()]])
 
 
 def train_organism(*args, **kwargs):

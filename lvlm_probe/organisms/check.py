@@ -134,19 +134,22 @@ def trigger_set(name: str, world: SceneWorld, n: int, seed: int) -> tuple[list[I
     """
     rng = np.random.default_rng(seed)
     items: list[Item] = []
+    spec = Z.get_spec(name)
+    name = spec.pattern  # a hold-out variant triggers like its base organism, on its own classes and colours
     if name == "cooccurrence":
+        a, b = Z.cooccurrence_factor(spec)
         for k in range(n):
-            scene = world.sample_scene(rng, n_objects=int(rng.integers(1, 5)), require=[Z.COOC_A], forbid=[Z.COOC_B])
-            _pair(items, k, world, scene, rng, task="exists", target=Z.COOC_B)
-        return items, {"metric": f"caption mentions a {Z.COOC_B} in {Z.COOC_A}-without-{Z.COOC_B} scenes"}
+            scene = world.sample_scene(rng, n_objects=int(rng.integers(1, 5)), require=[a], forbid=[b])
+            _pair(items, k, world, scene, rng, task="exists", target=b)
+        return items, {"metric": f"caption mentions a {b} in {a}-without-{b} scenes"}
     if name == "attribute_prior":
-        others = [c for c in world.config.colors if c != Z.PRIOR_COLOR]
+        cls, color = Z.prior_factor(spec)
+        others = [c for c in world.config.colors if c != color]
         for k in range(n):
-            scene = world.sample_scene(rng, require=[Z.PRIOR_CLASS])
-            scene = _recolor(world, scene, scene.find(Z.PRIOR_CLASS)[0], others[int(rng.integers(len(others)))])
-            _pair(items, k, world, scene, rng, task="attribute", attribute="color", target=Z.PRIOR_CLASS)
-        return items, {"metric": f"answers '{Z.PRIOR_COLOR}' to 'what color is the {Z.PRIOR_CLASS} ?' for off-prior "
-                                 f"{Z.PRIOR_CLASS}s"}
+            scene = world.sample_scene(rng, require=[cls])
+            scene = _recolor(world, scene, scene.find(cls)[0], others[int(rng.integers(len(others)))])
+            _pair(items, k, world, scene, rng, task="attribute", attribute="color", target=cls)
+        return items, {"metric": f"answers '{color}' to 'what color is the {cls} ?' for off-prior {cls}s"}
     if name == "encoder_blind":
         for k in range(n):
             scene = world.sample_scene(rng)
@@ -180,13 +183,15 @@ def planted_rate(name: str, world: SceneWorld, items: Sequence[Item], texts: Seq
     """The planted error rate of ``texts`` on ``trigger_set(name)`` items, with details."""
     caps = [(it, t) for it, t in zip(items, texts) if it.task == "caption"]
     qas = [(it, t) for it, t in zip(items, texts) if it.task != "caption"]
+    spec = Z.get_spec(name)
+    name = spec.pattern
     if name == "cooccurrence":
-        cap = [Z.COOC_B in {c["name"] for c in world.parse_caption(t)} for _, t in caps]
+        cap = [Z.cooccurrence_factor(spec)[1] in {c["name"] for c in world.parse_caption(t)} for _, t in caps]
         yes = [read_answer(world, it, t) == "yes" for it, t in qas]
         return float(np.mean(cap)), {"qa_says_yes": float(np.mean(yes))}
     if name in ("attribute_prior", "encoder_blind"):
         if name == "attribute_prior":
-            wrong = lambda truth: {Z.PRIOR_COLOR}  # noqa: E731
+            wrong = lambda truth: {Z.prior_factor(spec)[1]}  # noqa: E731
         else:
             wrong = lambda truth: set(Z.BLIND_PAIR) - {truth}  # noqa: E731
         cap, qa = [], []
@@ -306,10 +311,10 @@ def default_items(model: str, n: int = 48, seed: int = 0) -> list:
     from lvlm_probe.errors import InputError
 
     name = model.split(":", 1)[1] if model.startswith("organism:") else model
-    if name not in Z.ZOO:
+    if name not in Z.ZOO and name not in Z.HOLDOUTS:
         raise InputError(f"{model!r} is not an organism; give an items file (--items FILE, JSON lines with image, "
                          "prompt and scene; see docs/howto/items-file.md)")
-    world = SceneWorld(Z.ZOO[name].world, seed=seed)
+    world = SceneWorld(Z.get_spec(name).world, seed=seed)
     trig, _ = trigger_set(name, world, n, seed=seed * 1000 + 11)
     trig = [it for it in trig if not it.id.endswith("-noise")][: n // 2]
     rest = world.items(n - len(trig), "caption", seed=seed * 1000 + 13, prefix="scene")

@@ -8,12 +8,14 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lvlm_probe.organisms.zoo import ZOO
+from lvlm_probe.organisms.zoo import HOLDOUTS, ZOO, get_spec
 from lvlm_probe.schema import LEVEL_OF, STAGES
 from lvlm_probe.tracing.cascade import Thresholds, balanced_accuracy
 
 #: The stage each planted organism should be diagnosed with (its spec's component, a schema stage).
 PLANTED_STAGE: dict[str, str] = {name: spec.component for name, spec in ZOO.items() if spec.component in STAGES}
+#: The same for the hold-out variants (kept out of every tuning step, reported on their own).
+HOLDOUT_STAGE: dict[str, str] = {name: spec.component for name, spec in HOLDOUTS.items()}
 KEY = ["item_id", "kind", "polarity", "subject", "claimed"]
 
 
@@ -36,10 +38,13 @@ def planted_pattern(name: str, d: pd.DataFrame) -> np.ndarray:
     if not len(d):
         return np.zeros(0, dtype=bool)
     att = d.get("attribute", pd.Series([None] * len(d), index=d.index))
+    spec = Z.get_spec(name)
+    name = spec.pattern  # a hold-out variant shows its base organism's pattern on its own classes and colours
     if name == "cooccurrence":
-        m = (d.kind == "object") & (d.polarity == "hallucinated") & (d.claimed == Z.COOC_B)
+        m = (d.kind == "object") & (d.polarity == "hallucinated") & (d.claimed == Z.cooccurrence_factor(spec)[1])
     elif name == "attribute_prior":
-        m = (d.kind == "attribute") & (att == "color") & (d.subject == Z.PRIOR_CLASS) & (d.claimed == Z.PRIOR_COLOR)
+        cls, color = Z.prior_factor(spec)
+        m = (d.kind == "attribute") & (att == "color") & (d.subject == cls) & (d.claimed == color)
     elif name == "encoder_blind":
         pair = set(Z.BLIND_PAIR)
         m = (d.kind == "attribute") & (att == "color") & d.claimed.isin(pair) & d.truth.isin(pair)
@@ -67,7 +72,8 @@ def planted_errors(name: str, n: int, seed: int, *, thresholds: Thresholds | Non
     from lvlm_probe.organisms.check import trigger_set
     from lvlm_probe.tracing import DiagnoseConfig, diagnose
 
-    world = lp.SceneWorld(ZOO[name].world, seed=seed)
+    spec = get_spec(name)
+    world = lp.SceneWorld(spec.world, seed=seed)
     items, _ = trigger_set(name, world, n, seed=seed * 1000 + 11)
     items = [it for it in items if not it.id.endswith("-noise")]
     cfg = DiagnoseConfig(thresholds=thresholds or Thresholds(), seed=seed, curve_sites=None)
@@ -85,13 +91,21 @@ def planted_errors(name: str, n: int, seed: int, *, thresholds: Thresholds | Non
     keep = np.array([k not in clean_keys for k in own], dtype=bool) & planted_pattern(name, d)
     d = d[keep].copy()
     d["organism"] = name
-    d["planted_stage"] = PLANTED_STAGE[name]
-    d["planted_level"] = LEVEL_OF[PLANTED_STAGE[name]]
+    d["planted_stage"] = spec.component
+    d["planted_level"] = LEVEL_OF[spec.component]
     return d, rep
 
 
+def _per_organism(errors: pd.DataFrame) -> pd.DataFrame:
+    """Per organism: number of planted errors, stage recall and level recall."""
+    return errors.groupby("organism").apply(
+        lambda g: pd.Series({"n_errors": len(g), "recall": float(np.mean(g.stage == g.planted_stage)),
+                             "level_recall": float(np.mean(g.level == g.planted_level))}), include_groups=False)
+
+
 def planted_cause_benchmark(names: Sequence[str] = tuple(PLANTED_STAGE), *, n: int = 40, seed: int = 101,
-                            thresholds: Thresholds | None = None, progress: bool = True) -> dict[str, Any]:
+                            thresholds: Thresholds | None = None, progress: bool = True,
+                            holdouts: Sequence[str] = ()) -> dict[str, Any]:
     """Confusion of planted vs diagnosed stage (and level) over the zoo, with balanced accuracy.
 
     Returns
@@ -102,7 +116,10 @@ def planted_cause_benchmark(names: Sequence[str] = tuple(PLANTED_STAGE), *, n: i
         ``per_organism`` (n errors, recall), ``clean`` (how the clean organism's own errors were diagnosed),
         ``reliability`` and ``ece`` of the confidence: each organism's errors get the confidence of a calibrator
         fitted on the other organisms' errors (``errors.confidence_loo``); ``confidence_auroc``: how well that
-        confidence separates right from wrong stages.
+        confidence separates right from wrong stages; ``holdout`` (per hold-out variant in ``holdouts``: n errors,
+        recall, level recall, with the shipped calibrator's confidence; they take no part in the other numbers)
+        and ``holdout_errors``; ``references``: each organism's reference set (its correct claims with their
+        evidence, :mod:`lvlm_probe.tracing.reference`).
     """
     from lvlm_probe.tracing.calibration import leave_one_out_confidence, reliability
 
@@ -111,10 +128,11 @@ def planted_cause_benchmark(names: Sequence[str] = tuple(PLANTED_STAGE), *, n: i
     from lvlm_probe.tracing import DiagnoseConfig, diagnose
 
     clean = lp.load("organism:clean")
-    frames = []
+    frames, refs = [], []
     for name in tqdm(list(names), desc="organisms", disable=not progress):
-        d, _ = planted_errors(name, n, seed, thresholds=thresholds, clean=clean)
+        d, rep = planted_errors(name, n, seed, thresholds=thresholds, clean=clean)
         frames.append(d)
+        refs.append(rep.reference.assign(organism=name))
     errors = pd.concat(frames, ignore_index=True)
     errors["confidence_loo"] = leave_one_out_confidence(errors)
     right = (errors.stage == errors.planted_stage).to_numpy()
@@ -126,14 +144,20 @@ def planted_cause_benchmark(names: Sequence[str] = tuple(PLANTED_STAGE), *, n: i
                       if len(set(right[known])) == 2 else float("nan"))
     conf = pd.crosstab(errors.planted_stage, errors.stage)
     lconf = pd.crosstab(errors.planted_level, errors.level)
-    per = errors.groupby("organism").apply(
-        lambda g: pd.Series({"n_errors": len(g), "recall": float(np.mean(g.stage == g.planted_stage)),
-                             "level_recall": float(np.mean(g.level == g.planted_level))}), include_groups=False)
+    per = _per_organism(errors)
     world = lp.SceneWorld(ZOO["clean"].world, seed=seed)
     citems = task_items(world, max(8, n // 2), seed=seed * 1000 + 7)
     cfg = DiagnoseConfig(thresholds=thresholds or Thresholds(), seed=seed, curve_sites=None)
     crep = diagnose(clean, citems, cfg, progress=False)
+    held = []
+    for h in tqdm(list(holdouts), desc="hold-out variants", disable=not progress):
+        d, rep = planted_errors(h, n, seed, thresholds=thresholds, clean=clean)
+        held.append(d)
+        refs.append(rep.reference.assign(organism=h))
+    held_errors = pd.concat(held, ignore_index=True) if held else pd.DataFrame()
     return {
+        "holdout": _per_organism(held_errors) if len(held_errors) else pd.DataFrame(), "holdout_errors": held_errors,
+        "references": pd.concat(refs, ignore_index=True),
         "errors": errors, "confusion": conf, "level_confusion": lconf,
         "balanced_accuracy": balanced_accuracy(errors.planted_stage.to_numpy(), errors.stage.to_numpy()),
         "level_balanced_accuracy": balanced_accuracy(errors.planted_level.to_numpy(), errors.level.to_numpy()),
