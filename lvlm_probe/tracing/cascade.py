@@ -11,8 +11,10 @@ Rules, tried in order; the first that holds names the stage (every rule that hol
 3. **projector** (model): the encoder probe recovers it but the projector-output probe does not (and falls at
    least ``probe_drop`` below it).
 4. **prior** (data): the training statistics support the claim given its context
-   (``prior_train >= prior_threshold`` and ``prior_lift >= lift_threshold``) and the claim survives removing
-   the image (``p_noimg >= survive_ratio * p_emit``). Stage: co-occurrence (object), attribute prior or
+   (``prior_train >= prior_threshold`` and ``prior_lift >= lift_threshold``) and either the claim survives
+   removing the image (``max(p_noimg, p_knock) >= survive_ratio * p_emit``: a language prior) or, for an object,
+   the class it co-occurred with in training is in the image (``context_in_image``: the image shows the
+   context that elicits it, a visual co-occurrence). Stage: co-occurrence (object), attribute prior or
    relation prior.
 5. **long generation** (inference): the error sits at an object position beyond what the training captions
    reach (``pos_quantile >= drift_quantile``). An omitted object counts only when the caption stopped early:
@@ -76,7 +78,13 @@ class Thresholds:
         The LLM is undecided between the claimed and the true value when their log-probabilities differ by at
         most this (nats).
     fusion_pmi : float
-        ``|log p(y | image) - log p(y | no image)|`` at or below this (nats) means the image was not used.
+        The model does not use the image when the median ``|log p(y | image) - log p(y | no image)|`` of its
+        correct claims (``ref_pmi``, nats) is at or below this; without a reference set, the same bound on the
+        token's own ``|pmi_img|`` and on the item's ``img_use``.
+    pmi_quantile : float
+        With a reference set: a token ignores the image when its ``|pmi_img|`` is at or below this quantile of
+        the model's correct claims of its attribute or kind (``q_pmi``); an item ignores it when its ``img_use`` is
+        at or below this quantile of the items with a correct claim (``q_use``).
     """
 
     probe_threshold: float = 0.8
@@ -88,6 +96,7 @@ class Thresholds:
     drift_quantile: float = 0.95
     fusion_pmi: float = 1.0
     undecided: float = 1.0
+    pmi_quantile: float = 0.1
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -154,7 +163,8 @@ def _features(ev: dict[str, Any], th: Thresholds) -> dict[str, Any]:
     """The numbers the rules read, as floats (NaN when missing), plus derived quantities."""
     f: dict[str, Any] = {k: _f(ev.get(k)) for k in (
         "rank", "enc_p_true", "proj_p_true", "p_emit", "p_noimg", "pmi_img", "prior_train", "prior_lift",
-        "pos_quantile", "deviation_step", "step", "img_use", "p_knock", "p_truth", "n_mentions", "n_scene_objects")}
+        "pos_quantile", "deviation_step", "step", "img_use", "p_knock", "p_truth", "n_mentions", "n_scene_objects",
+        "q_pmi", "q_use", "ref_pmi", "context_in_image")}
     f["sampled"] = bool(ev.get("sampled")) if ev.get("sampled") is not None else False
     f["kind"], f["polarity"] = ev.get("kind"), ev.get("polarity")
     f["pt"] = th.object_probe_threshold if f["kind"] == "object" else th.probe_threshold
@@ -170,6 +180,45 @@ def _derailed(f: dict) -> bool:
     """An earlier sampled token left the greedy path (an omission, with no step, counts for any deviation)."""
     dev, step = f["deviation_step"], f["step"]
     return dev >= 0 and (not _ok(step) or dev <= step)
+
+
+def _survives(f: dict, th: Thresholds) -> bool:
+    """The claim survives without the image: ``max(p_noimg, p_knock) >= survive_ratio * p_emit``."""
+    return f["p_free"] >= th.survive_ratio * f["p_emit"]
+
+
+def _context_seen(f: dict) -> bool:
+    """An object claim whose training context (``prior_context``) is in the image."""
+    return f["kind"] == "object" and _ok(f["context_in_image"]) and f["context_in_image"] == 1.0
+
+
+def _token_ignores(f: dict, th: Thresholds) -> bool:
+    """This token barely depends on the image: its ``|pmi_img|`` is at or below the ``pmi_quantile`` of the
+    model's correct claims (``q_pmi``), or the model ignores the image on its correct claims (``ref_pmi``) and this
+    token as much (both at most ``fusion_pmi`` nats); without a reference set, ``|pmi_img| <= fusion_pmi``."""
+    small = abs(f["pmi_img"]) <= th.fusion_pmi
+    if _ok(f["q_pmi"]):
+        return f["q_pmi"] <= th.pmi_quantile or (small and _ok(f["ref_pmi"]) and f["ref_pmi"] <= th.fusion_pmi)
+    return small
+
+
+def _item_ignores(f: dict, th: Thresholds) -> bool:
+    """The item's generation barely depends on the image: the model ignores it on its correct claims too
+    (``ref_pmi <= fusion_pmi``) or this item's ``img_use`` is at or below the ``pmi_quantile`` of the items with a
+    correct claim (``q_use``); without a reference set, ``img_use <= fusion_pmi``."""
+    if _ok(f["ref_pmi"]):
+        return f["ref_pmi"] <= th.fusion_pmi or (_ok(f["q_use"]) and f["q_use"] <= th.pmi_quantile)
+    return f["img_use"] <= th.fusion_pmi
+
+
+def _usage_text(f: dict, th: Thresholds) -> str:
+    """The numbers behind the usage tests, in words."""
+    if _ok(f["ref_pmi"]):
+        q = f"; quantile {f['q_pmi']:.2f} of the correct claims'" if _ok(f["q_pmi"]) else ""
+        return (f"a noise image changes log p of this token by {f['pmi_img']:+.2f}{q}, and of the model's correct "
+                f"claims by {f['ref_pmi']:.2f} nats (median |.|); its generated tokens by {f['img_use']:.2f}")
+    return (f"a noise image changes log p of this token by {f['pmi_img']:+.2f} and of its generated tokens by "
+            f"{f['img_use']:.2f} nats (median |.|) <= {th.fusion_pmi}")
 
 
 def _covered(f: dict) -> bool:
@@ -194,19 +243,18 @@ RULES: tuple[Rule, ...] = (
                        f"< {f['pt']}"),
     Rule("prior", ("prior_train", "prior_lift", "p_emit", "p_free"),
          lambda f, th: (f["prior_train"] >= th.prior_threshold and f["prior_lift"] >= th.lift_threshold
-                        and f["p_free"] >= th.survive_ratio * f["p_emit"]),
+                        and (_survives(f, th) or _context_seen(f))),
          lambda f, th: f"P_train={f['prior_train']:.2f} (lift {f['prior_lift']:.1f}) given {f['prior_context']!r}; "
-                       f"image-free p={f['p_free']:.2f} vs p={f['p_emit']:.2f}"),
+                       f"image-free p={f['p_free']:.2f} vs p={f['p_emit']:.2f}"
+                       + ("" if _survives(f, th) else f"; the image shows the {f['prior_context']} it co-occurred "
+                                                        "with in training")),
     Rule("long generation", ("pos_quantile",),
          lambda f, th: f["pos_quantile"] >= th.drift_quantile and not _covered(f),
          lambda f, th: f"object position {f['ordinal']} is beyond {f['pos_quantile']:.0%} of training captions"),
-    Rule("llm fusion", ("pmi_img", "img_use"),
-         lambda f, th: abs(f["pmi_img"]) <= th.fusion_pmi and f["img_use"] <= th.fusion_pmi,
-         lambda f, th: f"the model ignores the image: a noise image changes log p of this token by {f['pmi_img']:+.2f} "
-                       f"and of its generated tokens by {f['img_use']:.2f} nats (median |.|) <= {th.fusion_pmi}"),
-    Rule("llm fusion", ("img_use",), lambda f, th: f["omitted_no_token"] and f["img_use"] <= th.fusion_pmi,
-         lambda f, th: f"the model ignores the image: a noise image changes its generated tokens by "
-                       f"{f['img_use']:.2f} nats (median |.|) <= {th.fusion_pmi}; the omitted object has no token"),
+    Rule("llm fusion", ("pmi_img", "img_use"), lambda f, th: _token_ignores(f, th) and _item_ignores(f, th),
+         lambda f, th: f"the model ignores the image: {_usage_text(f, th)}"),
+    Rule("llm fusion", ("img_use",), lambda f, th: f["omitted_no_token"] and _item_ignores(f, th),
+         lambda f, th: f"the model ignores the image: {_usage_text(f, th)}; the omitted object has no token"),
 )
 
 
@@ -223,9 +271,9 @@ def rule_holds(rule: Rule, f: dict[str, Any], th: Thresholds) -> bool:
 def _undelivered(f: dict, th: Thresholds) -> tuple[bool, str]:
     """Rule 7 (projector, fact not delivered); tried only when no other rule holds."""
     enc, use, pmi, p, ptrue = f["enc_p_true"], f["img_use"], f["pmi_img"], f["p_emit"], f["p_truth"]
-    ignores = _ok(pmi) and abs(pmi) <= th.fusion_pmi
+    ignores = _ok(pmi) and _token_ignores(f, th)
     undecided = _ok(p) and _ok(ptrue) and ptrue > 0 and p > 0 and abs(math.log(p) - math.log(ptrue)) <= th.undecided
-    holds = (ignores or undecided) and _ok(use) and use > th.fusion_pmi and _ok(enc) and enc >= f["pt"]
+    holds = (ignores or undecided) and _ok(use) and not _item_ignores(f, th) and _ok(enc) and enc >= f["pt"]
     pmi_txt = f"noise-image PMI {pmi:+.2f}; " if _ok(pmi) else ""
     truth_txt = f"p={p:.2f} vs p(true)={ptrue:.2f}" if undecided else f"p={p:.2f}"
     return holds, (f"the encoder decodes the true value (p={enc:.2f}) and the model uses the image for its other "
@@ -250,8 +298,8 @@ def _scores(f: dict, prior_stage: str, decoding: bool) -> dict[str, float]:
         "llm fusion": _clip(math.exp(-abs(pmi)) * math.exp(-use)) if _ok(pmi) and _ok(use) else 0.0,
     }
     if _ok(f["prior_train"]):  # the same image-free estimate as the rule: max(p_noimg, p_knock)
-        scores[prior_stage] = _clip(f["prior_train"] * (min(1.0, p_free / p) if _ok(p) and _ok(p_free) and p > 0
-                                                        else 0.5))
+        free = min(1.0, p_free / p) if _ok(p) and _ok(p_free) and p > 0 else 0.5
+        scores[prior_stage] = _clip(f["prior_train"] * (1.0 if _context_seen(f) else free))
     return scores
 
 

@@ -22,6 +22,7 @@ from lvlm_probe.data.items import Item
 from lvlm_probe.models import LVLM
 from lvlm_probe.schema import EVIDENCE_COLUMNS, FLOAT_EVIDENCE
 from lvlm_probe.tracing.config import DiagnoseConfig
+from lvlm_probe.tracing.reference import CALIBRATED_COLUMNS, calibrate, reference_claims
 from lvlm_probe.tracing.evidence import (as_float, mention_ordinal, n_object_mentions, probe_evidence,
                                          token_evidence)
 from lvlm_probe.tracing.run import Run, read_tables, write_tables
@@ -35,7 +36,10 @@ class Evidence:
     Attributes
     ----------
     frame : DataFrame
-        The run's errors plus :data:`~lvlm_probe.schema.EVIDENCE_COLUMNS` (NaN = not measured).
+        The run's errors plus :data:`~lvlm_probe.schema.EVIDENCE_COLUMNS` (NaN = not measured) and the calibrated
+        columns of :mod:`lvlm_probe.tracing.reference` (each feature's quantile among the correct claims).
+    reference : DataFrame
+        The reference set: the run's correct claims with the same evidence (token and probe features).
     probe_curves : DataFrame
         :func:`~lvlm_probe.probing.probe_sweep` rows for the report's curves (empty when skipped).
     timings : dict
@@ -45,14 +49,19 @@ class Evidence:
     frame: pd.DataFrame
     probe_curves: pd.DataFrame = field(default_factory=pd.DataFrame)
     timings: dict = field(default_factory=dict)
+    reference: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def write(self, out: str | Path) -> list[str]:
-        return write_tables(out, {"evidence": self.frame, "probe_curves": self.probe_curves})
+        return write_tables(out, {"evidence": self.frame, "probe_curves": self.probe_curves,
+                                  "reference": self.reference})
 
     @classmethod
     def read(cls, out: str | Path) -> Evidence:
         t = read_tables(out, ("evidence", "probe_curves"))
-        return cls(as_float(t["evidence"], FLOAT_EVIDENCE), t["probe_curves"])
+        # a run written before the reference set existed has no reference.csv: its reference is empty
+        ref = read_tables(out, ("reference",))["reference"] if (Path(out) / "reference.csv").is_file() else None
+        return cls(as_float(t["evidence"], (*FLOAT_EVIDENCE, *CALIBRATED_COLUMNS)), t["probe_curves"],
+                   reference=as_float(ref, FLOAT_EVIDENCE) if ref is not None else pd.DataFrame())
 
 
 def collect_evidence(model: LVLM, items: Sequence[Item], run: Run, config: DiagnoseConfig | None = None, *,
@@ -83,7 +92,7 @@ def collect_evidence(model: LVLM, items: Sequence[Item], run: Run, config: Diagn
     cfg = (config or DiagnoseConfig()).resolve(model)
     t0 = time.time()
     errors = run.errors
-    tok = run_token_evidence(model, items, run, cfg, progress=progress)
+    tok, ref = _token_evidence_parts(model, items, run, cfg, vocabulary, progress=progress)
     timings: dict[str, Any] = {"token_evidence": round(time.time() - t0, 1)}
     data = data_evidence(errors, items, run.generations, training_statistics(
         model if isinstance(training_stats, str) and training_stats == "auto" else training_stats), vocabulary)
@@ -92,13 +101,21 @@ def collect_evidence(model: LVLM, items: Sequence[Item], run: Run, config: Diagn
     pred, curves, t_probe = probe_verdicts(model, items, run, cfg, probe_items, store=store, progress=progress)
     timings.update(t_probe)
     scenes = {it.id: it.scene for it in items}
-    probes = probe_evidence(errors, pred, scenes, enc_site=cfg.probe_sites[0], proj_site=cfg.probe_sites[-1])
-    frame = pd.concat([errors, tok.reindex(errors.index), data, probes], axis=1)
+    sites = dict(enc_site=cfg.probe_sites[0], proj_site=cfg.probe_sites[-1])
+    probes = probe_evidence(errors, pred, scenes, **sites)
+    frame = _joined(errors, tok.reindex(errors.index), data, probes)
+    reference = _joined(ref, probe_evidence(ref, pred, scenes, **sites)) if len(ref) else ref
+    return Evidence(calibrate(frame, reference), curves, timings, reference)
+
+
+def _joined(*parts: pd.DataFrame) -> pd.DataFrame:
+    """Side-by-side frames (first copy of a repeated column kept) with every evidence column, as floats."""
+    frame = pd.concat(parts, axis=1)
     frame = frame.loc[:, ~frame.columns.duplicated()]
     for c in EVIDENCE_COLUMNS:
         if c not in frame:
             frame[c] = np.nan
-    return Evidence(as_float(frame, FLOAT_EVIDENCE), curves, timings)
+    return as_float(frame, FLOAT_EVIDENCE)
 
 
 def run_token_evidence(model: LVLM, items: Sequence[Item], run: Run, config: DiagnoseConfig, *,
@@ -109,28 +126,44 @@ def run_token_evidence(model: LVLM, items: Sequence[Item], run: Run, config: Dia
     teacher-forced passes see exactly the sequences that were generated. Under a process group each rank takes
     its block of the batches and every rank returns the whole frame.
     """
+    return _token_evidence_parts(model, items, run, config, None, progress=progress, reference=False)[0]
+
+
+def _token_evidence_parts(model: LVLM, items: Sequence[Item], run: Run, config: DiagnoseConfig, vocabulary: Any, *,
+                          progress: bool = True, reference: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Token evidence of the errors and, with ``reference``, of the correct claims of every batch that ran (the
+    reference set of :mod:`lvlm_probe.tracing.reference`), from the same teacher-forced passes."""
     errors = run.errors
-    if not len(errors):
-        return pd.DataFrame(index=errors.index)
-    by_id = {it.id: it for it in items}
     g = run.generations[run.generations.failed.isna()]
+    batch_ids = sorted({int(x) for x in (g.batch if reference else errors.batch)})
+    if not batch_ids:
+        return pd.DataFrame(index=errors.index), pd.DataFrame()
+    by_id = {it.id: it for it in items}
     sampled = bool(config.decoding.do_sample if config.decoding is not None else False)
-    batch_ids = sorted({int(x) for x in errors.batch})
     group = process_group()
     if group is not None:  # data-parallel: each rank its block of the generation batches
         batch_ids = rank_share(batch_ids, *group)
 
-    def one(k: int) -> pd.DataFrame:
+    def one(k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
         rows = g[g.batch.astype(float) == k].sort_values("row", key=lambda s: s.astype(int))
         chunk = [by_id[str(i)] for i in rows.item_id]
         batch = model.prepare([it.image for it in chunk], [it.prompt for it in chunk], item_ids=[it.id for it in chunk])
         gen = model.generation_from_tokens(batch, list(rows.tokens))
-        return token_evidence(model, gen, errors[errors.batch.astype(int) == k], sampled=sampled)
+        errs = errors[errors.batch.astype(int) == k] if len(errors) else errors
+        ref = reference_claims(gen, chunk, errs, batch=k, vocabulary=vocabulary) if reference else pd.DataFrame()
+        both = pd.concat([errs, ref], ignore_index=True) if len(ref) else errs.reset_index(drop=True)
+        tok = token_evidence(model, gen, both, sampled=sampled) if len(both) else pd.DataFrame(index=both.index)
+        err_tok = tok.iloc[:len(errs)].set_axis(errs.index)
+        ref_tok = pd.concat([ref, tok.iloc[len(errs):].reset_index(drop=True)], axis=1) if len(ref) else ref
+        return err_tok, ref_tok
 
     show = progress and not (group and group[0])
     parts = gather(lambda: [one(k) for k in tqdm(batch_ids, desc="token evidence", disable=not show)],
                    "token evidence")
-    return pd.concat([f for part in parts for f in part])
+    done = [p for part in parts for p in part]
+    err_tok = pd.concat([e for e, _ in done]) if done else pd.DataFrame(index=errors.index)
+    refs = [r for _, r in done if len(r)]
+    return err_tok, (pd.concat(refs, ignore_index=True) if refs else pd.DataFrame())
 
 
 def data_evidence(errors: pd.DataFrame, items: Sequence[Item], generations: pd.DataFrame, stats: Any,
@@ -140,7 +173,9 @@ def data_evidence(errors: pd.DataFrame, items: Sequence[Item], generations: pd.D
     Returns
     -------
     DataFrame
-        Indexed like ``errors``: the prior columns plus ``ordinal``, ``n_mentions``, ``n_scene_objects``.
+        Indexed like ``errors``: the prior columns plus ``ordinal``, ``n_mentions``, ``n_scene_objects`` and
+        ``context_in_image`` (object errors: 1.0 when the class the claim is conditioned on, ``prior_context``, is
+        in the item's scene, 0.0 when not; NaN without a scene or a context).
     """
     lookup = PriorLookup(stats) if stats is not None else None
     by_id = {it.id: it for it in items}
@@ -157,7 +192,10 @@ def data_evidence(errors: pd.DataFrame, items: Sequence[Item], generations: pd.D
         else:
             ordinal, context = None, [w for w in (r.get("subject"), r.get("object")) if isinstance(w, str)]
         row = prior_evidence(r, lookup, context, ordinal)
-        row.update(ordinal=ordinal, n_mentions=n_mentions, n_scene_objects=n_scene)
+        ctx = row.get("prior_context")
+        seen = (float(bool(it.scene.find(ctx))) if it.scene is not None and r.get("kind") == "object"
+                and isinstance(ctx, str) and ctx else float("nan"))
+        row.update(ordinal=ordinal, n_mentions=n_mentions, n_scene_objects=n_scene, context_in_image=seen)
         rows.append(row)
     return pd.DataFrame(rows, index=errors.index)
 

@@ -31,7 +31,7 @@ from lvlm_probe.tracing.run import Judge, Run, check_items, read_tables, write_t
 
 #: The steps of a diagnosis run, in order, and the tables each writes.
 STEP_TABLES: dict[str, tuple[str, ...]] = {"run": ("generations", "errors"),
-                                           "evidence": ("evidence", "probe_curves"),
+                                           "evidence": ("evidence", "probe_curves", "reference"),
                                            "diagnoses": ("diagnosis",)}
 #: The out dir's index: one entry per finished step (settings hash, files), plus the manifest.
 STEPS_FILE = "steps.json"
@@ -65,6 +65,9 @@ class DiagnosisReport:
         Items without ground truth, through the detector (:func:`~lvlm_probe.detection.trace_claims`): one row
         per claim with ``p_misaligned``, ``flagged`` and, for flagged claims, ``stage``, ``level``, ``rule`` and
         ``needs_ground_truth``; empty when every item had a scene graph.
+    reference : DataFrame
+        The reference set: the run's correct claims with the same evidence as the errors
+        (:mod:`lvlm_probe.tracing.reference`); each error's ``q_*`` columns are quantiles within it.
     """
 
     generations: pd.DataFrame
@@ -75,6 +78,7 @@ class DiagnosisReport:
     manifest: dict
     items: list = field(default_factory=list, repr=False)
     detected: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
+    reference: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
 
     @property
     def failed(self) -> dict[str, str]:
@@ -131,14 +135,15 @@ class DiagnosisReport:
 
     def write(self, out: str | os.PathLike) -> Path:
         """Write the tables (``generations.csv``, ``errors.csv``, ``evidence.csv``, ``probe_curves.csv``,
-        ``diagnosis.csv``, and ``detected.csv`` when items went through the detector) and ``manifest.json`` under
+        ``reference.csv``, ``diagnosis.csv``, and ``detected.csv`` when items went through the detector) and ``manifest.json`` under
         ``out``, each atomically; :meth:`read` reads them back.
 
         Rendering (``report.html``, figures) is :func:`lvlm_probe.render_diagnosis`.
         """
         out = Path(out)
         write_tables(out, {"generations": self.generations, "errors": self.errors, "evidence": self.evidence,
-                           "probe_curves": self.probe_curves, "diagnosis": self.diagnoses,
+                           "probe_curves": self.probe_curves, "reference": self.reference,
+                           "diagnosis": self.diagnoses,
                            **({"detected": self.detected} if len(self.detected) else {})})
         atomic_write_text(out / "manifest.json", json.dumps(self.manifest, indent=1, default=str))
         return out
@@ -157,7 +162,7 @@ class DiagnosisReport:
         manifest = json.loads(man.read_text(encoding="utf-8")) if man.is_file() else {}
         detected = read_tables(out, ("detected",))["detected"] if (out / "detected.csv").is_file() else pd.DataFrame()
         return cls(t["generations"], t["errors"], ev.frame, t["diagnosis"], ev.probe_curves, manifest, list(items),
-                   detected)
+                   detected, ev.reference)
 
 
 def diagnose(
@@ -234,7 +239,7 @@ def diagnose(
     manifest.update(n_judged=len(judged), n_unjudged=len(items) - len(judged), n_claims_detected=len(detected),
                     n_flagged=int(detected.flagged.sum()) if len(detected) else 0)
     rep = DiagnosisReport(run.generations, run.errors, ev.frame, dx.frame, ev.probe_curves, manifest, items,
-                          detected)
+                          detected, ev.reference)
     if outdir is not None and writer:
         atomic_write_text(outdir.path / "manifest.json", json.dumps(manifest, indent=1, default=str))
         outdir.add_files("manifest", ["manifest.json"])
@@ -285,7 +290,7 @@ def _judged_steps(ctx: _Context, items: list[Item]) -> tuple[Run, Evidence, _Dia
         return _empty_judged()
     h_run = settings_hash(_model_key(model), _items_key(items), cfg.generate_kwargs(), cfg.batch_size,
                           _callable_key(ctx.judge), _callable_key(ctx.vocabulary))
-    h_ev = settings_hash(h_run, cfg.probe_sites, cfg.curve_sites, cfg.n_probe_items, cfg.seed,
+    h_ev = settings_hash(h_run, "reference-set", cfg.probe_sites, cfg.curve_sites, cfg.n_probe_items, cfg.seed,
                          _stats_key(ctx.training_stats),
                          None if ctx.probe_items is None else _items_key(ctx.probe_items))
     h_dx = settings_hash(h_ev, cfg.thresholds.to_dict())
