@@ -137,9 +137,8 @@ class Mistral3Adapter(FamilyAdapter):
                                            input_data_format="channels_first")
         if min(out) <= 0:
             need = max(1, math.ceil(max(h, w) / L))
-            raise ValueError(f"{w}x{h} px (width x height): scaled to a longest edge of {L} px its short side becomes "
-                             f"0 px; the short side must be at least {need} px for this long side (at least 1 px once "
-                             f"scaled)")
+            raise ValueError(f"scaled to the processor's longest edge of {L} px its short side becomes 0 px; a "
+                             f"{max(h, w)} px long side needs a short side of at least {need} px (the minimum size)")
         return int(out[0]), int(out[1])
 
     def process_images(self, images: Sequence[Image.Image]) -> ImageInputs:
