@@ -156,10 +156,11 @@ ALLOWED: dict[str, str] = {
 FAMILY_ATTRS = {"language_model", "multi_modal_projector", "vision_tower", "visual", "spatial_merge_size",
                 "patch_size", "get_decoder", "lm_head", "original_component", "get_output_embeddings",
                 "image_grid_thw", "keeps_cls", "window_index", "mm_tokens_per_image", "boi_token_id",
-                "eoi_token_id", "tokens_per_side", "patches_per_side"}
+                "eoi_token_id", "tokens_per_side", "patches_per_side", "token_pixels"}
 FAMILY_SUBSTRINGS = ("image_grid_thw", "mm_token_type_ids", "spatial_merge", "language_model",
                      "multi_modal_projector", "vision_tower", "image_pad", "vision_encoder.", "vision_projector.",
-                     "token_type_ids", "image_soft_token", "start_of_image", "end_of_image", "mm_tokens_per_image")
+                     "token_type_ids", "image_soft_token", "start_of_image", "end_of_image", "mm_tokens_per_image",
+                     "[IMG", "image_break", "image_end")
 
 
 def _family_names() -> set[str]:

@@ -889,4 +889,7 @@ BENCH_SHAPES: dict[str, dict[str, Any]] = {
     # the same scaled pinpoints with the released anyres_max_9 (a 224 px square: base view + 2 crops, no shrink)
     "llava_onevision": {"grid_pinpoints": [[224, 448], [448, 224], [448, 448], [672, 224], [224, 672]],
                         "anyres_max": 9},
+    # Mistral3: longest edge 224 px (Pixtral never upscales), 14-px patches, the released 2 x 2 merge: a 224 px square
+    # is 16 x 16 = 256 Pixtral patches and 8 x 8 = 64 LLM tokens (+ 8 [IMG_BREAK] / [IMG_END])
+    "mistral3": {"longest_edge": 224},
 }
