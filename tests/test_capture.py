@@ -82,9 +82,9 @@ def test_vision_patches_in_raster_order(family, tmp_path):
         assert torch.allclose(merged, proj, atol=1e-5)
     else:
         batch = model.prepare([items[0].image], [items[0].prompt])
-        _, cache = model.bridge.run_with_cache(batch.input_ids, **batch.model_inputs())
-        raw = cache[f"vision_encoder.encoder_layers.{L}.hook_out"][0]
-        ref = raw[raw.shape[0] - H * W:]  # drop CLS (LLaVA's CLIP has one, Gemma3's SigLIP none)
+        _, cache = model.run_with_cache(batch, [f"vision.resid_post.{L}"])  # the raw hook tensor (any backend)
+        raw = cache[f"vision.resid_post.{L}"][0]
+        ref = raw[raw.shape[0] - H * W:]  # drop CLS (LLaVA's CLIP has one, Gemma3's SigLIP and Pixtral none)
         assert torch.allclose(rows, ref, atol=1e-6)
 
 

@@ -38,6 +38,10 @@ def test_cell_rule_covers_each_image(family):
             counts = torch.bincount(cells.flatten(), minlength=h * w)
             assert len(counts) == h * w and counts.min() > 0  # every cell has pixels
             if len(batch.image_inputs.tiles(k)) == 1:  # one view of the image: every cell the same share
+                sizes = batch.image_inputs.extras.get("image_sizes")
+                if sizes is not None:  # Mistral3: the image in the top-left corner of a zero-padded row
+                    H, W = sizes[k].tolist()
+                    counts = torch.bincount(cells[..., :H, :W].flatten(), minlength=h * w)
                 assert (counts == counts[0]).all()
             tiles = batch.roles.patch_tiles[b][batch.roles.image[b]]
             tok = coords[(coords[:, 0] == j) & (tiles == 0)]  # the attribution grid is tile 0's
@@ -84,7 +88,10 @@ def test_select_rows_keeps_logits(family):
         kw = sub.model_inputs()
         if model.adapter.token_type_input:
             assert torch.equal(kw[model.adapter.token_type_input], sub.roles.image.long())
-        torch.testing.assert_close(model.forward(sub), full[rows], atol=1e-5, rtol=1e-5)
+        # Pixtral (mistral3) runs all of a batch's images as one sequence with a block-diagonal mask: fewer images
+        # give the same values up to float rounding of the longer reductions (~1e-5 on the tiny model)
+        tol = 5e-5 if model.family == "mistral3" else 1e-5
+        torch.testing.assert_close(model.forward(sub), full[rows], atol=tol, rtol=tol)
 
 
 def test_select_text_only_item(family):
@@ -149,10 +156,11 @@ ALLOWED: dict[str, str] = {
 FAMILY_ATTRS = {"language_model", "multi_modal_projector", "vision_tower", "visual", "spatial_merge_size",
                 "patch_size", "get_decoder", "lm_head", "original_component", "get_output_embeddings",
                 "image_grid_thw", "keeps_cls", "window_index", "mm_tokens_per_image", "boi_token_id",
-                "eoi_token_id", "tokens_per_side", "patches_per_side"}
+                "eoi_token_id", "tokens_per_side", "patches_per_side", "token_pixels"}
 FAMILY_SUBSTRINGS = ("image_grid_thw", "mm_token_type_ids", "spatial_merge", "language_model",
                      "multi_modal_projector", "vision_tower", "image_pad", "vision_encoder.", "vision_projector.",
-                     "token_type_ids", "image_soft_token", "start_of_image", "end_of_image", "mm_tokens_per_image")
+                     "token_type_ids", "image_soft_token", "start_of_image", "end_of_image", "mm_tokens_per_image",
+                     "[IMG", "image_break", "image_end")
 
 
 def _family_names() -> set[str]:

@@ -134,6 +134,11 @@ class FamilyAdapter(ABC):
     #: image depends on how many images share its prompt (LLaVA-OneVision: ``batch_num_images``); None if none.
     #: ``Batch.model_inputs()`` derives it from ``Batch.n_images``, so every slice of a batch keeps it aligned.
     images_per_item_input: ClassVar[str | None] = None
+    #: Site stems (``vision.resid_post``, ...) that the installed TransformerLens bridge adapter of this family cannot
+    #: hook, each with the reason; empty when the bridge serves every canonical site. ``lvlm_probe.load`` runs a family
+    #: with any on the forward-hook fallback unless ``backend="bridge"`` is asked for (Mistral3: TransformerLens 4.3
+    #: wraps the Pixtral tower opaquely, so its layers have no bridge hooks).
+    bridge_missing_sites: ClassVar[dict[str, str]] = {}
 
     def __init__(self, hf_config: Any, tokenizer: Any, image_processor: Any, hf_model: Any) -> None:
         self.hf_config = hf_config

@@ -22,6 +22,7 @@ from lvlm_probe.models.idefics3 import Idefics3Adapter
 from lvlm_probe.models.llava import LlavaAdapter
 from lvlm_probe.models.llava_next import LlavaNextAdapter
 from lvlm_probe.models.llava_onevision import LlavaOnevisionAdapter
+from lvlm_probe.models.mistral3 import Mistral3Adapter
 from lvlm_probe.models.qwen2_5_vl import Qwen2_5_VLAdapter
 from lvlm_probe.models.qwen2_vl import Qwen2VLAdapter
 from lvlm_probe.models.qwen3_vl import Qwen3VLAdapter
@@ -33,7 +34,7 @@ _log = logging.getLogger("lvlm_probe")
 #: Supported architecture families, keyed by HF ``config.model_type``.
 FAMILIES: dict[str, type[FamilyAdapter]] = {
     mt: cls for cls in (LlavaAdapter, Qwen2_5_VLAdapter, Gemma3Adapter, LlavaNextAdapter, Qwen3VLAdapter,
-                        Qwen2VLAdapter, Idefics3Adapter, LlavaOnevisionAdapter)
+                        Qwen2VLAdapter, Idefics3Adapter, LlavaOnevisionAdapter, Mistral3Adapter)
     for mt in cls.model_types
 }
 
@@ -264,13 +265,16 @@ def _hook_host(name: str, config: Any, adapter_cls: type[FamilyAdapter], hf_mode
                backend: str | None, place: Placement, dt: torch.dtype, revision: str | None) -> Any:
     """What the hooks live on: TransformerBridge (booted over ``hf_model``) where TransformerLens has an adapter
     for the architecture (or ``backend="bridge"``), else the forward-hook fallback; the choice is logged."""
-    if backend == "hooks" or (backend is None and not _bridge_supports(adapter_cls.hf_class_name)):
+    no_adapter = backend is None and not _bridge_supports(adapter_cls.hf_class_name)
+    partial = backend is None and bool(adapter_cls.bridge_missing_sites)
+    if backend == "hooks" or no_adapter or partial:
         from lvlm_probe.models.hook_backend import HookBackend
 
         host = HookBackend(hf_model, adapter_cls(config, *processors, hf_model))
-        _log.info("lvlm_probe: %s (%s) runs on forward hooks: %s", name, config.model_type,
-                  "requested" if backend == "hooks" else "the installed TransformerLens has no bridge adapter for "
-                  f"{adapter_cls.hf_class_name}")
+        why = ("requested" if backend == "hooks" else "the installed TransformerLens has no bridge adapter for "
+               f"{adapter_cls.hf_class_name}" if no_adapter else "its TransformerLens bridge cannot hook "
+               f"{', '.join(sorted(adapter_cls.bridge_missing_sites))} (backend='bridge' gives the other sites)")
+        _log.info("lvlm_probe: %s (%s) runs on forward hooks: %s", name, config.model_type, why)
         return host
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -920,7 +924,11 @@ class LVLM:
         hd = self.bridge.hook_dict
         missing = [f"{c} -> {h}" for h, c in names.items() if h not in hd]
         if missing:
-            raise InputError(f"bridge has no hook for site(s) {missing}; this model's bridge does not expose them")
+            gaps = self.adapter.bridge_missing_sites
+            why = sorted({gaps[s] for h, c in names.items() if h not in hd
+                          for s in gaps if c.startswith(s + ".") or c == s})
+            raise InputError(f"bridge has no hook for site(s) {missing}; this model's bridge does not expose them"
+                             + (f": {'; '.join(why)}" if why else ""))
 
     @torch.no_grad()
     def generate(

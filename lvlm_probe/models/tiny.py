@@ -744,6 +744,84 @@ def build_tiny_qwen2_vl(out_dir: str | os.PathLike, *, words: Sequence[str] = DE
     return out
 
 
+@dataclass(frozen=True, kw_only=True)
+class Mistral3Shape(TinyShape):
+    """The shape of a random-init Mistral3 for :func:`build_tiny_mistral3`.
+
+    Images keep their aspect ratio: scaled down to a longest edge of ``longest_edge`` px when larger (never up),
+    each side rounded up to a multiple of ``patch_size · merge`` px; each ``merge × merge`` block of Pixtral patches
+    is one LLM token. ``vision_feature_layer`` is the tower layer the projector reads (-1: the last).
+    """
+
+    patch_size: int = 4
+    merge: int = 2
+    longest_edge: int = 64
+    vision_feature_layer: int = -1
+
+
+def build_tiny_mistral3(out_dir: str | os.PathLike, *, words: Sequence[str] = DEFAULT_WORDS, init_std: float = 0.02,
+                        seed: int = 0, dtype: torch.dtype = torch.float32, **shape: Any) -> Path:
+    """Write a random-init ``Mistral3ForConditionalGeneration`` (Pixtral vision with 2-D rotary positions, RMSNorm +
+    patch merger + MLP projector, Mistral LM with grouped-query attention) to ``out_dir``.
+
+    Images are not squashed: a 40 × 60 (h × w) image stays 40 × 64 after rounding (8-px tokens at the defaults), a
+    5 × 8 token grid; a larger one is scaled to a longest edge of ``longest_edge``. The tokenizer carries Mistral's
+    ``[INST]`` / ``[/INST]``, ``[SYSTEM_PROMPT]`` / ``[/SYSTEM_PROMPT]`` and the image tokens ``[IMG]``,
+    ``[IMG_BREAK]``, ``[IMG_END]``, with the chat template; the PIL image processor and a ``processor_config.json``
+    (``PixtralProcessor``: ``patch_size``, ``spatial_merge_size``) are saved beside it. HF's ``PixtralProcessor``
+    module imports torchvision, so ``AutoProcessor`` reads the directory only where torchvision imports; lvlm_probe
+    needs none.
+
+    ``words``, ``init_std``, ``seed`` and ``dtype`` as in :func:`build_tiny_llava`; ``**shape``: fields of
+    :class:`Mistral3Shape` (its defaults otherwise; any other name is a ``TypeError``).
+    """
+    import json
+
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    from lvlm_probe.models.mistral3 import IMAGE_BREAK, IMAGE_END, IMAGE_TOKEN, MISTRAL3_CHAT_TEMPLATE
+
+    sh = _shape(Mistral3Shape, "build_tiny_mistral3", shape)
+    if sh.longest_edge % (sh.patch_size * sh.merge):
+        raise ValueError(f"longest_edge={sh.longest_edge} must be a multiple of patch_size × merge = "
+                         f"{sh.patch_size} × {sh.merge}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = word_tokenizer(words, specials=["[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", IMAGE_TOKEN,
+                                          IMAGE_BREAK, IMAGE_END], bos="<s>", eos="</s>", pad="<pad>")
+    tok.chat_template = MISTRAL3_CHAT_TEMPLATE
+    cfg = Mistral3Config(
+        text_config=dict(
+            model_type="mistral", vocab_size=len(tok), hidden_size=sh.text_hidden, intermediate_size=sh.text_hidden * 2,
+            num_hidden_layers=sh.text_layers, num_attention_heads=sh.text_heads, num_key_value_heads=sh.text_kv_heads,
+            head_dim=sh.text_hidden // sh.text_heads, max_position_embeddings=1024, sliding_window=None,
+            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+            initializer_range=init_std, tie_word_embeddings=False,
+        ),
+        vision_config=dict(
+            model_type="pixtral", hidden_size=sh.vision_hidden, intermediate_size=sh.vision_hidden * 2,
+            num_hidden_layers=sh.vision_layers, num_attention_heads=sh.vision_heads,
+            head_dim=sh.vision_hidden // sh.vision_heads, image_size=sh.longest_edge, patch_size=sh.patch_size,
+            initializer_range=init_std,
+        ),
+        image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN), spatial_merge_size=sh.merge,
+        vision_feature_layer=sh.vision_feature_layer, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Mistral3ForConditionalGeneration(cfg).to(dtype).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    _image_processor("pixtral", sh.longest_edge, patch_size=sh.patch_size).save_pretrained(out)
+    # the processor's own settings (PixtralProcessor.save_pretrained needs the class, whose module needs torchvision)
+    (out / "processor_config.json").write_text(json.dumps({
+        "processor_class": "PixtralProcessor", "patch_size": sh.patch_size, "spatial_merge_size": sh.merge,
+        "image_token": IMAGE_TOKEN, "image_break_token": IMAGE_BREAK, "image_end_token": IMAGE_END}, indent=2))
+    return out
+
+
 def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merge: int = 2,
                      min_pixels: int = 0, max_pixels: int = 0, grid_pinpoints: list | None = None,
                      max_tiles: int = 1):
@@ -765,6 +843,9 @@ def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merg
         cls = getattr(transformers, "LlavaOnevisionImageProcessorPil", None) or \
             transformers.LlavaOnevisionImageProcessor
         return cls(size={"height": image_size, "width": image_size}, image_grid_pinpoints=grid_pinpoints)
+    if kind == "pixtral":  # aspect kept: longest edge image_size (never upscaled), sides rounded up to patches
+        cls = getattr(transformers, "PixtralImageProcessorPil", None) or transformers.PixtralImageProcessor
+        return cls(size={"longest_edge": image_size}, patch_size={"height": patch_size, "width": patch_size})
     if kind == "gemma3":  # squashes any image to image_size square (no crop); pan-and-scan off, as by default
         cls = getattr(transformers, "Gemma3ImageProcessorPil", None) or transformers.Gemma3ImageProcessor
         return cls(size={"height": image_size, "width": image_size})
@@ -777,12 +858,13 @@ def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merg
 #: its shape to ``TINY_SHAPES`` and its benchmark settings to ``BENCH_SHAPES``.
 TINY_BUILDERS = {"llava": build_tiny_llava, "qwen2_5_vl": build_tiny_qwen2_5_vl, "gemma3": build_tiny_gemma3,
                  "llava_next": build_tiny_llava_next, "qwen3_vl": build_tiny_qwen3_vl, "qwen2_vl": build_tiny_qwen2_vl,
-                 "idefics3": build_tiny_idefics3, "llava_onevision": build_tiny_llava_onevision}
+                 "idefics3": build_tiny_idefics3, "llava_onevision": build_tiny_llava_onevision,
+                 "mistral3": build_tiny_mistral3}
 #: The ``**shape`` dataclass of each family's builder (its fields are the settings the builder accepts).
 TINY_SHAPES: dict[str, type[TinyShape]] = {
     "llava": LlavaShape, "qwen2_5_vl": Qwen2_5_VLShape, "gemma3": Gemma3Shape, "llava_next": LlavaNextShape,
     "qwen3_vl": Qwen3VLShape, "qwen2_vl": Qwen2VLShape, "idefics3": Idefics3Shape,
-    "llava_onevision": LlavaOnevisionShape,
+    "llava_onevision": LlavaOnevisionShape, "mistral3": Mistral3Shape,
 }
 #: The family ``make-tiny`` builds when none is named.
 TINY_DEFAULT = "llava"
@@ -807,4 +889,7 @@ BENCH_SHAPES: dict[str, dict[str, Any]] = {
     # the same scaled pinpoints with the released anyres_max_9 (a 224 px square: base view + 2 crops, no shrink)
     "llava_onevision": {"grid_pinpoints": [[224, 448], [448, 224], [448, 448], [672, 224], [224, 672]],
                         "anyres_max": 9},
+    # Mistral3: longest edge 224 px (Pixtral never upscales), 14-px patches, the released 2 x 2 merge: a 224 px square
+    # is 16 x 16 = 256 Pixtral patches and 8 x 8 = 64 LLM tokens (+ 8 [IMG_BREAK] / [IMG_END])
+    "mistral3": {"longest_edge": 224},
 }
