@@ -51,6 +51,17 @@ preprocessing (row 7) plus the disk write. The final ``TARGET`` line checks row 
 goal ``capture <= 1.10x HF eager``. A sanity line also checks that capture stored the same
 numbers HF returns (layer-0 residual at the last prompt position).
 
+``kernel ms`` is the median CPU time the process spent in the kernel during the call (``getrusage``
+``ru_stime``; 0 where ``resource`` is missing). On CPU it is almost all minor page faults: glibc
+serves every allocation above its 32 MiB mmap ceiling with a fresh ``mmap`` that the kernel zeroes
+page by page, and frees it with ``munmap``. A family whose forward makes such tensors pays it in
+every row alike (Qwen2.5-VL's full-attention vision block: per image a ``[heads, 1024, 1024]``
+float32 score matrix, 32 MiB, about 0.4-0.5 s of a 4-5 s forward here), and how much of the
+smaller allocations also fault depends on the heap state the previous call left, so such a
+family's ratios scatter more from run to run. Row 2 runs the baseline's own computation (plus
+returning hidden states it computes anyway), so its distance from 1.00 shows how far one run's
+ratios can move by noise alone.
+
 Run: ``python benchmarks/capture_overhead.py [--quick] [--family F] [--repeats N] [--batch-size B]``.
 """
 
@@ -111,18 +122,32 @@ def builder_kwargs(size: str, family: str) -> dict:
     return {k: v for k, v in kw.items() if k in accepted}
 
 
-def time_round_robin(variants: list[tuple[str, Callable[[], object]]], repeats: int) -> dict[str, list[float]]:
-    """One warm-up call of each variant, then ``repeats`` rounds of one timed call each (seconds)."""
+def _kernel_seconds() -> float:
+    """CPU seconds this process has spent in the kernel so far (0.0 where ``resource`` is missing: Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return 0.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
+def time_round_robin(variants: list[tuple[str, Callable[[], object]]], repeats: int
+                     ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """One warm-up call of each variant, then ``repeats`` rounds of one timed call each: wall seconds and, per
+    call, the kernel CPU seconds spent in it (page faults, mostly)."""
     for _, fn in variants:
         fn()
     times: dict[str, list[float]] = {name: [] for name, _ in variants}
+    kernel: dict[str, list[float]] = {name: [] for name, _ in variants}
     for _ in range(repeats):
         for name, fn in variants:
             gc.collect()
+            k0 = _kernel_seconds()
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return times
+            kernel[name].append(_kernel_seconds() - k0)
+    return times, kernel
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             print("note: capture forward-only skipped (capture internals not importable)\n")
         variants += [("lp.capture (whole call)", capture_call), ("model.prepare only", prepare_only)]
 
-        times = time_round_robin(variants, args.repeats)
+        times, kernel = time_round_robin(variants, args.repeats)
 
         # sanity: capture stored what HF computes (layer-0 output at the last prompt position)
         hs = hf_hidden().hidden_states
@@ -226,12 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(n) for n, _ in variants) + 4
     base_min = min(times[variants[0][0]])
     print(f"{'#':>2} {'variant':<{width}}{'median ms':>11}{'min ms':>10}{'max ms':>10}{'ratio':>8}"
-          f"{'ratio(min)':>12}")
+          f"{'ratio(min)':>12}{'kernel ms':>11}")
     for k, (name, _) in enumerate(variants, 1):
         ts = times[name]
         med = statistics.median(ts)
         print(f"{k:>2} {name:<{width}}{med * 1e3:>11.1f}{min(ts) * 1e3:>10.1f}{max(ts) * 1e3:>10.1f}"
-              f"{med / base:>7.2f}x{min(ts) / base_min:>11.2f}x")
+              f"{med / base:>7.2f}x{min(ts) / base_min:>11.2f}x{statistics.median(kernel[name]) * 1e3:>11.1f}")
     print()
     print(f"check: capture vs HF hidden_states, llm.resid_post.0 last_prompt max |diff| = {diff:.2e} "
           f"({'ok' if diff < 1e-4 else 'MISMATCH'})")
