@@ -200,6 +200,32 @@ def test_planted_behaviour_separates_from_clean(name, checked):
     assert r["clean_planted_error_rate"] <= hi, r
 
 
+#: Hold-out variants (the same causes on other classes, pairs and colours): planted rate at least / clean's at most.
+#: Measured on seed 1 (n = 200) in their cards.
+HOLDOUT_PLANTED = {
+    "cooccurrence_triangle_cross": (0.2, 0.1),   # measured 0.395 vs 0.0 (caption names a cross)
+    "cooccurrence_ring_bar": (0.2, 0.1),         # measured 0.79 vs 0.0 (caption names a bar)
+    "attribute_prior_hourglass_green": (0.45, 0.2),  # measured 0.67 vs 0.05 (colour question answered green)
+    "attribute_prior_bar_purple": (0.45, 0.2),   # measured 0.79 vs 0.09 (colour question answered purple)
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOLDOUT_PLANTED))
+def test_holdout_variant_plants_its_cause_on_its_own_classes(name):
+    from lvlm_probe.organisms.zoo import HOLDOUTS
+
+    spec = HOLDOUTS[name]
+    assert spec.pattern in ZOO and spec.component == ZOO[spec.pattern].component and spec.checkpoint == name
+    ck = CHECKPOINTS / name
+    if not (ck / "config.json").is_file():
+        pytest.fail(f"hold-out checkpoint {name} is not shipped")
+    r = check_organism(name, seed=SEED, n=N)
+    lo, hi = HOLDOUT_PLANTED[name]
+    factor = spec.world.cooccurrence or spec.world.attribute_prior
+    assert all(w in r["planted_metric"] for w in factor[0][1:2]), r["planted_metric"]  # its own class / colour
+    assert r["planted_error_rate"] >= lo and r["clean_planted_error_rate"] <= hi, r
+
+
 def test_projector_bottleneck_errs_on_the_dropped_attribute_only(checked):
     need("projector_bottleneck", "clean")
     r = checked("projector_bottleneck")

@@ -149,7 +149,8 @@ def trigger_set(name: str, world: SceneWorld, n: int, seed: int) -> tuple[list[I
             scene = world.sample_scene(rng, require=[cls])
             scene = _recolor(world, scene, scene.find(cls)[0], others[int(rng.integers(len(others)))])
             _pair(items, k, world, scene, rng, task="attribute", attribute="color", target=cls)
-        return items, {"metric": f"answers '{color}' to 'what color is the {cls} ?' for off-prior {cls}s"}
+        plural = cls + ("es" if cls.endswith("s") else "s")
+        return items, {"metric": f"answers '{color}' to 'what color is the {cls} ?' for off-prior {plural}"}
     if name == "encoder_blind":
         for k in range(n):
             scene = world.sample_scene(rng)
