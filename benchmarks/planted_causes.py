@@ -11,7 +11,8 @@ equal-width bins) compare it with how often the named stage was right.
 
 ``--json`` prints, as the last line, one JSON object: ``balanced_accuracy``, ``level_balanced_accuracy``, ``ece``,
 ``per_organism``, ``reliability``, ``n``, ``seed``, ``holdout`` (per hold-out variant: ``n_errors``, ``recall``,
-``level_recall``; the variants, planted on other classes, pairs and colours, take no part in the other numbers). ``--fit-calibrator PATH`` fits the calibrator on all of this
+``level_recall``; the variants, planted on other classes, pairs and colours, take no part in the other numbers).
+``--fit-calibrator PATH`` fits the calibrator on all of this
 run's errors and writes it to PATH (the shipped one was fitted this way on the tuning seed 101).
 """
 

@@ -66,7 +66,7 @@ def test_fusion_reads_the_quantile_when_a_reference_exists():
                 enc_p_true=0.95, proj_p_true=0.95, p_emit=0.9)
     th = Thresholds()
     cal = diagnose_error({**base, "q_pmi": 0.05, "q_use": 0.05, "ref_pmi": 20.0}, th)
-    assert cal.stage == "llm fusion" and "quantile 0.05" in cal.rule
+    assert cal.stage == "llm fusion" and "quantile 0.05" in cal.rule, cal.rule
     assert diagnose_error({**base, "q_pmi": 0.6, "q_use": 0.5, "ref_pmi": 2.0}, th).stage != "llm fusion"
     assert diagnose_error(base, th).stage != "llm fusion"  # |3| > 1 nat
     assert diagnose_error({**base, "pmi_img": 0.5}, th).stage == "llm fusion"

@@ -85,6 +85,15 @@ def test_cascade_order_and_cooccurring_causes():
     assert stage(prior_train=0.95, prior_lift=5.7, p_noimg=0.01, p_knock=0.01) == "undetermined"
     # survival counts either image-free estimate (noise image or knockout)
     assert stage(prior_train=0.95, prior_lift=5.7, p_noimg=0.01, p_knock=0.7) == "attribute prior"
+    # ... or the image shows the prior's context: the image itself calls up the prior (a visual co-occurrence)
+    d = diagnose_error({**BASE, "kind": "object", "claimed": "cross", "truth": None, "prior_train": 1.0,
+                        "prior_lift": 1.65, "prior_context": "triangle", "context_in_image": 1.0})
+    assert d.stage == "cooccurrence" and "the image shows its context 'triangle'" in d.rule
+    assert d.scores["cooccurrence"] == pytest.approx(1.0)
+    assert stage(kind="object", claimed="cross", truth=None, prior_train=1.0, prior_lift=1.65,
+                 context_in_image=0.0) != "cooccurrence"
+    assert stage(prior_train=0.95, prior_lift=5.7, context_in_image=1.0) == "attribute prior"
+    assert stage(prior_train=0.3, prior_lift=1.1, context_in_image=1.0) == "undetermined"  # weak statistics
 
 
 def test_omitted_objects_use_only_token_free_rules():
@@ -137,6 +146,37 @@ def test_training_statistics_from_an_organism_and_from_scenes():
     assert ev["prior_train"] == pytest.approx(1.0) and ev["prior_context"] == "circle"
     with pytest.raises(lp.InputError, match="does not exist"):
         training_statistics("/no/such/stats.json")
+
+
+def test_data_evidence_conditions_a_question_on_what_the_image_shows():
+    """A caption's object is conditioned on the classes mentioned before it and those the image shows, a question's
+    answer on its words and the classes the image shows; ``context_in_image`` says whether that context is in the
+    scene."""
+    from lvlm_probe.data.scene import SceneGraph, SceneObject
+    from lvlm_probe.tracing.collect import data_evidence
+
+    world = lp.SceneWorld(ZOO["cooccurrence"].world, seed=0)
+    stats = training_statistics([world.sample_scene(np.random.default_rng(k)) for k in range(300)])
+    scene = SceneGraph([SceneObject("circle", {"color": "red", "size": "small"}, (0, 0, 10, 10))], width=64, height=64)
+    qa = lp.Item("q", world.render(scene), "is there a square ?", scene=scene, task="exists",
+                 meta={"target": "square"})
+    cap = lp.Item("c", world.render(scene), "describe the image .", scene=scene, task="caption")
+    errors = pd.DataFrame([
+        {"item_id": "q", "kind": "object", "polarity": "hallucinated", "subject": "square", "claimed": "square"},
+        {"item_id": "c", "kind": "object", "polarity": "hallucinated", "subject": "square", "claimed": "square"},
+        {"item_id": "c", "kind": "object", "polarity": "hallucinated", "subject": "cross", "claimed": "cross"}])
+    gens = pd.DataFrame({"item_id": ["q", "c"], "text": ["yes", "a small red circle , a square and a cross ."]})
+    ev = data_evidence(errors, [qa, cap], gens, stats)
+    assert ev.prior_context.tolist()[:2] == ["circle", "circle"] and ev.prior_train.iloc[0] == pytest.approx(1.0)
+    assert ev.context_in_image.tolist()[:2] == [1.0, 1.0]
+    # a caption's cross: conditioned on the (invented) square mentioned before it and on the circle the image
+    # shows, whichever backs it more; context_in_image says whether that one is in the scene
+    gens.loc[1, "text"] = "a square , a cross ."
+    ev = data_evidence(errors.iloc[2:], [qa, cap], gens, stats)
+    lookup = PriorLookup(stats)
+    best = max(["square", "circle"], key=lambda a: lookup.object_prior("cross", [a])[0])
+    assert ev.prior_context.tolist() == [best]
+    assert ev.context_in_image.tolist() == [1.0 if best == "circle" else 0.0]
 
 
 # ---- diagnose end to end ------------------------------------------------------------------------------

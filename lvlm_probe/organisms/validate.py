@@ -58,8 +58,11 @@ def planted_pattern(name: str, d: pd.DataFrame) -> np.ndarray:
 
 
 def planted_errors(name: str, n: int, seed: int, *, thresholds: Thresholds | None = None, clean: Any = None,
-                   progress: bool = False) -> tuple[pd.DataFrame, Any]:
+                   progress: bool = False, model: Any = None) -> tuple[pd.DataFrame, Any]:
     """Diagnose organism ``name`` on fresh triggering scenes and keep the errors ``clean`` does not make.
+
+    ``model`` (an ``LVLM`` or a path) replaces the shipped checkpoint, e.g. the same organism trained at
+    another width; its scenes, planted pattern and planted stage stay those of ``name``.
 
     Returns
     -------
@@ -77,7 +80,7 @@ def planted_errors(name: str, n: int, seed: int, *, thresholds: Thresholds | Non
     items, _ = trigger_set(name, world, n, seed=seed * 1000 + 11)
     items = [it for it in items if not it.id.endswith("-noise")]
     cfg = DiagnoseConfig(thresholds=thresholds or Thresholds(), seed=seed, curve_sites=None)
-    rep = diagnose(f"organism:{name}", items, cfg, progress=progress)
+    rep = diagnose(model if model is not None else f"organism:{name}", items, cfg, progress=progress)
     clean = clean or lp.load("organism:clean")
     texts = []
     for k in range(0, len(items), 16):

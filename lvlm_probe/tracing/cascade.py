@@ -12,10 +12,10 @@ Rules, tried in order; the first that holds names the stage (every rule that hol
    least ``probe_drop`` below it).
 4. **prior** (data): the training statistics support the claim given its context
    (``prior_train >= prior_threshold`` and ``prior_lift >= lift_threshold``) and either the claim survives
-   removing the image (``max(p_noimg, p_knock) >= survive_ratio * p_emit``: a language prior) or, for an object,
-   the class it co-occurred with in training is in the image (``context_in_image``: the image shows the
-   context that elicits it, a visual co-occurrence). Stage: co-occurrence (object), attribute prior or
-   relation prior.
+   removing the image (``max(p_noimg, p_knock) >= survive_ratio * p_emit``: a language prior) or its context is
+   in the image (``context_in_image``: the co-occurring class, the object whose attribute it is, the related
+   pair), so the image itself elicits the prior (a visual co-occurrence or a class-conditioned colour). Stage:
+   co-occurrence (object), attribute prior or relation prior.
 5. **long generation** (inference): the error sits at an object position beyond what the training captions
    reach (``pos_quantile >= drift_quantile``). An omitted object counts only when the caption stopped early:
    it names fewer objects than the scene holds (``n_mentions < n_scene_objects``).
@@ -188,8 +188,9 @@ def _survives(f: dict, th: Thresholds) -> bool:
 
 
 def _context_seen(f: dict) -> bool:
-    """An object claim whose training context (``prior_context``) is in the image."""
-    return f["kind"] == "object" and _ok(f["context_in_image"]) and f["context_in_image"] == 1.0
+    """The claim's training context (``prior_context``: the co-occurring class, the object of an attribute, the
+    pair of a relation) is in the image."""
+    return _ok(f["context_in_image"]) and f["context_in_image"] == 1.0
 
 
 def _token_ignores(f: dict, th: Thresholds) -> bool:
@@ -212,13 +213,16 @@ def _item_ignores(f: dict, th: Thresholds) -> bool:
 
 
 def _usage_text(f: dict, th: Thresholds) -> str:
-    """The numbers behind the usage tests, in words."""
+    """The numbers behind the usage tests, in words (a missing number is not quoted)."""
+    parts = []
+    if _ok(f["pmi_img"]):
+        q = f" (quantile {f['q_pmi']:.2f} of the correct claims')" if _ok(f["q_pmi"]) else ""
+        parts.append(f"of this token by {f['pmi_img']:+.2f}{q}")
     if _ok(f["ref_pmi"]):
-        q = f"; quantile {f['q_pmi']:.2f} of the correct claims'" if _ok(f["q_pmi"]) else ""
-        return (f"a noise image changes log p of this token by {f['pmi_img']:+.2f}{q}, and of the model's correct "
-                f"claims by {f['ref_pmi']:.2f} nats (median |.|); its generated tokens by {f['img_use']:.2f}")
-    return (f"a noise image changes log p of this token by {f['pmi_img']:+.2f} and of its generated tokens by "
-            f"{f['img_use']:.2f} nats (median |.|) <= {th.fusion_pmi}")
+        parts.append(f"of the model's correct claims by {f['ref_pmi']:.2f} nats (median |.|)")
+    parts.append(f"of the item's generated tokens by {f['img_use']:.2f} nats (median |.|)"
+                 + ("" if _ok(f["ref_pmi"]) else f" <= {th.fusion_pmi}"))
+    return "a noise image changes log p " + ", ".join(parts)
 
 
 def _covered(f: dict) -> bool:
@@ -246,8 +250,8 @@ RULES: tuple[Rule, ...] = (
                         and (_survives(f, th) or _context_seen(f))),
          lambda f, th: f"P_train={f['prior_train']:.2f} (lift {f['prior_lift']:.1f}) given {f['prior_context']!r}; "
                        f"image-free p={f['p_free']:.2f} vs p={f['p_emit']:.2f}"
-                       + ("" if _survives(f, th) else f"; the image shows the {f['prior_context']} it co-occurred "
-                                                        "with in training")),
+                       + ("" if _survives(f, th) else f"; the image shows its context "
+                                                        f"{f['prior_context']!r}")),
     Rule("long generation", ("pos_quantile",),
          lambda f, th: f["pos_quantile"] >= th.drift_quantile and not _covered(f),
          lambda f, th: f"object position {f['ordinal']} is beyond {f['pos_quantile']:.0%} of training captions"),

@@ -174,8 +174,10 @@ def data_evidence(errors: pd.DataFrame, items: Sequence[Item], generations: pd.D
     -------
     DataFrame
         Indexed like ``errors``: the prior columns plus ``ordinal``, ``n_mentions``, ``n_scene_objects`` and
-        ``context_in_image`` (object errors: 1.0 when the class the claim is conditioned on, ``prior_context``, is
-        in the item's scene, 0.0 when not; NaN without a scene or a context).
+        ``context_in_image`` (1.0 when the classes the claim's prior is conditioned on, ``prior_context``, are in
+        the item's scene, 0.0 when not; NaN without a scene or a context). A caption's object is conditioned on
+        the classes it mentioned before and the classes the image shows, a question's answer on the question's
+        words and the classes the image shows.
     """
     lookup = PriorLookup(stats) if stats is not None else None
     by_id = {it.id: it for it in items}
@@ -189,15 +191,25 @@ def data_evidence(errors: pd.DataFrame, items: Sequence[Item], generations: pd.D
             ordinal, context = mention_ordinal(text, r, vocabulary)
             n_mentions = n_object_mentions(text, vocabulary)
             n_scene = len(it.scene.objects) if it.scene is not None else None
-        else:
-            ordinal, context = None, [w for w in (r.get("subject"), r.get("object")) if isinstance(w, str)]
+        else:  # a question's answer is conditioned on the words of the question
+            ordinal = None
+            context = [w for w in (r.get("subject"), r.get("object")) if isinstance(w, str)]
+        # the model sees the whole image at once: what it shows conditions every claim, mentioned yet or not
+        context = list(context) + ([o.name for o in it.scene.objects] if it.scene is not None else [])
+        context = [w for w in dict.fromkeys(context) if w != r.get("claimed")]
         row = prior_evidence(r, lookup, context, ordinal)
-        ctx = row.get("prior_context")
-        seen = (float(bool(it.scene.find(ctx))) if it.scene is not None and r.get("kind") == "object"
-                and isinstance(ctx, str) and ctx else float("nan"))
-        row.update(ordinal=ordinal, n_mentions=n_mentions, n_scene_objects=n_scene, context_in_image=seen)
+        row.update(ordinal=ordinal, n_mentions=n_mentions, n_scene_objects=n_scene,
+                   context_in_image=_context_in_image(row.get("prior_context"), it))
         rows.append(row)
     return pd.DataFrame(rows, index=errors.index)
+
+
+def _context_in_image(context: Any, item: Item) -> float:
+    """1.0 when every class of a prior's context (``"circle"``, or ``"circle|square"`` for a relation) is in the
+    item's scene, 0.0 when one is not, NaN without a scene or a context."""
+    if item.scene is None or not isinstance(context, str) or not context:
+        return float("nan")
+    return float(all(item.scene.find(c) for c in context.split("|")))
 
 
 def default_probe_items(model: LVLM, n: int, seed: int) -> list[Item]:
