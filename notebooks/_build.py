@@ -521,6 +521,18 @@ probability of the word next to its probability with the image."""),
     ("code", """\
 d = reps["cooccurrence"].diagnoses
 d[["item_id", "kind", "polarity", "claimed", "truth", "level", "stage", "confidence", "rule"]]"""),
+    ("md", """\
+**Self-calibrated evidence.** The same run's correct claims get the same evidence as the errors
+(`rep.reference`, the reference set), and each error carries its features as quantiles among them
+(`q_pmi`: how much this token used the image compared with the model's correct words; `ref_pmi`: the median
+image PMI of the correct claims, in nats). Most invented squares sit at the bottom of the reference (the
+image barely moves them: a language prior); some depend on the image as much as correct words do, because the
+circle in it calls them up (`context_in_image`: a visual co-occurrence, which the prior rule also accepts)."""),
+    ("code", """\
+rep = reps["cooccurrence"]
+print(len(rep.reference), "correct claims in the reference;", rep.reference.kind.value_counts().to_dict())
+rep.evidence[["error_id", "claimed", "pmi_img", "q_pmi", "ref_pmi", "n_reference", "prior_context",
+              "context_in_image"]].head()"""),
     ("code", """\
 both = pd.concat([r.diagnoses.assign(organism=n) for n, r in reps.items()], ignore_index=True)
 fig = plot_cause_bars(both, by="stage")"""),
