@@ -28,11 +28,21 @@ def _no_hooks(model) -> bool:
                for m in mods)
 
 
+def _hooks(model) -> int:
+    """Hooks on every module a backend can hook (the bridge's hook points, the attention modules, the HF model):
+    on the forward-hook fallback (Mistral3) and after a bridge's first forward the HF model's modules carry hooks
+    of their own, so a test compares this count after a plain forward with the count at its end."""
+    mods = {id(m): m for m in [*model.bridge.hook_dict.values(), *(blk.attn for blk in model.bridge.blocks),
+                               *model.hf_model.modules()]}
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in mods.values())
+
+
 def test_text_blind_to_image_gives_identical_logits(family):
     model, _ = family
     a, b = _pair(model)
     L = list(range(model.adapter.n_llm_layers))
     base = [model.forward(x)[:, -1] for x in (a, b)]
+    hooks_before = _hooks(model)  # after a plain forward (a backend may set up its own hooks on the first one)
     assert not torch.allclose(base[0], base[1], atol=1e-4)
     knocked = []
     for x in (a, b):
@@ -45,7 +55,7 @@ def test_text_blind_to_image_gives_identical_logits(family):
     assert dfs[0]["p_knock"].item() == dfs[1]["p_knock"].item()
     assert dfs[0]["logit_knock"].item() == dfs[1]["logit_knock"].item()
     assert dfs[0]["p_base"].item() != dfs[1]["p_base"].item()
-    assert _no_hooks(model)
+    assert _hooks(model) == hooks_before
 
 
 def test_mask_edit_equals_score_edit(llava):
@@ -94,6 +104,7 @@ def test_patching_all_positions_restores_clean(family):
     model, _ = family
     clean, corrupt = _pair(model)
     lc, lx = model.forward(clean), model.forward(corrupt)
+    hooks_before = _hooks(model)
     keep = clean.attention_mask.bool()
     assert not torch.allclose(lc[keep], lx[keep], atol=1e-4)
     # every position at the residual before the first layer: the corrupt run becomes the clean run
@@ -115,7 +126,7 @@ def test_patching_all_positions_restores_clean(family):
     img0 = df[(df["group"] == "image") & (df["site"] == "llm.resid_pre.0")]
     assert np.allclose(img0["p_patched"], img0["p_clean"], atol=1e-6)
     assert df["target_id"].iloc[0] == int(lc[0, -1].argmax())
-    assert _no_hooks(model)
+    assert _hooks(model) == hooks_before
 
 
 def test_patching_layout_errors(llava):
