@@ -161,11 +161,7 @@ def build_tiny_llava(out_dir: str | os.PathLike, *, words: Sequence[str] = DEFAU
     else:
         with torch.device(init_device):  # allocate and initialise there, in dtype: no float32 copy on the CPU
             model = LlavaForConditionalGeneration._from_config(cfg, dtype=dtype).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.bos_token_id = tok.bos_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    _save_with_tokenizer(model, tok, out)
     ip = _image_processor("clip", sh.image_size)
     ip.save_pretrained(out)
     # the processor config too, so HF's own pipeline (``AutoProcessor``) loads the directory as a hub checkpoint
@@ -273,10 +269,7 @@ def build_tiny_qwen2_5_vl(out_dir: str | os.PathLike, *, words: Sequence[str] = 
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    _save_with_tokenizer(model, tok, out, bos=False)
     ip = _image_processor("qwen2_vl", patch_size=sh.patch_size, merge=sh.merge, min_pixels=sh.min_pixels,
                           max_pixels=sh.max_pixels)
     ip.save_pretrained(out)
@@ -359,11 +352,7 @@ def build_tiny_gemma3(out_dir: str | os.PathLike, *, words: Sequence[str] = DEFA
         proj = model.model.multi_modal_projector.mm_input_projection_weight
         proj.normal_(0.0, init_std)
     eos = [tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")]
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = eos
-    model.generation_config.bos_token_id = tok.bos_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    _save_with_tokenizer(model, tok, out, eos=eos)
     ip = _image_processor("gemma3", sh.image_size)
     ip.save_pretrained(out)
     Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=GEMMA3_CHAT_TEMPLATE,
@@ -433,11 +422,7 @@ def build_tiny_llava_next(out_dir: str | os.PathLike, *, words: Sequence[str] = 
     )
     torch.manual_seed(seed)
     model = LlavaNextForConditionalGeneration(cfg).to(dtype).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.bos_token_id = tok.bos_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    _save_with_tokenizer(model, tok, out)
     ip = _image_processor("llava_next", sh.image_size, grid_pinpoints=pins)
     ip.save_pretrained(out)
     LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=sh.patch_size,
@@ -509,10 +494,7 @@ def build_tiny_llava_onevision(out_dir: str | os.PathLike, *, words: Sequence[st
     )
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(cfg).to(dtype).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    _save_with_tokenizer(model, tok, out, bos=False)
     _image_processor("llava_onevision", sh.image_size, grid_pinpoints=pins).save_pretrained(out)
     # the processor's own settings (ProcessorMixin.save_pretrained would also want a video processor)
     (out / "processor_config.json").write_text(json.dumps({
@@ -588,11 +570,7 @@ def build_tiny_idefics3(out_dir: str | os.PathLike, *, words: Sequence[str] = DE
     )
     torch.manual_seed(seed)
     model = Idefics3ForConditionalGeneration(cfg).to(dtype).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.bos_token_id = tok.bos_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    _save_with_tokenizer(model, tok, out)
     ip = _image_processor("idefics3", sh.image_size, grid_pinpoints=None, max_tiles=sh.max_tiles_per_side)
     ip.save_pretrained(out)
     Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=(sh.image_size // sh.patch_size // sh.scale_factor) ** 2,
@@ -676,10 +654,7 @@ def build_tiny_qwen3_vl(out_dir: str | os.PathLike, *, words: Sequence[str] = DE
     )
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(cfg).to(dtype).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    _save_with_tokenizer(model, tok, out, bos=False)
     _image_processor("qwen2_vl", patch_size=sh.patch_size, merge=sh.merge, min_pixels=sh.min_pixels,
                      max_pixels=sh.max_pixels).save_pretrained(out)
     return out
@@ -735,10 +710,7 @@ def build_tiny_qwen2_vl(out_dir: str | os.PathLike, *, words: Sequence[str] = DE
     )
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(cfg).to(dtype).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    _save_with_tokenizer(model, tok, out, bos=False)
     _image_processor("qwen2_vl", patch_size=sh.patch_size, merge=sh.merge, min_pixels=sh.min_pixels,
                      max_pixels=sh.max_pixels).save_pretrained(out)
     return out
@@ -809,17 +781,24 @@ def build_tiny_mistral3(out_dir: str | os.PathLike, *, words: Sequence[str] = DE
     )
     torch.manual_seed(seed)
     model = Mistral3ForConditionalGeneration(cfg).to(dtype).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.bos_token_id = tok.bos_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    _save_with_tokenizer(model, tok, out)
     _image_processor("pixtral", sh.longest_edge, patch_size=sh.patch_size).save_pretrained(out)
     # the processor's own settings (PixtralProcessor.save_pretrained needs the class, whose module needs torchvision)
     (out / "processor_config.json").write_text(json.dumps({
         "processor_class": "PixtralProcessor", "patch_size": sh.patch_size, "spatial_merge_size": sh.merge,
         "image_token": IMAGE_TOKEN, "image_break_token": IMAGE_BREAK, "image_end_token": IMAGE_END}, indent=2))
     return out
+
+
+def _save_with_tokenizer(model: Any, tok: Any, out: Path, *, eos: Any = None, bos: bool = True) -> None:
+    """Put the tokenizer's special ids on the generation config (``eos``: another end-of-turn id or list; ``bos``:
+    set the begin id too) and save model and tokenizer to ``out``."""
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id if eos is None else eos
+    if bos:
+        model.generation_config.bos_token_id = tok.bos_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
 
 
 def _image_processor(kind: str, image_size: int = 32, patch_size: int = 14, merge: int = 2,
