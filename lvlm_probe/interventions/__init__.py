@@ -5,7 +5,8 @@
 >>> gen = decode(model, batch, VCD(alpha=1.0), max_new_tokens=32)          # doctest: +SKIP
 
 Methods (each cites its paper in ``.paper``): :class:`VCD`, :class:`ImageFreeContrast` (M3ID-style), :class:`PAI`,
-:class:`ProjectAway`, :class:`EarlyReadout` (DeCo-style), :class:`Greedy`; controls of Yin et al. 2025:
+:class:`ProjectAway`, :class:`EarlyReadout` (DeCo-style), :class:`RegionRestart` (restart the enumeration per
+image region), :class:`Greedy`; controls of Yin et al. 2025:
 :class:`Greedy`, :class:`PlausibilityOnly`, :class:`YesRatioMatched` (+ :func:`yes_ratio_shift`).
 See docs/interventions.md.
 """
@@ -14,11 +15,12 @@ from lvlm_probe.interventions.base import Intervention, apc, aux_logits, decode,
 from lvlm_probe.interventions.methods import (PAI, VCD, EarlyReadout, Greedy, ImageFreeContrast, PlausibilityOnly,
                                               ProjectAway, YesRatioMatched, amplify_image_attention,
                                               diffusion_noise, word_direction, yes_margins, yes_ratio_shift)
+from lvlm_probe.interventions.restart import RegionRestart, region_views
 
 #: Every method and control by its ``name`` (what benchmark tables and ``settings["intervention"]`` use).
 METHODS = {c.name: c for c in (Greedy, PlausibilityOnly, VCD, ImageFreeContrast, PAI, ProjectAway, EarlyReadout,
-                               YesRatioMatched)}
+                               RegionRestart, YesRatioMatched)}
 
 __all__ = ["METHODS", "EarlyReadout", "Greedy", "ImageFreeContrast", "Intervention", "PAI", "PlausibilityOnly",
-           "ProjectAway", "VCD", "YesRatioMatched", "amplify_image_attention", "apc", "aux_logits", "decode",
-           "diffusion_noise", "image_blind", "word_direction", "yes_margins", "yes_ratio_shift"]
+           "ProjectAway", "RegionRestart", "VCD", "YesRatioMatched", "amplify_image_attention", "apc", "aux_logits", "decode",
+           "diffusion_noise", "image_blind", "region_views", "word_direction", "yes_margins", "yes_ratio_shift"]

@@ -43,6 +43,12 @@ class Intervention:
         (``None``: scores untouched). Every hook is removed on exit, also when an exception is raised inside."""
         return contextlib.nullcontext(None)
 
+    def generate(self, model: Any, batch: Batch, **generate_kwargs: Any) -> Generation | None:
+        """A decoding strategy that is more than one ``generate`` call (several generations, changed inputs)
+        returns its :class:`Generation` here; ``None`` (the default): :func:`decode` runs ``model.generate``
+        inside :meth:`session`."""
+        return None
+
     def describe(self) -> dict:
         """JSON-able ``{"method", "paper", **knobs}``."""
         return {"method": self.name, "paper": self.paper, **asdict(self)}
@@ -85,6 +91,11 @@ def decode(model: Any, batch: Batch, method: Intervention | None = None, *, max_
     if not isinstance(method, Intervention):
         raise InputError(f"method must be an Intervention (e.g. lp.interventions.VCD()), got {type(method).__name__}")
     model.check_batch(batch)
+    own = method.generate(model, batch, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                          top_p=top_p, top_k=top_k, seed=seed, output_scores=output_scores)
+    if own is not None:
+        own.settings["intervention"] = method.describe()
+        return own
     with warnings.catch_warnings(record=True) as caught, method.session(model, batch) as step:
         warnings.simplefilter("always")
         procs = [_Processor(step)] if step is not None else None
