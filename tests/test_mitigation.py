@@ -1,0 +1,69 @@
+"""The cause x intervention matrix's cells and target, on hand-made errors (the full matrix runs in
+benchmarks/cause_interventions.py; its JSON contract is tested in test_benchmark_contracts.py)."""
+
+import numpy as np
+import pandas as pd
+
+from lvlm_probe.organisms.mitigation import INTENDED, intended_target, matrix_cells
+from lvlm_probe.tracing.confirm import CONFIRMING
+
+
+def _errs(rows):
+    return pd.DataFrame(rows, columns=["item_id", "kind", "polarity", "subject", "attribute", "claimed"])
+
+
+def test_a_cell_counts_what_the_method_breaks_as_well_as_what_it_fixes():
+    planted = _errs([("a", "attribute", "hallucinated", "cup", "color", "red"),
+                     ("b", "attribute", "hallucinated", "cup", "color", "red"),
+                     ("c", "attribute", "hallucinated", "cup", "color", "red"),
+                     ("d", "object", "hallucinated", "square", None, "square")])
+    # after: a fixed, b now a different wrong colour (not fixed, not the planted pattern), c and d unchanged, and a
+    # new planted-pattern error on item e (introduced)
+    after_all = _errs([("b", "attribute", "hallucinated", "cup", "color", "blue"),
+                       ("c", "attribute", "hallucinated", "cup", "color", "red"),
+                       ("d", "object", "hallucinated", "square", None, "square"),
+                       ("e", "attribute", "hallucinated", "cup", "color", "red")])
+    after_planted = after_all[after_all.claimed.isin(["red", "square"])]
+    cell = matrix_cells("attribute_prior", "pai", planted, after_planted, after_all, {"a": "one two", "b": "x"},
+                        {"a": "one two three", "b": "x"})
+    assert cell["n_errors"] == 4 and cell["n_fixed"] == 1 and cell["fixed_fraction"] == 0.25
+    assert cell["introduced"] == 1 and cell["reduction"] == (1 - 1) / 4
+    assert cell["length_ratio"] == 4 / 3
+    none = matrix_cells("x", "m", planted.iloc[:0], planted.iloc[:0], planted.iloc[:0], {}, {})
+    assert np.isnan(none["fixed_fraction"]) and np.isnan(none["reduction"])
+
+
+def test_target_compares_with_causes_the_intervention_is_not_intended_for():
+    effect = {"cooccurrence": {"vcd": 0.15, "pai": 0.0}, "attribute_prior": {"vcd": 0.19, "pai": 1.0},
+              "visual_neglect": {"vcd": 0.01, "pai": 0.19}, "encoder_blind": {"vcd": 0.02, "pai": np.nan}}
+    intended = {"cooccurrence": "vcd", "attribute_prior": "vcd", "visual_neglect": "pai"}
+    assert intended_target(effect, intended) == {"cooccurrence": True, "attribute_prior": True,
+                                                 "visual_neglect": False}
+    assert intended_target(effect, intended, strict=True) == {"cooccurrence": False, "attribute_prior": True,
+                                                              "visual_neglect": False}
+
+
+def test_intended_is_the_confirming_intervention_of_each_planted_stage():
+    assert INTENDED == {"cooccurrence": "vcd", "attribute_prior": "vcd", "visual_neglect": "early_readout",
+                        "drift": "region_restart", "sampling": "greedy"}
+    assert CONFIRMING["long generation"] == "region_restart" and CONFIRMING["encoder"] is None
+
+
+def test_heat_map_shows_the_chosen_value_and_frames_the_intended_cells():
+    import matplotlib.pyplot as plt
+
+    from lvlm_probe.plotting import plot_intervention_matrix
+
+    t = pd.DataFrame({"cause": ["drift", "drift", "sampling", "sampling"],
+                      "intervention": ["region_restart", "greedy"] * 2, "n_errors": [10, 10, 4, 4],
+                      "fixed_fraction": [0.9, 0.0, 0.2, 1.0], "effect": [0.95, 0.0, -1.7, 0.3]})
+    fig = plot_intervention_matrix(t, intended={"drift": "region_restart", "sampling": "greedy"})
+    ax = fig.axes[0]
+    assert np.allclose(ax.images[0].get_array(), [[0.9, 0.0], [0.2, 1.0]]) and len(ax.patches) == 2
+    assert [x.get_text() for x in ax.get_yticklabels()] == ["drift (n=10)", "sampling (n=4)"]
+    fig2 = plot_intervention_matrix(t, value="effect")
+    im = fig2.axes[0].images[0]
+    assert im.get_clim() == (-1, 1) and np.allclose(im.get_array(), [[0.95, 0.0], [-1.0, 0.3]])  # colour clipped
+    assert "-1.70" in [x.get_text() for x in fig2.axes[0].texts]  # the text keeps the value
+    assert fig2.axes[1].get_ylabel() == "reduction beyond the best control"
+    plt.close("all")
