@@ -7,13 +7,15 @@ organisms' errors (leave one organism out); the reliability table and the expect
 equal-width bins) compare it with how often the named stage was right.
 
     python benchmarks/planted_causes.py [--n 40] [--seed 101] [--out runs/planted] [--json]
-        [--fit-calibrator lvlm_probe/tracing/confidence.json]
+        [--fit-calibrator lvlm_probe/tracing/confidence.json] [--confirm]
 
 ``--json`` prints, as the last line, one JSON object: ``balanced_accuracy``, ``level_balanced_accuracy``, ``ece``,
 ``per_organism``, ``reliability``, ``n``, ``seed``, ``holdout`` (per hold-out variant: ``n_errors``, ``recall``,
 ``level_recall``; the variants, planted on other classes, pairs and colours, take no part in the other numbers).
 ``--fit-calibrator PATH`` fits the calibrator on all of this
-run's errors and writes it to PATH (the shipped one was fitted this way on the tuning seed 101).
+run's errors and writes it to PATH (the shipped one was fitted this way on the tuning seed 101). ``--confirm`` runs
+each diagnosis's confirming intervention; the confidence then also reads ``confirmed`` (and ``--fit-calibrator``
+fits that map, kept beside the plain one in PATH).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def main() -> None:
                     help="hold-out variants to report on their own: 'shipped' (those with a checkpoint), 'none', or a "
                          "comma-separated list")
     ap.add_argument("--fit-calibrator", default=None, help="fit the confidence calibrator on this run, write it here")
+    ap.add_argument("--confirm", action="store_true",
+                    help="confirm each diagnosis by intervention; the confidence also reads `confirmed`")
     args = ap.parse_args()
     import pandas as pd
 
@@ -55,7 +59,7 @@ def main() -> None:
         holdouts = [h for h in args.holdouts.split(",") if h and h != "none"]
     if any(h not in HOLDOUT_STAGE for h in holdouts):
         ap.error(f"--holdouts takes hold-out variants {list(HOLDOUT_STAGE)}, 'shipped' or 'none', got {holdouts}")
-    r = planted_cause_benchmark(names, n=args.n, seed=args.seed, holdouts=holdouts)
+    r = planted_cause_benchmark(names, n=args.n, seed=args.seed, holdouts=holdouts, confirm=args.confirm)
     pd.set_option("display.width", 200)
     print("\nplanted stage (rows) x diagnosed stage (columns):")
     print(r["confusion"].to_string())
@@ -74,6 +78,14 @@ def main() -> None:
     print(r["reliability"].round(3).to_string(index=False))
     print(f"expected calibration error: {r['ece']:.3f}   target <= 0.05; confidence separates right from wrong "
           f"stages with AUROC {r['confidence_auroc']:.3f}")
+    if args.confirm:
+        from lvlm_probe.tracing.confirm import confirmation_summary
+
+        e = r["errors"].assign(right=lambda d: d.stage == d.planted_stage)
+        print("\ninterventional confirmation, by diagnosed stage:")
+        print(confirmation_summary(e).round(3).to_string(index=False))
+        print("right-stage share by confirmed:", e.groupby(e.confirmed.astype(str)).right.agg(["size", "mean"])
+              .round(3).to_dict("index"))
     print(f"({time.time() - t0:.0f} s, n={args.n} per organism, seed {args.seed})")
     if args.fit_calibrator:
         from lvlm_probe.tracing.calibration import ConfidenceCalibrator
@@ -81,7 +93,7 @@ def main() -> None:
         e = r["errors"]
         cal = ConfidenceCalibrator(fitted_on=f"benchmarks/planted_causes.py --n {args.n} --seed {args.seed} "
                                              f"({len(e)} planted errors)")
-        cal.fit(e, (e.stage == e.planted_stage).to_numpy()).to_json(args.fit_calibrator)
+        cal.fit(e, (e.stage == e.planted_stage).to_numpy(), confirmation=args.confirm).to_json(args.fit_calibrator)
         print(f"calibrator written to {args.fit_calibrator}: {cal}")
     if args.out:
         out = Path(args.out)
@@ -107,7 +119,7 @@ def main() -> None:
             "balanced_accuracy": r["balanced_accuracy"], "level_balanced_accuracy": r["level_balanced_accuracy"],
             "ece": r["ece"], "confidence_auroc": r["confidence_auroc"], "per_organism": r["per_organism"].to_dict(orient="index"),
             "reliability": r["reliability"].to_dict(orient="records"), "n": args.n, "seed": args.seed,
-            "holdout": r["holdout"].to_dict(orient="index")}))
+            "confirm": args.confirm, "holdout": r["holdout"].to_dict(orient="index")}))
 
 
 if __name__ == "__main__":

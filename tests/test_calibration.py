@@ -97,3 +97,36 @@ def test_plot_reliability():
     fig = plot_reliability(table, ece)
     ax = fig.axes[0]
     assert len(ax.containers[0]) == 3 and "ECE" in ax.get_title()
+
+
+def test_confirmation_features_and_map(tmp_path):
+    """With the interventional confirmation the map reads two more features, and learns from them: here errors
+    whose confirming intervention removed them are right more often."""
+    d = frame(600, seed=2)
+    rng = np.random.default_rng(0)
+    tested = rng.random(len(d)) < 0.7
+    d["confirmed"] = [None if not t else bool(r if rng.random() < 0.8 else not r) for t, r in zip(tested, d.right)]
+    X = confidence_features(d, confirmation=True)
+    assert X.shape == (len(d), 5) and np.array_equal(X[:, :3], confidence_features(d), equal_nan=True)
+    assert np.array_equal(X[:, 3], d.confirmed.map(lambda v: v is True).to_numpy(float))
+    assert np.array_equal(X[:, 4], d.confirmed.map(lambda v: v is False).to_numpy(float))
+    as_read = d.assign(confirmed=d.confirmed.map({True: "True", False: "False", None: np.nan}))  # a CSV read back
+    assert np.array_equal(confidence_features(as_read, confirmation=True), X, equal_nan=True)
+    cal = ConfidenceCalibrator().fit(d, d.right, C=1.0, confirmation=True)
+    assert cal.confirmation and len(cal.coef) == 5 and cal.coef[3] > 0 > cal.coef[4]
+    row = d[(d.stage != UNDETERMINED) & d.confirmed.eq(False)].iloc[0]
+    scores = {s: row[score_column(s)] for s in STAGES}
+    p = cal.predict(d)
+    assert np.isclose(cal.probability(row.stage, scores, 1, confirmed=False), p[d.index.get_loc(row.name)])
+    assert cal.probability(row.stage, scores, 1, confirmed=True) > cal.probability(row.stage, scores, 1, False)
+    # one file holds both maps; writing one keeps the other; an old single-map file reads as the plain map
+    plain = ConfidenceCalibrator((0.5, -1.0, 0.2), 0.3, "plain")
+    plain.to_json(tmp_path / "c.json")
+    cal.to_json(tmp_path / "c.json")
+    assert ConfidenceCalibrator.from_json(tmp_path / "c.json") == plain
+    assert ConfidenceCalibrator.from_json(tmp_path / "c.json", confirmation=True) == cal
+    (tmp_path / "old.json").write_text('{"coef": [1, 2, 3], "intercept": 0.5}')
+    assert ConfidenceCalibrator.from_json(tmp_path / "old.json").coef == (1.0, 2.0, 3.0)
+    with pytest.raises(KeyError, match="--confirm"):
+        ConfidenceCalibrator.from_json(tmp_path / "old.json", confirmation=True)
+    assert not shipped_calibrator().confirmation and shipped_calibrator(confirmation=True).confirmation

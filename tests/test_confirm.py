@@ -1,5 +1,6 @@
 """Interventional confirmation: each diagnosed error's confirming intervention runs on its item."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -22,6 +23,9 @@ def test_sampled_errors_are_confirmed_by_greedy_decoding(tmp_path):
     assert d[d.stage == "undetermined"].confirmed.isna().all()
     s = confirmation_summary(d).set_index("stage")
     assert s.loc["decoding", "tested"] == len(dec)
+    from lvlm_probe.tracing.calibration import shipped_calibrator
+
+    assert np.allclose(d.confidence, shipped_calibrator(confirmation=True).predict(d), equal_nan=True)
     again = lp.diagnose("organism:sampling", items, cfg, out=tmp_path / "run", progress=False)
     assert again.manifest["timings"]["confirm"] == "resumed"
     untested = "not tested"
@@ -35,10 +39,10 @@ def test_stages_without_an_intervention_are_not_tested():
     items = default_items("organism:cooccurrence", n=4, seed=0)
     d = pd.DataFrame({"item_id": [items[0].id, items[0].id], "kind": ["object", "attribute"],
                       "polarity": ["hallucinated"] * 2, "subject": ["square", "circle"], "attribute": [None, "color"],
-                      "stage": ["encoder", "long generation"]})
+                      "stage": ["encoder", "projector"]})
     c = confirm_diagnoses(model, items, d, max_new_tokens=8, progress=False)
     assert c.confirmed.isna().all() and c.confirmed_by.isna().all()
-    assert CONFIRMING["encoder"] is None and CONFIRMING["cooccurrence"] == "vcd"
+    assert CONFIRMING["encoder"] is None and CONFIRMING["projector"] is None and CONFIRMING["cooccurrence"] == "vcd"
 
 
 def test_without_confirm_no_intervention_runs(monkeypatch):
@@ -50,3 +54,17 @@ def test_without_confirm_no_intervention_runs(monkeypatch):
     assert cfg.confirm is False
     rep = lp.diagnose("organism:sampling", default_items("organism:sampling", n=4, seed=3), cfg, progress=False)
     assert len(rep.diagnoses) and "confirmed" not in rep.diagnoses and "confirm" not in rep.manifest["timings"]
+
+
+def test_long_generation_is_confirmed_by_restarting_the_enumeration():
+    """organism:drift drops the middle objects of five-object scenes; a region restart names them."""
+    from lvlm_probe.misalignment import judge_batch
+
+    model = lp.load("organism:drift", device="cpu")
+    items = [it for it in default_items("organism:drift", 16, 1) if it.id.startswith("trig-long")][:3]
+    gen = model.generate(model.prepare_items(items), max_new_tokens=32)
+    errs = judge_batch(gen, items=items)
+    d = errs[errs.polarity == "omitted"].assign(stage="long generation")
+    assert len(d) >= 4
+    c = confirm_diagnoses(model, items, d, max_new_tokens=32, progress=False)
+    assert (c.confirmed_by == "region_restart").all() and c.confirmed.eq(True).all()

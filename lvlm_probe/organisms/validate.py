@@ -58,11 +58,12 @@ def planted_pattern(name: str, d: pd.DataFrame) -> np.ndarray:
 
 
 def planted_errors(name: str, n: int, seed: int, *, thresholds: Thresholds | None = None, clean: Any = None,
-                   progress: bool = False, model: Any = None) -> tuple[pd.DataFrame, Any]:
+                   progress: bool = False, model: Any = None, confirm: bool = False) -> tuple[pd.DataFrame, Any]:
     """Diagnose organism ``name`` on fresh triggering scenes and keep the errors ``clean`` does not make.
 
     ``model`` (an ``LVLM`` or a path) replaces the shipped checkpoint, e.g. the same organism trained at
-    another width; its scenes, planted pattern and planted stage stay those of ``name``.
+    another width; its scenes, planted pattern and planted stage stay those of ``name``. ``confirm``: run each
+    diagnosis's confirming intervention (``confirmed``, :mod:`lvlm_probe.tracing.confirm`).
 
     Returns
     -------
@@ -79,7 +80,7 @@ def planted_errors(name: str, n: int, seed: int, *, thresholds: Thresholds | Non
     world = lp.SceneWorld(spec.world, seed=seed)
     items, _ = trigger_set(name, world, n, seed=seed * 1000 + 11)
     items = [it for it in items if not it.id.endswith("-noise")]
-    cfg = DiagnoseConfig(thresholds=thresholds or Thresholds(), seed=seed, curve_sites=None)
+    cfg = DiagnoseConfig(thresholds=thresholds or Thresholds(), seed=seed, curve_sites=None, confirm=confirm)
     rep = diagnose(model if model is not None else f"organism:{name}", items, cfg, progress=progress)
     clean = clean or lp.load("organism:clean")
     texts = []
@@ -108,8 +109,11 @@ def _per_organism(errors: pd.DataFrame) -> pd.DataFrame:
 
 def planted_cause_benchmark(names: Sequence[str] = tuple(PLANTED_STAGE), *, n: int = 40, seed: int = 101,
                             thresholds: Thresholds | None = None, progress: bool = True,
-                            holdouts: Sequence[str] = ()) -> dict[str, Any]:
+                            holdouts: Sequence[str] = (), confirm: bool = False) -> dict[str, Any]:
     """Confusion of planted vs diagnosed stage (and level) over the zoo, with balanced accuracy.
+
+    ``confirm``: every diagnosis also runs its confirming intervention, and the confidence reads ``confirmed``
+    (:func:`~lvlm_probe.tracing.calibration.confidence_features`).
 
     Returns
     -------
@@ -133,11 +137,11 @@ def planted_cause_benchmark(names: Sequence[str] = tuple(PLANTED_STAGE), *, n: i
     clean = lp.load("organism:clean")
     frames, refs = [], []
     for name in tqdm(list(names), desc="organisms", disable=not progress):
-        d, rep = planted_errors(name, n, seed, thresholds=thresholds, clean=clean)
+        d, rep = planted_errors(name, n, seed, thresholds=thresholds, clean=clean, confirm=confirm)
         frames.append(d)
         refs.append(rep.reference.assign(organism=name))
     errors = pd.concat(frames, ignore_index=True)
-    errors["confidence_loo"] = leave_one_out_confidence(errors)
+    errors["confidence_loo"] = leave_one_out_confidence(errors, confirmation=confirm)
     right = (errors.stage == errors.planted_stage).to_numpy()
     rel, ece = reliability(errors.confidence_loo.to_numpy(), right)
     known = errors.confidence_loo.notna().to_numpy()
@@ -154,7 +158,7 @@ def planted_cause_benchmark(names: Sequence[str] = tuple(PLANTED_STAGE), *, n: i
     crep = diagnose(clean, citems, cfg, progress=False)
     held = []
     for h in tqdm(list(holdouts), desc="hold-out variants", disable=not progress):
-        d, rep = planted_errors(h, n, seed, thresholds=thresholds, clean=clean)
+        d, rep = planted_errors(h, n, seed, thresholds=thresholds, clean=clean, confirm=confirm)
         held.append(d)
         refs.append(rep.reference.assign(organism=h))
     held_errors = pd.concat(held, ignore_index=True) if held else pd.DataFrame()

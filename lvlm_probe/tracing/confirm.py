@@ -10,13 +10,21 @@ stage               confirming intervention
 ==================  ==================================================================================
 a prior stage       VCD (contrast against a noised image): a claim the training prior drives, not the
                     image, should drop (Leng et al., CVPR 2024)
-llm fusion          PAI (amplified image attention, refined against the image-free logits): the model
-                    should now read the image (Liu, Zheng & Chen, ECCV 2024)
+llm fusion          early-layer readout (DeCo-style): the image's fact reaches the LLM but the last layers
+                    override it with the text prior, so mixing in the layer that sees it best should restore
+                    it (Wang et al., ICLR 2025). Chosen over PAI on the matrix's tuning seed: PAI fixes the
+                    attribute prior and the encoder blind spot more than visual neglect, early readout
+                    fixes visual neglect most (docs/interventions.md)
 decoding            greedy decoding: the sampled error should not come back
-long generation     not tested (restarting an enumeration is not implemented)
+long generation     region restart (:class:`~lvlm_probe.interventions.RegionRestart`): describe each region
+                    of the image in a fresh, short enumeration; an object dropped or drifted late in a
+                    long one should now be named
 encoder, projector  not tested: no inference-time intervention is expected to help (the fact never
                     reaches the LLM)
 ==================  ==================================================================================
+
+The same map gives the cause × intervention matrix its ``intended`` column
+(:data:`lvlm_probe.organisms.mitigation.INTENDED`), where each choice is measured against every other cause.
 
 ``confirmed`` is True, False, or None (not tested). A False does not prove the stage wrong: the intervention may
 be too weak for the model (see the cause × intervention matrix in docs/interventions.md).
@@ -34,19 +42,21 @@ from lvlm_probe.data.items import Item
 
 #: Stage -> the intervention (by room name) whose success confirms it; None: not tested.
 CONFIRMING: dict[str, str | None] = {
-    "cooccurrence": "vcd", "attribute prior": "vcd", "relation prior": "vcd", "llm fusion": "pai",
-    "decoding": "greedy", "long generation": None, "encoder": None, "projector": None,
+    "cooccurrence": "vcd", "attribute prior": "vcd", "relation prior": "vcd", "llm fusion": "early_readout",
+    "decoding": "greedy", "long generation": "region_restart", "encoder": None, "projector": None,
 }
 #: What "the same claim" means (a colour error replaced by another wrong colour is not removed).
 SAME_CLAIM = ("item_id", "kind", "polarity", "subject", "attribute")
 
 
 def confirming_interventions() -> dict[str, Any]:
-    """The confirming interventions with their knobs: VCD alpha 3 and PAI alpha 2, gamma 2 (set once on the zoo's
-    tuning seed for the cause × intervention matrix, never per organism); greedy."""
-    from lvlm_probe.interventions import PAI, VCD, Greedy
+    """The confirming interventions with their knobs: VCD alpha 3 (set once on the zoo's tuning seed for the cause
+    × intervention matrix, never per organism); early readout, greedy decoding and region restart (2 x 2) at their
+    defaults."""
+    from lvlm_probe.interventions import VCD, EarlyReadout, Greedy, RegionRestart
 
-    return {"vcd": VCD(alpha=3.0), "pai": PAI(alpha=2.0, gamma=2.0), "greedy": Greedy()}
+    return {"vcd": VCD(alpha=3.0), "early_readout": EarlyReadout(), "greedy": Greedy(),
+            "region_restart": RegionRestart()}
 
 
 def _claim_keys(frame: pd.DataFrame) -> list[tuple[str, ...]]:

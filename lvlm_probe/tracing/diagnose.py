@@ -342,7 +342,8 @@ def _generate(model: LVLM, items: list[Item], cfg: DiagnoseConfig, judge: Judge 
 def _confirmed(model: LVLM, items: list[Item], diagnoses: pd.DataFrame, cfg: DiagnoseConfig, vocabulary: Any,
                progress: bool) -> pd.DataFrame:
     """The diagnoses with ``confirmed`` and ``confirmed_by`` (:func:`~lvlm_probe.tracing.confirm.confirm_diagnoses`)
-    after ``causes``."""
+    after ``causes``, and ``confidence`` from the calibrator that also reads ``confirmed``."""
+    from lvlm_probe.tracing.calibration import shipped_calibrator
     from lvlm_probe.tracing.confirm import confirm_diagnoses
 
     c = confirm_diagnoses(model, items, diagnoses, max_new_tokens=cfg.max_new_tokens, vocabulary=vocabulary,
@@ -351,6 +352,8 @@ def _confirmed(model: LVLM, items: list[Item], diagnoses: pd.DataFrame, cfg: Dia
     at = list(d.columns).index("rule") + 1
     for k, col in enumerate(("confirmed", "confirmed_by")):
         d.insert(at + k, col, c[col])
+    if len(d):
+        d["confidence"] = shipped_calibrator(confirmation=True).predict(d)
     return d
 
 
