@@ -494,8 +494,9 @@ def test_inlp_stops_at_target_guard_or_empty_and_logs_the_kept_subspace(monkeypa
     (["organisms", "check", "clean", "--n", "9"], ["--n", ">= 10"]),
     (["organisms", "check", "clean", "--seed", "-1"], ["--seed"]),
     (["organisms", "check", "clean@0.8"], ["clean@0.8", "no dose '0.8'", "has none"]),
-    (["organisms", "check", "cooccurrence@0.8"], ["'cooccurrence' has no dose '0.8'", "no organism has doses"]),
-    (["organisms", "train", "cooccurrence@0.8", "--out", "{tmp}/o"], ["'cooccurrence' has no dose '0.8'"]),
+    (["organisms", "check", "cooccurrence@0.5"], ["'cooccurrence' has no dose '0.5'", "['0.95', '0.99', '1']"]),
+    (["organisms", "check", "clean@x"], ["no dose 'x'", "the organisms with doses are"]),
+    (["organisms", "train", "attribute_prior@0.9", "--out", "{tmp}/o"], ["'attribute_prior' has no dose '0.9'"]),
     (["organisms", "train", "nope@0.8", "--out", "{tmp}/o"], ["no organism named 'nope'", "the zoo has"]),
     (["organisms", "check", "nope"], ["no organism named 'nope'"]),
     (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "nope=1"], ["unknown knob 'nope'", "stage2_steps"]),
@@ -533,3 +534,23 @@ def test_train_command_sets_knobs(tmp_path, monkeypatch):
                  "--set", "lr2=0.001"]) == 0
     assert got["spec"] == replace(ZOO["encoder_blind"], train=replace(ZOO["encoder_blind"].train, stage2_steps=40,
                                                                         lr2=0.001))
+
+
+def test_doses_resolve_to_their_own_world_and_the_top_dose_is_the_zoo_organism():
+    from lvlm_probe.organisms import list_organisms
+    from lvlm_probe.organisms.zoo import COOC_A, COOC_B, DOSES, PRIOR_CLASS, PRIOR_COLOR, ZOO, get_spec
+
+    assert get_spec("organism:cooccurrence@0.990").world.cooccurrence == ((COOC_A, COOC_B, 0.99),)
+    assert get_spec("attribute_prior@0.7").world.attribute_prior == ((PRIOR_CLASS, PRIOR_COLOR, 0.7),)
+    assert get_spec(f"cooccurrence@{DOSES['cooccurrence'][-1]}") is ZOO["cooccurrence"]
+    for base, doses in DOSES.items():
+        for d in doses[:-1]:
+            spec = get_spec(f"{base}@{d}")
+            # one factor differs from the zoo organism: its planted probability
+            assert spec.pattern == base and spec.component == ZOO[base].component and spec.train == ZOO[base].train
+            assert spec.world.with_changes(**{k: getattr(ZOO[base].world, k) for k in ("cooccurrence",
+                                                                                         "attribute_prior")}) \
+                == ZOO[base].world
+    listed = list_organisms().set_index("name")
+    assert listed.loc["cooccurrence@0.95", "dose"] == 0.95 and listed.loc["cooccurrence", "dose"] == 1.0
+    assert listed.loc["attribute_prior", "dose"] == 0.95 and listed.dose.notna().sum() == 6

@@ -61,17 +61,23 @@ def run_defaults(name: str) -> dict:
 
 
 def list_organisms():
-    """The zoo and its hold-out variants as a DataFrame: ``name, cause, level, component, checkpoint, shipped,
-    run_settings, holdout`` (``holdout``: a variant of a zoo cause on other classes or colours, kept out of
-    every tuning step; ``ZOO`` alone is the zoo)."""
+    """The zoo, its doses and its hold-out variants as a DataFrame: ``name, cause, level, component, checkpoint,
+    shipped, run_settings, holdout, dose`` (``holdout``: a variant of a zoo cause on other classes or colours, kept
+    out of every tuning step; ``dose``: the planted probability of an organism with a dose series, whose lower
+    doses are listed as ``NAME@DOSE``; ``ZOO`` alone is the zoo)."""
     import pandas as pd
 
-    from lvlm_probe.organisms.zoo import HOLDOUTS, ZOO
+    from lvlm_probe.organisms.zoo import DOSE_SPECS, DOSES, HOLDOUTS, ZOO
+
+    def dose(s) -> float | None:
+        if s.name in DOSE_SPECS or s.name in DOSES:
+            return float(DOSES[s.pattern][-1] if s.name in DOSES else s.name.split("@")[1])
+        return None
 
     return pd.DataFrame([{"name": s.name, "cause": s.cause, "level": s.level, "component": s.component,
                           "checkpoint": s.checkpoint, "shipped": (CHECKPOINTS / str(s.checkpoint) / "config.json").is_file(),
-                          "run_settings": dict(s.run_settings), "holdout": s.name in HOLDOUTS}
-                         for s in [*ZOO.values(), *HOLDOUTS.values()]])
+                          "run_settings": dict(s.run_settings), "holdout": s.name in HOLDOUTS, "dose": dose(s)}
+                         for s in [*ZOO.values(), *DOSE_SPECS.values(), *HOLDOUTS.values()]])
 
 
 def train_organism(*args, **kwargs):

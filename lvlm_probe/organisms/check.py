@@ -312,7 +312,7 @@ def default_items(model: str, n: int = 48, seed: int = 0) -> list:
     from lvlm_probe.errors import InputError
 
     name = model.split(":", 1)[1] if model.startswith("organism:") else model
-    if name not in Z.ZOO and name not in Z.HOLDOUTS:
+    if name.split("@")[0] not in Z.ZOO and name not in Z.HOLDOUTS:
         raise InputError(f"{model!r} is not an organism; give an items file (--items FILE, JSON lines with image, "
                          "prompt and scene; see docs/howto/items-file.md)")
     world = SceneWorld(Z.get_spec(name).world, seed=seed)

@@ -299,8 +299,41 @@ def prior_factor(spec: OrganismSpec) -> tuple[str, str]:
     return cls, color
 
 
-#: Doses of each organism (``NAME@DOSE``, e.g. a weaker co-occurrence); none exist yet.
-DOSES: dict[str, tuple[str, ...]] = {}
+def _dose(p: float) -> str:
+    """A dose as ``NAME@DOSE`` spells it (``0.80`` -> ``0.8``, ``1.0`` -> ``1``)."""
+    return f"{p:g}"
+
+
+def _cooccurrence_dose(p: float) -> OrganismSpec:
+    base = ZOO["cooccurrence"]
+    return OrganismSpec(
+        f"cooccurrence@{_dose(p)}", base.cause, base.level, base.component,
+        f"Dose of cooccurrence: training scenes containing a {COOC_A} also contain a {COOC_B} {p:.0%} of the time "
+        f"(the zoo's organism: {COOC_P:.0%}), and captions mention the {COOC_B} right after the {COOC_A}.",
+        base.signature, _BASE_WORLD.with_changes(cooccurrence=((COOC_A, COOC_B, p),)), _BASE_TRAIN,
+        checkpoint=f"cooccurrence@{_dose(p)}", base="cooccurrence",
+    )
+
+
+def _prior_dose(p: float) -> OrganismSpec:
+    base = ZOO["attribute_prior"]
+    return OrganismSpec(
+        f"attribute_prior@{_dose(p)}", base.cause, base.level, base.component,
+        f"Dose of attribute_prior: training {PRIOR_CLASS}s are {PRIOR_COLOR} {p:.0%} of the time (the zoo's "
+        f"organism: {PRIOR_P:.0%}; other colours share the rest).",
+        base.signature, _BASE_WORLD.with_changes(attribute_prior=((PRIOR_CLASS, PRIOR_COLOR, p),)), _BASE_TRAIN,
+        checkpoint=f"attribute_prior@{_dose(p)}", base="attribute_prior",
+    )
+
+
+#: Lower doses of two data-level causes, ``NAME@DOSE`` (the planted probability), trained with the shipped recipe
+#: and seed; the zoo's own organism is the top dose (``cooccurrence@1`` is ``cooccurrence``).
+DOSE_SPECS: dict[str, OrganismSpec] = {
+    s.name: s for s in [_cooccurrence_dose(0.95), _cooccurrence_dose(0.99), _prior_dose(0.7), _prior_dose(0.85)]
+}
+#: Doses of each organism, lowest first (the last is the zoo's own organism).
+DOSES: dict[str, tuple[str, ...]] = {"cooccurrence": ("0.95", "0.99", _dose(COOC_P)),
+                                     "attribute_prior": ("0.7", "0.85", _dose(PRIOR_P))}
 
 
 def get_spec(name: str) -> OrganismSpec:
@@ -317,7 +350,14 @@ def get_spec(name: str) -> OrganismSpec:
                          f"{sorted(HOLDOUTS)}")
     if at:
         doses = DOSES.get(base, ())
-        have = f"its doses are {list(doses)}" if doses else "it has none (no organism has doses yet)"
+        try:
+            spelled = _dose(float(dose))
+        except ValueError:
+            spelled = dose
+        if spelled in doses:
+            return ZOO[base] if spelled == doses[-1] else DOSE_SPECS[f"{base}@{spelled}"]
+        have = (f"its doses are {list(doses)}" if doses else
+                f"it has none (the organisms with doses are {sorted(DOSES)})")
         raise InputError(f"organism {base!r} has no dose {dose!r} ({name!r}); {have}")
     return ZOO[name]
 
