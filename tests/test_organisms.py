@@ -72,7 +72,12 @@ def test_zoo_is_complete():
     assert df.shipped.all(), df[~df.shipped]
 
 
-@pytest.mark.parametrize("ckpt", SHIPPED)
+#: Doses and hold-out variants ship beside the zoo (trained one thread each, several at once, so their recorded
+#: wall time is not the recipe's; the zoo's own checkpoints carry the time budget).
+EXTRA = sorted([*Z.DOSE_SPECS, *Z.HOLDOUTS])
+
+
+@pytest.mark.parametrize("ckpt", SHIPPED + EXTRA)
 def test_checkpoint_is_a_small_real_llava_with_a_card(ckpt):
     path = organism_path(ckpt)
     assert path == CHECKPOINTS / ckpt
@@ -86,7 +91,9 @@ def test_checkpoint_is_a_small_real_llava_with_a_card(ckpt):
     beh = json.loads((path / "behaviour.json").read_text())[ckpt]
     assert f"| {beh['task_accuracy']:.3f} |" in card.replace("task accuracy (mean) ", "")
     meta = json.loads((path / "organism.json").read_text())
-    assert meta["seconds"]["total"] <= 600, "recipe must train in <= 10 min on 2 cores"
+    assert meta["name"] == ckpt
+    if ckpt in SHIPPED:
+        assert meta["seconds"]["total"] <= 600, "recipe must train in <= 10 min on 2 cores"
 
 
 def test_load_by_name_equals_load_by_path(models):
@@ -496,7 +503,7 @@ def test_inlp_stops_at_target_guard_or_empty_and_logs_the_kept_subspace(monkeypa
     (["organisms", "check", "clean@0.8"], ["clean@0.8", "no dose '0.8'", "has none"]),
     (["organisms", "check", "cooccurrence@0.5"], ["'cooccurrence' has no dose '0.5'", "['0.95', '0.99', '1']"]),
     (["organisms", "check", "clean@x"], ["no dose 'x'", "the organisms with doses are"]),
-    (["organisms", "train", "attribute_prior@0.9", "--out", "{tmp}/o"], ["'attribute_prior' has no dose '0.9'"]),
+    (["organisms", "train", "attribute_prior@0.7", "--out", "{tmp}/o"], ["'attribute_prior' has no dose '0.7'"]),
     (["organisms", "train", "nope@0.8", "--out", "{tmp}/o"], ["no organism named 'nope'", "the zoo has"]),
     (["organisms", "check", "nope"], ["no organism named 'nope'"]),
     (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "nope=1"], ["unknown knob 'nope'", "stage2_steps"]),
@@ -538,13 +545,14 @@ def test_train_command_sets_knobs(tmp_path, monkeypatch):
 
 def test_doses_resolve_to_their_own_world_and_the_top_dose_is_the_zoo_organism():
     from lvlm_probe.organisms import list_organisms
-    from lvlm_probe.organisms.zoo import COOC_A, COOC_B, DOSES, PRIOR_CLASS, PRIOR_COLOR, ZOO, get_spec
+    from lvlm_probe.organisms.zoo import COOC_A, COOC_B, DOSES, PRIOR_CLASS, PRIOR_COLOR, ZOO, ZOO_DOSE, get_spec
 
     assert get_spec("organism:cooccurrence@0.990").world.cooccurrence == ((COOC_A, COOC_B, 0.99),)
-    assert get_spec("attribute_prior@0.7").world.attribute_prior == ((PRIOR_CLASS, PRIOR_COLOR, 0.7),)
-    assert get_spec(f"cooccurrence@{DOSES['cooccurrence'][-1]}") is ZOO["cooccurrence"]
+    assert get_spec("attribute_prior@0.85").world.attribute_prior == ((PRIOR_CLASS, PRIOR_COLOR, 0.85),)
+    assert get_spec("cooccurrence@1") is ZOO["cooccurrence"] and get_spec("attribute_prior@0.95") is ZOO["attribute_prior"]
     for base, doses in DOSES.items():
-        for d in doses[:-1]:
+        assert ZOO_DOSE[base] in doses and list(doses) == sorted(doses, key=float)
+        for d in (d for d in doses if d != ZOO_DOSE[base]):
             spec = get_spec(f"{base}@{d}")
             # one factor differs from the zoo organism: its planted probability
             assert spec.pattern == base and spec.component == ZOO[base].component and spec.train == ZOO[base].train
@@ -554,3 +562,17 @@ def test_doses_resolve_to_their_own_world_and_the_top_dose_is_the_zoo_organism()
     listed = list_organisms().set_index("name")
     assert listed.loc["cooccurrence@0.95", "dose"] == 0.95 and listed.loc["cooccurrence", "dose"] == 1.0
     assert listed.loc["attribute_prior", "dose"] == 0.95 and listed.dose.notna().sum() == 6
+
+
+@pytest.mark.parametrize("base", ["cooccurrence", "attribute_prior"])
+def test_planted_error_rate_rises_with_the_dose(base):
+    """Each dose series plants more errors the stronger its planted probability (seed 7, n 100; the cards give
+    seed 1, n 200)."""
+    from lvlm_probe.organisms.zoo import DOSES, get_spec
+
+    names = [f"{base}@{d}" for d in DOSES[base]]
+    missing = [n for n in names if not (CHECKPOINTS / str(get_spec(n).checkpoint) / "config.json").is_file()]
+    if missing:
+        pytest.fail(f"dose checkpoints not shipped: {missing}")
+    rates = [check_organism(n, seed=SEED, n=N, compare_clean=False)["planted_error_rate"] for n in names]
+    assert all(a < b for a, b in zip(rates, rates[1:])), dict(zip(names, rates))

@@ -67,11 +67,11 @@ def list_organisms():
     doses are listed as ``NAME@DOSE``; ``ZOO`` alone is the zoo)."""
     import pandas as pd
 
-    from lvlm_probe.organisms.zoo import DOSE_SPECS, DOSES, HOLDOUTS, ZOO
+    from lvlm_probe.organisms.zoo import DOSE_SPECS, HOLDOUTS, ZOO, ZOO_DOSE
 
     def dose(s) -> float | None:
-        if s.name in DOSE_SPECS or s.name in DOSES:
-            return float(DOSES[s.pattern][-1] if s.name in DOSES else s.name.split("@")[1])
+        if s.name in DOSE_SPECS or s.name in ZOO_DOSE:
+            return float(ZOO_DOSE[s.name] if s.name in ZOO_DOSE else s.name.split("@")[1])
         return None
 
     return pd.DataFrame([{"name": s.name, "cause": s.cause, "level": s.level, "component": s.component,

@@ -27,7 +27,9 @@ CAUSE_CODES_NOTE = (
     "P2 attribute prior, P3 relation prior, P4 encoder blind spot, P5 projector bottleneck, P6 visual neglect, "
     "P7 summary-token over-trust (sink), P8 long-generation drift, P9 decoding. The zoo plants P1, P2, P4, P5, P6, P8 and P9; "
     "P3 and P7 have no organism yet. component: the stage the diagnosis should name; level: data, model or "
-    "inference. 'sampling' is a run setting on the clean checkpoint, not a checkpoint of its own.")
+    "inference. 'sampling' is a run setting on the clean checkpoint, not a checkpoint of its own. dose: the planted "
+    "probability of a dose series, loaded as organism:NAME@DOSE (the zoo organism is one dose of its series). "
+    "holdout: the same cause on other classes or colours, kept out of every tuning step.")
 
 
 def _cmd_card(a: argparse.Namespace) -> int:

@@ -326,14 +326,16 @@ def _prior_dose(p: float) -> OrganismSpec:
     )
 
 
-#: Lower doses of two data-level causes, ``NAME@DOSE`` (the planted probability), trained with the shipped recipe
-#: and seed; the zoo's own organism is the top dose (``cooccurrence@1`` is ``cooccurrence``).
+#: Other doses of two data-level causes, ``NAME@DOSE`` (the planted probability), trained with the shipped recipe
+#: and seed; the zoo's own organism is one dose of its series (``cooccurrence@1`` is ``cooccurrence``).
 DOSE_SPECS: dict[str, OrganismSpec] = {
-    s.name: s for s in [_cooccurrence_dose(0.95), _cooccurrence_dose(0.99), _prior_dose(0.7), _prior_dose(0.85)]
+    s.name: s for s in [_cooccurrence_dose(0.95), _cooccurrence_dose(0.99), _prior_dose(0.85), _prior_dose(0.99)]
 }
-#: Doses of each organism, lowest first (the last is the zoo's own organism).
+#: The dose of each zoo organism that has a series.
+ZOO_DOSE: dict[str, str] = {"cooccurrence": _dose(COOC_P), "attribute_prior": _dose(PRIOR_P)}
+#: Doses of each organism, lowest first (one of them is the zoo's own organism, :data:`ZOO_DOSE`).
 DOSES: dict[str, tuple[str, ...]] = {"cooccurrence": ("0.95", "0.99", _dose(COOC_P)),
-                                     "attribute_prior": ("0.7", "0.85", _dose(PRIOR_P))}
+                                     "attribute_prior": ("0.85", _dose(PRIOR_P), "0.99")}
 
 
 def get_spec(name: str) -> OrganismSpec:
@@ -355,7 +357,7 @@ def get_spec(name: str) -> OrganismSpec:
         except ValueError:
             spelled = dose
         if spelled in doses:
-            return ZOO[base] if spelled == doses[-1] else DOSE_SPECS[f"{base}@{spelled}"]
+            return ZOO[base] if spelled == ZOO_DOSE[base] else DOSE_SPECS[f"{base}@{spelled}"]
         have = (f"its doses are {list(doses)}" if doses else
                 f"it has none (the organisms with doses are {sorted(DOSES)})")
         raise InputError(f"organism {base!r} has no dose {dose!r} ({name!r}); {have}")
