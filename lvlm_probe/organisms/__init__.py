@@ -63,7 +63,7 @@ def run_defaults(name: str) -> dict:
 def list_organisms():
     """The zoo, its doses and its hold-out variants as a DataFrame: ``name, cause, level, component, checkpoint,
     shipped, run_settings, holdout, dose`` (``holdout``: a variant of a zoo cause on other classes or colours, kept
-    out of every tuning step; ``dose``: the planted probability of an organism with a dose series, whose lower
+    out of every tuning step; ``dose``: the planted probability of an organism with a dose series, whose other
     doses are listed as ``NAME@DOSE``; ``ZOO`` alone is the zoo)."""
     import pandas as pd
 

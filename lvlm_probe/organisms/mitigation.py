@@ -169,10 +169,11 @@ def yes_no_control(model: Any, items: Sequence[Any], planted: pd.DataFrame, inte
                    gen_kw: dict, cause: str) -> list[dict]:
     """Yes-ratio-matched control (Yin et al. 2025): per method, its yes-ratio on the organism's yes/no items, the
     greedy first-token shift giving the same ratio (:func:`~lvlm_probe.interventions.yes_ratio_shift`), and the
-    fraction of planted yes/no errors each fixes. ProjectAway is skipped (it needs a word per item)."""
+    fraction of planted yes/no errors each fixes. ProjectAway (it needs a word per item) and RegionRestart (it would
+    join several answers to one question) are skipped."""
     import torch
 
-    from lvlm_probe.interventions import ProjectAway, YesRatioMatched, yes_margins, yes_ratio_shift
+    from lvlm_probe.interventions import ProjectAway, RegionRestart, YesRatioMatched, yes_margins, yes_ratio_shift
     from lvlm_probe.misalignment.readers import read_yes_no
 
     yn = [it for it in items if it.task in ("exists", "relation")]
@@ -184,7 +185,7 @@ def yes_no_control(model: Any, items: Sequence[Any], planted: pd.DataFrame, inte
     margins = torch.cat([yes_margins(model, model.prepare_items(g)) for g in groups])
     rows = []
     for name, meth in interventions.items():
-        if isinstance(meth, ProjectAway):
+        if isinstance(meth, (ProjectAway, RegionRestart)):
             continue
         errs, texts = redecode(model, yn, meth, gen_kw)
         ratio = float(np.mean([read_yes_no(t) == "yes" for t in texts.values()]))

@@ -304,38 +304,35 @@ def _dose(p: float) -> str:
     return f"{p:g}"
 
 
-def _cooccurrence_dose(p: float) -> OrganismSpec:
-    base = ZOO["cooccurrence"]
-    return OrganismSpec(
-        f"cooccurrence@{_dose(p)}", base.cause, base.level, base.component,
-        f"Dose of cooccurrence: training scenes containing a {COOC_A} also contain a {COOC_B} {p:.0%} of the time "
-        f"(the zoo's organism: {COOC_P:.0%}), and captions mention the {COOC_B} right after the {COOC_A}.",
-        base.signature, _BASE_WORLD.with_changes(cooccurrence=((COOC_A, COOC_B, p),)), _BASE_TRAIN,
-        checkpoint=f"cooccurrence@{_dose(p)}", base="cooccurrence",
-    )
+def _dose_spec(name: str, p: float) -> OrganismSpec:
+    """Organism ``name`` (a data-level cause) with planted probability ``p`` instead of its own."""
+    base = ZOO[name]
+    if name == "cooccurrence":
+        planted = (f"Dose of cooccurrence: training scenes containing a {COOC_A} also contain a {COOC_B} {p:.0%} of "
+                   f"the time (the zoo's organism: {COOC_P:.0%}), and captions mention the {COOC_B} right after the "
+                   f"{COOC_A}.")
+        world = _BASE_WORLD.with_changes(cooccurrence=((COOC_A, COOC_B, p),))
+    else:
+        planted = (f"Dose of attribute_prior: training {PRIOR_CLASS}s are {PRIOR_COLOR} {p:.0%} of the time (the "
+                   f"zoo's organism: {PRIOR_P:.0%}; other colours share the rest).")
+        world = _BASE_WORLD.with_changes(attribute_prior=((PRIOR_CLASS, PRIOR_COLOR, p),))
+    return OrganismSpec(f"{name}@{_dose(p)}", base.cause, base.level, base.component, planted, base.signature, world,
+                        _BASE_TRAIN, checkpoint=f"{name}@{_dose(p)}", base=name)
 
 
-def _prior_dose(p: float) -> OrganismSpec:
-    base = ZOO["attribute_prior"]
-    return OrganismSpec(
-        f"attribute_prior@{_dose(p)}", base.cause, base.level, base.component,
-        f"Dose of attribute_prior: training {PRIOR_CLASS}s are {PRIOR_COLOR} {p:.0%} of the time (the zoo's "
-        f"organism: {PRIOR_P:.0%}; other colours share the rest).",
-        base.signature, _BASE_WORLD.with_changes(attribute_prior=((PRIOR_CLASS, PRIOR_COLOR, p),)), _BASE_TRAIN,
-        checkpoint=f"attribute_prior@{_dose(p)}", base="attribute_prior",
-    )
-
-
+#: The dose of each zoo organism that has a series.
+ZOO_DOSE: dict[str, str] = {"cooccurrence": _dose(COOC_P), "attribute_prior": _dose(PRIOR_P)}
 #: Other doses of two data-level causes, ``NAME@DOSE`` (the planted probability), trained with the shipped recipe
 #: and seed; the zoo's own organism is one dose of its series (``cooccurrence@1`` is ``cooccurrence``).
 DOSE_SPECS: dict[str, OrganismSpec] = {
-    s.name: s for s in [_cooccurrence_dose(0.95), _cooccurrence_dose(0.99), _prior_dose(0.85), _prior_dose(0.99)]
+    s.name: s for name, ps in {"cooccurrence": (0.95, 0.99), "attribute_prior": (0.85, 0.99)}.items()
+    for s in (_dose_spec(name, p) for p in ps)
 }
-#: The dose of each zoo organism that has a series.
-ZOO_DOSE: dict[str, str] = {"cooccurrence": _dose(COOC_P), "attribute_prior": _dose(PRIOR_P)}
 #: Doses of each organism, lowest first (one of them is the zoo's own organism, :data:`ZOO_DOSE`).
-DOSES: dict[str, tuple[str, ...]] = {"cooccurrence": ("0.95", "0.99", _dose(COOC_P)),
-                                     "attribute_prior": ("0.85", _dose(PRIOR_P), "0.99")}
+DOSES: dict[str, tuple[str, ...]] = {
+    name: tuple(sorted([own, *(k.split("@")[1] for k in DOSE_SPECS if k.split("@")[0] == name)], key=float))
+    for name, own in ZOO_DOSE.items()
+}
 
 
 def get_spec(name: str) -> OrganismSpec:
