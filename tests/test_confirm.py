@@ -68,3 +68,24 @@ def test_long_generation_is_confirmed_by_restarting_the_enumeration():
     assert len(d) >= 4
     c = confirm_diagnoses(model, items, d, max_new_tokens=32, progress=False)
     assert (c.confirmed_by == "region_restart").all() and c.confirmed.eq(True).all()
+
+
+def test_a_question_left_without_an_answer_is_not_confirmed(monkeypatch):
+    """A colour error "confirmed" by an intervention that makes the model answer "no" would be a dropped answer,
+    not a removed cause: confirmation needs a readable answer (a different, right colour does confirm)."""
+    import types
+
+    import lvlm_probe.interventions as room
+    from lvlm_probe.data.items import Item
+    from lvlm_probe.data.scene import SceneGraph
+
+    scene = SceneGraph.from_dict({"objects": [{"name": "diamond", "attributes": {"color": "green"}}]})
+    item = Item(id="q", image=None, task="attribute", prompt="what color is the diamond ?", scene=scene,
+                meta={"target": "diamond", "attribute": "color"})
+    d = pd.DataFrame({"item_id": ["q"], "kind": ["attribute"], "polarity": ["hallucinated"], "subject": ["diamond"],
+                      "attribute": ["color"], "stage": ["attribute prior"]})
+    fake = types.SimpleNamespace(prepare_items=lambda items: items)
+    for answer, expect in (("no", False), ("green", True), ("yellow", False)):
+        monkeypatch.setattr(room, "decode", lambda *a, _t=answer, **k: types.SimpleNamespace(text=[_t]))
+        c = confirm_diagnoses(fake, [item], d, max_new_tokens=4, progress=False)
+        assert c.confirmed.tolist() == [expect], answer

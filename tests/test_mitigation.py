@@ -33,6 +33,32 @@ def test_a_cell_counts_what_the_method_breaks_as_well_as_what_it_fixes():
     assert np.isnan(none["fixed_fraction"]) and np.isnan(none["reduction"])
 
 
+def test_a_question_left_without_an_answer_is_not_fixed():
+    """A colour question answered "no" (or a yes/no question answered with neither) has no error left but is not
+    fixed; a caption that drops the mention is."""
+    from lvlm_probe.data.items import Item
+    from lvlm_probe.data.scene import SceneGraph
+    from lvlm_probe.misalignment import answers_question, judge_batch
+    from lvlm_probe.organisms.mitigation import unanswered_items
+
+    scene = SceneGraph.from_dict({"objects": [{"name": "diamond", "attributes": {"color": "green"}}]})
+    color = Item(id="q", image=None, task="attribute", prompt="what color is the diamond ?", scene=scene,
+                 meta={"target": "diamond", "attribute": "color"})
+    exists = Item(id="e", image=None, task="exists", prompt="is there a ring ?", scene=scene, meta={"target": "ring"})
+    cap = Item(id="c", image=None, task="caption", prompt="describe the image .", scene=scene)
+    assert [answers_question(t, color) for t in ("yellow", "green", "no", "")] == [True, True, False, False]
+    assert [answers_question(t, exists) for t in ("yes", "no .", "a ring")] == [True, True, False]
+    assert answers_question("", cap)
+    planted = judge_batch(["yellow"], items=[color])
+    assert list(planted.claimed) == ["yellow"]
+    for text, fixed in (("green", 1.0), ("no", 0.0), ("purple", 0.0)):
+        after = judge_batch([text], items=[color])
+        cell = matrix_cells("attribute_prior", "m", planted, after.iloc[:0], after, {"q": "yellow"}, {"q": text},
+                            unanswered_items([color], {"q": text}))
+        assert cell["fixed_fraction"] == fixed, text
+    assert unanswered_items([color, exists, cap], {"q": "no", "e": "maybe", "c": ""}) == {"q", "e"}
+
+
 def test_target_compares_with_causes_the_intervention_is_not_intended_for():
     effect = {"cooccurrence": {"vcd": 0.15, "pai": 0.0}, "attribute_prior": {"vcd": 0.19, "pai": 1.0},
               "visual_neglect": {"vcd": 0.01, "pai": 0.19}, "encoder_blind": {"vcd": 0.02, "pai": np.nan}}

@@ -359,6 +359,25 @@ def _judge_qa(text: str, token_spans: Any, item: Any, truth: _Truth, vocab: Voca
     return []
 
 
+def answers_question(text: str, item: Any, vocabulary: Vocabulary | None = None) -> bool:
+    """Does ``text`` give a readable answer to ``item``'s question?
+
+    Yes/no tasks (``exists``, ``relation``): a "yes" or "no" can be read; ``attribute``: a value of the asked
+    attribute is named. Captions (and items without a QA task) always count as answered. An intervention that
+    turns "yellow" into "no" or into nothing has not fixed the colour question, it has stopped answering it, so
+    a fix of a QA error needs this to be true (the cause × intervention matrix and confirmation read it).
+    """
+    task = getattr(item, "task", None)
+    if task not in QA_TASKS:
+        return True
+    vocab = _vocab(vocabulary)
+    if task in ("exists", "relation"):
+        return yes_no_span(text) is not None
+    meta = _meta_or_prompt(item, vocab)
+    att = vocab.attribute_names.get(str(meta["attribute"]).lower(), str(meta["attribute"]).lower())
+    return attribute_value_span(text, att, vocab) is not None
+
+
 # ------------------------------------------------------------------------------------------------- public
 def judge(generation_or_text: Any, scene: Any = None, *, vocabulary: Vocabulary | None = None, item: Any = None,
           b: int = 0, omissions: bool = True) -> list[Misalignment]:

@@ -146,13 +146,22 @@ def redecode(model: Any, items: Sequence[Any], method: Any, gen_kw: dict, words:
 FIX_KEY = ["item_id", "kind", "polarity", "subject", "attribute"]
 
 
-def _fixed(planted: pd.DataFrame, errors: pd.DataFrame) -> np.ndarray:
-    """Bool [n_planted]: no error about the same claim (:data:`FIX_KEY`) is left among ``errors``."""
+def _fixed(planted: pd.DataFrame, errors: pd.DataFrame, unanswered: frozenset = frozenset()) -> np.ndarray:
+    """Bool [n_planted]: no error about the same claim (:data:`FIX_KEY`) is left among ``errors``, and a question's
+    item is still answered (not in ``unanswered``, see :func:`unanswered_items`)."""
     cols = [c for c in FIX_KEY if c in planted.columns]
-    if not len(errors):
-        return np.ones(len(planted), dtype=bool)
-    now = set(_key_list(errors, cols))
-    return np.array([k not in now for k in _key_list(planted, cols)], dtype=bool)
+    now = set(_key_list(errors, cols)) if len(errors) else set()
+    answered = ~planted.item_id.astype(str).isin(unanswered).to_numpy() if len(planted) else np.zeros(0, dtype=bool)
+    return np.array([k not in now for k in _key_list(planted, cols)], dtype=bool) & answered
+
+
+def unanswered_items(items: Sequence[Any], texts: dict[str, str]) -> frozenset:
+    """Ids of the question items whose new text gives no readable answer
+    (:func:`~lvlm_probe.misalignment.answers_question`): a colour question answered "no", or a yes/no question
+    answered with neither, has no error left but is not fixed."""
+    from lvlm_probe.misalignment import answers_question
+
+    return frozenset(it.id for it in items if it.id in texts and not answers_question(texts[it.id], it))
 
 
 def _claimed_words(errors: pd.DataFrame) -> tuple[str, ...]:
@@ -190,10 +199,11 @@ def yes_no_control(model: Any, items: Sequence[Any], planted: pd.DataFrame, inte
         errs, texts = redecode(model, yn, meth, gen_kw)
         ratio = float(np.mean([read_yes_no(t) == "yes" for t in texts.values()]))
         shift = yes_ratio_shift(margins, ratio)
-        merrs, _ = redecode(model, yn, YesRatioMatched(shift), {"max_new_tokens": gen_kw["max_new_tokens"]})
+        merrs, mtexts = redecode(model, yn, YesRatioMatched(shift), {"max_new_tokens": gen_kw["max_new_tokens"]})
         rows.append({"cause": cause, "intervention": name, "n_yes_no": len(yn), "n_errors": len(pl),
-                     "yes_ratio": ratio, "shift": shift, "method_fixed": float(_fixed(pl, errs).mean()),
-                     "matched_fixed": float(_fixed(pl, merrs).mean())})
+                     "yes_ratio": ratio, "shift": shift,
+                     "method_fixed": float(_fixed(pl, errs, unanswered_items(yn, texts)).mean()),
+                     "matched_fixed": float(_fixed(pl, merrs, unanswered_items(yn, mtexts)).mean())})
     return rows
 
 
@@ -245,7 +255,7 @@ def cause_intervention_matrix(causes: Sequence[str] = CAUSES, *, n: int = 48, se
             kw = {"max_new_tokens": run_kw["max_new_tokens"]} if mname == "greedy" else run_kw
             errs, new = redecode(model, items, meth, kw, words)
             rows.append(matrix_cells(name, mname, planted, planted_only(name, errs, new, items, clean_keys),
-                                     errs, texts, new) | {"seconds": time.time() - t1})
+                                     errs, texts, new, unanswered_items(items, new)) | {"seconds": time.time() - t1})
         yn_rows += yes_no_control(model, items, planted, methods, run_kw, name)
     return _summarise(pd.DataFrame(rows, columns=MATRIX_COLUMNS), pd.DataFrame(yn_rows), list(causes), t0)
 
@@ -274,11 +284,13 @@ def _run_kwargs(model: Any, seed: int) -> dict:
 
 
 def matrix_cells(cause: str, method: str, planted: pd.DataFrame, planted_after: pd.DataFrame,
-                 errors_after: pd.DataFrame, texts: dict[str, str], new_texts: dict[str, str]) -> dict:
+                 errors_after: pd.DataFrame, texts: dict[str, str], new_texts: dict[str, str],
+                 unanswered: frozenset = frozenset()) -> dict:
     """One cell of the matrix.
 
     ``fixed_fraction``: share of the planted errors whose claim (:data:`FIX_KEY`) is no longer wrong (a colour
-    replaced by another wrong colour is not fixed; a dropped mention is, see ``length_ratio``).
+    replaced by another wrong colour is not fixed; a dropped caption mention is, see ``length_ratio``; a question
+    left without a readable answer, ``unanswered`` item ids, is not).
     ``introduced``: errors with the planted pattern after the method, on claims that had none before (what it
     breaks elsewhere, e.g. the prior colour now given for an object that was named right).
     ``reduction``: ``(fixed - introduced) / planted``, the net relative error reduction of methods.md §9.2
@@ -286,7 +298,7 @@ def matrix_cells(cause: str, method: str, planted: pd.DataFrame, planted_after: 
     ``length_ratio``: words generated relative to the original decode.
     """
     n = len(planted)
-    fx = _fixed(planted, errors_after) if n else np.zeros(0, dtype=bool)
+    fx = _fixed(planted, errors_after, unanswered) if n else np.zeros(0, dtype=bool)
     before = _keys(planted.reindex(columns=FIX_KEY)) if n else set()
     after = _key_list(planted_after.reindex(columns=FIX_KEY)) if len(planted_after) else []
     introduced = sum(k not in before for k in after)

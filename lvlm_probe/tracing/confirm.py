@@ -3,7 +3,8 @@
 Every verdict of the cascade is correlational. For a diagnosed error, the intervention that should remove it if
 the named stage is its cause is run on its item (:mod:`lvlm_probe.interventions`, parameter-frozen), the new
 output is judged, and the error is ``confirmed`` when the same claim (same item, kind, polarity, subject and
-attribute) is no longer misaligned:
+attribute) is no longer misaligned and a question still gets a readable answer (a colour question answered "no"
+is not fixed; :func:`~lvlm_probe.misalignment.answers_question`):
 
 ==================  ==================================================================================
 stage               confirming intervention
@@ -84,7 +85,7 @@ def confirm_diagnoses(model: Any, items: Sequence[Item], diagnoses: pd.DataFrame
         name, None when not tested).
     """
     from lvlm_probe.interventions import decode
-    from lvlm_probe.misalignment import judge_batch
+    from lvlm_probe.misalignment import answers_question, judge_batch
 
     out = pd.DataFrame({"confirmed": pd.Series([None] * len(diagnoses), index=diagnoses.index, dtype=object),
                         "confirmed_by": pd.Series([None] * len(diagnoses), index=diagnoses.index, dtype=object)})
@@ -93,14 +94,16 @@ def confirm_diagnoses(model: Any, items: Sequence[Item], diagnoses: pd.DataFrame
     wanted = diagnoses.stage.map(CONFIRMING)
     jobs = sorted({(str(i), m) for i, m in zip(diagnoses.item_id, wanted) if isinstance(m, str)})
     remaining: dict[tuple[str, str], set] = {}
+    answered: dict[tuple[str, str], bool] = {}
     for iid, name in tqdm(jobs, desc="confirm", disable=not progress):
         item = by_id[iid]
         gen = decode(model, model.prepare_items([item]), methods[name], max_new_tokens=max_new_tokens)
         remaining[(iid, name)] = set(_claim_keys(judge_batch(gen, items=[item], vocabulary=vocabulary)))
+        answered[(iid, name)] = answers_question(gen.text[0], item, vocabulary)
     keys = _claim_keys(diagnoses)
     for idx, key, name, iid in zip(diagnoses.index, keys, wanted, diagnoses.item_id.astype(str)):
         if isinstance(name, str):
-            out.at[idx, "confirmed"] = bool(key not in remaining[(iid, name)])
+            out.at[idx, "confirmed"] = bool(key not in remaining[(iid, name)] and answered[(iid, name)])
             out.at[idx, "confirmed_by"] = name
     return out
 
