@@ -89,3 +89,30 @@ def test_a_question_left_without_an_answer_is_not_confirmed(monkeypatch):
         monkeypatch.setattr(room, "decode", lambda *a, _t=answer, **k: types.SimpleNamespace(text=[_t]))
         c = confirm_diagnoses(fake, [item], d, max_new_tokens=4, progress=False)
         assert c.confirmed.tolist() == [expect], answer
+
+
+def test_a_method_the_model_cannot_run_leaves_its_errors_untested(monkeypatch):
+    """Where decode refuses a confirming method on this model (an InputError, e.g. an attention edit the bridge
+    would ignore), its errors are not tested (with a warning naming why) and the other stages are still
+    confirmed."""
+    import types
+
+    import lvlm_probe.interventions as room
+    from lvlm_probe.errors import InputError
+
+    items = default_items("organism:cooccurrence", n=4, seed=0)
+    cap = next(it for it in items if it.task == "caption")
+    d = pd.DataFrame({"item_id": [items[0].id, cap.id], "kind": ["attribute", "object"],
+                      "polarity": ["hallucinated"] * 2, "subject": ["diamond", "square"],
+                      "attribute": ["color", None], "stage": ["attribute prior", "decoding"]})
+
+    def fake(model, batch, method, **kw):
+        if method.name == "vcd":
+            raise InputError("vcd: this model's bridge ignores edits of attention scores")
+        return types.SimpleNamespace(text=["a circle ."])
+
+    monkeypatch.setattr(room, "decode", fake)
+    with pytest.warns(UserWarning, match="confirmation by vcd not tested.*ignores edits"):
+        c = confirm_diagnoses(types.SimpleNamespace(prepare_items=lambda x: x), items, d, max_new_tokens=4,
+                              progress=False)
+    assert c.confirmed.tolist() == [None, True] and c.confirmed_by.tolist() == [None, "greedy"]

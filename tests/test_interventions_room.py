@@ -142,6 +142,9 @@ def test_pai_raises_image_attention_in_hooked_layers_only(llava, one_torch_threa
     base, amp = mass(), mass(PAI(alpha=1.0, layers=(1,)))
     assert amp[1] > base[1] + 1e-3
     assert amp[0] == pytest.approx(base[0], abs=1e-6)
+    nL = llava.adapter.n_llm_layers
+    assert mass(PAI(alpha=1.0, first_layer=1)) == mass(PAI(alpha=1.0, layers=tuple(range(1, nL))))
+    assert mass(PAI(alpha=1.0)) == mass(PAI(alpha=1.0, layers=tuple(range(min(2, nL - 1), nL))))
 
 
 def test_yes_ratio_shift_matches_target(llava, one_torch_thread):

@@ -144,12 +144,13 @@ class PAI(Intervention):
     (log-softmax, the image-free pass without amplification), APC ``beta``. Liu, Zheng & Chen, ECCV 2024,
     https://arxiv.org/abs/2407.21771.
 
-    ``layers`` default: every layer from the third (PAI: 2..31 of 32). Needs a bridge that honours edits of
-    ``blocks.{l}.attn.hook_attn_scores`` (LLaVA family); elsewhere :func:`decode` raises.
+    ``layers`` default: every layer from ``first_layer`` on (PAI: 2..31 of 32). Needs a bridge that honours edits
+    of ``blocks.{l}.attn.hook_attn_scores`` (LLaVA family); elsewhere :func:`decode` raises.
     """
 
     alpha: float = 0.2
     layers: tuple[int, ...] | None = None
+    first_layer: int = 2
     gamma: float = 1.1
     beta: float = 0.1
     name = "pai"
@@ -159,7 +160,7 @@ class PAI(Intervention):
     def session(self, model: Any, batch: Batch) -> Iterator[Step | None]:
         check_fraction("beta", self.beta)
         nL = model.adapter.n_llm_layers
-        layers = llm_layers(model, self.layers, range(min(2, nL - 1), nL))
+        layers = llm_layers(model, self.layers, range(min(self.first_layer, nL - 1), nL))
         state = {"on": True}
         hooks = [(f"blocks.{x}.attn.hook_attn_scores", amplify_image_attention(batch, self.alpha, state))
                  for x in layers]

@@ -47,15 +47,16 @@ def default_interventions() -> dict[str, Any]:
     ``project_away`` is a template: its ``words`` are filled per item with the claimed words of its planted errors
     (detect-then-erase, as Jiang et al. use it).
     """
-    from lvlm_probe.interventions import PAI, VCD, EarlyReadout, Greedy, ImageFreeContrast, ProjectAway, RegionRestart
+    from lvlm_probe.interventions import PAI, ImageFreeContrast, ProjectAway
+    from lvlm_probe.tracing.confirm import confirming_interventions
 
-    # knobs tuned once on seed 0 for the whole zoo (never per organism): VCD alpha 3 (alpha 1 fixed 1 of 14
-    # co-occurrence errors), PAI alpha 2 / gamma 2 on every layer but the first (the zoo's LLMs have 4 layers;
-    # PAI's own 0.2 / 1.1 changed nothing on them). The rest are the papers' defaults.
-    return {"greedy": Greedy(), "vcd": VCD(alpha=3.0), "image_free": ImageFreeContrast(),
-            "pai": PAI(alpha=2.0, gamma=2.0, layers=(1, 2, 3)),
-            "project_away": ProjectAway(words=("_",)), "early_readout": EarlyReadout(),
-            "region_restart": RegionRestart()}
+    # the confirming interventions are the same objects confirmation runs (VCD alpha 3, set once on seed 0 for the
+    # whole zoo); PAI alpha 2 / gamma 2 from the second layer on, also set once on seed 0 (the zoo's LLMs have 4
+    # layers; PAI's own 0.2 / 1.1 from the third changed nothing on them). The rest are the papers' defaults.
+    room = confirming_interventions()
+    return {"greedy": room["greedy"], "vcd": room["vcd"], "image_free": ImageFreeContrast(),
+            "pai": PAI(alpha=2.0, gamma=2.0, first_layer=1), "project_away": ProjectAway(words=("_",)),
+            "early_readout": room["early_readout"], "region_restart": room["region_restart"]}
 
 
 def _by_prompt(items: Sequence[Any]) -> list[list[Any]]:
