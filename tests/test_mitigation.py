@@ -33,30 +33,43 @@ def test_a_cell_counts_what_the_method_breaks_as_well_as_what_it_fixes():
     assert np.isnan(none["fixed_fraction"]) and np.isnan(none["reduction"])
 
 
-def test_a_question_left_without_an_answer_is_not_fixed():
+def test_a_fix_keeps_the_claim_where_it_has_to_be_made():
     """A colour question answered "no" (or a yes/no question answered with neither) has no error left but is not
-    fixed; a caption that drops the mention is."""
+    fixed; nor is a caption's colour error "fixed" by dropping the object or its colour. A hallucinated object
+    dropped from a caption is fixed."""
     from lvlm_probe.data.items import Item
     from lvlm_probe.data.scene import SceneGraph
-    from lvlm_probe.misalignment import answers_question, judge_batch
-    from lvlm_probe.organisms.mitigation import unanswered_items
+    from lvlm_probe.misalignment import answers_question, claims_kept, judge_batch, states_truth
 
-    scene = SceneGraph.from_dict({"objects": [{"name": "diamond", "attributes": {"color": "green"}}]})
+    scene = SceneGraph.from_dict({"objects": [{"name": "diamond", "attributes": {"color": "green", "size": "small"}},
+                                              {"name": "ring", "attributes": {"color": "red", "size": "large"}}]})
     color = Item(id="q", image=None, task="attribute", prompt="what color is the diamond ?", scene=scene,
                  meta={"target": "diamond", "attribute": "color"})
-    exists = Item(id="e", image=None, task="exists", prompt="is there a ring ?", scene=scene, meta={"target": "ring"})
+    exists = Item(id="e", image=None, task="exists", prompt="is there a cross ?", scene=scene,
+                  meta={"target": "cross"})
     cap = Item(id="c", image=None, task="caption", prompt="describe the image .", scene=scene)
     assert [answers_question(t, color) for t in ("yellow", "green", "no", "")] == [True, True, False, False]
     assert [answers_question(t, exists) for t in ("yes", "no .", "a ring")] == [True, True, False]
     assert answers_question("", cap)
-    planted = judge_batch(["yellow"], items=[color])
-    assert list(planted.claimed) == ["yellow"]
-    for text, fixed in (("green", 1.0), ("no", 0.0), ("purple", 0.0)):
-        after = judge_batch([text], items=[color])
-        cell = matrix_cells("attribute_prior", "m", planted, after.iloc[:0], after, {"q": "yellow"}, {"q": text},
-                            unanswered_items([color], {"q": text}))
-        assert cell["fixed_fraction"] == fixed, text
-    assert unanswered_items([color, exists, cap], {"q": "no", "e": "maybe", "c": ""}) == {"q", "e"}
+    assert states_truth("a small green diamond .", "diamond", "color", "green|blue")
+    assert not states_truth("a small diamond .", "diamond", "color", "green")
+    assert not states_truth("the diamond is not green .", "diamond", "color", "green")
+
+    def fixed_after(item, before, after):
+        planted = judge_batch([before], items=[item])
+        new = judge_batch([after], items=[item])
+        cell = matrix_cells("m", "x", planted, new.iloc[:0], new, {item.id: before}, {item.id: after},
+                            claims_kept(planted, [item], {item.id: after}))
+        return cell["fixed_fraction"]
+
+    assert [fixed_after(color, "yellow", t) for t in ("green", "no", "purple")] == [1.0, 0.0, 0.0]
+    assert [fixed_after(exists, "yes", t) for t in ("no", "maybe")] == [1.0, 0.0]
+    cap_before = "a small yellow diamond and a large red ring ."
+    assert fixed_after(cap, cap_before, "a small green diamond and a large red ring .") == 1.0
+    assert fixed_after(cap, cap_before, "a small diamond and a large red ring .") == 0.0  # colour dropped
+    assert fixed_after(cap, cap_before, "a large red ring .") == 0.0  # object dropped
+    assert fixed_after(cap, "a small green diamond , a large red ring and a cross .",
+                       "a small green diamond and a large red ring .") == 1.0  # hallucinated object dropped
 
 
 def test_target_compares_with_causes_the_intervention_is_not_intended_for():

@@ -24,6 +24,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from lvlm_probe.data.scene import GEOMETRIC_RELATIONS, SceneGraph
@@ -376,6 +377,44 @@ def answers_question(text: str, item: Any, vocabulary: Vocabulary | None = None)
     meta = _meta_or_prompt(item, vocab)
     att = vocab.attribute_names.get(str(meta["attribute"]).lower(), str(meta["attribute"]).lower())
     return attribute_value_span(text, att, vocab) is not None
+
+
+def states_truth(text: str, subject: str, attribute: str, truth: Any, vocabulary: Vocabulary | None = None) -> bool:
+    """Does ``text`` state ``subject``'s ``attribute`` with a true value (one of ``truth``, a value or the judge's
+    ``"a|b"`` join)? A fix of an attribute error needs it: a caption that drops the object, or only its colour, has
+    no colour error left but has not been repaired."""
+    if truth is None or (isinstance(truth, float) and truth != truth):
+        return False
+    vocab = _vocab(vocabulary)
+    true = set(str(truth).split("|"))
+    return any(c.kind == "attribute" and not c.negated and c.subject == subject and c.attribute == attribute
+               and c.value in true for c in extract_claims(str(text), vocab))
+
+
+def claims_kept(errors: pd.DataFrame, items: Sequence[Any], texts: dict[str, str],
+                vocabulary: Vocabulary | None = None) -> np.ndarray:
+    """Bool [n_errors]: is each error's claim still made where it has to be, in the new ``texts`` (item id -> text)?
+
+    A question must still get a readable answer (:func:`~lvlm_probe.misalignment.answers_question`: a colour
+    question answered "no" has no error left but is not fixed), and an attribute error in free text needs the true
+    value stated for the same object (:func:`~lvlm_probe.misalignment.states_truth`: a caption that drops the
+    object or its colour is not repaired). A hallucinated object dropped from a caption, or an omitted one now
+    named, is fixed by the error's absence alone. The cause × intervention matrix and interventional confirmation
+    both read it."""
+    if not len(errors):
+        return np.zeros(0, dtype=bool)
+    by_id = {it.id: it for it in items}
+    out = []
+    for r in errors.itertuples(index=False):
+        iid = str(r.item_id)
+        item, text = by_id.get(iid), texts.get(iid, "")
+        if item is not None and item.task in QA_TASKS:
+            out.append(answers_question(text, item, vocabulary))
+        elif r.kind == "attribute" and r.polarity != "omitted":
+            out.append(states_truth(text, r.subject, r.attribute, getattr(r, "truth", None), vocabulary))
+        else:
+            out.append(True)
+    return np.array(out, dtype=bool)
 
 
 # ------------------------------------------------------------------------------------------------- public

@@ -4,10 +4,11 @@ For each organism: generate and judge its default items (:func:`~lvlm_probe.trac
 the **planted errors** (the organism's planted pattern, :func:`~lvlm_probe.organisms.validate.planted_pattern`,
 that the clean organism does not make on the same items), re-decode every item under each intervention and
 re-judge with the same judge. A planted error is *fixed* when the same claim (item, kind, polarity, subject,
-attribute) is no longer misaligned; what the intervention breaks elsewhere (new errors with the planted pattern)
-counts against it in ``reduction``, and ``effect`` is the reduction beyond the best control of the row
-(:func:`matrix_cells`). Methods decode with the organism's own run settings (greedy for all but ``sampling``);
-:class:`~lvlm_probe.interventions.Greedy` re-decodes greedily (the "greedy re-decoding" fix).
+attribute) is no longer misaligned and is still made where it has to be (a question answered, an attribute's
+true value stated: :func:`~lvlm_probe.misalignment.claims_kept`); what the intervention breaks elsewhere (new
+errors with the planted pattern) counts against it in ``reduction``, and ``effect`` is the reduction beyond the
+best control of the row (:func:`matrix_cells`). Methods decode with the organism's own run settings (greedy for
+all but ``sampling``); :class:`~lvlm_probe.interventions.Greedy` re-decodes greedily (the "greedy re-decoding" fix).
 
 Items are decoded in groups of one prompt (equal lengths, no padding), so two-branch arithmetic is exact.
 Expected pattern: methods.md §9.2 ("Expected mitigation effects"); :data:`INTENDED` names, per cause with one,
@@ -23,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from lvlm_probe.misalignment import claims_kept
 from lvlm_probe.organisms.validate import KEY, planted_pattern
 from lvlm_probe.organisms.zoo import get_spec
 from lvlm_probe.tracing.confirm import CONFIRMING
@@ -143,26 +145,17 @@ def redecode(model: Any, items: Sequence[Any], method: Any, gen_kw: dict, words:
 
 
 #: What "the same claim" means for a fix: the same item, kind, polarity, subject and attribute (a colour error
-#: replaced by another wrong colour is not fixed; a mention dropped altogether is, see ``length_ratio``).
+#: replaced by another wrong colour is not fixed; for what else a fix needs, see :func:`~lvlm_probe.misalignment.claims_kept`).
 FIX_KEY = ["item_id", "kind", "polarity", "subject", "attribute"]
 
 
-def _fixed(planted: pd.DataFrame, errors: pd.DataFrame, unanswered: frozenset = frozenset()) -> np.ndarray:
-    """Bool [n_planted]: no error about the same claim (:data:`FIX_KEY`) is left among ``errors``, and a question's
-    item is still answered (not in ``unanswered``, see :func:`unanswered_items`)."""
+def _fixed(planted: pd.DataFrame, errors: pd.DataFrame, kept: np.ndarray | None = None) -> np.ndarray:
+    """Bool [n_planted]: no error about the same claim (:data:`FIX_KEY`) is left among ``errors``, and the claim is
+    still made where it has to be (``kept``, from :func:`~lvlm_probe.misalignment.claims_kept`; default all True)."""
     cols = [c for c in FIX_KEY if c in planted.columns]
     now = set(_key_list(errors, cols)) if len(errors) else set()
-    answered = ~planted.item_id.astype(str).isin(unanswered).to_numpy() if len(planted) else np.zeros(0, dtype=bool)
-    return np.array([k not in now for k in _key_list(planted, cols)], dtype=bool) & answered
-
-
-def unanswered_items(items: Sequence[Any], texts: dict[str, str]) -> frozenset:
-    """Ids of the question items whose new text gives no readable answer
-    (:func:`~lvlm_probe.misalignment.answers_question`): a colour question answered "no", or a yes/no question
-    answered with neither, has no error left but is not fixed."""
-    from lvlm_probe.misalignment import answers_question
-
-    return frozenset(it.id for it in items if it.id in texts and not answers_question(texts[it.id], it))
+    gone = np.array([k not in now for k in _key_list(planted, cols)], dtype=bool)
+    return gone & (np.ones(len(planted), dtype=bool) if kept is None else np.asarray(kept, dtype=bool))
 
 
 def _claimed_words(errors: pd.DataFrame) -> tuple[str, ...]:
@@ -203,8 +196,8 @@ def yes_no_control(model: Any, items: Sequence[Any], planted: pd.DataFrame, inte
         merrs, mtexts = redecode(model, yn, YesRatioMatched(shift), {"max_new_tokens": gen_kw["max_new_tokens"]})
         rows.append({"cause": cause, "intervention": name, "n_yes_no": len(yn), "n_errors": len(pl),
                      "yes_ratio": ratio, "shift": shift,
-                     "method_fixed": float(_fixed(pl, errs, unanswered_items(yn, texts)).mean()),
-                     "matched_fixed": float(_fixed(pl, merrs, unanswered_items(yn, mtexts)).mean())})
+                     "method_fixed": float(_fixed(pl, errs, claims_kept(pl, yn, texts)).mean()),
+                     "matched_fixed": float(_fixed(pl, merrs, claims_kept(pl, yn, mtexts)).mean())})
     return rows
 
 
@@ -256,7 +249,8 @@ def cause_intervention_matrix(causes: Sequence[str] = CAUSES, *, n: int = 48, se
             kw = {"max_new_tokens": run_kw["max_new_tokens"]} if mname == "greedy" else run_kw
             errs, new = redecode(model, items, meth, kw, words)
             rows.append(matrix_cells(name, mname, planted, planted_only(name, errs, new, items, clean_keys),
-                                     errs, texts, new, unanswered_items(items, new)) | {"seconds": time.time() - t1})
+                                     errs, texts, new, claims_kept(planted, items, new))
+                        | {"seconds": time.time() - t1})
         yn_rows += yes_no_control(model, items, planted, methods, run_kw, name)
     return _summarise(pd.DataFrame(rows, columns=MATRIX_COLUMNS), pd.DataFrame(yn_rows), list(causes), t0)
 
@@ -286,12 +280,13 @@ def _run_kwargs(model: Any, seed: int) -> dict:
 
 def matrix_cells(cause: str, method: str, planted: pd.DataFrame, planted_after: pd.DataFrame,
                  errors_after: pd.DataFrame, texts: dict[str, str], new_texts: dict[str, str],
-                 unanswered: frozenset = frozenset()) -> dict:
+                 kept: np.ndarray | None = None) -> dict:
     """One cell of the matrix.
 
     ``fixed_fraction``: share of the planted errors whose claim (:data:`FIX_KEY`) is no longer wrong (a colour
-    replaced by another wrong colour is not fixed; a dropped caption mention is, see ``length_ratio``; a question
-    left without a readable answer, ``unanswered`` item ids, is not).
+    replaced by another wrong colour is not fixed; nor is a claim no longer made where it has to be, ``kept`` from
+    :func:`~lvlm_probe.misalignment.claims_kept`: a question left without an answer, an attribute whose true value is not stated; a
+    hallucinated object dropped from a caption is fixed).
     ``introduced``: errors with the planted pattern after the method, on claims that had none before (what it
     breaks elsewhere, e.g. the prior colour now given for an object that was named right).
     ``reduction``: ``(fixed - introduced) / planted``, the net relative error reduction of methods.md §9.2
@@ -299,7 +294,7 @@ def matrix_cells(cause: str, method: str, planted: pd.DataFrame, planted_after: 
     ``length_ratio``: words generated relative to the original decode.
     """
     n = len(planted)
-    fx = _fixed(planted, errors_after, unanswered) if n else np.zeros(0, dtype=bool)
+    fx = _fixed(planted, errors_after, kept) if n else np.zeros(0, dtype=bool)
     before = _keys(planted.reindex(columns=FIX_KEY)) if n else set()
     after = _key_list(planted_after.reindex(columns=FIX_KEY)) if len(planted_after) else []
     introduced = sum(k not in before for k in after)

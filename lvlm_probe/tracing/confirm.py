@@ -3,8 +3,8 @@
 Every verdict of the cascade is correlational. For a diagnosed error, the intervention that should remove it if
 the named stage is its cause is run on its item (:mod:`lvlm_probe.interventions`, parameter-frozen), the new
 output is judged, and the error is ``confirmed`` when the same claim (same item, kind, polarity, subject and
-attribute) is no longer misaligned and a question still gets a readable answer (a colour question answered "no"
-is not fixed; :func:`~lvlm_probe.misalignment.answers_question`):
+attribute) is no longer misaligned and the claim is still made where it has to be (a question answered, an
+attribute's true value stated; :func:`~lvlm_probe.misalignment.claims_kept`):
 
 ==================  ==================================================================================
 stage               confirming intervention
@@ -91,7 +91,7 @@ def confirm_diagnoses(model: Any, items: Sequence[Item], diagnoses: pd.DataFrame
         name, None when not tested).
     """
     from lvlm_probe.interventions import decode
-    from lvlm_probe.misalignment import answers_question, judge_batch
+    from lvlm_probe.misalignment import claims_kept, judge_batch
 
     out = pd.DataFrame({"confirmed": pd.Series([None] * len(diagnoses), index=diagnoses.index, dtype=object),
                         "confirmed_by": pd.Series([None] * len(diagnoses), index=diagnoses.index, dtype=object)})
@@ -100,7 +100,7 @@ def confirm_diagnoses(model: Any, items: Sequence[Item], diagnoses: pd.DataFrame
     wanted = diagnoses.stage.map(CONFIRMING)
     jobs = sorted({(str(i), m) for i, m in zip(diagnoses.item_id, wanted) if isinstance(m, str)})
     remaining: dict[tuple[str, str], set] = {}
-    answered: dict[tuple[str, str], bool] = {}
+    texts: dict[tuple[str, str], str] = {}
     unsupported: dict[str, str] = {}
     for iid, name in tqdm(jobs, desc="confirm", disable=not progress):
         item = by_id[iid]
@@ -112,13 +112,14 @@ def confirm_diagnoses(model: Any, items: Sequence[Item], diagnoses: pd.DataFrame
             unsupported[name] = str(e)
             continue
         remaining[(iid, name)] = set(_claim_keys(judge_batch(gen, items=[item], vocabulary=vocabulary)))
-        answered[(iid, name)] = answers_question(gen.text[0], item, vocabulary)
+        texts[(iid, name)] = gen.text[0]
     for name, why in unsupported.items():
         warnings.warn(f"confirmation by {name} not tested on this model: {why}", stacklevel=2)
     keys = _claim_keys(diagnoses)
     for idx, key, name, iid in zip(diagnoses.index, keys, wanted, diagnoses.item_id.astype(str)):
         if isinstance(name, str) and name not in unsupported:
-            out.at[idx, "confirmed"] = bool(key not in remaining[(iid, name)] and answered[(iid, name)])
+            kept = claims_kept(diagnoses.loc[[idx]], [by_id[iid]], {iid: texts[(iid, name)]}, vocabulary)[0]
+            out.at[idx, "confirmed"] = bool(key not in remaining[(iid, name)] and kept)
             out.at[idx, "confirmed_by"] = name
     return out
 
