@@ -107,12 +107,12 @@ def test_a_method_the_model_cannot_run_leaves_its_errors_untested(monkeypatch):
                       "attribute": ["color", None], "stage": ["attribute prior", "decoding"]})
 
     def fake(model, batch, method, **kw):
-        if method.name == "vcd":
-            raise InputError("vcd: this model's bridge ignores edits of attention scores")
+        if method.name == "pai":
+            raise InputError("pai: this model's bridge ignores edits of attention scores")
         return types.SimpleNamespace(text=["a circle ."])
 
     monkeypatch.setattr(room, "decode", fake)
-    with pytest.warns(UserWarning, match="confirmation by vcd not tested.*ignores edits"):
+    with pytest.warns(UserWarning, match="confirmation by pai not tested.*ignores edits"):
         c = confirm_diagnoses(types.SimpleNamespace(prepare_items=lambda x: x), items, d, max_new_tokens=4,
                               progress=False)
     assert c.confirmed.tolist() == [None, True] and c.confirmed_by.tolist() == [None, "greedy"]

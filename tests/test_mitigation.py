@@ -83,7 +83,7 @@ def test_target_compares_with_causes_the_intervention_is_not_intended_for():
 
 
 def test_intended_is_the_confirming_intervention_of_each_planted_stage():
-    assert INTENDED == {"cooccurrence": "vcd", "attribute_prior": "vcd", "visual_neglect": "early_readout",
+    assert INTENDED == {"cooccurrence": "vcd", "attribute_prior": "pai", "visual_neglect": "early_readout",
                         "drift": "region_restart", "sampling": "greedy"}
     assert CONFIRMING["long generation"] == "region_restart" and CONFIRMING["encoder"] is None
 

@@ -49,16 +49,15 @@ def default_interventions() -> dict[str, Any]:
     ``project_away`` is a template: its ``words`` are filled per item with the claimed words of its planted errors
     (detect-then-erase, as Jiang et al. use it).
     """
-    from lvlm_probe.interventions import PAI, ImageFreeContrast, ProjectAway
+    from lvlm_probe.interventions import ImageFreeContrast, ProjectAway
     from lvlm_probe.tracing.confirm import confirming_interventions
 
-    # the confirming interventions are the same objects confirmation runs (VCD alpha 3, set once on seed 0 for the
-    # whole zoo); PAI alpha 2 / gamma 2 from the second layer on, also set once on seed 0 (the zoo's LLMs have 4
-    # layers; PAI's own 0.2 / 1.1 from the third changed nothing on them). The rest are the papers' defaults.
+    # the confirming interventions are the same objects confirmation runs (VCD and PAI with the knobs set once on
+    # seed 0 for the whole zoo); the rest at the papers' defaults.
     room = confirming_interventions()
-    return {"greedy": room["greedy"], "vcd": room["vcd"], "image_free": ImageFreeContrast(),
-            "pai": PAI(alpha=2.0, gamma=2.0, first_layer=1), "project_away": ProjectAway(words=("_",)),
-            "early_readout": room["early_readout"], "region_restart": room["region_restart"]}
+    return {"greedy": room["greedy"], "vcd": room["vcd"], "image_free": ImageFreeContrast(), "pai": room["pai"],
+            "project_away": ProjectAway(words=("_",)), "early_readout": room["early_readout"],
+            "region_restart": room["region_restart"]}
 
 
 def _by_prompt(items: Sequence[Any]) -> list[list[Any]]:
