@@ -92,7 +92,7 @@ def main() -> None:
 
         e = r["errors"]
         cal = ConfidenceCalibrator(fitted_on=f"benchmarks/planted_causes.py --n {args.n} --seed {args.seed} "
-                                             f"({len(e)} planted errors)")
+                                             f"({len(e)} planted errors){', --confirm' if args.confirm else ''}")
         cal.fit(e, (e.stage == e.planted_stage).to_numpy(), confirmation=args.confirm).to_json(args.fit_calibrator)
         print(f"calibrator written to {args.fit_calibrator}: {cal}")
     if args.out:

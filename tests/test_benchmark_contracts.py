@@ -44,3 +44,17 @@ def test_cause_interventions_contract():
     assert set(out["matrix"]) == {"sampling", "cooccurrence"}
     assert out["intended"]["sampling"] == "greedy"
     assert all(0 <= v <= 1 for row in out["matrix"].values() for v in row.values())
+
+
+def test_competence_contract():
+    out = last_json("competence.py", "--n", "20", "--seed", "3", "--organisms", "cooccurrence,attribute_prior")
+    assert set(out["off_factor_within"]) == {"cooccurrence", "attribute_prior"}
+    rows = out["table"]
+    assert {r["organism"] for r in rows} == {"clean", "cooccurrence", "attribute_prior"}
+    clean = {r["task"]: r for r in rows if r["organism"] == "clean"}
+    assert all(r["delta"] == 0 and not r["factor"] for r in clean.values())
+    assert {r["task"] for r in rows if r["organism"] == "attribute_prior" and r["factor"]} == \
+        {"caption_exact", "attribute_color"}
+    for r in rows:
+        assert r["delta"] == pytest.approx(r["accuracy"] - clean[r["task"]]["accuracy"])
+        assert r["n_items"] == (4 if r["task"] != "exists" else 6)  # n // 5 per family; POPE: 6 per scene

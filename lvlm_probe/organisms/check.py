@@ -302,6 +302,66 @@ def check_organism(name: str, *, seed: int = 1, n: int = 200, device: str = "cpu
     return result
 
 
+#: Task families each planted factor is expected to touch (issue 20, item 4: off them an organism should be as
+#: competent as ``clean``). Visual neglect and sampling touch every family: one ignores the image, the other
+#: samples every answer. Doses and hold-outs inherit their base organism's entry.
+FACTOR_TASKS: dict[str, tuple[str, ...]] = {
+    "cooccurrence": ("caption_objects", "caption_exact", "exists"),
+    "attribute_prior": ("caption_exact", "attribute_color"),
+    "encoder_blind": ("caption_exact", "attribute_color"),
+    "projector_bottleneck": ("caption_objects", "caption_exact", "attribute_color"),
+    "visual_neglect": ("caption_objects", "caption_exact", "exists", "attribute_color", "attribute_size", "relation"),
+    "drift": ("caption_objects", "caption_exact"),
+    "sampling": ("caption_objects", "caption_exact", "exists", "attribute_color", "attribute_size", "relation"),
+}
+
+
+def competence(names: Sequence[str], *, seed: int = 1, n: int = 1000, device: str = "cpu", progress: bool = False,
+               loader: Callable[[str], Any] | None = None):
+    """Task accuracy of each organism beside ``clean``'s on the same items, per task family.
+
+    Parameters
+    ----------
+    names : sequence of str
+        Organisms (``clean`` is always measured as the reference).
+    seed, n : int
+        Items of :func:`task_items` (``n // 5`` per family; the ±0.05 comparison needs n ≥ 1000).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (organism, task): ``organism, task, accuracy, clean, delta`` (accuracy − clean), ``n_items``,
+        ``factor`` (True where the planted factor is expected to touch the task, :data:`FACTOR_TASKS`).
+    """
+    import pandas as pd
+
+    from lvlm_probe.errors import InputError
+    from lvlm_probe.models.lvlm import load
+
+    if not isinstance(n, int) or isinstance(n, bool) or n < 10:
+        raise InputError(f"n (--n) must be an integer >= 10, got {n!r}")
+    load_fn = loader or (lambda nm: load(f"organism:{nm}", device=device))
+    world = SceneWorld(Z.ZOO["clean"].world, seed=seed)  # the unbiased world: the same items for every organism
+    items = task_items(world, n, seed=seed * 1000 + 7)
+    sizes = {"caption_objects": 0, "caption_exact": 0}
+    for it in items:
+        for fam in (("caption_objects", "caption_exact") if it.task == "caption" else (_family(it),)):
+            sizes[fam] = sizes.get(fam, 0) + 1
+    scores: dict[str, dict[str, float]] = {}
+    for name in tqdm(["clean", *[x for x in names if x != "clean"]], desc="competence", disable=not progress):
+        spec = Z.get_spec(name)
+        gen = dict(spec.run_settings) | ({"seed": seed} if spec.run_settings.get("do_sample") else {})
+        scores[name] = score_tasks(world, items, answer(load_fn(name), items, **gen))
+    ref = scores["clean"]
+    return pd.DataFrame([{"organism": nm, "task": t, "accuracy": a, "clean": ref[t], "delta": a - ref[t],
+                          "n_items": sizes[t], "factor": t in FACTOR_TASKS.get(Z.get_spec(nm).pattern, ())}
+                         for nm in scores for t, a in scores[nm].items()])
+
+
+def _family(item: Item) -> str:
+    return f"attribute_{item.meta['attribute']}" if item.task == "attribute" else str(item.task)
+
+
 def default_items(model: str, n: int = 48, seed: int = 0) -> list:
     """Items for ``organism:NAME`` without an items file: half its triggering scenes, half ordinary captions.
 
