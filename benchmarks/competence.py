@@ -8,7 +8,8 @@ family; at n = 1000 a family's accuracy has a standard error of about 0.03, so s
     python benchmarks/competence.py [--n 1000] [--seed 1] [--organisms a,b] [--tol 0.05] [--json]
 
 With ``--json`` the last line printed is ``{"table": [{organism, task, accuracy, clean, delta, n_items, factor},
-...], "off_factor_within": {organism: bool}, "worst_off_factor": {organism: [task, delta]}, "n", "seed", "tol"}``.
+...], "off_factor_within": {organism: bool, or null where the factor touches every family},
+"worst_off_factor": {organism: [task, delta]}, "n", "seed", "tol"}``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def main() -> None:
     within, worst = {}, {}
     for name in names:
         o = off[off.organism == name]
-        within[name] = bool((o.delta.abs() <= args.tol).all())
+        within[name] = bool((o.delta.abs() <= args.tol).all()) if len(o) else None  # None: the factor touches all
         if len(o):
             w = o.loc[o.delta.abs().idxmax()]
             worst[name] = [str(w.task), round(float(w.delta), 4)]
