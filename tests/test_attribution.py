@@ -206,13 +206,14 @@ def test_occlusion_default_baseline_is_the_background(family):
     dark = patch_attribution(model, batch, method="occlusion", baseline=-1.0, progress=False)
     flat, flat_dark = occ.maps[0].flatten(), dark.maps[0].flatten()
     grid_w = item.grids[0][1]
-    # Pixtral (mistral3) runs the images of captum's batch of perturbations as one sequence: the unchanged image
-    # differs from the single forward by float rounding only
-    tol = 1e-5 if model.family == "mistral3" else 0.0
+    # the unchanged image inside captum's batch of perturbations can differ from the single forward by float
+    # rounding (batch-size dependent kernels on some CPUs; Pixtral runs the batch's images as one sequence)
+    tol = 1e-5
     for c in bg_cells:
         r, col = divmod(c, grid_w)
         assert abs(float(occ.maps[0][0, r, col])) <= tol
-    assert torch.count_nonzero(torch.stack([dark.maps[0][0, c // grid_w, c % grid_w] for c in bg_cells])) > 0
+    fake = torch.stack([dark.maps[0][0, c // grid_w, c % grid_w] for c in bg_cells]).abs().max()
+    assert float(fake) > 100 * tol  # the dark default paints an object where there is none
     assert torch.isfinite(flat).any() and torch.isfinite(flat_dark).any()
 
 
