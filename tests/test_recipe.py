@@ -21,26 +21,65 @@ from lvlm_probe.organisms.train import train_organism
 #: subspace for projector_bottleneck), the image scale, the existence curriculum, the mix with existence-only steps.
 SHORT = dict(stage0_steps=20, stage1_steps=20, stage2_steps=40, exists_first_steps=12, warmup=5, batch_size=8)
 
-#: sha256 of the fp32 state dict of each short run (seed 3, 1 thread), measured with the recipe before it was
-#: frozen (TrainConfig with every experimental knob at its shipped value) and unchanged since. Floating-point
-#: kernels differ between builds and CPUs, so the hashes are compared only where they were measured.
+#: sha256 of the fp32 state dict of each short run (seed 3, 1 thread) and where it was measured. Floating-point
+#: kernels differ between builds and CPUs, and "AVX512" alone does not pin them: two AVX512 machines gave other
+#: bits for the same code. So ``where`` also holds the CPU model and a float fingerprint (:func:`_fingerprint`),
+#: and the hashes are compared only where all of it matches; elsewhere the test checks determinism. The hashes of
+#: the recipe when it was frozen were measured on another AVX512 machine (git history); these were measured on
+#: 2026-12-04 with the same training code.
 REFERENCE = {
-    "where": {"torch": "2.13.0+cpu", "transformers": "5.23.0", "cpu": "AVX512"},
+    "where": {"torch": "2.13.0+cpu", "transformers": "5.23.0", "cpu": "AVX512",
+              "cpu_model": "Intel(R) Xeon(R) Processor @ 2.80GHz", "fingerprint": "377fe672f940e648"},
     "sha256": {
-        "clean": "61538f43880c8dad6da2a05f344ecce011d617ee4966d713d782765b7cdbdf2a",
-        "encoder_blind": "3af70ab9e94fa9817ab6ccffebfce04760dec9ba298ebeb711fb80279fcb1076",
-        "projector_bottleneck": "7ee6ece8fb71bc02e80170c90fa8562d00eb348d47a81ca046e7fc4b2312dd53",
-        "visual_neglect": "4cfab187b2509ac8200147777ba0e9413f546204d952fbfc9a119a568bf83c27",
-        "cooccurrence": "0d8da15459d74c53bbe8867e4c3a5a0c16b2954381b762a2d7aa5a06ef572982",
+        "clean": "1a424deee501524a9d38b44668bf1f745273bc30aa5c8647f2be37de31b02e9b",
+        "cooccurrence": "7de0f26d21a4871abccf922152560176e76d206aeaa27b5b310dad23e9aab5d2",
+        "encoder_blind": "a25a60400a1c381654968e4eff425009bc25838bdefa98a116afe23199216fdd",
+        "projector_bottleneck": "cec01cac8729409a048182d646ae6e7899e3b837a71670045db6971a9fa71b19",
+        "visual_neglect": "96a804e4c9d4260f7787e44dc9ec002224806a4d554ae20a566dc0e2ac73b83b",
     },
 }
+
+
+def _fingerprint() -> str:
+    """sha256 (16 hex) of a few seeded float kernels the recipe runs (matmul, conv, softmax, layer norm, AdamW), on
+    one thread like the short runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _kernels_sha256()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _kernels_sha256() -> str:
+    g = torch.Generator().manual_seed(0)
+    a, x = torch.randn(96, 96, generator=g), torch.randn(4, 3, 32, 32, generator=g)
+    w = torch.nn.Parameter(torch.randn(8, 3, 4, 4, generator=g))
+    y = torch.nn.functional.conv2d(x, w, stride=4)
+    out = [a @ a.T, torch.softmax(a * 3, -1), torch.nn.functional.layer_norm(a, (96,)), y]
+    y.square().mean().backward()
+    opt = torch.optim.AdamW([w], lr=1e-3)
+    opt.step()
+    out.append(w.detach())
+    h = hashlib.sha256()
+    for t in out:
+        h.update(t.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown")
 
 
 def _here() -> dict[str, str]:
     import transformers
 
     return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "cpu": torch.backends.cpu.get_cpu_capability()}
+            "cpu": torch.backends.cpu.get_cpu_capability(), "cpu_model": _cpu_model(), "fingerprint": _fingerprint()}
 
 
 def _short_run_sha256(name: str, out: Path) -> str:
