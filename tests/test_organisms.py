@@ -303,8 +303,13 @@ CARDS = sorted(p.name for p in CHECKPOINTS.iterdir() if (p / "behaviour.json").i
 #: thread count the retrain is bitwise the shipped one on the CPU it was made with; on another CPU float rounding
 #: differs from step 100 on and the run ends elsewhere: ``cooccurrence@0.95`` retrained on another machine kept
 #: its planted rate (0.03 against the card's 0.055) but answered colour 0.925 (card 0.60) and size 0.95 (0.70).
-#: The other families (colour, size, relation, exact captions) are therefore reported, not asserted.
+#: The other families (colour, size, relation, exact captions) are therefore reported, not asserted, except for
+#: ``clean``, the reference every planted rate and competence is read against, which keeps the first version's
+#: bounds (mean task accuracy ±0.05, every family ±0.1; a 1-thread retrain here stayed within them, relation exactly
+#: at the bound: 0.45 against 0.55). Bounds are inclusive up to float rounding (``EPS``).
 RETRAIN_TOL = {"planted_error_rate": 0.1, "caption_objects": 0.1, "exists": 0.1}
+CLEAN_TOL = {"task_accuracy": 0.05, "task": 0.1}
+EPS = 1e-9
 
 
 @pytest.mark.retrain
@@ -319,10 +324,14 @@ def test_full_retrain_reproduces_the_shipped_card(ckpt, tmp_path):
         r = check_organism(name, seed=card["seed"], n=card["n"], compare_clean=False,
                            loader=lambda nm: lp.load(str(out), device="cpu"))
         for k in ("caption_objects", "exists"):
-            assert abs(r["tasks"][k] - card["tasks"][k]) <= RETRAIN_TOL[k], (name, k, r["tasks"][k], card["tasks"][k])
+            assert abs(r["tasks"][k] - card["tasks"][k]) <= RETRAIN_TOL[k] + EPS, (name, k, r["tasks"][k], card["tasks"][k])
         if card.get("planted_error_rate") is not None:
             got = r["planted_error_rate"]
-            assert abs(got - card["planted_error_rate"]) <= RETRAIN_TOL["planted_error_rate"], (name, got, card)
+            assert abs(got - card["planted_error_rate"]) <= RETRAIN_TOL["planted_error_rate"] + EPS, (name, got, card)
+        if name == "clean":
+            assert abs(r["task_accuracy"] - card["task_accuracy"]) <= CLEAN_TOL["task_accuracy"] + EPS, r["tasks"]
+            for k, v in card["tasks"].items():
+                assert abs(r["tasks"][k] - v) <= CLEAN_TOL["task"] + EPS, (k, r["tasks"][k], v)
         moved = {k: round(r["tasks"][k] - v, 3) for k, v in card["tasks"].items() if k not in RETRAIN_TOL}
         warnings.warn(f"{name}: retrain minus card on the unasserted families: {moved}", stacklevel=1)
 

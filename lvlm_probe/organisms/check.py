@@ -343,7 +343,7 @@ def competence(names: Sequence[str], *, seed: int = 1, n: int = 1000, device: st
     load_fn = loader or (lambda nm: load(f"organism:{nm}", device=device))
     world = SceneWorld(Z.ZOO["clean"].world, seed=seed)  # the unbiased world: the same items for every organism
     items = task_items(world, n, seed=seed * 1000 + 7)
-    sizes = {"caption_objects": 0, "caption_exact": 0}
+    sizes: dict[str, int] = {}
     for it in items:
         for fam in (("caption_objects", "caption_exact") if it.task == "caption" else (_family(it),)):
             sizes[fam] = sizes.get(fam, 0) + 1

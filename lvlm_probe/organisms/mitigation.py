@@ -144,7 +144,7 @@ def redecode(model: Any, items: Sequence[Any], method: Any, gen_kw: dict, words:
 
 
 #: What "the same claim" means for a fix: the same item, kind, polarity, subject and attribute (a colour error
-#: replaced by another wrong colour is not fixed; for what else a fix needs, see :func:`~lvlm_probe.misalignment.claims_kept`).
+#: replaced by another wrong colour is not fixed; what else a fix needs: :func:`~lvlm_probe.misalignment.claims_kept`).
 FIX_KEY = ["item_id", "kind", "polarity", "subject", "attribute"]
 
 
@@ -284,8 +284,8 @@ def matrix_cells(cause: str, method: str, planted: pd.DataFrame, planted_after: 
 
     ``fixed_fraction``: share of the planted errors whose claim (:data:`FIX_KEY`) is no longer wrong (a colour
     replaced by another wrong colour is not fixed; nor is a claim no longer made where it has to be, ``kept`` from
-    :func:`~lvlm_probe.misalignment.claims_kept`: a question left without an answer, an attribute whose true value is not stated; a
-    hallucinated object dropped from a caption is fixed).
+    :func:`~lvlm_probe.misalignment.claims_kept`: a question left without an answer, an attribute whose true value
+    is not stated; a hallucinated object dropped from a caption is fixed).
     ``introduced``: errors with the planted pattern after the method, on claims that had none before (what it
     breaks elsewhere, e.g. the prior colour now given for an object that was named right).
     ``reduction``: ``(fixed - introduced) / planted``, the net relative error reduction of methods.md §9.2
