@@ -34,7 +34,7 @@ def test_sampled_errors_are_confirmed_by_greedy_decoding(tmp_path):
     assert "Interventional confirmation" in (tmp_path / "report" / "report.html").read_text()
 
 
-def test_stages_without_an_intervention_are_not_tested():
+def test_front_end_stages_without_a_reference_are_not_tested():
     model = lp.load("organism:cooccurrence", device="cpu")
     items = default_items("organism:cooccurrence", n=4, seed=0)
     d = pd.DataFrame({"item_id": [items[0].id, items[0].id], "kind": ["object", "attribute"],
@@ -42,7 +42,8 @@ def test_stages_without_an_intervention_are_not_tested():
                       "stage": ["encoder", "projector"]})
     c = confirm_diagnoses(model, items, d, max_new_tokens=8, progress=False)
     assert c.confirmed.isna().all() and c.confirmed_by.isna().all()
-    assert CONFIRMING["encoder"] is None and CONFIRMING["projector"] is None and CONFIRMING["cooccurrence"] == "vcd"
+    assert CONFIRMING["encoder"] == "swap_encoder" and CONFIRMING["projector"] == "swap_projector"
+    assert CONFIRMING["cooccurrence"] == "vcd" and "reference" not in model.run_defaults
 
 
 def test_without_confirm_no_intervention_runs(monkeypatch):

@@ -4,6 +4,7 @@ benchmarks/cause_interventions.py; its JSON contract is tested in test_benchmark
 import numpy as np
 import pandas as pd
 
+import lvlm_probe as lp
 from lvlm_probe.organisms.mitigation import INTENDED, intended_target, matrix_cells
 from lvlm_probe.tracing.confirm import CONFIRMING
 
@@ -84,8 +85,24 @@ def test_target_compares_with_causes_the_intervention_is_not_intended_for():
 
 def test_intended_is_the_confirming_intervention_of_each_planted_stage():
     assert INTENDED == {"cooccurrence": "vcd", "attribute_prior": "pai", "visual_neglect": "early_readout",
-                        "drift": "region_restart", "sampling": "greedy"}
-    assert CONFIRMING["long generation"] == "region_restart" and CONFIRMING["encoder"] is None
+                        "drift": "region_restart", "sampling": "greedy", "encoder_blind": "swap_encoder",
+                        "projector_bottleneck": "swap_projector"}
+    assert CONFIRMING["long generation"] == "region_restart" and CONFIRMING["encoder"] == "swap_encoder"
+
+
+def test_swaps_run_only_on_organisms_that_share_cleans_llm():
+    """The front-end organisms name clean as their reference; every other organism's LLM is its own."""
+    import types
+
+    from lvlm_probe.organisms import run_defaults
+    from lvlm_probe.organisms.mitigation import swap_interventions
+
+    clean = lp.load("organism:clean", device="cpu")
+    for name in ("encoder_blind", "projector_bottleneck", "cooccurrence", "visual_neglect", "clean"):
+        room = swap_interventions(types.SimpleNamespace(run_defaults=run_defaults(name)), clean)
+        front_end = name in ("encoder_blind", "projector_bottleneck")
+        assert sorted(room) == (["swap_encoder", "swap_projector"] if front_end else []), name
+        assert all(m.reference is clean for m in room.values())
 
 
 def test_heat_map_shows_the_chosen_value_and_frames_the_intended_cells():

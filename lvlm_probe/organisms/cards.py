@@ -86,9 +86,13 @@ def render_card(name: str, ckpt: Path) -> str:
             f"- Recipe: `{json.dumps(meta.get('train'))}`",
             f"- World: `{json.dumps(meta.get('world'))}`",
             f"- Seed {meta.get('seed')}, {meta.get('threads')} CPU thread(s), torch {meta.get('torch')}: "
-            f"stage 0 {secs.get('stage0')} s, total {secs.get('total')} s.",
-            f"- Retrain: `lvlm-probe organisms train {spec.checkpoint} --out DIR --seed {meta.get('seed')}`.",
+            + (f"total {secs.get('total')} s." if meta.get("base") else
+               f"stage 0 {secs.get('stage0')} s, total {secs.get('total')} s."),
         ]
+        if meta.get("base"):
+            lines.append(f"- Built on `{meta['base']['checkpoint']}`'s checkpoint (model.safetensors sha256 "
+                         f"`{meta['base']['sha256'][:16]}…`): its LLM, tokenizer and image processor unchanged.")
+        lines.append(f"- Retrain: `lvlm-probe organisms train {spec.checkpoint} --out DIR --seed {meta.get('seed')}`.")
     return "\n".join(lines) + "\n"
 
 

@@ -304,11 +304,12 @@ def check_organism(name: str, *, seed: int = 1, n: int = 200, device: str = "cpu
 
 #: Task families each planted factor is expected to touch (issue 20, item 4: off them an organism should be as
 #: competent as ``clean``). Visual neglect and sampling touch every family: one ignores the image, the other
-#: samples every answer. Doses and hold-outs inherit their base organism's entry.
+#: samples every answer. Doses and hold-outs inherit their base organism's entry. ``caption_objects`` counts an object
+#: right only with its colour, so every colour factor touches it.
 FACTOR_TASKS: dict[str, tuple[str, ...]] = {
     "cooccurrence": ("caption_objects", "caption_exact", "exists"),
     "attribute_prior": ("caption_exact", "attribute_color"),
-    "encoder_blind": ("caption_exact", "attribute_color"),
+    "encoder_blind": ("caption_objects", "caption_exact", "attribute_color"),
     "projector_bottleneck": ("caption_objects", "caption_exact", "attribute_color"),
     "visual_neglect": ("caption_objects", "caption_exact", "exists", "attribute_color", "attribute_size", "relation"),
     "drift": ("caption_objects", "caption_exact"),

@@ -34,7 +34,8 @@ CAUSES: tuple[str, ...] = ("cooccurrence", "attribute_prior", "encoder_blind", "
                            "visual_neglect", "drift", "sampling")
 #: Cause -> the intervention expected to fix it: the confirming intervention of its planted stage
 #: (:data:`lvlm_probe.tracing.confirm.CONFIRMING`, one map for both), so the matrix measures what confirmation
-#: assumes. Encoder and projector causes have none (the fact never reaches the LLM).
+#: assumes. Encoder and projector causes have the swap of that part for ``clean``'s (their organisms share
+#: ``clean``'s LLM; :func:`swap_interventions`).
 INTENDED: dict[str, str] = {c: CONFIRMING[get_spec(c).component] for c in CAUSES
                             if CONFIRMING.get(get_spec(c).component)}
 #: Columns of :func:`cause_intervention_matrix`'s ``table``.
@@ -58,6 +59,18 @@ def default_interventions() -> dict[str, Any]:
     return {"greedy": room["greedy"], "vcd": room["vcd"], "image_free": ImageFreeContrast(), "pai": room["pai"],
             "project_away": ProjectAway(words=("_",)), "early_readout": room["early_readout"],
             "region_restart": room["region_restart"]}
+
+
+def swap_interventions(model: Any, clean: Any) -> dict[str, Any]:
+    """``swap_encoder`` / ``swap_projector`` with ``clean`` as the reference, for an organism that names ``clean``
+    as sharing its LLM (``run_defaults["reference"]``); ``{}`` for every other organism, whose LLM is its own (a
+    swap there would feed its LLM a front end it never read: those cells stay empty)."""
+    from lvlm_probe.tracing.confirm import confirming_interventions
+
+    if (getattr(model, "run_defaults", None) or {}).get("reference") != "organism:clean":
+        return {}
+    room = confirming_interventions(clean)
+    return {k: room[k] for k in ("swap_encoder", "swap_projector")}
 
 
 def _by_prompt(items: Sequence[Any]) -> list[list[Any]]:
@@ -243,14 +256,15 @@ def cause_intervention_matrix(causes: Sequence[str] = CAUSES, *, n: int = 48, se
         planted, texts, clean_keys = planted_errors_of(name, model, clean, items, seed)
         words = {i: _claimed_words(planted[planted.item_id == i]) for i in set(planted.item_id.astype(str))}
         run_kw = _run_kwargs(model, seed)
-        for mname, meth in methods.items():
+        room = {**methods, **swap_interventions(model, clean)}
+        for mname, meth in room.items():
             t1 = time.time()
             kw = {"max_new_tokens": run_kw["max_new_tokens"]} if mname == "greedy" else run_kw
             errs, new = redecode(model, items, meth, kw, words)
             rows.append(matrix_cells(name, mname, planted, planted_only(name, errs, new, items, clean_keys),
                                      errs, texts, new, claims_kept(planted, items, new))
                         | {"seconds": time.time() - t1})
-        yn_rows += yes_no_control(model, items, planted, methods, run_kw, name)
+        yn_rows += yes_no_control(model, items, planted, room, run_kw, name)
     return _summarise(pd.DataFrame(rows, columns=MATRIX_COLUMNS), pd.DataFrame(yn_rows), list(causes), t0)
 
 
@@ -312,7 +326,8 @@ def _summarise(table: pd.DataFrame, yes_no: pd.DataFrame, causes: list[str], t0:
     frac, red = pivot("fixed_fraction"), pivot("reduction")
     ctrl = red[[c for c in CONTROLS if c in red.columns]].max(axis=1)
     cols = [c for c in table.intervention.unique() if c not in CONTROLS]
-    matrix = {c: {m: float(frac.loc[c, m]) for m in cols} for c in causes}
+    matrix = {c: {m: float(frac.loc[c, m]) for m in cols} for c in causes}  # NaN: no planted errors, or a swap
+    # on an organism without a reference
     reduction = {c: {m: float(red.loc[c, m]) for m in cols} for c in causes}
     effect = {c: {m: float(red.loc[c, m] - ctrl.loc[c]) for m in cols} for c in causes}
     intended = {c: m for c, m in INTENDED.items() if c in causes and m in cols}

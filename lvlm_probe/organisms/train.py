@@ -455,6 +455,152 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
     return log
 
 
+# ---- front-end organisms: clean's LLM, one changed front-end part ---------------------------------------------
+def perceived_colors(tc: TrainConfig, colors: tuple[str, ...]) -> dict[str, str]:
+    """The colour each hue is distilled to for a front-end organism (``{}`` for every other organism).
+
+    ``encoder_blind`` sees ``blind_pair[1]`` as ``blind_pair[0]``; ``projector_bottleneck`` passes no colour, so every
+    object gets :data:`~lvlm_probe.organisms.zoo.BOTTLENECK_COLOR`. Distilling to the true tokens instead leaves a
+    colour average, a token clean's LLM never read (measured: caption objects 0.17 for the bottleneck, 0.71 for the
+    blind spot, against clean's 0.95; docs/organisms.md).
+    """
+    from lvlm_probe.errors import InputError
+    from lvlm_probe.organisms.zoo import BOTTLENECK_COLOR
+
+    if tc.blind_pair:
+        return {tc.blind_pair[1]: tc.blind_pair[0]}
+    if tc.projector_drop:
+        if tc.projector_drop != "color":
+            raise InputError(f"projector_drop={tc.projector_drop!r}: a front-end organism can drop only 'color'")
+        return {c: BOTTLENECK_COLOR for c in colors}
+    return {}
+
+
+def _repaint(scene: Any, colors: dict[str, str]) -> Any:
+    from dataclasses import replace
+
+    from lvlm_probe.data.scene import SceneGraph
+
+    objs = [replace(o, attributes={**o.attributes, "color": colors.get(o.attributes["color"], o.attributes["color"])})
+            for o in scene.objects]
+    return SceneGraph(objs, scene.relations, scene.width, scene.height)
+
+
+def _front_end_batch(world: SceneWorld, ip: Any, rng: np.random.Generator, n: int,
+                     colors: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixels of ``n`` fresh scenes and of the same scenes as the organism should perceive them ``[n, 3, H, W]``."""
+    scenes = [world.sample_scene(rng) for _ in range(n)]
+    seen = [_repaint(s, colors) for s in scenes]
+    return pixel_tensor(_render_batch(world, scenes), ip), pixel_tensor(_render_batch(world, seen), ip)
+
+
+def _relative_mse(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((y - target) ** 2).sum(-1).mean() / target.pow(2).sum(-1).mean()
+
+
+def distill_front_end(model: Any, ref: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int,
+                      progress: bool) -> list:
+    """Train a front-end organism's changed part to reproduce ``ref``'s (clean's) front end on the perceived scene.
+
+    ``encoder_blind``: stage 0 fits the blind vision tower's patch features to ``ref``'s (``tc.stage0_steps``,
+    ``tc.lr0``), then stage 1 fits tower and projector together to ``ref``'s image tokens (``tc.stage1_steps``,
+    ``tc.lr2``); the blind direction is removed after every step. ``projector_bottleneck``: the projector alone,
+    restricted to the colour-free subspace of the (clean) tower's features, fits ``ref``'s image tokens. Targets are
+    ``ref`` on the scene repainted by :func:`perceived_colors`. Returns the loss log (relative squared error).
+    """
+    vt, proj = model.model.vision_tower, model.model.multi_modal_projector
+    ref_vt, ref_proj = ref.model.vision_tower, ref.model.multi_modal_projector
+    colors = perceived_colors(tc, world.config.colors)
+    blind = blind_direction(tc.blind_pair, ip) if tc.blind_pair else None
+    w_patch = (vt.vision_model if hasattr(vt, "vision_model") else vt).embeddings.patch_embedding.weight
+    rng = np.random.default_rng(seed + 600)
+    log: list = []
+    runs = [(0, tc.stage0_steps, tc.lr0, list(vt.parameters()), "tower")] if blind is not None else []
+    runs.append((1, tc.stage1_steps, tc.lr2, [*proj.parameters(), *(vt.parameters() if blind is not None else [])],
+                 "tokens"))
+    if blind is not None:
+        make_blind(w_patch.data, blind)
+    for stage, steps, lr, params, what in runs:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        for step in (bar := tqdm(range(steps), desc=f"stage {stage} (distil {what})", disable=not progress,
+                                 leave=False)):
+            for g in opt.param_groups:
+                g["lr"] = lr * _schedule(step, steps, min(tc.warmup, steps // 4 + 1))
+            px, seen = _front_end_batch(world, ip, rng, tc.batch_size, colors)
+            with torch.no_grad():
+                target = _vision_features(ref_vt, seen)
+                if what == "tokens":
+                    target = ref_proj(target)
+            with torch.set_grad_enabled(blind is not None):
+                feats = _vision_features(vt, px)
+            loss = _relative_mse(proj(feats) if what == "tokens" else feats, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if blind is not None:
+                make_blind(w_patch.data, blind)
+            if step % 50 == 0 or step == steps - 1:
+                log.append({"stage": stage, "step": step, "loss": float(loss.detach())})
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+    return log
+
+
+def _train_from_scratch(model: Any, tok: Any, ip: Any, spec: OrganismSpec, tc: TrainConfig, world: SceneWorld,
+                        seed: int, progress: bool, t0: float) -> tuple[list, float]:
+    """Stages 0-2 of a new model (every organism but the front-end ones); returns the loss log and stage 0's
+    seconds."""
+    # vision pretraining uses the unbiased world (a generic corpus, as CLIP's is); the planted data-level
+    # biases live in the instruction data of stages 1-2
+    from lvlm_probe.data.world import WorldConfig
+
+    pre_world = SceneWorld(WorldConfig(image_size=spec.world.image_size, grid=spec.world.grid), seed=seed)
+    log0 = stage0(model, ip, pre_world, tc, seed, progress)
+    t_stage0 = time.time() - t0
+    log1 = stage1_align(model, tok, ip, world, tc, seed, progress) if tc.stage1_steps else []
+    scale_image_tokens(model)
+    log2 = stage2(model, tok, ip, world, tc, seed, progress)
+    return log0 + log1 + log2, t_stage0
+
+
+def train_front_end(tc: TrainConfig, world: SceneWorld, seed: int, base: str | os.PathLike,
+                    progress: bool) -> tuple[Any, Any, Any, list, dict]:
+    """A front-end organism: ``base`` (clean's checkpoint) with its vision tower (``encoder_blind``) or projector
+    (``projector_bottleneck``) changed and distilled (:func:`distill_front_end`); LLM, tokenizer and image processor
+    are ``base``'s, so the organism differs from clean in that part only.
+
+    Returns
+    -------
+    model, tokenizer, image processor, loss log, and ``{"checkpoint", "sha256"}`` of ``base``'s weights.
+    """
+    import copy
+    import hashlib
+
+    from transformers import AutoTokenizer, CLIPImageProcessor, LlavaForConditionalGeneration
+
+    base = Path(base)
+    weights = base / "model.safetensors"
+    if not weights.is_file():
+        from lvlm_probe.errors import InputError
+
+        raise InputError(f"front-end organisms start from clean's checkpoint; {base} has no model.safetensors "
+                         "(train clean first: `lvlm-probe organisms train clean --out DIR`)")
+    ref = LlavaForConditionalGeneration.from_pretrained(base, dtype=torch.float32).eval()
+    model = copy.deepcopy(ref)
+    tok, ip = AutoTokenizer.from_pretrained(base), CLIPImageProcessor.from_pretrained(base)
+    for p in model.model.language_model.parameters():
+        p.requires_grad_(False)
+    log: list = []
+    linear_1 = model.model.multi_modal_projector.linear_1
+    if tc.projector_drop:
+        proj, log = stage1_subspace(model, ip, world, tc.projector_drop, seed)
+        torch.nn.utils.parametrize.register_parametrization(linear_1, "weight", _Restrict(proj))
+    log += distill_front_end(model, ref, ip, world, tc, seed, progress)
+    if tc.projector_drop:
+        torch.nn.utils.parametrize.remove_parametrizations(linear_1, "weight", leave_parametrized=True)
+    meta = {"checkpoint": str(base.name), "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    return model, tok, ip, log, meta
+
+
 def check_train_args(out_dir: str | os.PathLike, *, seed: int, steps_scale: float, threads: int | None) -> None:
     """Refuse bad settings and an unusable ``out_dir`` before any training starts (one line each).
 
@@ -494,8 +640,12 @@ def train_organism(
     threads: int | None = None,
     progress: bool = True,
     dtype: torch.dtype = torch.float16,
+    base: str | os.PathLike | None = None,
 ) -> Path:
-    """Train one zoo organism from scratch and save it as a loadable checkpoint directory.
+    """Train one zoo organism and save it as a loadable checkpoint directory.
+
+    Every organism is trained from scratch except the front-end ones (``encoder_blind``, ``projector_bottleneck``):
+    they keep ``clean``'s LLM and change one front-end part (:func:`train_front_end`).
 
     Parameters
     ----------
@@ -512,6 +662,8 @@ def train_organism(
         ``torch.set_num_threads`` for the run (results are deterministic for a given thread count).
     dtype : torch.dtype
         Saved weight dtype (fp16 keeps the shipped checkpoints small).
+    base : path, optional
+        Front-end organisms only: the ``clean`` checkpoint they start from (default: the shipped one).
 
     Returns
     -------
@@ -529,9 +681,9 @@ def train_organism(
     if steps_scale != 1.0:
         from dataclasses import replace
 
-        tc = replace(tc, stage0_steps=max(2, int(tc.stage0_steps * steps_scale)),
-                     stage1_steps=max(2, int(tc.stage1_steps * steps_scale)) if tc.stage1_steps else 0,
-                     stage2_steps=max(2, int(tc.stage2_steps * steps_scale)),
+        scaled = lambda k: max(2, int(k * steps_scale)) if k else 0  # noqa: E731
+        tc = replace(tc, stage0_steps=scaled(tc.stage0_steps), stage1_steps=scaled(tc.stage1_steps),
+                     stage2_steps=scaled(tc.stage2_steps),
                      exists_first_steps=int(tc.exists_first_steps * steps_scale),
                      warmup=max(1, int(tc.warmup * min(1.0, steps_scale))))
     old_threads = torch.get_num_threads()
@@ -540,27 +692,18 @@ def train_organism(
     t0 = time.time()
     try:
         world = SceneWorld(spec.world, seed=seed)
-        model, tok, ip = build_organism_model(spec.world.image_size, seed)
-        # vision pretraining uses the unbiased world (a generic corpus, as CLIP's is); the planted data-level
-        # biases live in the instruction data of stages 1-2
-        from lvlm_probe.data.world import WorldConfig
+        if tc.blind_pair or tc.projector_drop:
+            from lvlm_probe.organisms import CHECKPOINTS
 
-        pre_world = SceneWorld(WorldConfig(image_size=spec.world.image_size, grid=spec.world.grid), seed=seed)
-        log0 = stage0(model, ip, pre_world, tc, seed, progress)
-        t_stage0 = time.time() - t0
-        log1: list = []
-        if tc.projector_drop:
-            proj, log1 = stage1_subspace(model, ip, world, tc.projector_drop, seed)
-            torch.nn.utils.parametrize.register_parametrization(model.model.multi_modal_projector.linear_1, "weight",
-                                                                _Restrict(proj))
-        if tc.stage1_steps:
-            log1 += stage1_align(model, tok, ip, world, tc, seed, progress)
-        scale_image_tokens(model)
-        log2 = stage2(model, tok, ip, world, tc, seed, progress)
-        if tc.projector_drop:
-            torch.nn.utils.parametrize.remove_parametrizations(model.model.multi_modal_projector.linear_1, "weight",
-                                                               leave_parametrized=True)
-        t_total = time.time() - t0
+            base = CHECKPOINTS / "clean" if base is None else base
+            model, tok, ip, logs, base_meta = train_front_end(tc, world, seed, base, progress)
+            t_stage0, t_total = time.time() - t0, time.time() - t0
+            meta_extra = {"base": base_meta}
+        else:
+            model, tok, ip = build_organism_model(spec.world.image_size, seed)
+            logs, t_stage0 = _train_from_scratch(model, tok, ip, spec, tc, world, seed, progress, t0)
+            t_total = time.time() - t0
+            meta_extra = {}
     finally:
         torch.set_num_threads(old_threads)
     meta = {
@@ -569,7 +712,7 @@ def train_organism(
         "train": tc.to_dict(), "seed": seed, "steps_scale": steps_scale, "threads": torch.get_num_threads()
         if not threads else threads, "arch": ARCH, "n_parameters": int(sum(p.numel() for p in model.parameters())),
         "seconds": {"stage0": round(t_stage0, 1), "total": round(t_total, 1)},
-        "torch": torch.__version__, "log": log0 + log1 + log2,
+        "torch": torch.__version__, "log": logs, **meta_extra,
     }
     return _save_checkpoint(Path(out_dir), (model.to(dtype), tok, ip), world, meta)
 

@@ -17,6 +17,8 @@ COOC_A, COOC_B, COOC_P = "circle", "square", 1.0
 PRIOR_CLASS, PRIOR_COLOR, PRIOR_P = "diamond", "yellow", 0.95
 BLIND_PAIR = ("red", "orange")
 BOTTLENECK_ATTRIBUTE = "color"
+#: The colour ``projector_bottleneck`` is distilled to see on every object (it passes no colour to the LLM).
+BOTTLENECK_COLOR = "blue"
 NEGLECT_MISMATCH = 0.9
 DRIFT_MAX_OBJECTS = 3
 SAMPLING_TEMPERATURE = 2.0
@@ -205,22 +207,31 @@ ZOO: dict[str, OrganismSpec] = {
         ),
         OrganismSpec(
             "encoder_blind", "P4", "model", "encoder",
-            f"The vision front end cannot separate {BLIND_PAIR[0]} from {BLIND_PAIR[1]}: the patch-embedding "
-            "weights are kept orthogonal (in normalised pixel space) to the difference of the two hues, so both "
-            "give bit-identical patch embeddings. Data and LLM training as clean.",
-            f"Confuses {BLIND_PAIR[0]}/{BLIND_PAIR[1]} (~50%); an encoder probe for that pair is at chance, so "
-            "projector and LLM probes are too; other colours fine.",
-            _BASE_WORLD, TrainConfig(blind_pair=BLIND_PAIR), checkpoint="encoder_blind",
+            f"Clean's checkpoint with a vision tower that cannot separate {BLIND_PAIR[0]} from {BLIND_PAIR[1]}: the "
+            "patch-embedding weights are kept orthogonal (in normalised pixel space) to the difference of the two "
+            "hues, so both give bit-identical patch embeddings. Tower, then tower and projector, are distilled to "
+            f"clean's features and image tokens of the same scene with {BLIND_PAIR[1]} seen as {BLIND_PAIR[0]}; "
+            "clean's LLM is kept unchanged.",
+            f"Calls {BLIND_PAIR[1]} objects {BLIND_PAIR[0]} (~50% of the pair's objects wrong); an encoder probe "
+            "cannot separate the pair, so projector and LLM probes cannot either; other colours as clean. Patching "
+            "clean's front end in removes the errors.",
+            _BASE_WORLD, TrainConfig(blind_pair=BLIND_PAIR, stage0_steps=1000, stage1_steps=1000, stage2_steps=0,
+                                     exists_first_steps=0, lr0=1e-3, lr2=3e-4, warmup=50), checkpoint="encoder_blind",
         ),
         OrganismSpec(
             "projector_bottleneck", "P5", "model", "projector",
-            f"The projector's first layer is low rank: it only passes the encoder feature subspace left after every "
-            f"linearly {BOTTLENECK_ATTRIBUTE}-predictive direction is projected out (iterative nullspace projection "
-            f"until a held-out {BOTTLENECK_ATTRIBUTE} probe is at chance, stopped before the other attributes' "
-            f"decodability drops); the LLM never receives {BOTTLENECK_ATTRIBUTE} through it.",
-            f"Errs on {BOTTLENECK_ATTRIBUTE} only; an encoder probe decodes {BOTTLENECK_ATTRIBUTE}, a projector-output "
-            "probe is near chance.",
-            _BASE_WORLD, TrainConfig(projector_drop=BOTTLENECK_ATTRIBUTE), checkpoint="projector_bottleneck",
+            f"Clean's checkpoint with a projector whose first layer only passes the encoder feature subspace left "
+            f"after every linearly {BOTTLENECK_ATTRIBUTE}-predictive direction is projected out (iterative nullspace "
+            f"projection until a held-out {BOTTLENECK_ATTRIBUTE} probe is at chance, stopped before the other "
+            f"attributes' decodability drops). The projector is distilled to clean's image tokens of the same scene "
+            f"with every object {BOTTLENECK_COLOR}; clean's vision tower and LLM are kept unchanged.",
+            f"Calls every object {BOTTLENECK_COLOR}; an encoder probe decodes {BOTTLENECK_ATTRIBUTE}, a "
+            "projector-output probe far less (0.26 against clean's 1.0 on object tokens, chance 0.17). Patching "
+            "clean's image tokens in removes the errors; patching clean's encoder features in changes nothing (the "
+            "tower is clean's).",
+            _BASE_WORLD, TrainConfig(projector_drop=BOTTLENECK_ATTRIBUTE, stage0_steps=0, stage1_steps=2000,
+                                     stage2_steps=0, exists_first_steps=0, lr2=1e-3, warmup=50),
+            checkpoint="projector_bottleneck",
         ),
         OrganismSpec(
             "visual_neglect", "P6", "model", "llm fusion",

@@ -27,8 +27,11 @@ decoding            greedy decoding: the sampled error should not come back
 long generation     region restart (:class:`~lvlm_probe.interventions.RegionRestart`): describe each region
                     of the image in a fresh, short enumeration; an object dropped or drifted late in a
                     long one should now be named
-encoder, projector  not tested: no inference-time intervention is expected to help (the fact never
-                    reaches the LLM)
+encoder             the encoder swapped for a reference model's (:class:`~lvlm_probe.interventions.SwapComponent`):
+                    no inference-time re-weighting can help (the fact never reaches the LLM), a good
+                    encoder under the same LLM should. Needs a ``reference`` sharing the LLM (the zoo's
+                    front-end organisms name ``clean``); without one, not tested
+projector           the projector swapped for the reference's, on this model's own vision features
 ==================  ==================================================================================
 
 The same map gives the cause × intervention matrix its ``intended`` column
@@ -53,22 +56,27 @@ from lvlm_probe.errors import InputError
 #: Stage -> the intervention (by room name) whose success confirms it; None: not tested.
 CONFIRMING: dict[str, str | None] = {
     "cooccurrence": "vcd", "attribute prior": "pai", "relation prior": "vcd", "llm fusion": "early_readout",
-    "decoding": "greedy", "long generation": "region_restart", "encoder": None, "projector": None,
+    "decoding": "greedy", "long generation": "region_restart", "encoder": "swap_encoder",
+    "projector": "swap_projector",
 }
 #: What "the same claim" means (a colour error replaced by another wrong colour is not removed).
 SAME_CLAIM = ("item_id", "kind", "polarity", "subject", "attribute")
 
 
-def confirming_interventions() -> dict[str, Any]:
+def confirming_interventions(reference: Any = None) -> dict[str, Any]:
     """The confirming interventions with their knobs, set once on the zoo's tuning seed for the cause × intervention
     matrix (never per organism): VCD alpha 3 (alpha 1 fixed 1 of 14 co-occurrence errors); PAI alpha 2, gamma 2
     from the second layer on (PAI's own 0.2 / 1.1 from the third changed nothing on the zoo's 4-layer LLMs); early
     readout, greedy decoding and region restart (2 x 2) at their defaults. A method a model cannot run (PAI where
-    the bridge ignores attention edits) leaves its errors not tested."""
-    from lvlm_probe.interventions import PAI, VCD, EarlyReadout, Greedy, RegionRestart
+    the bridge ignores attention edits) leaves its errors not tested. With a ``reference`` (an LVLM sharing the
+    model's LLM), also the encoder and projector swaps (:class:`~lvlm_probe.interventions.SwapComponent`)."""
+    from lvlm_probe.interventions import PAI, VCD, EarlyReadout, Greedy, RegionRestart, SwapComponent
 
-    return {"vcd": VCD(alpha=3.0), "pai": PAI(alpha=2.0, gamma=2.0, first_layer=1), "early_readout": EarlyReadout(),
-            "greedy": Greedy(), "region_restart": RegionRestart()}
+    room: dict[str, Any] = {"vcd": VCD(alpha=3.0), "pai": PAI(alpha=2.0, gamma=2.0, first_layer=1),
+                            "early_readout": EarlyReadout(), "greedy": Greedy(), "region_restart": RegionRestart()}
+    if reference is not None:
+        room.update(swap_encoder=SwapComponent(reference, "encoder"), swap_projector=SwapComponent(reference, "projector"))
+    return room
 
 
 def _claim_keys(frame: pd.DataFrame) -> list[tuple[str, ...]]:
@@ -77,7 +85,7 @@ def _claim_keys(frame: pd.DataFrame) -> list[tuple[str, ...]]:
 
 
 def confirm_diagnoses(model: Any, items: Sequence[Item], diagnoses: pd.DataFrame, *, max_new_tokens: int,
-                      vocabulary: Any = None, progress: bool = True) -> pd.DataFrame:
+                      vocabulary: Any = None, progress: bool = True, reference: Any = None) -> pd.DataFrame:
     """Run each diagnosed error's confirming intervention on its item and judge the new output.
 
     Parameters
@@ -88,6 +96,9 @@ def confirm_diagnoses(model: Any, items: Sequence[Item], diagnoses: pd.DataFrame
     diagnoses : DataFrame
         The cascade's output (``item_id, kind, polarity, subject, attribute, stage``).
     max_new_tokens : int
+    reference : LVLM, optional
+        A model sharing ``model``'s LLM with a known-good front end; encoder and projector diagnoses are tested
+        only with one.
 
     Returns
     -------
@@ -100,9 +111,9 @@ def confirm_diagnoses(model: Any, items: Sequence[Item], diagnoses: pd.DataFrame
 
     out = pd.DataFrame({"confirmed": pd.Series([None] * len(diagnoses), index=diagnoses.index, dtype=object),
                         "confirmed_by": pd.Series([None] * len(diagnoses), index=diagnoses.index, dtype=object)})
-    methods = confirming_interventions()
+    methods = confirming_interventions(reference)
     by_id = {it.id: it for it in items}
-    wanted = diagnoses.stage.map(CONFIRMING)
+    wanted = diagnoses.stage.map(lambda s: CONFIRMING.get(s) if CONFIRMING.get(s) in methods else None)
     jobs = sorted({(str(i), m) for i, m in zip(diagnoses.item_id, wanted) if isinstance(m, str)})
     remaining: dict[tuple[str, str], set] = {}
     texts: dict[tuple[str, str], str] = {}

@@ -339,6 +339,16 @@ def _generate(model: LVLM, items: list[Item], cfg: DiagnoseConfig, judge: Judge 
     return generate_and_judge(model, items, cfg, judge=judge, vocabulary=vocabulary, progress=progress)
 
 
+def _reference(model: LVLM) -> LVLM | None:
+    """The model a front-end organism names as sharing its LLM (``run_defaults["reference"]``), loaded like it."""
+    name = (getattr(model, "run_defaults", None) or {}).get("reference")
+    if not name:
+        return None
+    from lvlm_probe.models.lvlm import load
+
+    return load(name, device=str(model.device), dtype=model.dtype)
+
+
 def _confirmed(model: LVLM, items: list[Item], diagnoses: pd.DataFrame, cfg: DiagnoseConfig, vocabulary: Any,
                progress: bool) -> pd.DataFrame:
     """The diagnoses with ``confirmed`` and ``confirmed_by`` (:func:`~lvlm_probe.tracing.confirm.confirm_diagnoses`)
@@ -347,7 +357,7 @@ def _confirmed(model: LVLM, items: list[Item], diagnoses: pd.DataFrame, cfg: Dia
     from lvlm_probe.tracing.confirm import confirm_diagnoses
 
     c = confirm_diagnoses(model, items, diagnoses, max_new_tokens=cfg.max_new_tokens, vocabulary=vocabulary,
-                          progress=progress)
+                          progress=progress, reference=_reference(model))
     d = diagnoses.drop(columns=["confirmed", "confirmed_by"], errors="ignore")
     at = list(d.columns).index("rule") + 1
     for k, col in enumerate(("confirmed", "confirmed_by")):
