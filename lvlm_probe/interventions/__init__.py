@@ -24,5 +24,6 @@ METHODS = {c.name: c for c in (Greedy, PlausibilityOnly, VCD, ImageFreeContrast,
                                RegionRestart, YesRatioMatched)}
 
 __all__ = ["METHODS", "EarlyReadout", "Greedy", "ImageFreeContrast", "Intervention", "PAI", "PlausibilityOnly",
-           "ProjectAway", "RegionRestart", "SwapComponent", "VCD", "YesRatioMatched", "amplify_image_attention", "apc",
-           "aux_logits", "decode", "diffusion_noise", "image_blind", "region_views", "word_direction", "yes_margins", "yes_ratio_shift"]
+           "ProjectAway", "RegionRestart", "SwapComponent", "VCD", "YesRatioMatched", "amplify_image_attention",
+           "apc", "aux_logits", "decode", "diffusion_noise", "image_blind", "region_views", "word_direction",
+           "yes_margins", "yes_ratio_shift"]
