@@ -137,7 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu-smoke", action="store_true", help="same code path, tiny shape, CPU only (CI)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds after one warm-up (default 5; smoke 2)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the table's rows as JSON")
-    p.add_argument("--tmp", default=None, help="folder for the temporary model and stores (default: system temp)")
+    p.add_argument("--tmp", default=None,
+                   help="folder for the temporary model and stores (created if missing; default: system temp)")
     args = p.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         p.error("--repeats must be >= 1")
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         ("gpu tests", phase_gpu_tests), ("overhead", phase_overhead), ("stores", phase_stores),
         ("distributed", phase_distributed)]
     rows: list[Row] = []
+    if args.tmp:
+        Path(args.tmp).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lvlm_probe_gpu_check_", dir=args.tmp) as tmp:
         ws = Workspace(Path(tmp), mode)
         for k, (name, fn) in enumerate(phases, 1):

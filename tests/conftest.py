@@ -230,6 +230,12 @@ def hf_processor(model_dir, model):
                             tokenizer=AutoTokenizer.from_pretrained(model_dir), video_processor=None, **settings)
         finally:
             ProcessorMixin.check_argument_for_proper_class = orig
+    ip = getattr(proc, "image_processor", None)
+    if ip is not None and not type(ip).__name__.endswith("Pil"):
+        # where torchvision imports, AutoProcessor picks the torchvision ("fast") image processor; lvlm_probe always
+        # uses HF's PIL one (docs/families.md, "torchvision"), whose pixels differ (up to 0.015 after normalisation
+        # on the tiny LLaVA, measured on a GPU machine with torchvision), so parity is judged against that one
+        proc.image_processor = AutoImageProcessor.from_pretrained(model_dir, backend="pil")
     proc.tokenizer.padding_side = "left"
     if proc.chat_template is None:
         proc.chat_template = model.chat_template
