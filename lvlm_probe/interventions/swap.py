@@ -33,18 +33,14 @@ PARTS = ("encoder", "projector")
 
 
 def _projector(model: Any) -> torch.nn.Module:
-    """The raw HF projector module of ``model`` (the adapter's, else the HF model's ``multi_modal_projector``)."""
+    """The raw HF projector module of ``model``, as its family adapter names it."""
     from lvlm_probe.errors import UnsupportedModelError
 
     try:
         return model.adapter.projector_module()
     except UnsupportedModelError:
-        inner = getattr(model.hf_model, "model", model.hf_model)
-        found = getattr(inner, "multi_modal_projector", None)
-        if found is None:
-            raise InputError(f"SwapComponent: cannot find the projector module of {model.family}; swap the encoder "
-                             "instead") from None
-        return found
+        raise InputError(f"SwapComponent: the {model.family} adapter does not name its projector module; swap the "
+                         "encoder instead") from None
 
 
 @dataclass(frozen=True, eq=False)

@@ -82,6 +82,10 @@ class LlavaAdapter(LlavaConfigFacts, FamilyAdapter):
         """The Llama-style LM's final RMSNorm, ``model.language_model.norm``."""
         return _unwrap(self.hf_model.model.language_model.norm)
 
+    def projector_module(self) -> torch.nn.Module:
+        """``model.multi_modal_projector`` (the two-layer MLP; its input: the selected vision features)."""
+        return _unwrap(self.hf_model.model.multi_modal_projector)
+
     def image_token_coords(self, grid: tuple[int, int], n_tokens: int) -> list[tuple[int, int]]:
         """(row, col) of each of one image's LLM tokens, in sequence order ((-1, -1) for CLS)."""
         h, w = grid
