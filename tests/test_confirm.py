@@ -117,3 +117,27 @@ def test_a_method_the_model_cannot_run_leaves_its_errors_untested(monkeypatch):
         c = confirm_diagnoses(types.SimpleNamespace(prepare_items=lambda x: x), items, d, max_new_tokens=4,
                               progress=False)
     assert c.confirmed.tolist() == [None, True] and c.confirmed_by.tolist() == [None, "greedy"]
+
+
+def test_front_end_errors_are_confirmed_by_swapping_the_part_back():
+    """encoder_blind shares clean's LLM: its blind-spot errors go away under the encoder swap, not the projector
+    swap; diagnose loads clean as the reference from the run defaults."""
+    from lvlm_probe.organisms.mitigation import planted_errors_of
+    from lvlm_probe.tracing.diagnose import _reference
+
+    model = lp.load("organism:encoder_blind", device="cpu")
+    clean = _reference(model)
+    assert clean is not None and model.run_defaults["reference"] == "organism:clean"
+    assert _reference(lp.load("organism:cooccurrence", device="cpu")) is None
+    items = default_items("organism:encoder_blind", n=16, seed=1)
+    planted, _, _ = planted_errors_of("encoder_blind", model, clean, items, seed=1)
+    assert len(planted) >= 5
+    for stage, want in (("encoder", "swap_encoder"), ("projector", "swap_projector")):
+        d = planted.assign(stage=stage)
+        c = confirm_diagnoses(model, items, d, max_new_tokens=64, progress=False, reference=clean)
+        assert (c.confirmed_by == want).all()
+        share = c.confirmed.eq(True).mean()
+        assert share >= 0.8 if stage == "encoder" else share <= 0.1, (stage, share)
+    keys_only = planted[["item_id", "kind", "polarity", "subject", "attribute"]].assign(stage="encoder")
+    with pytest.raises(lp.InputError, match="needs its 'truth' column"):
+        confirm_diagnoses(model, items, keys_only, max_new_tokens=64, progress=False, reference=clean)

@@ -411,6 +411,12 @@ def claims_kept(errors: pd.DataFrame, items: Sequence[Any], texts: dict[str, str
         if item is not None and item.task in QA_TASKS:
             out.append(answers_question(text, item, vocabulary))
         elif r.kind == "attribute" and r.polarity != "omitted":
+            if "truth" not in errors.columns:
+                from lvlm_probe.errors import InputError
+
+                raise InputError(f"claims_kept: the attribute error on item {iid!r} needs its 'truth' column (the "
+                                 "judge's output has it) to check that the true value is stated; pass the judged "
+                                 "errors, not only their keys")
             out.append(states_truth(text, r.subject, r.attribute, getattr(r, "truth", None), vocabulary))
         else:
             out.append(True)

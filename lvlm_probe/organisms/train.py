@@ -697,12 +697,12 @@ def train_organism(
 
             base = CHECKPOINTS / "clean" if base is None else base
             model, tok, ip, logs, base_meta = train_front_end(tc, world, seed, base, progress)
-            t_stage0, t_total = time.time() - t0, time.time() - t0
+            seconds = {"total": round(time.time() - t0, 1)}
             meta_extra = {"base": base_meta}
         else:
             model, tok, ip = build_organism_model(spec.world.image_size, seed)
             logs, t_stage0 = _train_from_scratch(model, tok, ip, spec, tc, world, seed, progress, t0)
-            t_total = time.time() - t0
+            seconds = {"stage0": round(t_stage0, 1), "total": round(time.time() - t0, 1)}
             meta_extra = {}
     finally:
         torch.set_num_threads(old_threads)
@@ -711,7 +711,7 @@ def train_organism(
         "planted": spec.planted, "signature": spec.signature, "world": spec.world.to_dict(),
         "train": tc.to_dict(), "seed": seed, "steps_scale": steps_scale, "threads": torch.get_num_threads()
         if not threads else threads, "arch": ARCH, "n_parameters": int(sum(p.numel() for p in model.parameters())),
-        "seconds": {"stage0": round(t_stage0, 1), "total": round(t_total, 1)},
+        "seconds": seconds,
         "torch": torch.__version__, "log": logs, **meta_extra,
     }
     return _save_checkpoint(Path(out_dir), (model.to(dtype), tok, ip), world, meta)
