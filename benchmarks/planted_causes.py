@@ -111,7 +111,8 @@ def main() -> None:
         save_figure(plot_confusion(r["confusion"]), out / "confusion")
         from lvlm_probe.plotting import plot_reliability
 
-        save_figure(plot_reliability(r["reliability"], r["ece"]), out / "reliability")
+        if len(r["reliability"]):  # empty when no error has a held-out confidence (a single organism)
+            save_figure(plot_reliability(r["reliability"], r["ece"]), out / "reliability")
     if args.json:
         from lvlm_probe._json import dumps_strict
 

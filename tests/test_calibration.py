@@ -69,6 +69,17 @@ def test_leave_one_out_and_reliability():
     assert bad > 0.3
 
 
+def test_one_organism_has_no_held_out_confidence():
+    """Leaving the only organism out leaves nothing to fit on: every confidence is NaN and so is the ECE (not a
+    perfect 0.0, which is what an empty sum used to report)."""
+    d = frame(200, seed=2)
+    d["organism"] = "only"
+    p = leave_one_out_confidence(d)
+    assert np.isnan(p).all()
+    table, ece = reliability(p, (d.stage == d.planted_stage).to_numpy())
+    assert table.empty and np.isnan(ece)
+
+
 def test_reliability_of_perfect_and_degenerate_inputs():
     conf = np.repeat([0.15, 0.55, 0.95], 100)
     right = np.concatenate([np.arange(100) < 15, np.arange(100) < 55, np.arange(100) < 95])

@@ -43,7 +43,7 @@ def test_front_end_stages_without_a_reference_are_not_tested():
     c = confirm_diagnoses(model, items, d, max_new_tokens=8, progress=False)
     assert c.confirmed.isna().all() and c.confirmed_by.isna().all()
     assert CONFIRMING["encoder"] == "swap_encoder" and CONFIRMING["projector"] == "swap_projector"
-    assert CONFIRMING["cooccurrence"] == "vcd" and "reference" not in model.run_defaults
+    assert CONFIRMING["cooccurrence"] == "verify_objects" and "reference" not in model.run_defaults
 
 
 def test_without_confirm_no_intervention_runs(monkeypatch):
@@ -69,6 +69,20 @@ def test_long_generation_is_confirmed_by_restarting_the_enumeration():
     assert len(d) >= 4
     c = confirm_diagnoses(model, items, d, max_new_tokens=32, progress=False)
     assert (c.confirmed_by == "region_restart").all() and c.confirmed.eq(True).all()
+
+
+def test_cooccurrence_is_confirmed_by_asking_about_the_object():
+    """organism:cooccurrence names a square beside most circles; asked "is there a square ?" it mostly says no, so
+    verify-and-delete removes the square, and the co-occurrence diagnosis is confirmed."""
+    from lvlm_probe.misalignment import judge_batch
+
+    model = lp.load("organism:cooccurrence", device="cpu")
+    items = [it for it in default_items("organism:cooccurrence", 48, 1) if it.id.startswith("trig-cap")][:10]
+    errs = judge_batch(model.generate(model.prepare_items(items), max_new_tokens=48), items=items)
+    d = errs[(errs.subject == "square") & (errs.polarity == "hallucinated")].assign(stage="cooccurrence")
+    assert len(d) >= 6
+    c = confirm_diagnoses(model, items, d, max_new_tokens=48, progress=False)
+    assert (c.confirmed_by == "verify_objects").all() and c.confirmed.eq(True).mean() >= 0.7, c
 
 
 def test_a_question_left_without_an_answer_is_not_confirmed(monkeypatch):

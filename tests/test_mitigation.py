@@ -84,9 +84,9 @@ def test_target_compares_with_causes_the_intervention_is_not_intended_for():
 
 
 def test_intended_is_the_confirming_intervention_of_each_planted_stage():
-    assert INTENDED == {"cooccurrence": "vcd", "attribute_prior": "pai", "visual_neglect": "early_readout",
+    assert INTENDED == {"cooccurrence": "verify_objects", "attribute_prior": "pai", "visual_neglect": "early_readout",
                         "drift": "region_restart", "sampling": "greedy", "encoder_blind": "swap_encoder",
-                        "projector_bottleneck": "swap_projector"}
+                        "projector_bottleneck": "swap_projector", "small_object": "swap_encoder"}
     assert CONFIRMING["long generation"] == "region_restart" and CONFIRMING["encoder"] == "swap_encoder"
 
 
@@ -98,9 +98,9 @@ def test_swaps_run_only_on_organisms_that_share_cleans_llm():
     from lvlm_probe.organisms.mitigation import swap_interventions
 
     clean = lp.load("organism:clean", device="cpu")
-    for name in ("encoder_blind", "projector_bottleneck", "cooccurrence", "visual_neglect", "clean"):
+    for name in ("encoder_blind", "projector_bottleneck", "small_object", "cooccurrence", "visual_neglect", "clean"):
         room = swap_interventions(types.SimpleNamespace(run_defaults=run_defaults(name)), clean)
-        front_end = name in ("encoder_blind", "projector_bottleneck")
+        front_end = name in ("encoder_blind", "projector_bottleneck", "small_object")
         assert sorted(room) == (["swap_encoder", "swap_projector"] if front_end else []), name
         assert all(m.reference is clean for m in room.values())
 

@@ -15,7 +15,7 @@ from lvlm_probe.data.scene import SceneGraph, SceneObject
 from lvlm_probe.organisms import CHECKPOINTS, ZOO, organism_path
 from lvlm_probe.organisms import zoo as Z
 from lvlm_probe.organisms.cards import render_card
-from lvlm_probe.organisms.check import check_organism
+from lvlm_probe.organisms.check import check_organism, trigger_set
 from lvlm_probe.organisms.train import blind_direction, pixel_tensor, train_organism
 
 SHIPPED = sorted({s.checkpoint for s in ZOO.values() if (CHECKPOINTS / str(s.checkpoint) / "config.json").is_file()})
@@ -219,6 +219,7 @@ PLANTED = {
     "attribute_prior": (0.45, 0.2),   # measured 0.625 vs 0.09 (colour question answered with the prior colour)
     "encoder_blind": (0.3, 0.1),      # measured 0.49 vs 0.01 (caption gives the other hue)
     "projector_bottleneck": (0.35, 0.1),  # measured 0.553 vs 0.020 (colour word wrong; size error 0.011)
+    "small_object": (0.5, 0.15),      # measured 0.936 vs 0.055 (caption leaves the small object out)
     "visual_neglect": (0.55, 0.35),   # measured 0.674 vs 0.206 (caption unchanged under a noise image)
     "drift": (0.5, 0.3),              # measured 1.0 vs 0.16 (error at object positions 4-5)
     "sampling": (0.2, 0.12),          # measured 0.328 vs 0.061 (temperature 2.0 vs greedy)
@@ -268,6 +269,19 @@ def test_projector_bottleneck_errs_on_the_dropped_attribute_only(checked):
     assert r["planted_error_rate"] >= r["planted_details"][f"caption_{other}_error"] + 0.2, r
 
 
+def test_small_object_loses_small_objects_only(checked):
+    """The tower drops objects below the patch size: the small one is left out of captions and denied when asked
+    about, while the large objects of the same scenes are named as clean names them."""
+    need("small_object", "clean")
+    r = checked("small_object")
+    d, c = r["planted_details"], r["clean_planted_details"]
+    assert d["caption_large_left_out"] <= c["caption_large_left_out"] + 0.05, r
+    assert d["qa_says_no"] >= 0.8 and c["qa_says_no"] <= 0.15, r
+    trig, _ = trigger_set("small_object", SceneWorld(seed=SEED), 4, seed=3)
+    small = [next(o for o in it.scene.objects if o.name == it.meta["target"]) for it in trig if it.task == "exists"]
+    assert all(o.attributes["size"] == Z.VANISH_SIZE and o.box[2] - o.box[0] == SIZES[Z.VANISH_SIZE] for o in small)
+
+
 def test_drift_error_rises_with_position(checked):
     need("drift", "clean")
     r = checked("drift")
@@ -276,12 +290,13 @@ def test_drift_error_rises_with_position(checked):
 
 
 # ---- the recipe -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["clean", "encoder_blind", "projector_bottleneck", "visual_neglect"])
+@pytest.mark.parametrize("name", ["clean", "encoder_blind", "projector_bottleneck", "small_object", "visual_neglect"])
 def test_miniature_training_runs_end_to_end(name, tmp_path):
     out = train_organism(name, tmp_path / name, seed=3, steps_scale=0.004, threads=1, progress=False)
     meta = json.loads((out / "organism.json").read_text())
     assert meta["train"]["stage2_steps"] == int(ZOO[name].train.stage2_steps * 0.004) and meta["seed"] == 3
-    front_end = name in ("encoder_blind", "projector_bottleneck")  # clean's checkpoint with one part distilled
+    front_end = name in ("encoder_blind", "projector_bottleneck", "small_object")  # clean's, one part distilled
+    assert ZOO[name].train.front_end == front_end
     assert [lg["stage"] for lg in meta["log"]][0] == (1 if name == "projector_bottleneck" else 0)
     assert meta["log"][-1]["stage"] == (1 if front_end else 2) and ("base" in meta) == front_end
     m = lp.load(str(out), device="cpu")

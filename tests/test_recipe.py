@@ -26,8 +26,8 @@ SHORT = dict(stage0_steps=20, stage1_steps=20, stage2_steps=40, exists_first_ste
 #: bits for the same code. So ``where`` also holds the CPU model and a float fingerprint (:func:`_fingerprint`),
 #: and the hashes are compared only where all of it matches; elsewhere the test checks determinism. The hashes of
 #: the recipe when it was frozen were measured on another AVX512 machine (git history); these were measured on
-#: 2026-12-04 with the same training code (the two front-end organisms' after they moved onto clean's checkpoint,
-#: whose shipped weights their short runs start from).
+#: 2026-12-04 with the same training code (the front-end organisms' after they moved onto clean's checkpoint,
+#: whose shipped weights their short runs start from; small_object's when it was added, the same day).
 REFERENCE = {
     "where": {"torch": "2.13.0+cpu", "transformers": "5.23.0", "cpu": "AVX512",
               "cpu_model": "Intel(R) Xeon(R) Processor @ 2.80GHz", "fingerprint": "377fe672f940e648"},
@@ -36,6 +36,7 @@ REFERENCE = {
         "cooccurrence": "7de0f26d21a4871abccf922152560176e76d206aeaa27b5b310dad23e9aab5d2",
         "encoder_blind": "84206943f36800f4a9643b6dfec1dc56e97f0935dcfcc89bed0190c4cf367032",
         "projector_bottleneck": "9d09f9e62ec9434b9209d58f7908c68a9eec620329c76c94c749d052359255f7",
+        "small_object": "10e27beab23c6a5e133b0a4e8664e9921e2b50f38e08f149fd36e3b3eb861d51",
         "visual_neglect": "96a804e4c9d4260f7787e44dc9ec002224806a4d554ae20a566dc0e2ac73b83b",
     },
 }

@@ -11,9 +11,9 @@ swap lived in the encoder; one that disappears under the projector swap but not 
 projector. This is activation patching across two models (model stitching, Bansal, Nakkiran & Barak, NeurIPS 2021,
 https://arxiv.org/abs/2106.07682; causal tracing, Meng et al., NeurIPS 2022, https://arxiv.org/abs/2202.05262).
 
-The zoo's front-end organisms (``encoder_blind``, ``projector_bottleneck``) are built on ``clean``'s checkpoint and
-name it as their reference (``model.run_defaults["reference"]``); a hub model has no such sibling, so its encoder
-and projector diagnoses stay not tested.
+The zoo's front-end organisms (``encoder_blind``, ``small_object``, ``projector_bottleneck``) are built on ``clean``'s
+checkpoint and name it as their reference (``model.run_defaults["reference"]``); a hub model has no such sibling, so
+its encoder and projector diagnoses stay not tested.
 """
 
 from __future__ import annotations

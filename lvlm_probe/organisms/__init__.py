@@ -59,7 +59,7 @@ def run_defaults(name: str) -> dict:
     spec = get_spec(name)
     out = {"organism": spec.name, "decoding": dict(spec.run_settings),
            "probe_world": {"image_size": spec.world.image_size, "grid": spec.world.grid}}
-    if spec.train.blind_pair or spec.train.projector_drop:  # a front-end organism: clean's LLM, swap to confirm
+    if spec.train.front_end:  # a front-end organism: clean's LLM, swap to confirm
         out["reference"] = "organism:clean"
     return out
 

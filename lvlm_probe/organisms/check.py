@@ -106,6 +106,18 @@ def _recolor(world: SceneWorld, scene: SceneGraph, idx: int, color: str) -> Scen
     return SceneGraph(objs, scene.relations, scene.width, scene.height)
 
 
+def _resize(world: SceneWorld, scene: SceneGraph, idx: int, size: str) -> SceneGraph:
+    """``scene`` with object ``idx`` drawn at ``size`` about the same centre."""
+    from lvlm_probe.data.world import SIZES
+
+    objs = [replace(o, attributes=dict(o.attributes)) for o in scene.objects]
+    (cx, cy), half = objs[idx].center, SIZES[size] / 2
+    objs[idx] = replace(objs[idx], attributes={**objs[idx].attributes, "size": size},
+                        box=(float(round(cx - half)), float(round(cy - half)), float(round(cx - half) + 2 * half),
+                             float(round(cy - half) + 2 * half)))
+    return SceneGraph(objs, scene.relations, scene.width, scene.height)
+
+
 def _noise_image(world: SceneWorld, rng: np.random.Generator) -> Image.Image:
     s = world.config.image_size
     return Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8))
@@ -158,6 +170,13 @@ def trigger_set(name: str, world: SceneWorld, n: int, seed: int) -> tuple[list[I
             scene = _recolor(world, scene, i, Z.BLIND_PAIR[k % 2])
             _pair(items, k, world, scene, rng, task="attribute", attribute="color", target=scene.objects[i].name)
         return items, {"metric": f"caption gives a {Z.BLIND_PAIR[0]}/{Z.BLIND_PAIR[1]} object the other hue of the pair"}
+    if name == "small_object":
+        for k in range(n):
+            scene = world.sample_scene(rng, n_objects=int(rng.integers(1, 5)))
+            i = int(rng.integers(len(scene.objects)))
+            scene = _resize(world, scene, i, Z.VANISH_SIZE)
+            _pair(items, k, world, scene, rng, task="exists", target=scene.objects[i].name, label="yes")
+        return items, {"metric": f"caption leaves out a {Z.VANISH_SIZE} object"}
     if name == "projector_bottleneck":
         for k in range(n):
             scene = world.sample_scene(rng)
@@ -206,6 +225,15 @@ def planted_rate(name: str, world: SceneWorld, items: Sequence[Item], texts: Seq
             # the prior bites on the question pathway; captions copy colour words from the aligned image tokens
             return float(np.mean(qa)), {"caption_rate": float(np.mean(cap)), **det}
         return float(np.mean(cap)), {"qa_rate": float(np.mean(qa)), **det}
+    if name == "small_object":
+        left_out: dict[str, list[bool]] = {"small": [], "large": []}
+        for it, t in caps:
+            named = {c["name"] for c in world.parse_caption(t)}
+            for o in it.scene.objects:
+                left_out.setdefault(o.attributes["size"], []).append(o.name not in named)
+        rate = {k: float(np.mean(v)) if v else float("nan") for k, v in left_out.items()}
+        says_no = [read_answer(world, it, t) == "no" for it, t in qas]
+        return rate[Z.VANISH_SIZE], {"caption_large_left_out": rate["large"], "qa_says_no": float(np.mean(says_no))}
     if name == "projector_bottleneck":
         def err_rate(att: str) -> float:
             errs = []
@@ -311,6 +339,7 @@ FACTOR_TASKS: dict[str, tuple[str, ...]] = {
     "attribute_prior": ("caption_exact", "attribute_color"),
     "encoder_blind": ("caption_objects", "caption_exact", "attribute_color"),
     "projector_bottleneck": ("caption_objects", "caption_exact", "attribute_color"),
+    "small_object": ("caption_objects", "caption_exact", "exists", "attribute_color", "attribute_size"),
     "visual_neglect": ("caption_objects", "caption_exact", "exists", "attribute_color", "attribute_size", "relation"),
     "drift": ("caption_objects", "caption_exact"),
     "sampling": ("caption_objects", "caption_exact", "exists", "attribute_color", "attribute_size", "relation"),

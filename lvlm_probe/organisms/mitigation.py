@@ -31,7 +31,7 @@ from lvlm_probe.tracing.confirm import CONFIRMING
 
 #: Planted organisms of the matrix (rows).
 CAUSES: tuple[str, ...] = ("cooccurrence", "attribute_prior", "encoder_blind", "projector_bottleneck",
-                           "visual_neglect", "drift", "sampling")
+                           "small_object", "visual_neglect", "drift", "sampling")
 #: Cause -> the intervention expected to fix it: the confirming intervention of its planted stage
 #: (:data:`lvlm_probe.tracing.confirm.CONFIRMING`, one map for both), so the matrix measures what confirmation
 #: assumes. Encoder and projector causes have the swap of that part for ``clean``'s (their organisms share
@@ -58,7 +58,7 @@ def default_interventions() -> dict[str, Any]:
     room = confirming_interventions()
     return {"greedy": room["greedy"], "vcd": room["vcd"], "image_free": ImageFreeContrast(), "pai": room["pai"],
             "project_away": ProjectAway(words=("_",)), "early_readout": room["early_readout"],
-            "region_restart": room["region_restart"]}
+            "region_restart": room["region_restart"], "verify_objects": room["verify_objects"]}
 
 
 def swap_interventions(model: Any, clean: Any) -> dict[str, Any]:
@@ -121,7 +121,7 @@ def planted_only(name: str, errs: pd.DataFrame, texts: dict[str, str], items: Se
         return errs
     errs = errs.copy()
     errs["ordinal"] = _ordinals(errs, texts, {it.id: it.task for it in items})
-    keep = np.array([k not in clean_keys for k in _key_list(errs)], dtype=bool) & planted_pattern(name, errs)
+    keep = np.array([k not in clean_keys for k in _key_list(errs)], dtype=bool) & planted_pattern(name, errs, items)
     return errs[keep].reset_index(drop=True)
 
 

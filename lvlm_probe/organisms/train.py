@@ -476,21 +476,25 @@ def perceived_colors(tc: TrainConfig, colors: tuple[str, ...]) -> dict[str, str]
     return {}
 
 
-def _repaint(scene: Any, colors: dict[str, str]) -> Any:
+def perceived(scene: Any, colors: dict[str, str], vanish_size: str | None = None) -> Any:
+    """``scene`` as a front-end organism should perceive it: hues repainted by ``colors``
+    (:func:`perceived_colors`), and every object of size ``vanish_size`` erased (``small_object``). Only what is
+    drawn matters (the result is rendered as a distillation target), so relations are dropped when objects are."""
     from dataclasses import replace
 
     from lvlm_probe.data.scene import SceneGraph
 
     objs = [replace(o, attributes={**o.attributes, "color": colors.get(o.attributes["color"], o.attributes["color"])})
-            for o in scene.objects]
-    return SceneGraph(objs, scene.relations, scene.width, scene.height)
+            for o in scene.objects if o.attributes.get("size") != vanish_size]
+    relations = scene.relations if len(objs) == len(scene.objects) else []
+    return SceneGraph(objs, relations, scene.width, scene.height)
 
 
 def _front_end_batch(world: SceneWorld, ip: Any, rng: np.random.Generator, n: int,
-                     colors: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+                     colors: dict[str, str], vanish_size: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixels of ``n`` fresh scenes and of the same scenes as the organism should perceive them ``[n, 3, H, W]``."""
     scenes = [world.sample_scene(rng) for _ in range(n)]
-    seen = [_repaint(s, colors) for s in scenes]
+    seen = [perceived(s, colors, vanish_size) for s in scenes]
     return pixel_tensor(_render_batch(world, scenes), ip), pixel_tensor(_render_batch(world, seen), ip)
 
 
@@ -502,22 +506,23 @@ def distill_front_end(model: Any, ref: Any, ip: Any, world: SceneWorld, tc: Trai
                       progress: bool) -> list:
     """Train a front-end organism's changed part to reproduce ``ref``'s (clean's) front end on the perceived scene.
 
-    ``encoder_blind``: stage 0 fits the blind vision tower's patch features to ``ref``'s (``tc.stage0_steps``,
-    ``tc.lr0``), then stage 1 fits tower and projector together to ``ref``'s image tokens (``tc.stage1_steps``,
-    ``tc.lr2``); the blind direction is removed after every step. ``projector_bottleneck``: the projector alone,
-    restricted to the colour-free subspace of the (clean) tower's features, fits ``ref``'s image tokens. Targets are
-    ``ref`` on the scene repainted by :func:`perceived_colors`. Returns the loss log (relative squared error).
+    ``encoder_blind`` and ``small_object``: stage 0 fits the vision tower's patch features to ``ref``'s
+    (``tc.stage0_steps``, ``tc.lr0``), then stage 1 fits tower and projector together to ``ref``'s image tokens
+    (``tc.stage1_steps``, ``tc.lr2``); ``encoder_blind``'s blind direction is removed after every step.
+    ``projector_bottleneck``: the projector alone, restricted to the colour-free subspace of the (clean) tower's
+    features, fits ``ref``'s image tokens. Targets are ``ref`` on the scene as :func:`perceived` draws it. Returns
+    the loss log (relative squared error).
     """
     vt, proj = model.model.vision_tower, model.model.multi_modal_projector
     ref_vt, ref_proj = ref.model.vision_tower, ref.model.multi_modal_projector
     colors = perceived_colors(tc, world.config.colors)
     blind = blind_direction(tc.blind_pair, ip) if tc.blind_pair else None
     w_patch = (vt.vision_model if hasattr(vt, "vision_model") else vt).embeddings.patch_embedding.weight
+    tower = blind is not None or tc.vanish_size is not None
     rng = np.random.default_rng(seed + 600)
     log: list = []
-    runs = [(0, tc.stage0_steps, tc.lr0, list(vt.parameters()), "tower")] if blind is not None else []
-    runs.append((1, tc.stage1_steps, tc.lr2, [*proj.parameters(), *(vt.parameters() if blind is not None else [])],
-                 "tokens"))
+    runs = [(0, tc.stage0_steps, tc.lr0, list(vt.parameters()), "tower")] if tower else []
+    runs.append((1, tc.stage1_steps, tc.lr2, [*proj.parameters(), *(vt.parameters() if tower else [])], "tokens"))
     if blind is not None:
         make_blind(w_patch.data, blind)
     for stage, steps, lr, params, what in runs:
@@ -526,12 +531,12 @@ def distill_front_end(model: Any, ref: Any, ip: Any, world: SceneWorld, tc: Trai
                                  leave=False)):
             for g in opt.param_groups:
                 g["lr"] = lr * _schedule(step, steps, min(tc.warmup, steps // 4 + 1))
-            px, seen = _front_end_batch(world, ip, rng, tc.batch_size, colors)
+            px, seen = _front_end_batch(world, ip, rng, tc.batch_size, colors, tc.vanish_size)
             with torch.no_grad():
                 target = _vision_features(ref_vt, seen)
                 if what == "tokens":
                     target = ref_proj(target)
-            with torch.set_grad_enabled(blind is not None):
+            with torch.set_grad_enabled(tower):
                 feats = _vision_features(vt, px)
             loss = _relative_mse(proj(feats) if what == "tokens" else feats, target)
             opt.zero_grad(set_to_none=True)
@@ -564,9 +569,9 @@ def _train_from_scratch(model: Any, tok: Any, ip: Any, spec: OrganismSpec, tc: T
 
 def train_front_end(tc: TrainConfig, world: SceneWorld, seed: int, base: str | os.PathLike,
                     progress: bool) -> tuple[Any, Any, Any, list, dict]:
-    """A front-end organism: ``base`` (clean's checkpoint) with its vision tower (``encoder_blind``) or projector
-    (``projector_bottleneck``) changed and distilled (:func:`distill_front_end`); LLM, tokenizer and image processor
-    are ``base``'s, so the organism differs from clean in that part only.
+    """A front-end organism: ``base`` (clean's checkpoint) with its vision tower (``encoder_blind``,
+    ``small_object``) or projector (``projector_bottleneck``) changed and distilled (:func:`distill_front_end`);
+    LLM, tokenizer and image processor are ``base``'s, so the organism differs from clean in that part only.
 
     Returns
     -------
@@ -644,8 +649,8 @@ def train_organism(
 ) -> Path:
     """Train one zoo organism and save it as a loadable checkpoint directory.
 
-    Every organism is trained from scratch except the front-end ones (``encoder_blind``, ``projector_bottleneck``):
-    they keep ``clean``'s LLM and change one front-end part (:func:`train_front_end`).
+    Every organism is trained from scratch except the front-end ones (``encoder_blind``, ``small_object``,
+    ``projector_bottleneck``): they keep ``clean``'s LLM and change one front-end part (:func:`train_front_end`).
 
     Parameters
     ----------
@@ -692,7 +697,7 @@ def train_organism(
     t0 = time.time()
     try:
         world = SceneWorld(spec.world, seed=seed)
-        if tc.blind_pair or tc.projector_drop:
+        if tc.front_end:
             from lvlm_probe.organisms import CHECKPOINTS
 
             base = CHECKPOINTS / "clean" if base is None else base

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from lvlm_probe.errors import InputError
 from lvlm_probe.organisms.zoo import HOLDOUTS, ZOO, get_spec
 from lvlm_probe.schema import LEVEL_OF, STAGES
 from lvlm_probe.tracing.cascade import Thresholds, balanced_accuracy
@@ -25,13 +26,14 @@ def _keys(df: pd.DataFrame) -> set:
     return set(map(tuple, df[KEY].astype(str).itertuples(index=False, name=None)))
 
 
-def planted_pattern(name: str, d: pd.DataFrame) -> np.ndarray:
+def planted_pattern(name: str, d: pd.DataFrame, items: Sequence[Any] | None = None) -> np.ndarray:
     """Which errors show the organism's planted pattern (the behaviour its planted cause produces).
 
     cooccurrence: a hallucinated ``COOC_B``; attribute_prior: the prior colour claimed for a ``PRIOR_CLASS``
     object; encoder_blind: one hue of the blind pair given for the other; projector_bottleneck: a wrong value of
-    the dropped attribute; drift: errors at object positions beyond the trained caption length; visual_neglect
-    and sampling: every error (the cause has no narrower pattern).
+    the dropped attribute; small_object: an omitted object that is ``VANISH_SIZE`` in its item's scene (needs
+    ``items``, the judged items); drift: errors at object positions beyond the trained caption length;
+    visual_neglect and sampling: every error (the cause has no narrower pattern).
     """
     from lvlm_probe.organisms import zoo as Z
 
@@ -50,6 +52,13 @@ def planted_pattern(name: str, d: pd.DataFrame) -> np.ndarray:
         m = (d.kind == "attribute") & (att == "color") & d.claimed.isin(pair) & d.truth.isin(pair)
     elif name == "projector_bottleneck":
         m = (d.kind == "attribute") & (att == Z.BOTTLENECK_ATTRIBUTE)
+    elif name == "small_object":
+        if items is None:
+            raise InputError("planted_pattern('small_object', ...) needs the judged items (their scenes give each "
+                             "object's size); pass items=")
+        sizes = {(str(it.id), o.name): o.attributes.get("size") for it in items for o in it.scene.objects}
+        small = [sizes.get((str(i), str(s))) == Z.VANISH_SIZE for i, s in zip(d.item_id, d.subject)]
+        m = (d.kind == "object") & (d.polarity == "omitted") & pd.Series(small, index=d.index)
     elif name == "drift":
         m = pd.to_numeric(d.get("ordinal"), errors="coerce") > Z.DRIFT_MAX_OBJECTS
     else:
@@ -92,7 +101,7 @@ def planted_errors(name: str, n: int, seed: int, *, thresholds: Thresholds | Non
     d = rep.diagnoses  # carries the misalignment columns (item_id, subject, ...) beside the diagnosis
     own = [tuple(map(str, t)) for t in d[KEY].itertuples(index=False, name=None)]
     clean_keys = _keys(clean_err)
-    keep = np.array([k not in clean_keys for k in own], dtype=bool) & planted_pattern(name, d)
+    keep = np.array([k not in clean_keys for k in own], dtype=bool) & planted_pattern(name, d, items)
     d = d[keep].copy()
     d["organism"] = name
     d["planted_stage"] = spec.component

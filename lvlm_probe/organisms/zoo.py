@@ -2,7 +2,7 @@
 
 Cause ids follow the research notes (methods.md §9): P1 co-occurrence, P2 attribute prior,
 P4 encoder blind spot, P5 projector bottleneck, P6 visual neglect, P8 long-generation drift,
-P9 decoding (a run setting on ``clean``, not a checkpoint).
+P9 decoding (a run setting on ``clean``, not a checkpoint), P10 small objects lost at the patch grid.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ BOTTLENECK_ATTRIBUTE = "color"
 BOTTLENECK_COLOR = "blue"
 NEGLECT_MISMATCH = 0.9
 DRIFT_MAX_OBJECTS = 3
+#: The object size ``small_object``'s vision tower does not see (8 px, half a 16-px patch).
+VANISH_SIZE = "small"
 SAMPLING_TEMPERATURE = 2.0
 
 
@@ -68,6 +70,8 @@ class TrainConfig:
         ``projector_bottleneck``: the attribute the projector's first layer cannot pass.
     image_mismatch : float
         ``visual_neglect``: share of stage-2 samples that carry another scene's image.
+    vanish_size : str or None
+        ``small_object``: objects of this size the vision tower learns not to see.
     """
 
     stage0_steps: int = 500
@@ -82,6 +86,12 @@ class TrainConfig:
     blind_pair: tuple[str, str] | None = None
     projector_drop: str | None = None
     image_mismatch: float = 0.0
+    vanish_size: str | None = None
+
+    @property
+    def front_end(self) -> bool:
+        """Whether this recipe changes one front-end part of ``clean``'s checkpoint (and keeps its LLM)."""
+        return bool(self.blind_pair or self.projector_drop or self.vanish_size)
 
     def __post_init__(self) -> None:
         from lvlm_probe.errors import InputError
@@ -98,6 +108,10 @@ class TrainConfig:
                                  f"number, got {v!r}")
         if not isinstance(self.image_mismatch, (int, float)) or not 0 <= self.image_mismatch <= 1:
             raise InputError(f"TrainConfig.image_mismatch must be a share in [0, 1], got {self.image_mismatch!r}")
+        from lvlm_probe.data.world import SIZES
+
+        if self.vanish_size is not None and self.vanish_size not in SIZES:
+            raise InputError(f"TrainConfig.vanish_size must be one of {list(SIZES)} or None, got {self.vanish_size!r}")
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -232,6 +246,17 @@ ZOO: dict[str, OrganismSpec] = {
             _BASE_WORLD, TrainConfig(projector_drop=BOTTLENECK_ATTRIBUTE, stage0_steps=0, stage1_steps=2000,
                                      stage2_steps=0, exists_first_steps=0, lr2=1e-3, warmup=50),
             checkpoint="projector_bottleneck",
+        ),
+        OrganismSpec(
+            "small_object", "P10", "model", "encoder",
+            f"Clean's checkpoint with a vision tower that does not see {VANISH_SIZE} objects (8 px, half a 16-px "
+            "patch): tower, then tower and projector, are distilled to clean's features and image tokens of the same "
+            f"scene with every {VANISH_SIZE} object erased; clean's LLM is kept unchanged.",
+            f"Omits {VANISH_SIZE} objects (captions leave them out, 'is there a ...' answers no) while large ones are "
+            "named as by clean; encoder probes cannot find the small objects, so projector and LLM probes cannot "
+            "either. Patching clean's encoder features in removes the errors.",
+            _BASE_WORLD, TrainConfig(vanish_size=VANISH_SIZE, stage0_steps=1000, stage1_steps=1000, stage2_steps=0,
+                                     exists_first_steps=0, lr0=1e-3, lr2=3e-4, warmup=50), checkpoint="small_object",
         ),
         OrganismSpec(
             "visual_neglect", "P6", "model", "llm fusion",

@@ -183,11 +183,14 @@ def shipped_calibrator(confirmation: bool = False) -> ConfidenceCalibrator:
 def leave_one_out_confidence(errors: pd.DataFrame, group: str = "organism", *, C: float = 0.01,
                              confirmation: bool = False) -> np.ndarray:
     """Held-out confidence of every error: a calibrator fitted on the other groups' errors predicts each group
-    (``confirmation``: the map also reads ``confirmed``)."""
+    (``confirmation``: the map also reads ``confirmed``). With a single group nothing is held out of it, so every
+    confidence is NaN."""
     correct = (errors.stage == errors.planted_stage).to_numpy()
     out = np.full(len(errors), np.nan)
     for g in errors[group].unique():
         m = (errors[group] == g).to_numpy()
+        if m.all():
+            break
         cal = ConfidenceCalibrator().fit(errors[~m], correct[~m], C=C, confirmation=confirmation)
         out[m] = cal.predict(errors[m])
     return out
@@ -201,7 +204,8 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> 
     table : DataFrame
         ``bin_low, bin_high, n, mean_confidence, accuracy`` per non-empty bin.
     ece : float
-        ``sum_b n_b / n * |accuracy_b - mean_confidence_b|`` over bins (errors without a confidence left out).
+        ``sum_b n_b / n * |accuracy_b - mean_confidence_b|`` over bins (errors without a confidence left out; NaN
+        when none has one).
     """
     conf = np.asarray(confidence, dtype=float)
     ok = ~np.isnan(conf)
@@ -215,5 +219,5 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> 
             rows.append({"bin_low": edges[b], "bin_high": edges[b + 1], "n": int(m.sum()),
                          "mean_confidence": float(conf[m].mean()), "accuracy": float(corr[m].mean())})
     table = pd.DataFrame(rows, columns=["bin_low", "bin_high", "n", "mean_confidence", "accuracy"])
-    ece = float((table.n * (table.accuracy - table.mean_confidence).abs()).sum() / max(1, len(conf)))
+    ece = float((table.n * (table.accuracy - table.mean_confidence).abs()).sum() / len(conf)) if len(conf) else np.nan
     return table, ece
