@@ -585,8 +585,10 @@ fig = plot_confusion(bench["confusion"])"""),
 ## 4. Confirming a cause by intervention
 
 Every verdict above is correlational. `confirm=True` runs, for each diagnosed error, the intervention that
-should remove it if the named stage is right (VCD for co-occurrence, PAI for the attribute prior, an early-layer
-readout for fusion, greedy decoding for a decoding error, a region restart for long generation) and records
+should remove it if the named stage is right (asking the model about the object it named and deleting it if
+denied for co-occurrence, PAI for the attribute prior, an early-layer readout for fusion, greedy decoding for a
+decoding error, a region restart for long generation, swapping the part back for an encoder or projector cause of
+an organism built on `clean`) and records
 `confirmed`: True only when the error is gone *and* the claim is still made where it has to be (a question
 answered, an object's true colour stated), so a garbled answer confirms nothing. The confidence then comes from
 the map that also reads it. `organism:drift` learned captions of at most three objects and drops the middle of longer

@@ -282,6 +282,23 @@ def test_small_object_loses_small_objects_only(checked):
     assert all(o.attributes["size"] == Z.VANISH_SIZE and o.box[2] - o.box[0] == SIZES[Z.VANISH_SIZE] for o in small)
 
 
+def test_small_object_pattern_reads_the_object_size_from_the_items():
+    import pandas as pd
+
+    from lvlm_probe.organisms.validate import planted_pattern
+
+    trig, _ = trigger_set("small_object", SceneWorld(seed=SEED), 2, seed=5)
+    it = next(i for i in trig if i.task == "caption")
+    small = next(o.name for o in it.scene.objects if o.attributes["size"] == Z.VANISH_SIZE)
+    absent = next(c for c in Z.ZOO["clean"].world.classes if c not in it.scene.names)
+    d = pd.DataFrame({"item_id": [it.id] * 3, "kind": ["object"] * 3,
+                      "polarity": ["omitted", "hallucinated", "omitted"], "subject": [small, absent, absent],
+                      "claimed": [None, absent, None], "attribute": [None] * 3, "truth": [small, None, None]})
+    assert planted_pattern("small_object", d, trig).tolist() == [True, False, False]
+    with pytest.raises(lp.InputError, match="needs the judged items"):
+        planted_pattern("small_object", d)
+
+
 def test_drift_error_rises_with_position(checked):
     need("drift", "clean")
     r = checked("drift")
