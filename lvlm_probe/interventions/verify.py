@@ -19,6 +19,7 @@ from PIL import Image
 
 from lvlm_probe.errors import InputError
 from lvlm_probe.interventions.base import Intervention
+from lvlm_probe.misalignment.vocab import Vocabulary
 from lvlm_probe.models.records import Batch, Generation
 
 
@@ -79,7 +80,7 @@ class VerifyObjects(Intervention):
 
     question: str = "is there a {} ?"
     answer_tokens: int = 3
-    vocabulary: Any = None
+    vocabulary: Vocabulary | None = None
     name = "verify_objects"
     paper = ("toolkit: deletion-only verification after Woodpecker (Yin et al., 2023, https://arxiv.org/abs/2310.16045): "
              "ask about each claimed object, drop the denied ones")
@@ -126,7 +127,10 @@ class VerifyObjects(Intervention):
             return set()
         H, W = batch.pixel_values.shape[-2:]
         blank = Image.new("RGB", (int(W), int(H)))
-        q = model.prepare([blank] * len(asks), [self.question.format(subject) for _, subject in asks])
-        q = replace(q, pixel_values=batch.pixel_values[[b for b, _ in asks]].to(q.pixel_values.dtype))
-        answers = model.generate(q, max_new_tokens=self.answer_tokens).text
+        step, answers = max(1, len(batch)), []
+        for k in range(0, len(asks), step):  # as many questions at a time as the caller's batch holds items
+            chunk = asks[k:k + step]
+            q = model.prepare([blank] * len(chunk), [self.question.format(subject) for _, subject in chunk])
+            q = replace(q, pixel_values=batch.pixel_values[[b for b, _ in chunk]].to(q.pixel_values.dtype))
+            answers += model.generate(q, max_new_tokens=self.answer_tokens).text
         return {ask for ask, a in zip(asks, answers) if read(a) == "no"}
