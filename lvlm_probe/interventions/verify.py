@@ -1,9 +1,10 @@
 """Verify-and-delete: ask the model about every object its description names, and drop the ones it denies.
 
-A co-occurrence hallucination is triggered by the image (the circle in view brings the square), so contrasting the
-image with a noised or absent one does not remove it: the contrast favours what the real image supports, and the
-square is supported through the circle. What the model may still get right is the direct question "is there a
-square ?", which reads the image for that one object. :class:`VerifyObjects` generates as usual, then asks that
+A co-occurrence hallucination is called up by its context (the circle, named or in view, brings the square), not by
+the object's own pixels. Contrasting the image with a noised or absent one removes only what the real image
+supports less than the distorted one: a square that the preceding words call up is about as likely either way, and
+one that the circle's pixels call up is even favoured. What the model may still get right is the direct question
+"is there a square ?", which reads the image for that one object. :class:`VerifyObjects` generates as usual, then asks that
 question about each object class the text names (greedily, about the same image) and deletes from the text every
 mention whose object the model denies. Nothing is trained and no activation is edited. It is the toolkit's
 deletion-only form of the verification step of Woodpecker (Yin et al., 2023, https://arxiv.org/abs/2310.16045),

@@ -13,8 +13,8 @@ cooccurrence        verify-and-delete (:class:`~lvlm_probe.interventions.VerifyO
                     the object it named, the model reads the image for that object alone, so an object that
                     the context brought (the circle brings the square) should be denied and deleted (after
                     Woodpecker, Yin et al. 2023). Chosen over VCD on the matrix's tuning seed (0.70 of the
-                    co-occurrence errors removed, VCD 0.15): the image triggers a co-occurrence claim, so a
-                    contrast against a noised or absent image favours it rather than removing it
+                    co-occurrence errors removed, VCD 0.15): the context calls the claim up about as much
+                    without the image as with it, so a contrast against a noised image leaves it
 relation prior      VCD (contrast against a noised image): a claim the training prior drives, not the image,
                     should drop (Leng et al., CVPR 2024)
 attribute prior     PAI (image attention amplified, refined against the image-free branch): the object's
