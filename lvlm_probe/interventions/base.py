@@ -54,6 +54,20 @@ class Intervention:
         return {"method": self.name, "paper": self.paper, **asdict(self)}
 
 
+def check_text_strategy(name: str, what: str, model: Any, batch: Batch, generate_kwargs: dict) -> None:
+    """Refuse, in one line each, what a strategy of several generations cannot do (``RegionRestart``,
+    ``VerifyObjects``): per-step scores (``output_scores`` is popped from ``generate_kwargs``; the text it returns
+    was never one forward run), and a pixel layout other than one ``[C, H, W]`` tensor per item (``what`` says why
+    there are no scores, e.g. "joins several generations")."""
+    if generate_kwargs.pop("output_scores", False):
+        raise InputError(f"{name} {what}, so it has no per-step scores; decode it with output_scores=False")
+    px = batch.pixel_values
+    if px is None or px.dim() != 4 or any(n != 1 for n in batch.n_images) or px.shape[0] != len(batch):
+        raise InputError(f"{name} needs one image per item as a [n_images, C, H, W] pixel tensor "
+                         f"({model.family} gives {None if px is None else tuple(px.shape)}); use a LLaVA-1.5 "
+                         "family model")
+
+
 class _Processor:
     """An HF ``LogitsProcessor`` around a step function (HF only needs ``__call__``)."""
 

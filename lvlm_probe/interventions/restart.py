@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from lvlm_probe.errors import InputError
-from lvlm_probe.interventions.base import Intervention
+from lvlm_probe.interventions.base import Intervention, check_text_strategy
 from lvlm_probe.models.records import Batch, Generation
 
 
@@ -87,14 +87,8 @@ class RegionRestart(Intervention):
         """Generate under the intervention (called by :func:`~lvlm_probe.interventions.decode`)."""
         if self.rows < 1 or self.cols < 1 or self.rows * self.cols < 2:
             raise InputError(f"region_restart needs at least 2 regions, got rows={self.rows}, cols={self.cols}")
-        if generate_kwargs.pop("output_scores", False):
-            raise InputError("region_restart joins several generations, so it has no per-step scores; "
-                             "decode it with output_scores=False")
+        check_text_strategy(self.name, "joins several generations", model, batch, generate_kwargs)
         px = batch.pixel_values
-        if px is None or px.dim() != 4 or any(n != 1 for n in batch.n_images) or px.shape[0] != len(batch):
-            raise InputError(f"region_restart needs one image per item as a [n_images, C, H, W] pixel tensor "
-                             f"({model.family} gives {None if px is None else tuple(px.shape)}); use a LLaVA-1.5 "
-                             "family model")
         per_image = [region_views(px[b], self.rows, self.cols) for b in range(len(batch))]
         parts: list[list[list[int]]] = [[] for _ in range(len(batch))]
         for r in range(self.rows * self.cols):

@@ -19,7 +19,7 @@ from typing import Any
 from PIL import Image
 
 from lvlm_probe.errors import InputError
-from lvlm_probe.interventions.base import Intervention
+from lvlm_probe.interventions.base import Intervention, check_text_strategy
 from lvlm_probe.misalignment.vocab import Vocabulary
 from lvlm_probe.models.records import Batch, Generation
 
@@ -98,14 +98,7 @@ class VerifyObjects(Intervention):
 
         if "{}" not in self.question:
             raise InputError(f"verify_objects: question {self.question!r} needs a {{}} where the class goes")
-        if generate_kwargs.pop("output_scores", False):
-            raise InputError("verify_objects edits the generated text, so it has no per-step scores; decode it with "
-                             "output_scores=False")
-        px = batch.pixel_values
-        if px is None or px.dim() != 4 or any(n != 1 for n in batch.n_images) or px.shape[0] != len(batch):
-            raise InputError(f"verify_objects needs one image per item as a [n_images, C, H, W] pixel tensor "
-                             f"({model.family} gives {None if px is None else tuple(px.shape)}); use a LLaVA-1.5 "
-                             "family model")
+        check_text_strategy(self.name, "edits the generated text", model, batch, generate_kwargs)
         gen = model.generate(batch, **generate_kwargs)
         claims = [extract_claims(t, self.vocabulary) for t in gen.text]
         asks = list(dict.fromkeys((b, c.subject) for b, cs in enumerate(claims) for c in cs

@@ -110,11 +110,10 @@ def _resize(world: SceneWorld, scene: SceneGraph, idx: int, size: str) -> SceneG
     """``scene`` with object ``idx`` drawn at ``size`` about the same centre."""
     from lvlm_probe.data.world import SIZES
 
-    objs = [replace(o, attributes=dict(o.attributes)) for o in scene.objects]
-    (cx, cy), half = objs[idx].center, SIZES[size] / 2
-    objs[idx] = replace(objs[idx], attributes={**objs[idx].attributes, "size": size},
-                        box=(float(round(cx - half)), float(round(cy - half)), float(round(cx - half) + 2 * half),
-                             float(round(cy - half) + 2 * half)))
+    objs = list(scene.objects)
+    (cx, cy), s = objs[idx].center, SIZES[size]
+    x0, y0 = float(round(cx - s / 2)), float(round(cy - s / 2))
+    objs[idx] = replace(objs[idx], attributes={**objs[idx].attributes, "size": size}, box=(x0, y0, x0 + s, y0 + s))
     return SceneGraph(objs, scene.relations, scene.width, scene.height)
 
 

@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 
 from lvlm_probe.data.items import Item
 from lvlm_probe.errors import InputError
+from lvlm_probe.misalignment.vocab import Vocabulary
 
 #: Stage -> the intervention (by room name) whose success confirms it; None: not tested.
 CONFIRMING: dict[str, str | None] = {
@@ -69,7 +70,7 @@ CONFIRMING: dict[str, str | None] = {
 SAME_CLAIM = ("item_id", "kind", "polarity", "subject", "attribute")
 
 
-def confirming_interventions(reference: Any = None, vocabulary: Any = None) -> dict[str, Any]:
+def confirming_interventions(reference: Any = None, vocabulary: Vocabulary | None = None) -> dict[str, Any]:
     """The confirming interventions with their knobs, set once on the zoo's tuning seed for the cause × intervention
     matrix (never per organism): VCD alpha 3 (alpha 1 fixed 1 of 14 co-occurrence errors); PAI alpha 2, gamma 2
     from the second layer on (PAI's own 0.2 / 1.1 from the third changed nothing on the zoo's 4-layer LLMs); early
