@@ -24,6 +24,8 @@ ap.add_argument("--presence_head", type=float, default=0.0, help="sink weight c 
 ap.add_argument("--presence_scale", type=float, default=1.0)
 ap.add_argument("--curriculum", type=int, default=0, help="existence-only steps first, on layers < curr_layers")
 ap.add_argument("--curr_layers", type=int, default=1)
+ap.add_argument("--img_beta", type=float, default=0.0, help="head 0: weight of an image-ness key (row codes) in RoPE slot 6")
+ap.add_argument("--aux_exists", type=float, default=0.0, help="weight of an existence aux loss: the queried class's cell or absent")
 ap.add_argument("--out", required=True)
 args = ap.parse_args()
 print(vars(args), flush=True)
@@ -67,6 +69,10 @@ with torch.no_grad():
     for j, k in enumerate(copy):
         v[j] = Dm[idx[k]]; o[:, j] = B[:, idx[k]]
     att0.q_proj.weight[:HD] = q; att0.k_proj.weight[:HD] = kk; att0.v_proj.weight[:HD] = v
+    if args.img_beta:
+        q[6] = args.img_beta * torch.stack(cls_rows).sum(0)
+        kk[6] = torch.stack([Dm[idx[("row", r)]] for r in range(4)]).sum(0)
+        att0.q_proj.weight[:HD] = q; att0.k_proj.weight[:HD] = kk
     att0.o_proj.weight[:, :HD] = o
     if args.presence_head:
         q1 = q.clone(); k1 = kk.clone()
@@ -119,7 +125,8 @@ lm.embed_tokens.weight.requires_grad_(False)
 for p in model.model.multi_modal_projector.parameters(): p.requires_grad_(False)
 torch.manual_seed(args.seed + 77)
 aux_head = torch.nn.Linear(D_MODEL, 16)
-params = [p for p in model.parameters() if p.requires_grad] + list(aux_head.parameters())
+ex_head = torch.nn.Linear(D_MODEL, 17)
+params = [p for p in model.parameters() if p.requires_grad] + list(aux_head.parameters()) + (list(ex_head.parameters()) if args.aux_exists else [])
 opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
 ad = LlavaAdapter(model.config, tok, ip, model)
 model.train(); model.model.vision_tower.eval()
@@ -169,9 +176,26 @@ for step in range(args.steps):
         al = aux_loss(out_.hidden_states[args.aux_layer], lab, [items[k] for k in ix])
         if al is not None:
             loss = loss + args.aux * al * len([k for k in ix if items[k].task == "relation"]) / len(items)
+        if args.aux_exists:
+            exi = [b for b, k in enumerate(ix) if items[k].task == "exists"]
+            if exi:
+                first = (lab != -100).float().argmax(1)
+                hsel = out_.hidden_states[args.aux_layer][torch.tensor(exi), first[exi] - 1]
+                tgt = []
+                for b in exi:
+                    it = items[ix[b]]
+                    cls_q = it.prompt.split()[3]
+                    ks = it.scene.find(cls_q)
+                    if ks:
+                        cx, cy = it.scene.objects[ks[0]].center
+                        tgt.append(int(cy // world.cell) * 4 + int(cx // world.cell))
+                    else:
+                        tgt.append(16)
+                el = torch.nn.functional.cross_entropy(ex_head(hsel), torch.tensor(tgt))
+                loss = loss + args.aux_exists * el * len(exi) / len(items)
         loss.backward(); total += float(loss.detach())
     if step < args.curriculum:
-        low = {id(p) for l in lm.layers[:args.curr_layers] for p in l.parameters()}
+        low = {id(p) for l in lm.layers[:args.curr_layers] for p in l.parameters()} | {id(p) for p in ex_head.parameters()}
         for p_ in params:
             if id(p_) not in low:
                 p_.grad = None
