@@ -43,37 +43,13 @@ codes = ck["codes"]
 lm = model.model.language_model
 cfg = world.config
 att0 = lm.layers[0].self_attn
-LOWFREQ_SLOTS = [11, 23, 10, 22, 9, 21, 8, 20, 7, 19, 6, 18]
+h = write_copy_head(lm, tok, cfg, codes, args.a, args.b)
+B, Dm, idx, q, kk, cls_rows = h["B"], h["Dm"], h["idx"], h["q"], h["k"], h["cls_rows"]
 with torch.no_grad():
-    E = lm.embed_tokens.weight
-    wid = lambda w: tok.convert_tokens_to_ids(w)  # noqa
-    feats = {}
-    for c in cfg.classes: feats[("cls", c)] = E[wid(c)].clone()
-    for c in cfg.colors: feats[("col", c)] = E[wid(c)].clone()
-    for s in cfg.sizes: feats[("siz", s)] = E[wid(s)].clone()
-    for k, v in enumerate(codes["basis"]["row"]): feats[("row", k)] = v.clone()
-    for k, v in enumerate(codes["basis"]["col"]): feats[("colm", k)] = v.clone()
-    feats[("mobj", 0)] = codes["m_obj"].clone()
-    feats[("img", 0)] = E[wid("image")].clone()
-    keys = list(feats)
-    B = torch.stack([feats[k] for k in keys], 1)
-    Dm = torch.linalg.pinv(B)
-    idx = {k: i for i, k in enumerate(keys)}
-    q = torch.zeros(HD, D_MODEL); kk = torch.zeros(HD, D_MODEL); v = torch.zeros(HD, D_MODEL); o = torch.zeros(D_MODEL, HD)
-    cls_rows = [Dm[idx[("cls", c)]] for c in cfg.classes]
-    for j, c in enumerate(cfg.classes):
-        s = LOWFREQ_SLOTS[j]; q[s] = args.a * cls_rows[j]; kk[s] = cls_rows[j]
-    s = LOWFREQ_SLOTS[len(cfg.classes)]
-    q[s] = args.b * torch.stack(cls_rows).sum(0); kk[s] = Dm[idx[("mobj", 0)]]
-    copy = [k for k in keys if k[0] in ("row", "colm", "col", "siz", "mobj")]
-    for j, k in enumerate(copy):
-        v[j] = Dm[idx[k]]; o[:, j] = B[:, idx[k]]
-    att0.q_proj.weight[:HD] = q; att0.k_proj.weight[:HD] = kk; att0.v_proj.weight[:HD] = v
     if args.img_beta:
         q[6] = args.img_beta * torch.stack(cls_rows).sum(0)
         kk[6] = torch.stack([Dm[idx[("row", r)]] for r in range(4)]).sum(0)
         att0.q_proj.weight[:HD] = q; att0.k_proj.weight[:HD] = kk
-    att0.o_proj.weight[:, :HD] = o
     if args.presence_head:
         q1 = q.clone(); k1 = kk.clone()
         s2 = LOWFREQ_SLOTS[len(cfg.classes) + 1]
