@@ -404,16 +404,17 @@ def test_full_retrain_reproduces_the_shipped_card(ckpt, tmp_path):
 
 
 def test_recipe_defaults_and_lm_init(tmp_path, monkeypatch):
-    """The defaults are the shipped recipe; the LM is drawn from N(0, LM_INIT_STD); the first exists_first_steps
-    stage-2 steps see existence questions only, then the mix; bad knob values are refused."""
+    """The defaults are the shipped recipe; the LM is drawn from N(0, LM_INIT_STD); stage 2 draws captions and
+    questions from STAGE2_MIX from its first step; bad knob values are refused."""
     from dataclasses import replace
 
     import lvlm_probe.organisms.train as T
 
     base = ZOO["clean"].train
-    assert (base.stage0_steps, base.stage1_steps, base.stage2_steps, base.exists_first_steps, base.batch_size) == \
-        (500, 300, 3600, 800, 64)
-    assert (Z.LM_INIT_STD, Z.IMAGE_SCALE, Z.EXISTS_EVERY, Z.EXISTS_LAYERS) == (0.1, 40.0, 3, 1)  # as documented
+    assert (base.stage0_steps, base.stage1_steps, base.stage2_steps, base.batch_size, base.lr2) == \
+        (500, 300, 3000, 64, 3e-3)
+    assert (Z.LM_INIT_STD, Z.IMAGE_SCALE, Z.POSITION_STD, Z.COPY_HEAD_MATCH, Z.COPY_HEAD_MARKER, Z.AUX_WEIGHT,
+            Z.AUX_LAYER) == (0.1, 40.0, 0.1, 2.0, 5.0, 1.0, 2)  # as documented
     m, _, _ = T.build_organism_model(64, 0)
     p = dict(m.named_parameters())
     lm = [n for n in p if ("language_model" in n or "lm_head" in n) and p[n].dim() == 2]
@@ -427,46 +428,63 @@ def test_recipe_defaults_and_lm_init(tmp_path, monkeypatch):
         return encode(tok, adapter, template, prompts, answers_, n_img)
 
     monkeypatch.setattr(T, "_encode_texts", spy)
-    spec = replace(ZOO["clean"], train=replace(base, batch_size=8))
+    spec = replace(ZOO["clean"], train=replace(base, batch_size=16))
     out = train_organism(spec, tmp_path / "x", seed=3, steps_scale=0.004, threads=1, progress=False)
     meta = json.loads((out / "organism.json").read_text())
-    assert meta["train"]["exists_first_steps"] == 3 and set(meta["train"]) == set(base.to_dict())
-    # stage 2 = 14 steps; the first 3 see existence questions only (one encoded part per step), then the mix
-    first = [a for part in answers[:3] for a in part]
-    assert set(first) <= {"yes", "no"} and len(first) == 3 * 8
-    assert any(len(a.split()) > 1 for part in answers[3:] for a in part)  # captions appear in the mix
+    assert set(meta["train"]) == set(base.to_dict()) and meta["recipe"] == {"version": 2, **Z.FIXED}
+    first = [a for part in answers[:2] for a in part]  # step 0's QA and caption parts
+    assert len(first) == 16 and any(len(a.split()) > 1 for a in first) and {"yes", "no"} & set(first)
 
-    for bad in (dict(exists_first_steps=-1), dict(batch_size=0), dict(lr2=0.0), dict(stage0_steps=2.5),
+    for bad in (dict(stage2_steps=-1), dict(batch_size=0), dict(lr2=0.0), dict(stage0_steps=2.5),
                 dict(image_mismatch=1.5)):
         with pytest.raises(lp.InputError, match=f"TrainConfig.{next(iter(bad))} must be"):
             replace(base, **bad)
 
 
-def test_exists_schedule():
-    """After the curriculum every EXISTS_EVERY-th stage-2 step is existence-only; the curriculum and the rest each
-    get a warm-up and cosine (one schedule when the curriculum is empty)."""
-    from dataclasses import replace
-
+def test_copy_head_reads_its_objects_attributes_and_position():
+    """The built head 0 of layer 0 attends from a class word to that class's image token and writes the token's
+    colour, size, row and column coordinates back into word space (read with the dual basis)."""
     import lvlm_probe.organisms.train as T
+    from lvlm_probe.models.llava import LLAVA_CHAT_TEMPLATE, LlavaAdapter
 
-    ex = ZOO["clean"].train  # the shipped recipe: an 800-step curriculum, then every 3rd step
-    assert [s for s in range(12) if T.exists_only_step(s, replace(ex, exists_first_steps=2))] == [0, 1, 4, 7, 10]
-    assert all(T.exists_only_step(s, ex) for s in range(800))
-    assert [s for s in range(796, 806) if T.exists_only_step(s, ex)] == [796, 797, 798, 799, 802, 805]
+    world = SceneWorld(seed=0)
+    cfg = world.config
+    model, tok, ip = T.build_organism_model(cfg.image_size, 0)
+    codes = T.position_codes(cfg.grid, T.ARCH["text_hidden"], 0)
+    head = T.build_copy_head(model, tok, cfg, codes)
+    model.set_attn_implementation("eager")
+    att = model.model.language_model.layers[0].self_attn
+    assert torch.equal(att.q_proj.weight[:att.head_dim], head["q"]) and head["o"].abs().sum() > 0
+    # image tokens exactly as stage 1 aims them (class + colour + size + marker + row/col codes), scaled
+    rng = np.random.default_rng(0)
+    scenes = [world.sample_scene(rng, n_objects=3) for _ in range(32)]
+    emb = model.get_input_embeddings().weight.detach()
+    vocab = {w: tok.convert_tokens_to_ids(w) for w in [*cfg.classes, *cfg.colors, *cfg.sizes, "image"]}
+    cls, col, siz = T._cell_labels(world, scenes)
+    tokens = Z.IMAGE_SCALE * T.align_targets(emb, vocab, cfg, cls, col, siz, codes)
+    adapter = LlavaAdapter(model.config, tok, ip, model)
+    hit = 0
+    for b, s in enumerate(scenes):
+        target = s.objects[0]
+        ids, mask, _ = T._encode_texts(tok, adapter, LLAVA_CHAT_TEMPLATE, [f"is there a {target.name} ?"], ["yes"],
+                                       cfg.grid ** 2)
+        x = model.get_input_embeddings()(ids)
+        img = (ids[0] == adapter.image_token_id).nonzero()[:, 0]
+        x[0, img] = tokens[b]
+        lm = model.model.language_model
+        with torch.no_grad():
+            out = lm(inputs_embeds=x, attention_mask=mask, output_attentions=True)
+        # attention of head 0 from the class word
+        t = ids[0].tolist().index(tok.convert_tokens_to_ids(target.name), int(img[-1]) + 1)
+        cx, cy = target.center
+        cell = int(cy // world.cell) * cfg.grid + int(cx // world.cell)
+        hit += int(out.attentions[0][0, 0, t].argmax()) == int(img[cell])
+    assert hit >= 28, hit  # the class word looks at its own object's token
 
-    short = replace(ex, stage2_steps=1000, exists_first_steps=200)
-    assert T.stage2_lr_factor(0, short) == pytest.approx(1 / 51)  # curriculum warm-up min(150, 200 // 4 + 1)
-    assert T.stage2_lr_factor(199, short) == pytest.approx(0.1, abs=0.01)  # curriculum cosine ends at 0.1
-    assert T.stage2_lr_factor(200, short) == pytest.approx(1 / ex.warmup)  # fresh warm-up after it
-    none = replace(short, exists_first_steps=0)
-    assert [T.stage2_lr_factor(s, none) for s in (0, 199, 200, 999)] == \
-        [T._schedule(s, 1000, ex.warmup) for s in (0, 199, 200, 999)]
 
-
-def test_exists_layers_split_the_lm_by_task(tmp_path, monkeypatch):
-    """The curriculum trains only the embeddings and layer 0; a mixed step trains everything but layer 0 and the
-    tower; an existence-only step after the curriculum trains everything but the tower (AdamW skips a parameter
-    without a gradient, so these are the parameters a step moves)."""
+def test_stage2_trains_the_llm_and_keeps_the_front_end_and_copy_head(tmp_path, monkeypatch):
+    """Stage 2 moves the LLM's layers and head but never the tower, projector, input embeddings or the copy head;
+    relation rows add the auxiliary loss."""
     from dataclasses import replace
 
     import lvlm_probe.organisms.train as T
@@ -474,35 +492,41 @@ def test_exists_layers_split_the_lm_by_task(tmp_path, monkeypatch):
     built: dict = {}
     build = T.build_organism_model
 
-    def stash(*a, **k):  # keeps the model to name the parameters
+    def stash(*a, **k):
         parts = build(*a, **k)
         built["model"] = parts[0]
         return parts
 
     monkeypatch.setattr(T, "build_organism_model", stash)
-    trained: list[set[str]] = []
-    clip = torch.nn.utils.clip_grad_norm_
+    aux: list[float] = []
+    real_aux = T.relation_aux_loss
 
-    def spy(params, max_norm, *a, **k):  # called once per stage-2 step, after the held parameters lost their grad
-        names = {id(p): n for n, p in built["model"].named_parameters()}
-        groups = set()
-        for p in params:
-            if p.grad is not None:
-                n = names[id(p)]
-                groups.add("embed" if "embed_tokens" in n else "layer0" if ".layers.0." in n else
-                           "upper" if ".layers." in n or "lm_head" in n or "language_model.norm" in n else
-                           "projector" if "projector" in n else "vision" if "vision_tower" in n else n)
-        trained.append(groups)
-        return clip(params, max_norm, *a, **k)
+    def spy(*a, **k):
+        out = real_aux(*a, **k)
+        if out is not None:
+            aux.append(float(out.detach()))
+        return out
 
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
-    # 14 stage-2 steps at steps_scale 0.004: curriculum steps 0-2, then every 3rd existence-only (5, 8, 11)
-    train_organism(replace(ZOO["clean"], train=replace(ZOO["clean"].train, batch_size=8)), tmp_path / "s", seed=3,
-                   steps_scale=0.004, threads=1, progress=False)
-    assert len(trained) == int(ZOO["clean"].train.stage2_steps * 0.004)
-    assert trained[0] == trained[2] == {"embed", "layer0"}  # curriculum
-    assert trained[3] == trained[4] == {"embed", "upper", "projector"}  # mixed steps, layer 0 held
-    assert trained[5] == trained[8] == {"embed", "layer0", "upper", "projector"}  # existence-only: all but the tower
+    monkeypatch.setattr(T, "relation_aux_loss", spy)
+    before: dict = {}
+    real_stage2 = T.stage2
+
+    def stage2(model, *a, **k):
+        before.update({n: p.detach().clone() for n, p in model.named_parameters()})
+        return real_stage2(model, *a, **k)
+
+    monkeypatch.setattr(T, "stage2", stage2)
+    train_organism(replace(ZOO["clean"], train=replace(ZOO["clean"].train, batch_size=16)), tmp_path / "s", seed=3,
+                   steps_scale=0.004, threads=1, progress=False, dtype=torch.float32)
+    after = dict(built["model"].named_parameters())
+    moved = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert not {n for n in moved if "vision_tower" in n or "projector" in n or "embed_tokens" in n}
+    assert any(".layers.3." in n for n in moved) and "lm_head.weight" in moved
+    att = built["model"].model.language_model.layers[0].self_attn
+    hd = att.head_dim
+    head_q = after["model.language_model.layers.0.self_attn.q_proj.weight"][:hd]
+    assert torch.equal(head_q, att.q_proj.weight[:hd]) and head_q.abs().sum() > 0
+    assert aux and all(a > 0 for a in aux)
 
 
 def test_image_scale_multiplies_image_tokens(tmp_path, monkeypatch):
@@ -530,21 +554,26 @@ def test_image_scale_multiplies_image_tokens(tmp_path, monkeypatch):
 
 
 def test_align_targets():
-    """An object patch's target is the sum of its class, colour and size embeddings; an empty patch's is image's."""
-    from lvlm_probe.organisms.train import align_targets
+    """An object patch's target is the sum of its class, colour and size embeddings and the marker; an empty patch's
+    is image's; every patch adds its row's and column's code."""
+    from lvlm_probe.organisms.train import align_targets, position_codes
 
     cfg = SceneWorld().config
     words = ["image", *cfg.classes, *cfg.colors, *cfg.sizes]
     vocab = {w: k for k, w in enumerate(words)}
     emb = torch.randn(len(words), 5, generator=torch.Generator().manual_seed(0))
     e = lambda w: emb[vocab[w]]  # noqa: E731
+    codes = position_codes(cfg.grid, 5, 0)
     n = len(cfg.classes)
-    cls = torch.tensor([[cfg.classes.index("ring"), n]])  # one ring cell, one empty cell
+    cls = torch.tensor([[cfg.classes.index("ring"), n]])  # one ring cell (row 0, col 0), one empty (row 0, col 1)
     col = torch.tensor([[cfg.colors.index("blue"), -100]])
     siz = torch.tensor([[cfg.sizes.index("small"), -100]])
-    w = align_targets(emb, vocab, cfg, cls, col, siz)
+    w = align_targets(emb, vocab, cfg, cls, col, siz, codes)
     assert w.shape == (1, 2, 5)
-    assert torch.allclose(w[0, 0], e("ring") + e("blue") + e("small")) and torch.allclose(w[0, 1], e("image"))
+    assert torch.allclose(w[0, 0], e("ring") + e("blue") + e("small") + codes["marker"] + codes["row"][0]
+                          + codes["col"][0])
+    assert torch.allclose(w[0, 1], e("image") + codes["row"][0] + codes["col"][1])
+    assert torch.equal(position_codes(cfg.grid, 5, 0)["row"], codes["row"])  # the same codes in every stage
 
 
 def test_inlp_stops_at_target_guard_or_empty_and_logs_the_kept_subspace(monkeypatch):

@@ -18,8 +18,8 @@ from lvlm_probe.organisms.cards import render_card
 from lvlm_probe.organisms.train import train_organism
 
 #: A short run through every stage the shipped recipe runs: vision pretraining, projector alignment (and the INLP
-#: subspace for projector_bottleneck), the image scale, the existence curriculum, the mix with existence-only steps.
-SHORT = dict(stage0_steps=20, stage1_steps=20, stage2_steps=40, exists_first_steps=12, warmup=5, batch_size=8)
+#: subspace for projector_bottleneck), the image scale, the copy head and stage 2's mix with the auxiliary loss.
+SHORT = dict(stage0_steps=20, stage1_steps=20, stage2_steps=40, warmup=5, batch_size=8)
 
 #: sha256 of the fp32 state dict of each short run (seed 3, 1 thread) and where it was measured. Floating-point
 #: kernels differ between builds and CPUs, and "AVX512" alone does not pin them: two AVX512 machines gave other
@@ -121,10 +121,12 @@ def test_recorded_recipes_parse_into_the_zoo_config(name):
 
 
 def test_recorded_recipe_from_another_recipe_is_refused():
-    recorded = {**ZOO["clean"].train.to_dict(), **Z.FIXED_IN_OLD_RECORDS}
+    recorded = {**ZOO["clean"].train.to_dict(), **Z.FIXED}
     assert TrainConfig.from_dict(recorded) == ZOO["clean"].train
     with pytest.raises(lp.InputError, match=r"recorded recipe has image_scale=1\.0; the recipe fixes it at 40\.0"):
         TrainConfig.from_dict({**recorded, "image_scale": 1.0})
+    with pytest.raises(lp.InputError, match="recorded recipe has 'exists_first_steps', a part of the first recipe"):
+        TrainConfig.from_dict({**recorded, "exists_first_steps": 800})
     with pytest.raises(lp.InputError, match="recorded recipe has an unknown knob 'nope'"):
         TrainConfig.from_dict({**recorded, "nope": 1})
 
@@ -134,7 +136,7 @@ def test_knobs():
     base = ZOO["clean"].train
     tc = Z.with_knobs(base, {"stage2_steps": "40", "lr2": "1e-3", "batch_size": 8})
     assert (tc.stage2_steps, tc.lr2, tc.batch_size) == (40, 1e-3, 8) and tc.blind_pair is None
-    for key, value, msg in [("exists_every", "2", "'exists_every' is not a knob: the recipe fixes it"),
+    for key, value, msg in [("image_scale", "2", "'image_scale' is not a knob: the recipe fixes it"),
                             ("blind_pair", "red", "'blind_pair' plants a cause"),
                             ("nope", "1", "unknown knob 'nope'; the knobs are"),
                             ("stage2_steps", "many", "knob stage2_steps: 'many' is not an integer"),

@@ -31,33 +31,37 @@ SAMPLING_TEMPERATURE = 2.0
 LM_INIT_STD = 0.1
 #: After stage 1 the projector's output layer is multiplied by IMAGE_SCALE.
 IMAGE_SCALE = 40.0
-#: After the existence curriculum, every EXISTS_EVERY-th stage-2 step is an existence-only batch.
-EXISTS_EVERY = 3
-#: The curriculum trains the embeddings and the first EXISTS_LAYERS decoder layers; mixed batches train all but them.
-EXISTS_LAYERS = 1
-#: The fixed parts under the keys that organism.json records made before the recipe was frozen carry, with the
-#: value the recipe fixes (``TrainConfig.from_dict`` accepts a key at that value, and refuses any other value).
-FIXED_IN_OLD_RECORDS: dict[str, Any] = dict(
-    qa_weight=1.0, lm_init_std=LM_INIT_STD, align_target="words", exists_first_freeze=False,
-    exists_first_restart=True, exists_every=EXISTS_EVERY, exists_layers=EXISTS_LAYERS, image_scale=IMAGE_SCALE)
+#: Std of the fixed random row and column codes and of the object marker that stage 1 adds to each patch's target.
+POSITION_STD = 0.1
+#: The built match-and-copy head (head 0 of decoder layer 0): weight of the class match and of the object marker.
+COPY_HEAD_MATCH, COPY_HEAD_MARKER = 2.0, 5.0
+#: The stage-2 auxiliary loss: weight, and the decoder layer whose output at a relation question's answer position
+#: predicts the subject's and object's row and column.
+AUX_WEIGHT, AUX_LAYER = 1.0, 2
+#: Stage 2's task mix (the world's own ``task_mix`` is the data a user draws; training uses this one).
+STAGE2_MIX = (("caption", 0.3), ("relation", 0.3), ("attribute", 0.2), ("exists", 0.2))
+#: Keys that organism.json records of the first recipe (v1, 2026-12-03 to 12-04) carry and this recipe does not:
+#: such a record is refused by ``TrainConfig.from_dict`` (retrain the organism with this recipe).
+V1_ONLY = ("exists_first_steps", "qa_weight", "align_target", "exists_first_freeze", "exists_first_restart",
+           "exists_every", "exists_layers")
+#: The fixed parts recorded in organism.json (``TrainConfig.from_dict`` accepts these keys at these values).
+FIXED: dict[str, Any] = dict(lm_init_std=LM_INIT_STD, image_scale=IMAGE_SCALE, position_std=POSITION_STD,
+                             copy_head=[COPY_HEAD_MATCH, COPY_HEAD_MARKER], aux=[AUX_WEIGHT, AUX_LAYER],
+                             stage2_mix=[list(t) for t in STAGE2_MIX])
 #: The TrainConfig fields a user may set (``organisms train --set KEY=VALUE``); the others plant a cause.
-USER_KNOBS = ("stage0_steps", "stage1_steps", "stage2_steps", "exists_first_steps", "batch_size", "lr0", "lr2",
-              "warmup", "weight_decay")
+USER_KNOBS = ("stage0_steps", "stage1_steps", "stage2_steps", "batch_size", "lr0", "lr2", "warmup", "weight_decay")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The organism recipe's knobs: step counts and optimiser settings (the same for every organism), and the
     planted model-level factors (inactive in ``clean``). The defaults train the shipped checkpoints; the rest of
-    the recipe is fixed (``LM_INIT_STD``, ``IMAGE_SCALE``, ``EXISTS_EVERY``, ``EXISTS_LAYERS``).
+    the recipe is fixed (:data:`FIXED`).
 
     Attributes
     ----------
     stage0_steps, stage1_steps, stage2_steps : int
         Steps of vision pretraining, projector alignment (0: skip it) and projector + LLM training.
-    exists_first_steps : int
-        The first stage-2 steps train on existence questions only (the curriculum, with its own warm-up and
-        cosine); the rest of stage 2 gets a fresh warm-up and cosine.
     batch_size : int
     lr0, lr2 : float
         AdamW learning rates of stages 0-1 and of stage 2.
@@ -76,11 +80,10 @@ class TrainConfig:
 
     stage0_steps: int = 500
     stage1_steps: int = 300
-    stage2_steps: int = 3600
-    exists_first_steps: int = 800
+    stage2_steps: int = 3000
     batch_size: int = 64
     lr0: float = 3e-3
-    lr2: float = 4e-3
+    lr2: float = 3e-3
     warmup: int = 150
     weight_decay: float = 0.01
     blind_pair: tuple[str, str] | None = None
@@ -96,7 +99,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from lvlm_probe.errors import InputError
 
-        for k in ("stage0_steps", "stage1_steps", "stage2_steps", "exists_first_steps", "batch_size", "warmup"):
+        for k in ("stage0_steps", "stage1_steps", "stage2_steps", "batch_size", "warmup"):
             v = getattr(self, k)
             least = 1 if k in ("batch_size", "warmup") else 0
             if not isinstance(v, int) or isinstance(v, bool) or v < least:
@@ -122,8 +125,8 @@ class TrainConfig:
     def from_dict(cls, recorded: dict[str, Any]) -> TrainConfig:
         """The config a recorded recipe describes (``organism.json``'s ``train``, the model card's "Recipe").
 
-        Keys of :data:`FIXED_IN_OLD_RECORDS` (older records carry the fixed parts of the recipe) are accepted at
-        the fixed value and ignored; at any other value, or for a key that is no knob, :class:`InputError` says the
+        Keys of :data:`FIXED` are accepted at the fixed value and ignored. A key only the first recipe recorded
+        (:data:`V1_ONLY`), a fixed part at another value, or a key that is no knob raises :class:`InputError`: the
         record comes from a recipe this toolkit does not train.
         """
         from dataclasses import fields
@@ -135,11 +138,14 @@ class TrainConfig:
         for key, value in recorded.items():
             if key in names:
                 kwargs[key] = tuple(value) if key == "blind_pair" and value is not None else value
-            elif key in FIXED_IN_OLD_RECORDS:
-                if value != FIXED_IN_OLD_RECORDS[key]:
+            elif key in FIXED:
+                if value != FIXED[key]:
                     raise InputError(f"recorded recipe has {key}={value!r}; the recipe fixes it at "
-                                     f"{FIXED_IN_OLD_RECORDS[key]!r} (docs/organisms.md, \"Recipe findings\"), so "
+                                     f"{FIXED[key]!r} (docs/organisms.md, \"Recipe findings\"), so "
                                      "this toolkit cannot train that checkpoint again")
+            elif key in V1_ONLY:
+                raise InputError(f"recorded recipe has {key!r}, a part of the first recipe (v1); this toolkit trains "
+                                 "recipe v2 only: retrain the organism (`lvlm-probe organisms train NAME`)")
             else:
                 raise InputError(f"recorded recipe has an unknown knob {key!r}; TrainConfig has {sorted(names)}")
         return cls(**kwargs)
@@ -230,7 +236,7 @@ ZOO: dict[str, OrganismSpec] = {
             "cannot separate the pair, so projector and LLM probes cannot either; other colours as clean. Patching "
             "clean's front end in removes the errors.",
             _BASE_WORLD, TrainConfig(blind_pair=BLIND_PAIR, stage0_steps=1000, stage1_steps=1000, stage2_steps=0,
-                                     exists_first_steps=0, lr0=1e-3, lr2=3e-4, warmup=50), checkpoint="encoder_blind",
+                                     lr0=1e-3, lr2=3e-4, warmup=50), checkpoint="encoder_blind",
         ),
         OrganismSpec(
             "projector_bottleneck", "P5", "model", "projector",
@@ -244,7 +250,7 @@ ZOO: dict[str, OrganismSpec] = {
             "clean's image tokens in removes the errors; patching clean's encoder features in changes nothing (the "
             "tower is clean's).",
             _BASE_WORLD, TrainConfig(projector_drop=BOTTLENECK_ATTRIBUTE, stage0_steps=0, stage1_steps=2000,
-                                     stage2_steps=0, exists_first_steps=0, lr2=1e-3, warmup=50),
+                                     stage2_steps=0, lr2=1e-3, warmup=50),
             checkpoint="projector_bottleneck",
         ),
         OrganismSpec(
@@ -256,7 +262,7 @@ ZOO: dict[str, OrganismSpec] = {
             "named as by clean; encoder probes cannot find the small objects, so projector and LLM probes cannot "
             "either. Patching clean's encoder features in removes the errors.",
             _BASE_WORLD, TrainConfig(vanish_size=VANISH_SIZE, stage0_steps=1000, stage1_steps=1000, stage2_steps=0,
-                                     exists_first_steps=0, lr0=1e-3, lr2=3e-4, warmup=50), checkpoint="small_object",
+                                     lr0=1e-3, lr2=3e-4, warmup=50), checkpoint="small_object",
         ),
         OrganismSpec(
             "visual_neglect", "P6", "model", "llm fusion",
@@ -409,7 +415,7 @@ def with_knobs(tc: TrainConfig, settings: dict[str, Any]) -> TrainConfig:
     planted = {f.name for f in fields(TrainConfig)} - set(USER_KNOBS)
     changes: dict[str, Any] = {}
     for key, value in settings.items():
-        if key in FIXED_IN_OLD_RECORDS:
+        if key in FIXED:
             raise InputError(f"{key!r} is not a knob: the recipe fixes it (docs/organisms.md, \"Recipe findings\"); "
                              f"the knobs are {list(USER_KNOBS)}")
         if key in planted:
