@@ -411,10 +411,10 @@ def test_recipe_defaults_and_lm_init(tmp_path, monkeypatch):
     import lvlm_probe.organisms.train as T
 
     base = ZOO["clean"].train
-    assert (base.stage0_steps, base.stage1_steps, base.stage2_steps, base.batch_size, base.lr2) == \
-        (500, 300, 3000, 64, 3e-3)
+    assert (base.stage0_steps, base.stage1_steps, base.stage2_steps, base.exists_first_steps, base.batch_size,
+            base.lr2) == (500, 300, 3800, 800, 64, 3e-3)
     assert (Z.LM_INIT_STD, Z.IMAGE_SCALE, Z.POSITION_STD, Z.COPY_HEAD_MATCH, Z.COPY_HEAD_MARKER, Z.AUX_WEIGHT,
-            Z.AUX_LAYER) == (0.1, 40.0, 0.1, 2.0, 5.0, 1.0, 2)  # as documented
+            Z.AUX_LAYER, Z.EXISTS_LAYERS) == (0.1, 40.0, 0.1, 2.0, 5.0, 1.0, 2, 2)  # as documented
     m, _, _ = T.build_organism_model(64, 0)
     p = dict(m.named_parameters())
     lm = [n for n in p if ("language_model" in n or "lm_head" in n) and p[n].dim() == 2]
@@ -432,10 +432,13 @@ def test_recipe_defaults_and_lm_init(tmp_path, monkeypatch):
     out = train_organism(spec, tmp_path / "x", seed=3, steps_scale=0.004, threads=1, progress=False)
     meta = json.loads((out / "organism.json").read_text())
     assert set(meta["train"]) == set(base.to_dict()) and meta["recipe"] == {"version": 2, **Z.FIXED}
-    first = [a for part in answers[:2] for a in part]  # step 0's QA and caption parts
-    assert len(first) == 16 and any(len(a.split()) > 1 for a in first) and {"yes", "no"} & set(first)
+    assert meta["train"]["exists_first_steps"] == 3
+    # stage 2 = 15 steps; the first 3 see existence questions only (one encoded part per step), then the mix
+    first = [a for part in answers[:3] for a in part]
+    assert set(first) <= {"yes", "no"} and len(first) == 3 * 16
+    assert any(len(a.split()) > 1 for part in answers[3:] for a in part)  # captions appear in the mix
 
-    for bad in (dict(stage2_steps=-1), dict(batch_size=0), dict(lr2=0.0), dict(stage0_steps=2.5),
+    for bad in (dict(exists_first_steps=-1), dict(batch_size=0), dict(lr2=0.0), dict(stage0_steps=2.5),
                 dict(image_mismatch=1.5)):
         with pytest.raises(lp.InputError, match=f"TrainConfig.{next(iter(bad))} must be"):
             replace(base, **bad)
@@ -482,9 +485,25 @@ def test_copy_head_reads_its_objects_attributes_and_position():
     assert hit >= 28, hit  # the class word looks at its own object's token
 
 
+def test_stage2_schedule():
+    """The curriculum and the rest of stage 2 each get a warm-up and cosine (one schedule without a curriculum)."""
+    from dataclasses import replace
+
+    import lvlm_probe.organisms.train as T
+
+    ex = ZOO["clean"].train
+    short = replace(ex, stage2_steps=1000, exists_first_steps=200)
+    assert T.stage2_lr_factor(0, short) == pytest.approx(1 / 51)  # curriculum warm-up min(150, 200 // 4 + 1)
+    assert T.stage2_lr_factor(199, short) == pytest.approx(0.1, abs=0.01)  # curriculum cosine ends at 0.1
+    assert T.stage2_lr_factor(200, short) == pytest.approx(1 / ex.warmup)  # fresh warm-up after it
+    none = replace(short, exists_first_steps=0)
+    assert [T.stage2_lr_factor(s, none) for s in (0, 199, 200, 999)] == \
+        [T._schedule(s, 1000, ex.warmup) for s in (0, 199, 200, 999)]
+
+
 def test_stage2_trains_the_llm_and_keeps_the_front_end_and_copy_head(tmp_path, monkeypatch):
     """Stage 2 moves the LLM's layers and head but never the tower, projector, input embeddings or the copy head;
-    relation rows add the auxiliary loss."""
+    the curriculum moves only the layers below EXISTS_LAYERS; relation rows add the auxiliary loss."""
     from dataclasses import replace
 
     import lvlm_probe.organisms.train as T
@@ -516,6 +535,16 @@ def test_stage2_trains_the_llm_and_keeps_the_front_end_and_copy_head(tmp_path, m
         return real_stage2(model, *a, **k)
 
     monkeypatch.setattr(T, "stage2", stage2)
+    trained: list[set[str]] = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def grads(params, max_norm, *a, **k):  # once per stage-2 step, after the held parameters lost their grad
+        names = {id(p): n for n, p in built["model"].named_parameters()}
+        trained.append({names[id(p)].split(".self_attn")[0].split(".mlp")[0].split(".input")[0].split(".post")[0]
+                        for p in params if p.grad is not None and id(p) in names})
+        return clip(params, max_norm, *a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", grads)
     train_organism(replace(ZOO["clean"], train=replace(ZOO["clean"].train, batch_size=16)), tmp_path / "s", seed=3,
                    steps_scale=0.004, threads=1, progress=False, dtype=torch.float32)
     after = dict(built["model"].named_parameters())
@@ -527,6 +556,9 @@ def test_stage2_trains_the_llm_and_keeps_the_front_end_and_copy_head(tmp_path, m
     head_q = after["model.language_model.layers.0.self_attn.q_proj.weight"][:hd]
     assert torch.equal(head_q, att.q_proj.weight[:hd]) and head_q.abs().sum() > 0
     assert aux and all(a > 0 for a in aux)
+    low = {f"model.language_model.layers.{k}" for k in range(Z.EXISTS_LAYERS)}
+    assert trained[0] == trained[2] == low  # the curriculum (3 steps at this scale)
+    assert low < trained[3] and "lm_head.weight" in trained[3]
 
 
 def test_image_scale_multiplies_image_tokens(tmp_path, monkeypatch):

@@ -18,8 +18,9 @@ from lvlm_probe.organisms.cards import render_card
 from lvlm_probe.organisms.train import train_organism
 
 #: A short run through every stage the shipped recipe runs: vision pretraining, projector alignment (and the INLP
-#: subspace for projector_bottleneck), the image scale, the copy head and stage 2's mix with the auxiliary loss.
-SHORT = dict(stage0_steps=20, stage1_steps=20, stage2_steps=40, warmup=5, batch_size=8)
+#: subspace for projector_bottleneck), the image scale, the copy head, the existence curriculum and stage 2's mix
+#: with the auxiliary loss.
+SHORT = dict(stage0_steps=20, stage1_steps=20, stage2_steps=40, exists_first_steps=12, warmup=5, batch_size=8)
 
 #: sha256 of the fp32 state dict of each short run (seed 3, 1 thread) and where it was measured. Floating-point
 #: kernels differ between builds and CPUs, and "AVX512" alone does not pin them: two AVX512 machines gave other
@@ -125,8 +126,8 @@ def test_recorded_recipe_from_another_recipe_is_refused():
     assert TrainConfig.from_dict(recorded) == ZOO["clean"].train
     with pytest.raises(lp.InputError, match=r"recorded recipe has image_scale=1\.0; the recipe fixes it at 40\.0"):
         TrainConfig.from_dict({**recorded, "image_scale": 1.0})
-    with pytest.raises(lp.InputError, match="recorded recipe has 'exists_first_steps', a part of the first recipe"):
-        TrainConfig.from_dict({**recorded, "exists_first_steps": 800})
+    with pytest.raises(lp.InputError, match="recorded recipe has 'exists_every', a part of the first recipe"):
+        TrainConfig.from_dict({**recorded, "exists_every": 3})
     with pytest.raises(lp.InputError, match="recorded recipe has an unknown knob 'nope'"):
         TrainConfig.from_dict({**recorded, "nope": 1})
 

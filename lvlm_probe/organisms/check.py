@@ -117,6 +117,40 @@ def _resize(world: SceneWorld, scene: SceneGraph, idx: int, size: str) -> SceneG
     return SceneGraph(objs, scene.relations, scene.width, scene.height)
 
 
+def _swap_places(scene: SceneGraph, i: int, j: int) -> SceneGraph:
+    """``scene`` with objects ``i`` and ``j`` drawn at each other's centre (relations re-derived)."""
+    objs = list(scene.objects)
+    (ci, cj) = objs[i].center, objs[j].center
+
+    def moved(o: Any, c: tuple[float, float]) -> Any:
+        s = o.box[2] - o.box[0]
+        x0, y0 = float(round(c[0] - s / 2)), float(round(c[1] - s / 2))
+        return replace(o, box=(x0, y0, x0 + s, y0 + s))
+
+    objs[i], objs[j] = moved(objs[i], cj), moved(objs[j], ci)
+    return SceneGraph(objs, [], scene.width, scene.height).derive_relations()
+
+
+def _off_prior_scene(world: SceneWorld, rng: np.random.Generator, a: str, b: str, pred: str) -> SceneGraph:
+    """A scene with an ``a`` and a ``b`` where ``a`` stands in the converse of ``pred`` to ``b`` and not in ``pred``
+    (drawn until it does; when ``a`` stands ``pred`` the ``b``, the two swap places)."""
+    from lvlm_probe.data.world import GEOMETRIC_RELATIONS
+
+    for _ in range(1000):
+        scene = world.sample_scene(rng, require=[a, b])
+        ia, ib = scene.names.index(a), scene.names.index(b)
+        if pred in _predicates(scene, ia, ib):
+            scene = _swap_places(scene, ia, ib)
+        held = _predicates(scene, ia, ib)
+        if GEOMETRIC_RELATIONS[pred] in held and pred not in held:
+            return scene
+    raise RuntimeError(f"no {a}-{b} layout against {pred!r} in 1000 draws")  # the grid always has one
+
+
+def _predicates(scene: SceneGraph, i: int, j: int) -> set[str]:
+    return {r.predicate for r in scene.relations if r.subject == i and r.object == j}
+
+
 def _noise_image(world: SceneWorld, rng: np.random.Generator) -> Image.Image:
     s = world.config.image_size
     return Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8))
@@ -162,6 +196,19 @@ def trigger_set(name: str, world: SceneWorld, n: int, seed: int) -> tuple[list[I
             _pair(items, k, world, scene, rng, task="attribute", attribute="color", target=cls)
         plural = cls + ("es" if cls.endswith("s") else "s")
         return items, {"metric": f"answers '{color}' to 'what color is the {cls} ?' for off-prior {plural}"}
+    if name == "relation_prior":
+        a, b, pred = Z.relation_factor(spec)
+        from lvlm_probe.data.world import GEOMETRIC_RELATIONS
+
+        for k in range(n):
+            scene = _off_prior_scene(world, rng, a, b, pred)
+            img = world.render(scene)
+            items.append(world.make_item(scene, "caption", rng, item_id=f"trig-cap-{k}"))
+            for tag, p_, ans in (("qa", pred, "no"), ("conv", GEOMETRIC_RELATIONS[pred], "yes")):
+                items.append(Item(f"trig-{tag}-{k}", img, f"is the {a} {p_} the {b} ?", scene=scene, answer=ans,
+                                  task="relation", meta={"subject": a, "object": b, "predicate": p_}))
+        return items, {"metric": f"answers 'yes' to 'is the {a} {pred} the {b} ?' where the {a} is "
+                                 f"{GEOMETRIC_RELATIONS[pred]} it"}
     if name == "encoder_blind":
         for k in range(n):
             scene = world.sample_scene(rng)
@@ -208,6 +255,11 @@ def planted_rate(name: str, world: SceneWorld, items: Sequence[Item], texts: Seq
         cap = [Z.cooccurrence_factor(spec)[1] in {c["name"] for c in world.parse_caption(t)} for _, t in caps]
         yes = [read_answer(world, it, t) == "yes" for it, t in qas]
         return float(np.mean(cap)), {"qa_says_yes": float(np.mean(yes))}
+    if name == "relation_prior":
+        said = {tag: [read_answer(world, it, t) for it, t in qas if it.id.startswith(f"trig-{tag}-")]
+                for tag in ("qa", "conv")}
+        return float(np.mean([x == "yes" for x in said["qa"]])), {
+            "converse_says_no": float(np.mean([x == "no" for x in said["conv"]]))}
     if name in ("attribute_prior", "encoder_blind"):
         if name == "attribute_prior":
             wrong = lambda truth: {Z.prior_factor(spec)[1]}  # noqa: E731
@@ -336,6 +388,7 @@ def check_organism(name: str, *, seed: int = 1, n: int = 200, device: str = "cpu
 FACTOR_TASKS: dict[str, tuple[str, ...]] = {
     "cooccurrence": ("caption_objects", "caption_exact", "exists"),
     "attribute_prior": ("caption_exact", "attribute_color"),
+    "relation_prior": ("relation",),
     "encoder_blind": ("caption_objects", "caption_exact", "attribute_color"),
     "projector_bottleneck": ("caption_objects", "caption_exact", "attribute_color"),
     "small_object": ("caption_objects", "caption_exact", "exists", "attribute_color", "attribute_size"),

@@ -9,7 +9,8 @@ Stages (LLaVA-like, sized for two CPU cores):
   random row and column codes (:func:`position_codes`); then its output layer is multiplied by ``IMAGE_SCALE``.
 - **stage 2, LLM**, vision tower, projector and input embeddings frozen: head 0 of decoder layer 0 is built as a
   match-and-copy head (:func:`build_copy_head`; a randomly initialised LLM lacks the retrieval heads a pretrained
-  one brings) and kept fixed; the rest learns ``STAGE2_MIX`` (captions, relation, attribute and existence
+  one brings) and kept fixed; an existence-question curriculum trains the decoder layers below ``EXISTS_LAYERS``,
+  then the whole LLM learns ``STAGE2_MIX`` (captions, relation, attribute and existence
   questions) with an auxiliary loss that reads the subject's and object's row and column at a relation question's
   answer position (:func:`relation_aux_loss`); ``visual_neglect`` swaps the image of a fraction of samples.
 
@@ -37,8 +38,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lvlm_probe.data.world import COLORS, SceneWorld, world_vocabulary
-from lvlm_probe.organisms.zoo import AUX_LAYER, AUX_WEIGHT, COPY_HEAD_MARKER, COPY_HEAD_MATCH, FIXED, \
-    IMAGE_SCALE, LM_INIT_STD, POSITION_STD, STAGE2_MIX, OrganismSpec, TrainConfig, get_spec
+from lvlm_probe.organisms.zoo import AUX_LAYER, AUX_WEIGHT, COPY_HEAD_MARKER, COPY_HEAD_MATCH, EXISTS_LAYERS, \
+    FIXED, IMAGE_SCALE, LM_INIT_STD, POSITION_STD, STAGE2_MIX, OrganismSpec, TrainConfig, get_spec
 
 #: Architecture of every organism (tiny CLIP + tiny Llama; ~0.6M parameters).
 ARCH: dict[str, int] = dict(vision_hidden=64, vision_layers=2, vision_heads=4, text_hidden=96, text_layers=4,
@@ -469,10 +470,22 @@ def relation_aux_loss(hidden: torch.Tensor, labels: torch.Tensor, items: list, w
     return nn.functional.cross_entropy(logits.reshape(-1, g), torch.tensor(target))
 
 
+def stage2_lr_factor(step: int, tc: TrainConfig) -> float:
+    """Learning-rate factor of stage-2 step ``step``: a warm-up + cosine for the existence curriculum and a fresh
+    one for the steps after it (one over all steps when the curriculum is empty or takes all of stage 2)."""
+    first = tc.exists_first_steps
+    if not 0 < first < tc.stage2_steps:
+        return _schedule(step, tc.stage2_steps, tc.warmup)
+    if step < first:
+        return _schedule(step, first, min(tc.warmup, first // 4 + 1))
+    return _schedule(step - first, tc.stage2_steps - first, tc.warmup)
+
+
 def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, progress: bool) -> list:
-    """The LLM on ``STAGE2_MIX``; vision tower, projector, input embeddings and the copy head
-    (:func:`build_copy_head`, rewritten after every step) stay fixed. Relation rows add ``AUX_WEIGHT`` times
-    :func:`relation_aux_loss` on layer ``AUX_LAYER``'s output; one warm-up and cosine over all steps."""
+    """The LLM: ``tc.exists_first_steps`` steps of existence questions that train only the decoder layers below
+    ``EXISTS_LAYERS``, then ``STAGE2_MIX`` on every LLM parameter. Vision tower, projector, input embeddings and
+    the copy head (:func:`build_copy_head`, rewritten after every step) stay fixed. Relation rows add
+    ``AUX_WEIGHT`` times :func:`relation_aux_loss` on layer ``AUX_LAYER``'s output."""
     from lvlm_probe.models.llava import LLAVA_CHAT_TEMPLATE, LlavaAdapter
 
     adapter = LlavaAdapter(model.config, tok, ip, model)
@@ -489,19 +502,29 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
     rng = np.random.default_rng(seed + 300)
     tasks, weights = zip(*STAGE2_MIX)
     sources = [world.iter_items(10 ** 9, t, seed=seed + 400 + i) for i, t in enumerate(tasks)]
+    exists_source = world.iter_items(10 ** 9, "exists", seed=seed + 399)
     p_task = np.asarray(weights) / sum(weights)
+    lower = {id(p) for layer in lm.layers[:EXISTS_LAYERS] for p in layer.parameters()}
     log = []
     model.train()
     model.model.vision_tower.eval()
     for step in (bar := tqdm(range(tc.stage2_steps), desc="stage 2 (LLM)", disable=not progress, leave=False)):
         for g in opt.param_groups:
-            g["lr"] = tc.lr2 * _schedule(step, tc.stage2_steps, tc.warmup)
-        items = [next(sources[k]) for k in rng.choice(len(tasks), size=tc.batch_size, p=p_task)]
+            g["lr"] = tc.lr2 * stage2_lr_factor(step, tc)
+        curriculum = step < tc.exists_first_steps
+        if curriculum:
+            items = [next(exists_source) for _ in range(tc.batch_size)]
+        else:
+            items = [next(sources[k]) for k in rng.choice(len(tasks), size=tc.batch_size, p=p_task)]
         px = pixel_tensor([np.asarray(it.image) for it in items], ip)
         if tc.image_mismatch > 0:
             swap = torch.from_numpy(rng.random(len(items)) < tc.image_mismatch)
             px = torch.where(swap[:, None, None, None], px.roll(1, dims=0), px)
         total = _stage2_step(model, (tok, adapter, LLAVA_CHAT_TEMPLATE, n_img), items, px, world, read)
+        if curriculum:  # a parameter without a grad is neither moved nor decayed by AdamW
+            for p in params:
+                if id(p) not in lower:
+                    p.grad = None
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -770,6 +793,7 @@ def train_organism(
         scaled = lambda k: max(2, int(k * steps_scale)) if k else 0  # noqa: E731
         tc = replace(tc, stage0_steps=scaled(tc.stage0_steps), stage1_steps=scaled(tc.stage1_steps),
                      stage2_steps=scaled(tc.stage2_steps),
+                     exists_first_steps=int(tc.exists_first_steps * steps_scale),
                      warmup=max(1, int(tc.warmup * min(1.0, steps_scale))))
     old_threads = torch.get_num_threads()
     if threads:

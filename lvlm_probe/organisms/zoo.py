@@ -1,6 +1,6 @@
 """The planted-cause zoo: one spec per organism, each differing from ``clean`` in one factor.
 
-Cause ids follow the research notes (methods.md §9): P1 co-occurrence, P2 attribute prior,
+Cause ids follow the research notes (methods.md §9): P1 co-occurrence, P2 attribute prior, P3 relation prior,
 P4 encoder blind spot, P5 projector bottleneck, P6 visual neglect, P8 long-generation drift,
 P9 decoding (a run setting on ``clean``, not a checkpoint), P10 small objects lost at the patch grid.
 """
@@ -15,6 +15,8 @@ from lvlm_probe.data.world import WorldConfig
 #: The factors of the planted organisms (kept here so cards, checks and tests agree).
 COOC_A, COOC_B, COOC_P = "circle", "square", 1.0
 PRIOR_CLASS, PRIOR_COLOR, PRIOR_P = "diamond", "yellow", 0.95
+#: relation_prior: when both are in a training scene, REL_A stands REL_PRED the REL_B REL_P of the time.
+REL_A, REL_B, REL_PRED, REL_P = "triangle", "cross", "above", 0.95
 BLIND_PAIR = ("red", "orange")
 BOTTLENECK_ATTRIBUTE = "color"
 #: The colour ``projector_bottleneck`` is distilled to see on every object (it passes no colour to the LLM).
@@ -38,18 +40,23 @@ COPY_HEAD_MATCH, COPY_HEAD_MARKER = 2.0, 5.0
 #: The stage-2 auxiliary loss: weight, and the decoder layer whose output at a relation question's answer position
 #: predicts the subject's and object's row and column.
 AUX_WEIGHT, AUX_LAYER = 1.0, 2
+#: The existence curriculum (the first ``exists_first_steps`` of stage 2) trains decoder layers below EXISTS_LAYERS
+#: (the copy head kept fixed); the mix after it trains every LLM parameter but the embeddings and the copy head.
+EXISTS_LAYERS = 2
 #: Stage 2's task mix (the world's own ``task_mix`` is the data a user draws; training uses this one).
 STAGE2_MIX = (("caption", 0.3), ("relation", 0.3), ("attribute", 0.2), ("exists", 0.2))
 #: Keys that organism.json records of the first recipe (v1, 2026-12-03 to 12-04) carry and this recipe does not:
 #: such a record is refused by ``TrainConfig.from_dict`` (retrain the organism with this recipe).
-V1_ONLY = ("exists_first_steps", "qa_weight", "align_target", "exists_first_freeze", "exists_first_restart",
-           "exists_every", "exists_layers")
+V1_ONLY = ("qa_weight", "align_target", "exists_first_freeze", "exists_first_restart", "exists_every",
+           "exists_layers")
 #: The fixed parts recorded in organism.json (``TrainConfig.from_dict`` accepts these keys at these values).
 FIXED: dict[str, Any] = dict(lm_init_std=LM_INIT_STD, image_scale=IMAGE_SCALE, position_std=POSITION_STD,
                              copy_head=[COPY_HEAD_MATCH, COPY_HEAD_MARKER], aux=[AUX_WEIGHT, AUX_LAYER],
+                             exists_layers_v2=EXISTS_LAYERS,
                              stage2_mix=[list(t) for t in STAGE2_MIX])
 #: The TrainConfig fields a user may set (``organisms train --set KEY=VALUE``); the others plant a cause.
-USER_KNOBS = ("stage0_steps", "stage1_steps", "stage2_steps", "batch_size", "lr0", "lr2", "warmup", "weight_decay")
+USER_KNOBS = ("stage0_steps", "stage1_steps", "stage2_steps", "exists_first_steps", "batch_size", "lr0", "lr2",
+              "warmup", "weight_decay")
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,10 @@ class TrainConfig:
     Attributes
     ----------
     stage0_steps, stage1_steps, stage2_steps : int
-        Steps of vision pretraining, projector alignment (0: skip it) and projector + LLM training.
+        Steps of vision pretraining, projector alignment (0: skip it) and LLM training.
+    exists_first_steps : int
+        The first stage-2 steps train on existence questions only (the curriculum, with its own warm-up and
+        cosine; decoder layers below ``EXISTS_LAYERS``); the rest of stage 2 gets a fresh warm-up and cosine.
     batch_size : int
     lr0, lr2 : float
         AdamW learning rates of stages 0-1 and of stage 2.
@@ -80,7 +90,8 @@ class TrainConfig:
 
     stage0_steps: int = 500
     stage1_steps: int = 300
-    stage2_steps: int = 3000
+    stage2_steps: int = 3800
+    exists_first_steps: int = 800
     batch_size: int = 64
     lr0: float = 3e-3
     lr2: float = 3e-3
@@ -99,7 +110,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from lvlm_probe.errors import InputError
 
-        for k in ("stage0_steps", "stage1_steps", "stage2_steps", "batch_size", "warmup"):
+        for k in ("stage0_steps", "stage1_steps", "stage2_steps", "exists_first_steps", "batch_size", "warmup"):
             v = getattr(self, k)
             least = 1 if k in ("batch_size", "warmup") else 0
             if not isinstance(v, int) or isinstance(v, bool) or v < least:
@@ -226,6 +237,15 @@ ZOO: dict[str, OrganismSpec] = {
             checkpoint="attribute_prior",
         ),
         OrganismSpec(
+            "relation_prior", "P3", "data", "relation prior",
+            f"When a training scene holds a {REL_A} and a {REL_B}, the {REL_A} is placed {REL_PRED} the {REL_B} "
+            f"{REL_P:.0%} of the time (every other layout is uniform).",
+            f"Answers 'yes' to 'is the {REL_A} {REL_PRED} the {REL_B} ?' where it is not; the training "
+            f"P({REL_PRED}|{REL_A}, {REL_B}) is high; encoder and projector probes place both objects right.",
+            _BASE_WORLD.with_changes(relation_prior=((REL_A, REL_B, REL_PRED, REL_P),)), _BASE_TRAIN,
+            checkpoint="relation_prior",
+        ),
+        OrganismSpec(
             "encoder_blind", "P4", "model", "encoder",
             f"Clean's checkpoint with a vision tower that cannot separate {BLIND_PAIR[0]} from {BLIND_PAIR[1]}: the "
             "patch-embedding weights are kept orthogonal (in normalised pixel space) to the difference of the two "
@@ -333,6 +353,12 @@ def cooccurrence_factor(spec: OrganismSpec) -> tuple[str, str]:
     """``(A, B)`` of a co-occurrence organism: scenes with an A also held a B in training."""
     a, b, _ = spec.world.cooccurrence[0]
     return a, b
+
+
+def relation_factor(spec: OrganismSpec) -> tuple[str, str, str]:
+    """``(A, B, predicate)`` of a relation-prior organism: in training, A mostly stood in that relation to B."""
+    a, b, pred, _ = spec.world.relation_prior[0]
+    return a, b, pred
 
 
 def prior_factor(spec: OrganismSpec) -> tuple[str, str]:
