@@ -198,3 +198,40 @@ def evaluate(model, tok, ip, world, sets, bs=100):
 
 def model_mb(model):
     return sum(p.numel() for p in model.parameters()) * 2 / 1e6
+
+
+LOWFREQ_SLOTS = [11, 23, 10, 22, 9, 21, 8, 20, 7, 19, 6, 18]  # RoPE pairs (i, i+12), lowest frequency first
+
+
+@torch.no_grad()
+def write_copy_head(lm, tok, cfg, codes, a, b, g=1.0):
+    """Structured match-and-copy head written into head 0 of layer 0 (docs/organisms.md, "A pilot that learns
+    relations"). Returns the basis B [d, K], its dual Dm [K, d], the key index, q, k and the class rows of Dm."""
+    att0 = lm.layers[0].self_attn
+    E = lm.embed_tokens.weight
+    wid = lambda w: tok.convert_tokens_to_ids(w)  # noqa
+    feats = {}
+    for c in cfg.classes: feats[("cls", c)] = E[wid(c)].clone()
+    for c in cfg.colors: feats[("col", c)] = E[wid(c)].clone()
+    for s in cfg.sizes: feats[("siz", s)] = E[wid(s)].clone()
+    for k, v in enumerate(codes["basis"]["row"]): feats[("row", k)] = v.clone()
+    for k, v in enumerate(codes["basis"]["col"]): feats[("colm", k)] = v.clone()
+    feats[("mobj", 0)] = codes["m_obj"].clone()
+    feats[("img", 0)] = E[wid("image")].clone()
+    keys = list(feats)
+    B = torch.stack([feats[k] for k in keys], 1)  # d x K
+    Dm = torch.linalg.pinv(B)  # K x d, Dm @ B = I
+    idx = {k: i for i, k in enumerate(keys)}
+    q = torch.zeros(HD, D_MODEL); kk = torch.zeros(HD, D_MODEL); v = torch.zeros(HD, D_MODEL); o = torch.zeros(D_MODEL, HD)
+    cls_rows = [Dm[idx[("cls", c)]] for c in cfg.classes]
+    for j, c in enumerate(cfg.classes):
+        s = LOWFREQ_SLOTS[j]
+        q[s] = a * cls_rows[j]; kk[s] = cls_rows[j]
+    s = LOWFREQ_SLOTS[len(cfg.classes)]
+    q[s] = b * torch.stack(cls_rows).sum(0); kk[s] = Dm[idx[("mobj", 0)]]
+    copy = [k for k in keys if k[0] in ("row", "colm", "col", "siz", "mobj")]
+    for j, k in enumerate(copy):
+        v[j] = Dm[idx[k]]; o[:, j] = g * B[:, idx[k]]
+    att0.q_proj.weight[:HD] = q; att0.k_proj.weight[:HD] = kk; att0.v_proj.weight[:HD] = v
+    att0.o_proj.weight[:, :HD] = o
+    return {"B": B, "Dm": Dm, "idx": idx, "q": q, "k": kk, "cls_rows": cls_rows, "n_copy": len(copy)}

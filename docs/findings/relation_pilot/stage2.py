@@ -37,37 +37,11 @@ cfg = world.config
 att0 = lm.layers[0].self_attn
 
 # ---- structured match-and-copy head (head 0 of layer 0) ----
-LOWFREQ_SLOTS = [11, 23, 10, 22, 9, 21, 8, 20, 7, 19, 6, 18]  # RoPE pairs (i, i+12), lowest frequency first
 if args.prior == "head":
+    h = write_copy_head(lm, tok, cfg, codes, args.a, args.b, args.g)
     with torch.no_grad():
-        E = lm.embed_tokens.weight
-        wid = lambda w: tok.convert_tokens_to_ids(w)  # noqa
-        feats = {}
-        for c in cfg.classes: feats[("cls", c)] = E[wid(c)].clone()
-        for c in cfg.colors: feats[("col", c)] = E[wid(c)].clone()
-        for s in cfg.sizes: feats[("siz", s)] = E[wid(s)].clone()
-        for k, v in enumerate(codes["basis"]["row"]): feats[("row", k)] = v.clone()
-        for k, v in enumerate(codes["basis"]["col"]): feats[("colm", k)] = v.clone()
-        feats[("mobj", 0)] = codes["m_obj"].clone()
-        feats[("img", 0)] = E[wid("image")].clone()
-        keys = list(feats)
-        B = torch.stack([feats[k] for k in keys], 1)  # d x K
-        Dm = torch.linalg.pinv(B)  # K x d, Dm @ B = I
-        idx = {k: i for i, k in enumerate(keys)}
-        q = torch.zeros(HD, D_MODEL); kk = torch.zeros(HD, D_MODEL); v = torch.zeros(HD, D_MODEL); o = torch.zeros(D_MODEL, HD)
-        cls_rows = [Dm[idx[("cls", c)]] for c in cfg.classes]
-        for j, c in enumerate(cfg.classes):
-            s = LOWFREQ_SLOTS[j]
-            q[s] = args.a * cls_rows[j]; kk[s] = cls_rows[j]
-        s = LOWFREQ_SLOTS[len(cfg.classes)]
-        q[s] = args.b * torch.stack(cls_rows).sum(0); kk[s] = Dm[idx[("mobj", 0)]]
-        copy = [k for k in keys if k[0] in ("row", "colm", "col", "siz", "mobj")]
-        for j, k in enumerate(copy):
-            v[j] = Dm[idx[k]]; o[:, j] = args.g * B[:, idx[k]]
-        att0.q_proj.weight[:HD] = q; att0.k_proj.weight[:HD] = kk; att0.v_proj.weight[:HD] = v
-        att0.o_proj.weight[:, :HD] = o
         att0.o_proj.weight[:, HD:] *= args.other_scale
-        print("prior: copy features", len(copy), "basis", B.shape, flush=True)
+    print("prior: copy features", h["n_copy"], "basis", h["B"].shape, flush=True)
 prior_snapshot = {n: p.detach().clone() for n, p in att0.named_parameters()}
 
 # ---- diagnostic: head-0 attention of the subject word on its object's image token ----
