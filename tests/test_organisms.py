@@ -412,7 +412,7 @@ def test_recipe_defaults_and_lm_init(tmp_path, monkeypatch):
 
     base = ZOO["clean"].train
     assert (base.stage0_steps, base.stage1_steps, base.stage2_steps, base.exists_first_steps, base.batch_size,
-            base.lr2) == (500, 300, 3800, 800, 64, 3e-3)
+            base.lr2) == (2000, 1500, 3800, 800, 64, 3e-3)
     assert (Z.LM_INIT_STD, Z.IMAGE_SCALE, Z.POSITION_STD, Z.COPY_HEAD_MATCH, Z.COPY_HEAD_MARKER, Z.AUX_WEIGHT,
             Z.AUX_LAYER, Z.EXISTS_LAYERS) == (0.1, 40.0, 0.1, 2.0, 5.0, 1.0, 2, 2)  # as documented
     m, _, _ = T.build_organism_model(64, 0)

@@ -88,8 +88,8 @@ class TrainConfig:
         ``small_object``: objects of this size the vision tower learns not to see.
     """
 
-    stage0_steps: int = 500
-    stage1_steps: int = 300
+    stage0_steps: int = 2000
+    stage1_steps: int = 1500
     stage2_steps: int = 3800
     exists_first_steps: int = 800
     batch_size: int = 64
