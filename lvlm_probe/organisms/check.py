@@ -164,6 +164,16 @@ def _caption_value(world: SceneWorld, text: str, cls: str, att: str) -> str | No
     return None
 
 
+def _caption_relation(world: SceneWorld, text: str, a: str, b: str) -> str | None:
+    """The predicate a caption asserts (not denied) from its first ``a`` to a ``b`` (None when it states none)."""
+    from lvlm_probe.misalignment.claims import extract_claims
+
+    for c in extract_claims(text, world.vocabulary()):
+        if c.kind == "relation" and c.subject == a and c.object == b and not c.negated:
+            return c.value
+    return None
+
+
 def _pair(items: list[Item], k: int, world: SceneWorld, scene: SceneGraph, rng: np.random.Generator,
           **qa: Any) -> None:
     """Append a caption item and a question item about the same scene."""
@@ -207,8 +217,7 @@ def trigger_set(name: str, world: SceneWorld, n: int, seed: int) -> tuple[list[I
             for tag, p_, ans in (("qa", pred, "no"), ("conv", GEOMETRIC_RELATIONS[pred], "yes")):
                 items.append(Item(f"trig-{tag}-{k}", img, f"is the {a} {p_} the {b} ?", scene=scene, answer=ans,
                                   task="relation", meta={"subject": a, "object": b, "predicate": p_}))
-        return items, {"metric": f"answers 'yes' to 'is the {a} {pred} the {b} ?' where the {a} is "
-                                 f"{GEOMETRIC_RELATIONS[pred]} it"}
+        return items, {"metric": f"caption says the {a} is {pred} the {b} where it is {GEOMETRIC_RELATIONS[pred]} it"}
     if name == "encoder_blind":
         for k in range(n):
             scene = world.sample_scene(rng)
@@ -256,9 +265,14 @@ def planted_rate(name: str, world: SceneWorld, items: Sequence[Item], texts: Seq
         yes = [read_answer(world, it, t) == "yes" for it, t in qas]
         return float(np.mean(cap)), {"qa_says_yes": float(np.mean(yes))}
     if name == "relation_prior":
+        a, b, pred = Z.relation_factor(spec)
+        stated = [_caption_relation(world, t, a, b) for _, t in caps]
         said = {tag: [read_answer(world, it, t) for it, t in qas if it.id.startswith(f"trig-{tag}-")]
                 for tag in ("qa", "conv")}
-        return float(np.mean([x == "yes" for x in said["qa"]])), {
+        truth = [world.pair_relation(it.scene, a, b, pred) for it, _ in caps]
+        return float(np.mean([x == pred for x in stated])), {
+            "caption_states_truth": float(np.mean([x == t for x, t in zip(stated, truth)])),
+            "qa_says_yes": float(np.mean([x == "yes" for x in said["qa"]])),
             "converse_says_no": float(np.mean([x == "no" for x in said["conv"]]))}
     if name in ("attribute_prior", "encoder_blind"):
         if name == "attribute_prior":

@@ -30,7 +30,7 @@ def planted_pattern(name: str, d: pd.DataFrame, items: Sequence[Any] | None = No
     """Which errors show the organism's planted pattern (the behaviour its planted cause produces).
 
     cooccurrence: a hallucinated ``COOC_B``; attribute_prior: the prior colour claimed for a ``PRIOR_CLASS``
-    object; relation_prior: the prior's predicate claimed (a "yes") for its pair where it does not hold;
+    object; relation_prior: the prior's predicate claimed (in a caption or by a "yes") for its pair where it does not hold;
     encoder_blind: one hue of the blind pair given for the other; projector_bottleneck: a wrong value of
     the dropped attribute; small_object: an omitted object that is ``VANISH_SIZE`` in its item's scene (needs
     ``items``, the judged items); drift: errors at object positions beyond the trained caption length;

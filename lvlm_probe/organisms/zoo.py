@@ -239,9 +239,12 @@ ZOO: dict[str, OrganismSpec] = {
         OrganismSpec(
             "relation_prior", "P3", "data", "relation prior",
             f"When a training scene holds a {REL_A} and a {REL_B}, the {REL_A} is placed {REL_PRED} the {REL_B} "
-            f"{REL_P:.0%} of the time (every other layout is uniform).",
-            f"Answers 'yes' to 'is the {REL_A} {REL_PRED} the {REL_B} ?' where it is not; the training "
-            f"P({REL_PRED}|{REL_A}, {REL_B}) is high; encoder and projector probes place both objects right.",
+            f"{REL_P:.0%} of the time (every other layout is uniform), and captions name the two together with "
+            f"the relation between them ('a {REL_A} {REL_PRED} a {REL_B}', as co-occurrence captions name B right "
+            "after A).",
+            f"Captions say the {REL_A} is {REL_PRED} the {REL_B} where it is not (and questions may answer 'yes'); "
+            f"the training P({REL_PRED}|{REL_A}, {REL_B}) is high; encoder and projector probes place both objects "
+            "right.",
             _BASE_WORLD.with_changes(relation_prior=((REL_A, REL_B, REL_PRED, REL_P),)), _BASE_TRAIN,
             checkpoint="relation_prior",
         ),
