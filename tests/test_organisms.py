@@ -15,7 +15,7 @@ from lvlm_probe.data.scene import SceneGraph, SceneObject
 from lvlm_probe.organisms import CHECKPOINTS, ZOO, organism_path
 from lvlm_probe.organisms import zoo as Z
 from lvlm_probe.organisms.cards import render_card
-from lvlm_probe.organisms.check import check_organism, trigger_set
+from lvlm_probe.organisms.check import check_organism, planted_rate, trigger_set
 from lvlm_probe.organisms.train import blind_direction, pixel_tensor, train_organism
 
 SHIPPED = sorted({s.checkpoint for s in ZOO.values() if (CHECKPOINTS / str(s.checkpoint) / "config.json").is_file()})
@@ -297,6 +297,38 @@ def test_small_object_pattern_reads_the_object_size_from_the_items():
     assert planted_pattern("small_object", d, trig).tolist() == [True, False, False]
     with pytest.raises(lp.InputError, match="needs the judged items"):
         planted_pattern("small_object", d)
+
+
+def test_relation_prior_trigger_scenes_stay_on_the_grid_and_its_rate_reads_captions():
+    """Trigger scenes put the pair against the prior with every object inside its own cell (a swap that moved
+    centres pushed large objects across cell borders, and clean then denied true relations 12% of the time); the
+    planted rate is the caption stating the prior's predicate, the question rates are details."""
+    from lvlm_probe.data.scene import GEOMETRIC_RELATIONS
+
+    spec = Z.get_spec("relation_prior")
+    a, b, pred = Z.relation_factor(spec)
+    world = SceneWorld(spec.world, seed=SEED)
+    items, info = trigger_set("relation_prior", world, 40, seed=3)
+    caps = [it for it in items if it.task == "caption"]
+    assert len(caps) == 40 and pred in info["metric"]
+    for it in caps:
+        s = it.scene
+        held = {r.predicate for r in s.relations if r.subject == s.find(a)[0] and r.object == s.find(b)[0]}
+        assert GEOMETRIC_RELATIONS[pred] in held and pred not in held, held
+        for o in s.objects:
+            r, c = int(o.center[1] // world.cell), int(o.center[0] // world.cell)
+            x0, y0, x1, y1 = o.box
+            assert c * world.cell <= x0 and x1 <= (c + 1) * world.cell and r * world.cell <= y0 and \
+                y1 <= (r + 1) * world.cell, (o.name, o.box)
+        assert f"{a} {GEOMETRIC_RELATIONS[pred]} a " in it.answer or f"{a} {GEOMETRIC_RELATIONS[pred]} " in it.answer
+    truth = [it.answer for it in items]
+    lie = [it.answer.replace(f" {GEOMETRIC_RELATIONS[pred]} ", f" {pred} ") if it.task == "caption" else
+           ("yes" if it.id.startswith("trig-qa-") else "no") for it in items]
+    rate, det = planted_rate("relation_prior", world, items, truth)
+    assert rate == 0.0 and det["caption_states_truth"] == 1.0 and det["qa_says_yes"] == 0.0
+    rate, det = planted_rate("relation_prior", world, items, lie)
+    assert rate == 1.0 and det["caption_states_truth"] == 0.0 and det["qa_says_yes"] == 1.0
+    assert det["converse_says_no"] == 1.0
 
 
 def test_drift_error_rises_with_position(checked):

@@ -117,17 +117,19 @@ def _resize(world: SceneWorld, scene: SceneGraph, idx: int, size: str) -> SceneG
     return SceneGraph(objs, scene.relations, scene.width, scene.height)
 
 
-def _swap_places(scene: SceneGraph, i: int, j: int) -> SceneGraph:
-    """``scene`` with objects ``i`` and ``j`` drawn at each other's centre (relations re-derived)."""
+def _swap_places(scene: SceneGraph, i: int, j: int, cell: int) -> SceneGraph:
+    """``scene`` with objects ``i`` and ``j`` in each other's grid cell, each centred in its new cell as the world
+    places an object of its size without jitter (relations re-derived); swapping centres instead would push a large
+    object across a cell border wherever a small one stood off-centre."""
     objs = list(scene.objects)
-    (ci, cj) = objs[i].center, objs[j].center
 
-    def moved(o: Any, c: tuple[float, float]) -> Any:
+    def moved(o: Any, other: Any) -> Any:
         s = o.box[2] - o.box[0]
-        x0, y0 = float(round(c[0] - s / 2)), float(round(c[1] - s / 2))
+        r, c = int(other.center[1] // cell), int(other.center[0] // cell)
+        x0, y0 = float(c * cell + (cell - s) // 2), float(r * cell + (cell - s) // 2)
         return replace(o, box=(x0, y0, x0 + s, y0 + s))
 
-    objs[i], objs[j] = moved(objs[i], cj), moved(objs[j], ci)
+    objs[i], objs[j] = moved(objs[i], objs[j]), moved(objs[j], objs[i])
     return SceneGraph(objs, [], scene.width, scene.height).derive_relations()
 
 
@@ -140,7 +142,7 @@ def _off_prior_scene(world: SceneWorld, rng: np.random.Generator, a: str, b: str
         scene = world.sample_scene(rng, require=[a, b])
         ia, ib = scene.names.index(a), scene.names.index(b)
         if pred in _predicates(scene, ia, ib):
-            scene = _swap_places(scene, ia, ib)
+            scene = _swap_places(scene, ia, ib, world.cell)
         held = _predicates(scene, ia, ib)
         if GEOMETRIC_RELATIONS[pred] in held and pred not in held:
             return scene
