@@ -25,8 +25,7 @@ NEGLECT_MISMATCH = 0.9
 DRIFT_MAX_OBJECTS = 3
 #: The object size ``small_object``'s vision tower does not see (8 px, half a 16-px patch).
 VANISH_SIZE = "small"
-#: Temperature of the `sampling` run setting (recipe v2: 2.0 gave 0.155 caption object error on clean, 2.5 0.44,
-#: 3.0 0.69; seed 1, n = 200).
+#: Temperature of the ``sampling`` run setting (docs/organisms.md, "The zoo", says why 2.5).
 SAMPLING_TEMPERATURE = 2.5
 
 
