@@ -16,7 +16,7 @@ from lvlm_probe.data.world import WorldConfig
 COOC_A, COOC_B, COOC_P = "circle", "square", 1.0
 PRIOR_CLASS, PRIOR_COLOR, PRIOR_P = "diamond", "yellow", 0.95
 #: relation_prior: when both are in a training scene, REL_A stands REL_PRED the REL_B REL_P of the time.
-REL_A, REL_B, REL_PRED, REL_P = "triangle", "cross", "above", 0.95
+REL_A, REL_B, REL_PRED, REL_P = "triangle", "cross", "above", 1.0
 BLIND_PAIR = ("red", "orange")
 BOTTLENECK_ATTRIBUTE = "color"
 #: The colour ``projector_bottleneck`` is distilled to see on every object (it passes no colour to the LLM).
