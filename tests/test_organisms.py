@@ -697,7 +697,7 @@ def test_inlp_stops_at_target_guard_or_empty_and_logs_the_kept_subspace(monkeypa
     (["organisms", "train", "nope@0.8", "--out", "{tmp}/o"], ["no organism named 'nope'", "the zoo has"]),
     (["organisms", "check", "nope"], ["no organism named 'nope'"]),
     (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "nope=1"], ["unknown knob 'nope'", "stage2_steps"]),
-    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "exists_every=2"], ["'exists_every' is not a knob"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "copy_head=2"], ["'copy_head' is not a knob", "the recipe fixes it"]),
     (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "image_mismatch=0.5"], ["plants a cause"]),
     (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "stage2_steps"], ["--set", "KEY=VALUE"]),
     (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "batch_size=0"], ["batch_size", ">= 1"]),
