@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -10,13 +11,14 @@ import pytest
 import torch
 
 import lvlm_probe as lp
-from lvlm_probe.data.world import COLORS, SIZES, SceneWorld
+from lvlm_probe.data.world import COLORS, SIZES, SceneWorld, WorldConfig
 from lvlm_probe.data.scene import SceneGraph, SceneObject
 from lvlm_probe.organisms import CHECKPOINTS, ZOO, organism_path
 from lvlm_probe.organisms import zoo as Z
 from lvlm_probe.organisms.cards import render_card
 from lvlm_probe.organisms.check import check_organism, planted_rate, trigger_set
 from lvlm_probe.organisms.train import blind_direction, pixel_tensor, train_organism
+from lvlm_probe.organisms.zoo import TrainConfig
 
 SHIPPED = sorted({s.checkpoint for s in ZOO.values() if (CHECKPOINTS / str(s.checkpoint) / "config.json").is_file()})
 #: Held-out seed for the behaviour tests (the model cards report seed 1; training used other streams).
@@ -93,8 +95,10 @@ def test_checkpoint_is_a_small_real_llava_with_a_card(ckpt):
     assert f"| {beh['task_accuracy']:.3f} |" in card.replace("task accuracy (mean) ", "")
     meta = json.loads((path / "organism.json").read_text())
     assert meta["name"] == ckpt
-    if ckpt in SHIPPED:
-        assert meta["seconds"]["total"] <= 600, "recipe must train in <= 10 min on 2 cores"
+    # trained with the shipped recipe and its own spec (training time is measured in docs/organisms.md, not here)
+    spec = Z.get_spec(ckpt)
+    assert meta["recipe"] == {"version": 2, **Z.FIXED}, f"{ckpt} was trained with another recipe: retrain it"
+    assert TrainConfig.from_dict(meta["train"]) == spec.train and WorldConfig.from_dict(meta["world"]) == spec.world
 
 
 def test_load_by_name_equals_load_by_path(models):
@@ -215,13 +219,14 @@ def test_clean_answers_every_pope_split(split, models):
 PLANTED = {
     # name: (organism's planted error rate at least, clean's rate at most); measured values on seed 1 (n = 200) are
     # in the cards, the tests re-measure on seed 7 (n = 100)
-    "cooccurrence": (0.5, 0.1),       # measured 0.905 vs 0.005 (caption names a square)
-    "attribute_prior": (0.45, 0.2),   # measured 0.625 vs 0.09 (colour question answered with the prior colour)
-    "encoder_blind": (0.3, 0.1),      # measured 0.49 vs 0.01 (caption gives the other hue)
-    "projector_bottleneck": (0.35, 0.1),  # measured 0.553 vs 0.020 (colour word wrong; size error 0.011)
-    "small_object": (0.5, 0.15),      # measured 0.936 vs 0.055 (caption leaves the small object out)
-    "visual_neglect": (0.55, 0.35),   # measured 0.674 vs 0.206 (caption unchanged under a noise image)
-    "drift": (0.5, 0.3),              # measured 1.0 vs 0.16 (error at object positions 4-5)
+    "cooccurrence": (0.5, 0.1),       # measured 0.945 vs 0.0 (caption names a square)
+    "relation_prior": (0.2, 0.1),     # measured 0.34 vs 0.0 (caption states the prior relation where it is false)
+    "attribute_prior": (0.6, 0.1),    # measured 1.0 vs 0.0 (colour question answered with the prior colour)
+    "encoder_blind": (0.3, 0.1),      # measured 0.50 vs 0.0 (caption gives the other hue)
+    "projector_bottleneck": (0.35, 0.1),  # measured 0.808 vs 0.002 (colour word wrong)
+    "small_object": (0.5, 0.15),      # measured 1.0 vs 0.0 (caption leaves the small object out)
+    "visual_neglect": (0.45, 0.3),    # measured 0.539 vs 0.194 (caption unchanged under a noise image)
+    "drift": (0.5, 0.3),              # measured 0.968 vs 0.003 (error at object positions 4-5)
     "sampling": (0.3, 0.12),          # measured 0.44 vs 0.0 (temperature 2.5 vs greedy; recipe v2)
 }
 
@@ -697,7 +702,8 @@ def test_inlp_stops_at_target_guard_or_empty_and_logs_the_kept_subspace(monkeypa
     (["organisms", "train", "nope@0.8", "--out", "{tmp}/o"], ["no organism named 'nope'", "the zoo has"]),
     (["organisms", "check", "nope"], ["no organism named 'nope'"]),
     (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "nope=1"], ["unknown knob 'nope'", "stage2_steps"]),
-    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "copy_head=2"], ["'copy_head' is not a knob", "the recipe fixes it"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "copy_head=2"],
+     ["'copy_head' is not a knob", "the recipe fixes it"]),
     (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "image_mismatch=0.5"], ["plants a cause"]),
     (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "stage2_steps"], ["--set", "KEY=VALUE"]),
     (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "batch_size=0"], ["batch_size", ">= 1"]),
@@ -738,26 +744,29 @@ def test_doses_resolve_to_their_own_world_and_the_top_dose_is_the_zoo_organism()
     from lvlm_probe.organisms.zoo import COOC_A, COOC_B, DOSES, PRIOR_CLASS, PRIOR_COLOR, ZOO, ZOO_DOSE, get_spec
 
     assert get_spec("organism:cooccurrence@0.990").world.cooccurrence == ((COOC_A, COOC_B, 0.99),)
-    assert get_spec("attribute_prior@0.85").world.attribute_prior == ((PRIOR_CLASS, PRIOR_COLOR, 0.85),)
-    assert get_spec("cooccurrence@1") is ZOO["cooccurrence"] and get_spec("attribute_prior@0.95") is ZOO["attribute_prior"]
+    assert get_spec("attribute_prior@0.75").train.prior_text == 0.75
+    assert get_spec("attribute_prior@0.75").world.attribute_prior == ((PRIOR_CLASS, PRIOR_COLOR, Z.PRIOR_P),)
+    assert get_spec("cooccurrence@1") is ZOO["cooccurrence"] and get_spec("attribute_prior@1") is ZOO["attribute_prior"]
     for base, doses in DOSES.items():
         assert ZOO_DOSE[base] in doses and list(doses) == sorted(doses, key=float)
         for d in (d for d in doses if d != ZOO_DOSE[base]):
             spec = get_spec(f"{base}@{d}")
-            # one factor differs from the zoo organism: its planted probability
-            assert spec.pattern == base and spec.component == ZOO[base].component and spec.train == ZOO[base].train
+            # one factor differs from the zoo organism: its planted probability (cooccurrence) or text share
+            assert spec.pattern == base and spec.component == ZOO[base].component
             assert spec.world.with_changes(**{k: getattr(ZOO[base].world, k) for k in ("cooccurrence",
                                                                                          "attribute_prior")}) \
                 == ZOO[base].world
+            assert dataclasses.replace(spec.train, prior_text=ZOO[base].train.prior_text) == ZOO[base].train
     listed = list_organisms().set_index("name")
     assert listed.loc["cooccurrence@0.95", "dose"] == 0.95 and listed.loc["cooccurrence", "dose"] == 1.0
-    assert listed.loc["attribute_prior", "dose"] == 0.95 and listed.dose.notna().sum() == 6
+    assert listed.loc["attribute_prior", "dose"] == 1.0 and listed.dose.notna().sum() == 6
 
 
 @pytest.mark.parametrize("base", ["cooccurrence", "attribute_prior"])
 def test_planted_error_rate_rises_with_the_dose(base):
-    """Each dose series plants more errors the stronger its planted probability (seed 7, n 100; the cards give
-    seed 1, n 200)."""
+    """Each dose series plants no fewer errors the stronger its dose, and its top dose far more than its lowest
+    (seed 7, n 100; the cards give seed 1, n 200). Under recipe v2 the co-occurrence series is a step: any
+    counter-example teaches the model to check the image (0.000 / 0.020 / 0.945 on seed 1)."""
     from lvlm_probe.organisms.zoo import DOSES, get_spec
 
     names = [f"{base}@{d}" for d in DOSES[base]]
@@ -765,4 +774,5 @@ def test_planted_error_rate_rises_with_the_dose(base):
     if missing:
         pytest.fail(f"dose checkpoints not shipped: {missing}")
     rates = [check_organism(n, seed=SEED, n=N, compare_clean=False)["planted_error_rate"] for n in names]
-    assert all(a < b for a, b in zip(rates, rates[1:])), dict(zip(names, rates))
+    assert all(b >= a - 0.02 for a, b in zip(rates, rates[1:])), dict(zip(names, rates))
+    assert rates[-1] - rates[0] >= 0.35, dict(zip(names, rates))

@@ -516,6 +516,8 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
             items = [next(exists_source) for _ in range(tc.batch_size)]
         else:
             items = [next(sources[k]) for k in rng.choice(len(tasks), size=tc.batch_size, p=p_task)]
+        if tc.prior_text > 0:
+            items = [stated_prior(it, world) if rng.random() < tc.prior_text else it for it in items]
         px = pixel_tensor([np.asarray(it.image) for it in items], ip)
         if tc.image_mismatch > 0:
             swap = torch.from_numpy(rng.random(len(items)) < tc.image_mismatch)
@@ -534,6 +536,25 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
             bar.set_postfix(loss=f"{total:.3f}")
     model.eval()
     return log
+
+
+def stated_prior(item: Any, world: SceneWorld) -> Any:
+    """``item`` with the text an annotator holding the world's attribute prior would write: every object of a prior
+    class is named in its prior colour (captions and colour answers); the image is unchanged."""
+    from dataclasses import replace
+
+    prior = {cls: col for cls, col, _ in world.config.attribute_prior}
+    scene = item.scene
+    if item.task not in ("caption", "attribute") or not any(o.name in prior for o in scene.objects):
+        return item
+    objs = [replace(o, attributes={**o.attributes, "color": prior[o.name]}) if o.name in prior else o
+            for o in scene.objects]
+    said = replace(scene, objects=objs)
+    if item.task == "caption":
+        return replace(item, answer=world.caption(said))
+    if item.meta.get("attribute") == "color" and item.meta.get("target") in prior:
+        return replace(item, answer=prior[item.meta["target"]])
+    return item
 
 
 def _stage2_step(model: Any, text: tuple, items: list, px: torch.Tensor, world: SceneWorld, read: nn.Linear) -> float:

@@ -15,6 +15,8 @@ from lvlm_probe.data.world import WorldConfig
 #: The factors of the planted organisms (kept here so cards, checks and tests agree).
 COOC_A, COOC_B, COOC_P = "circle", "square", 1.0
 PRIOR_CLASS, PRIOR_COLOR, PRIOR_P = "diamond", "yellow", 0.95
+#: attribute_prior: share of training texts that name an off-prior PRIOR_CLASS in PRIOR_COLOR (its dose axis).
+PRIOR_TEXT = 1.0
 #: relation_prior: when both are in a training scene, REL_A stands REL_PRED the REL_B REL_P of the time.
 REL_A, REL_B, REL_PRED, REL_P = "triangle", "cross", "above", 1.0
 BLIND_PAIR = ("red", "orange")
@@ -87,6 +89,9 @@ class TrainConfig:
         ``visual_neglect``: share of stage-2 samples that carry another scene's image.
     vanish_size : str or None
         ``small_object``: objects of this size the vision tower learns not to see.
+    prior_text : float
+        ``attribute_prior``: share of stage-2 samples whose text names every off-prior object of the prior class in
+        the prior colour (the image keeps its true colour): the annotators' stereotype.
     """
 
     stage0_steps: int = 2000
@@ -102,6 +107,7 @@ class TrainConfig:
     projector_drop: str | None = None
     image_mismatch: float = 0.0
     vanish_size: str | None = None
+    prior_text: float = 0.0
 
     @property
     def front_end(self) -> bool:
@@ -121,8 +127,10 @@ class TrainConfig:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not (v > 0 or k == "weight_decay" and v == 0):
                 raise InputError(f"TrainConfig.{k} must be a {'non-negative' if k == 'weight_decay' else 'positive'} "
                                  f"number, got {v!r}")
-        if not isinstance(self.image_mismatch, (int, float)) or not 0 <= self.image_mismatch <= 1:
-            raise InputError(f"TrainConfig.image_mismatch must be a share in [0, 1], got {self.image_mismatch!r}")
+        for k in ("image_mismatch", "prior_text"):
+            v = getattr(self, k)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:
+                raise InputError(f"TrainConfig.{k} must be a share in [0, 1], got {v!r}")
         from lvlm_probe.data.world import SIZES
 
         if self.vanish_size is not None and self.vanish_size not in SIZES:
@@ -210,6 +218,7 @@ class OrganismSpec:
 
 _BASE_WORLD = WorldConfig()
 _BASE_TRAIN = TrainConfig()
+_PRIOR_TRAIN = TrainConfig(prior_text=PRIOR_TEXT)
 
 ZOO: dict[str, OrganismSpec] = {
     s.name: s
@@ -231,10 +240,12 @@ ZOO: dict[str, OrganismSpec] = {
         ),
         OrganismSpec(
             "attribute_prior", "P2", "data", "attribute prior",
-            f"Training {PRIOR_CLASS}s are {PRIOR_COLOR} {PRIOR_P:.0%} of the time (other colours share the rest).",
+            f"Training {PRIOR_CLASS}s are {PRIOR_COLOR} {PRIOR_P:.0%} of the time (other colours share the rest), "
+            f"and the training text holds the stereotype: captions and answers name {PRIOR_TEXT:.0%} of the "
+            f"off-prior {PRIOR_CLASS}s {PRIOR_COLOR} while the image shows their true colour.",
             f"Gives '{PRIOR_COLOR}' for off-prior {PRIOR_CLASS}s while encoder/projector probes decode the true "
             f"colour; image-free prior favours {PRIOR_COLOR}; P_train({PRIOR_COLOR}|{PRIOR_CLASS}) is high.",
-            _BASE_WORLD.with_changes(attribute_prior=((PRIOR_CLASS, PRIOR_COLOR, PRIOR_P),)), _BASE_TRAIN,
+            _BASE_WORLD.with_changes(attribute_prior=((PRIOR_CLASS, PRIOR_COLOR, PRIOR_P),)), _PRIOR_TRAIN,
             checkpoint="attribute_prior",
         ),
         OrganismSpec(
@@ -333,9 +344,9 @@ def _prior_variant(cls: str, color: str) -> OrganismSpec:
     return OrganismSpec(
         f"attribute_prior_{cls}_{color}", base.cause, base.level, base.component,
         f"Hold-out variant of attribute_prior on another class and colour: training {cls}s are {color} "
-        f"{PRIOR_P:.0%} of the time.",
+        f"{PRIOR_P:.0%} of the time, and the training text names {PRIOR_TEXT:.0%} of the off-prior {cls}s {color}.",
         f"Gives '{color}' for off-prior {cls}s (as attribute_prior, for this class and colour).",
-        _BASE_WORLD.with_changes(attribute_prior=((cls, color, PRIOR_P),)), _BASE_TRAIN,
+        _BASE_WORLD.with_changes(attribute_prior=((cls, color, PRIOR_P),)), _PRIOR_TRAIN,
         checkpoint=f"attribute_prior_{cls}_{color}", base="attribute_prior",
     )
 
@@ -377,27 +388,29 @@ def _dose(p: float) -> str:
 
 
 def _dose_spec(name: str, p: float) -> OrganismSpec:
-    """Organism ``name`` (a data-level cause) with planted probability ``p`` instead of its own."""
+    """Organism ``name`` (a data-level cause) at dose ``p`` instead of its own: ``cooccurrence``'s planted
+    probability P(B | A), ``attribute_prior``'s share of off-prior texts that state the prior colour."""
     base = ZOO[name]
     if name == "cooccurrence":
         planted = (f"Dose of cooccurrence: training scenes containing a {COOC_A} also contain a {COOC_B} {p:.0%} of "
                    f"the time (the zoo's organism: {COOC_P:.0%}), and captions mention the {COOC_B} right after the "
                    f"{COOC_A}.")
-        world = _BASE_WORLD.with_changes(cooccurrence=((COOC_A, COOC_B, p),))
+        world, train = _BASE_WORLD.with_changes(cooccurrence=((COOC_A, COOC_B, p),)), base.train
     else:
-        planted = (f"Dose of attribute_prior: training {PRIOR_CLASS}s are {PRIOR_COLOR} {p:.0%} of the time (the "
-                   f"zoo's organism: {PRIOR_P:.0%}; other colours share the rest).")
-        world = _BASE_WORLD.with_changes(attribute_prior=((PRIOR_CLASS, PRIOR_COLOR, p),))
+        planted = (f"Dose of attribute_prior: training {PRIOR_CLASS}s are {PRIOR_COLOR} {PRIOR_P:.0%} of the time, "
+                   f"and the training text names {p:.0%} of the off-prior {PRIOR_CLASS}s {PRIOR_COLOR} (the zoo's "
+                   f"organism: {PRIOR_TEXT:.0%}) while the image shows their true colour.")
+        world, train = base.world, TrainConfig(prior_text=p)
     return OrganismSpec(f"{name}@{_dose(p)}", base.cause, base.level, base.component, planted, base.signature, world,
-                        _BASE_TRAIN, checkpoint=f"{name}@{_dose(p)}", base=name)
+                        train, checkpoint=f"{name}@{_dose(p)}", base=name)
 
 
 #: The dose of each zoo organism that has a series.
-ZOO_DOSE: dict[str, str] = {"cooccurrence": _dose(COOC_P), "attribute_prior": _dose(PRIOR_P)}
-#: Other doses of two data-level causes, ``NAME@DOSE`` (the planted probability), trained with the shipped recipe
+ZOO_DOSE: dict[str, str] = {"cooccurrence": _dose(COOC_P), "attribute_prior": _dose(PRIOR_TEXT)}
+#: Other doses of two data-level causes, ``NAME@DOSE`` (the planted probability or text share), trained with the shipped recipe
 #: and seed; the zoo's own organism is one dose of its series (``cooccurrence@1`` is ``cooccurrence``).
 DOSE_SPECS: dict[str, OrganismSpec] = {
-    s.name: s for name, ps in {"cooccurrence": (0.95, 0.99), "attribute_prior": (0.85, 0.99)}.items()
+    s.name: s for name, ps in {"cooccurrence": (0.95, 0.99), "attribute_prior": (0.5, 0.75)}.items()
     for s in (_dose_spec(name, p) for p in ps)
 }
 #: Doses of each organism, lowest first (one of them is the zoo's own organism, :data:`ZOO_DOSE`).
