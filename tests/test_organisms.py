@@ -243,10 +243,10 @@ def test_planted_behaviour_separates_from_clean(name, checked):
 #: Hold-out variants (the same causes on other classes, pairs and colours): planted rate at least / clean's at most.
 #: Measured on seed 1 (n = 200) in their cards.
 HOLDOUT_PLANTED = {
-    "cooccurrence_triangle_cross": (0.2, 0.1),   # measured 0.395 vs 0.0 (caption names a cross)
-    "cooccurrence_ring_bar": (0.2, 0.1),         # measured 0.79 vs 0.0 (caption names a bar)
-    "attribute_prior_hourglass_green": (0.45, 0.2),  # measured 0.67 vs 0.05 (colour question answered green)
-    "attribute_prior_bar_purple": (0.45, 0.2),   # measured 0.79 vs 0.09 (colour question answered purple)
+    "cooccurrence_triangle_cross": (0.2, 0.1),   # measured 0.52 vs 0.0 (caption names a cross)
+    "cooccurrence_ring_bar": (0.2, 0.1),         # measured 1.0 vs 0.0 (caption names a bar)
+    "attribute_prior_hourglass_green": (0.6, 0.1),  # measured 1.0 vs 0.0 (colour question answered green)
+    "attribute_prior_bar_purple": (0.6, 0.1),    # measured 0.98 vs 0.0 (colour question answered purple)
 }
 
 
@@ -776,3 +776,25 @@ def test_planted_error_rate_rises_with_the_dose(base):
     rates = [check_organism(n, seed=SEED, n=N, compare_clean=False)["planted_error_rate"] for n in names]
     assert all(b >= a - 0.02 for a, b in zip(rates, rates[1:])), dict(zip(names, rates))
     assert rates[-1] - rates[0] >= 0.35, dict(zip(names, rates))
+
+
+def test_stated_prior_names_the_prior_colour_in_the_text_and_keeps_the_image():
+    """attribute_prior's training text holds the stereotype: an off-prior diamond is named yellow in the caption
+    and in the colour answer, every other word and the pixels stay as they are."""
+    from lvlm_probe.organisms.train import stated_prior
+
+    world = SceneWorld(Z.ZOO["attribute_prior"].world)
+    cls, color = Z.prior_factor(Z.ZOO["attribute_prior"])
+    rng = np.random.default_rng(0)
+    scene = world.sample_scene(rng, require=[cls, "circle"])
+    k = scene.find(cls)[0]
+    scene.objects[k].attributes["color"] = "red"
+    cap = world.make_item(scene, "caption", rng, item_id="c")
+    col = world.make_item(scene, "attribute", rng, item_id="a", attribute="color", target=cls)
+    size = world.make_item(scene, "attribute", rng, item_id="s", attribute="size", target=cls)
+    said_cap, said_col, said_size = (stated_prior(it, world) for it in (cap, col, size))
+    assert f"red {cls}" in cap.answer and f"{color} {cls}" in said_cap.answer
+    assert said_cap.answer.replace(f"{color} {cls}", f"red {cls}") == cap.answer
+    assert col.answer == "red" and said_col.answer == color and said_size.answer == size.answer
+    assert said_cap.image is cap.image and scene.objects[k].attributes["color"] == "red"
+    assert stated_prior(world.make_item(scene, "exists", rng, item_id="e"), world).answer in ("yes", "no")
