@@ -27,18 +27,19 @@ SHORT = dict(stage0_steps=20, stage1_steps=20, stage2_steps=40, exists_first_ste
 #: bits for the same code. So ``where`` also holds the CPU model and a float fingerprint (:func:`_fingerprint`),
 #: and the hashes are compared only where all of it matches; elsewhere the test checks determinism. The hashes of
 #: the recipe when it was frozen were measured on another AVX512 machine (git history); these were measured on
-#: 2026-12-04 with the same training code (the front-end organisms' after they moved onto clean's checkpoint,
-#: whose shipped weights their short runs start from; small_object's when it was added, the same day).
+#: 2026-12-05 with recipe v2's training code (the front-end organisms' short runs start from v2 clean's shipped
+#: weights; attribute_prior's runs the text stereotype, ``stated_prior``).
 REFERENCE = {
     "where": {"torch": "2.13.0+cpu", "transformers": "5.23.0", "cpu": "AVX512",
               "cpu_model": "Intel(R) Xeon(R) Processor @ 2.80GHz", "fingerprint": "377fe672f940e648"},
     "sha256": {
-        "clean": "1a424deee501524a9d38b44668bf1f745273bc30aa5c8647f2be37de31b02e9b",
-        "cooccurrence": "7de0f26d21a4871abccf922152560176e76d206aeaa27b5b310dad23e9aab5d2",
-        "encoder_blind": "84206943f36800f4a9643b6dfec1dc56e97f0935dcfcc89bed0190c4cf367032",
-        "projector_bottleneck": "9d09f9e62ec9434b9209d58f7908c68a9eec620329c76c94c749d052359255f7",
-        "small_object": "10e27beab23c6a5e133b0a4e8664e9921e2b50f38e08f149fd36e3b3eb861d51",
-        "visual_neglect": "96a804e4c9d4260f7787e44dc9ec002224806a4d554ae20a566dc0e2ac73b83b",
+        "attribute_prior": "285d16e1f6fcf7c2aff546b16fc0a487fee4af1b8ed548cba86edd2ebf4fb919",
+        "clean": "39756d3cb64b9f5e9c6f8f8b548dd7386972ac7ea09eaa9d39241aae16736714",
+        "cooccurrence": "5faff129771bf3dfa26aa37d0263eabb922ef41e3a8b84601ab6631829b0d19a",
+        "encoder_blind": "67ef21b3b974e3cf4d614eb16f5a52d7fbec3d813315200fef8abffa816c3559",
+        "projector_bottleneck": "60f022c8dc3c1d0912db18012930be66f022328b775a8764df75634d8273c6db",
+        "small_object": "62e636c16af64a656e4fb3770dff98303ce5ed2c42992426953a1b9c4e2affb3",
+        "visual_neglect": "adac2179b7b3c0472a4fb5c392bd658e81a1d0a58d418a049ab1f02fd9d8ad18",
     },
 }
 

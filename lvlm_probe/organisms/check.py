@@ -400,14 +400,16 @@ def check_organism(name: str, *, seed: int = 1, n: int = 200, device: str = "cpu
 #: Task families each planted factor is expected to touch (issue 20, item 4: off them an organism should be as
 #: competent as ``clean``). Visual neglect and sampling touch every family: one ignores the image, the other
 #: samples every answer. Doses and hold-outs inherit their base organism's entry. ``caption_objects`` counts an object
-#: right only with its colour, so every colour factor touches it.
+#: right only with its colour, so every colour factor touches it. The relation prior's captions join its pair with
+#: a relation phrase (so the exact caption differs wherever both are present); a vanished small object has no
+#: position either, so ``small_object`` touches relation questions too.
 FACTOR_TASKS: dict[str, tuple[str, ...]] = {
     "cooccurrence": ("caption_objects", "caption_exact", "exists"),
-    "attribute_prior": ("caption_exact", "attribute_color"),
-    "relation_prior": ("relation",),
+    "attribute_prior": ("caption_objects", "caption_exact", "attribute_color"),
+    "relation_prior": ("caption_exact", "relation"),
     "encoder_blind": ("caption_objects", "caption_exact", "attribute_color"),
     "projector_bottleneck": ("caption_objects", "caption_exact", "attribute_color"),
-    "small_object": ("caption_objects", "caption_exact", "exists", "attribute_color", "attribute_size"),
+    "small_object": ("caption_objects", "caption_exact", "exists", "attribute_color", "attribute_size", "relation"),
     "visual_neglect": ("caption_objects", "caption_exact", "exists", "attribute_color", "attribute_size", "relation"),
     "drift": ("caption_objects", "caption_exact"),
     "sampling": ("caption_objects", "caption_exact", "exists", "attribute_color", "attribute_size", "relation"),
