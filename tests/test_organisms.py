@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -10,13 +11,14 @@ import pytest
 import torch
 
 import lvlm_probe as lp
-from lvlm_probe.data.world import COLORS, SIZES, SceneWorld
+from lvlm_probe.data.world import COLORS, SIZES, SceneWorld, WorldConfig
 from lvlm_probe.data.scene import SceneGraph, SceneObject
 from lvlm_probe.organisms import CHECKPOINTS, ZOO, organism_path
 from lvlm_probe.organisms import zoo as Z
 from lvlm_probe.organisms.cards import render_card
-from lvlm_probe.organisms.check import check_organism, trigger_set
+from lvlm_probe.organisms.check import check_organism, planted_rate, trigger_set
 from lvlm_probe.organisms.train import blind_direction, pixel_tensor, train_organism
+from lvlm_probe.organisms.zoo import TrainConfig
 
 SHIPPED = sorted({s.checkpoint for s in ZOO.values() if (CHECKPOINTS / str(s.checkpoint) / "config.json").is_file()})
 #: Held-out seed for the behaviour tests (the model cards report seed 1; training used other streams).
@@ -93,8 +95,10 @@ def test_checkpoint_is_a_small_real_llava_with_a_card(ckpt):
     assert f"| {beh['task_accuracy']:.3f} |" in card.replace("task accuracy (mean) ", "")
     meta = json.loads((path / "organism.json").read_text())
     assert meta["name"] == ckpt
-    if ckpt in SHIPPED:
-        assert meta["seconds"]["total"] <= 600, "recipe must train in <= 10 min on 2 cores"
+    # trained with the shipped recipe and its own spec (training time is measured in docs/organisms.md, not here)
+    spec = Z.get_spec(ckpt)
+    assert meta["recipe"] == {"version": 2, **Z.FIXED}, f"{ckpt} was trained with another recipe: retrain it"
+    assert TrainConfig.from_dict(meta["train"]) == spec.train and WorldConfig.from_dict(meta["world"]) == spec.world
 
 
 def test_load_by_name_equals_load_by_path(models):
@@ -215,14 +219,15 @@ def test_clean_answers_every_pope_split(split, models):
 PLANTED = {
     # name: (organism's planted error rate at least, clean's rate at most); measured values on seed 1 (n = 200) are
     # in the cards, the tests re-measure on seed 7 (n = 100)
-    "cooccurrence": (0.5, 0.1),       # measured 0.905 vs 0.005 (caption names a square)
-    "attribute_prior": (0.45, 0.2),   # measured 0.625 vs 0.09 (colour question answered with the prior colour)
-    "encoder_blind": (0.3, 0.1),      # measured 0.49 vs 0.01 (caption gives the other hue)
-    "projector_bottleneck": (0.35, 0.1),  # measured 0.553 vs 0.020 (colour word wrong; size error 0.011)
-    "small_object": (0.5, 0.15),      # measured 0.936 vs 0.055 (caption leaves the small object out)
-    "visual_neglect": (0.55, 0.35),   # measured 0.674 vs 0.206 (caption unchanged under a noise image)
-    "drift": (0.5, 0.3),              # measured 1.0 vs 0.16 (error at object positions 4-5)
-    "sampling": (0.2, 0.12),          # measured 0.328 vs 0.061 (temperature 2.0 vs greedy)
+    "cooccurrence": (0.5, 0.1),       # measured 0.945 vs 0.0 (caption names a square)
+    "relation_prior": (0.2, 0.1),     # measured 0.34 vs 0.0 (caption states the prior relation where it is false)
+    "attribute_prior": (0.6, 0.1),    # measured 1.0 vs 0.0 (colour question answered with the prior colour)
+    "encoder_blind": (0.3, 0.1),      # measured 0.50 vs 0.0 (caption gives the other hue)
+    "projector_bottleneck": (0.35, 0.1),  # measured 0.808 vs 0.002 (colour word wrong)
+    "small_object": (0.5, 0.15),      # measured 1.0 vs 0.0 (caption leaves the small object out)
+    "visual_neglect": (0.45, 0.3),    # measured 0.539 vs 0.194 (caption unchanged under a noise image)
+    "drift": (0.5, 0.3),              # measured 0.968 vs 0.003 (error at object positions 4-5)
+    "sampling": (0.3, 0.12),          # measured 0.44 vs 0.0 (temperature 2.5 vs greedy; recipe v2)
 }
 
 
@@ -238,10 +243,10 @@ def test_planted_behaviour_separates_from_clean(name, checked):
 #: Hold-out variants (the same causes on other classes, pairs and colours): planted rate at least / clean's at most.
 #: Measured on seed 1 (n = 200) in their cards.
 HOLDOUT_PLANTED = {
-    "cooccurrence_triangle_cross": (0.2, 0.1),   # measured 0.395 vs 0.0 (caption names a cross)
-    "cooccurrence_ring_bar": (0.2, 0.1),         # measured 0.79 vs 0.0 (caption names a bar)
-    "attribute_prior_hourglass_green": (0.45, 0.2),  # measured 0.67 vs 0.05 (colour question answered green)
-    "attribute_prior_bar_purple": (0.45, 0.2),   # measured 0.79 vs 0.09 (colour question answered purple)
+    "cooccurrence_triangle_cross": (0.2, 0.1),   # measured 0.52 vs 0.0 (caption names a cross)
+    "cooccurrence_ring_bar": (0.2, 0.1),         # measured 1.0 vs 0.0 (caption names a bar)
+    "attribute_prior_hourglass_green": (0.6, 0.1),  # measured 1.0 vs 0.0 (colour question answered green)
+    "attribute_prior_bar_purple": (0.6, 0.1),    # measured 0.98 vs 0.0 (colour question answered purple)
 }
 
 
@@ -297,6 +302,38 @@ def test_small_object_pattern_reads_the_object_size_from_the_items():
     assert planted_pattern("small_object", d, trig).tolist() == [True, False, False]
     with pytest.raises(lp.InputError, match="needs the judged items"):
         planted_pattern("small_object", d)
+
+
+def test_relation_prior_trigger_scenes_stay_on_the_grid_and_its_rate_reads_captions():
+    """Trigger scenes put the pair against the prior with every object inside its own cell (a swap that moved
+    centres pushed large objects across cell borders, and clean then denied true relations 12% of the time); the
+    planted rate is the caption stating the prior's predicate, the question rates are details."""
+    from lvlm_probe.data.scene import GEOMETRIC_RELATIONS
+
+    spec = Z.get_spec("relation_prior")
+    a, b, pred = Z.relation_factor(spec)
+    world = SceneWorld(spec.world, seed=SEED)
+    items, info = trigger_set("relation_prior", world, 40, seed=3)
+    caps = [it for it in items if it.task == "caption"]
+    assert len(caps) == 40 and pred in info["metric"]
+    for it in caps:
+        s = it.scene
+        held = {r.predicate for r in s.relations if r.subject == s.find(a)[0] and r.object == s.find(b)[0]}
+        assert GEOMETRIC_RELATIONS[pred] in held and pred not in held, held
+        for o in s.objects:
+            r, c = int(o.center[1] // world.cell), int(o.center[0] // world.cell)
+            x0, y0, x1, y1 = o.box
+            assert c * world.cell <= x0 and x1 <= (c + 1) * world.cell and r * world.cell <= y0 and \
+                y1 <= (r + 1) * world.cell, (o.name, o.box)
+        assert f"{a} {GEOMETRIC_RELATIONS[pred]} a " in it.answer or f"{a} {GEOMETRIC_RELATIONS[pred]} " in it.answer
+    truth = [it.answer for it in items]
+    lie = [it.answer.replace(f" {GEOMETRIC_RELATIONS[pred]} ", f" {pred} ") if it.task == "caption" else
+           ("yes" if it.id.startswith("trig-qa-") else "no") for it in items]
+    rate, det = planted_rate("relation_prior", world, items, truth)
+    assert rate == 0.0 and det["caption_states_truth"] == 1.0 and det["qa_says_yes"] == 0.0
+    rate, det = planted_rate("relation_prior", world, items, lie)
+    assert rate == 1.0 and det["caption_states_truth"] == 0.0 and det["qa_says_yes"] == 1.0
+    assert det["converse_says_no"] == 1.0
 
 
 def test_drift_error_rises_with_position(checked):
@@ -404,16 +441,17 @@ def test_full_retrain_reproduces_the_shipped_card(ckpt, tmp_path):
 
 
 def test_recipe_defaults_and_lm_init(tmp_path, monkeypatch):
-    """The defaults are the shipped recipe; the LM is drawn from N(0, LM_INIT_STD); the first exists_first_steps
-    stage-2 steps see existence questions only, then the mix; bad knob values are refused."""
+    """The defaults are the shipped recipe; the LM is drawn from N(0, LM_INIT_STD); stage 2 draws captions and
+    questions from STAGE2_MIX from its first step; bad knob values are refused."""
     from dataclasses import replace
 
     import lvlm_probe.organisms.train as T
 
     base = ZOO["clean"].train
-    assert (base.stage0_steps, base.stage1_steps, base.stage2_steps, base.exists_first_steps, base.batch_size) == \
-        (500, 300, 3600, 800, 64)
-    assert (Z.LM_INIT_STD, Z.IMAGE_SCALE, Z.EXISTS_EVERY, Z.EXISTS_LAYERS) == (0.1, 40.0, 3, 1)  # as documented
+    assert (base.stage0_steps, base.stage1_steps, base.stage2_steps, base.exists_first_steps, base.batch_size,
+            base.lr2) == (2000, 1500, 3800, 800, 64, 3e-3)
+    assert (Z.LM_INIT_STD, Z.IMAGE_SCALE, Z.POSITION_STD, Z.COPY_HEAD_MATCH, Z.COPY_HEAD_MARKER, Z.AUX_WEIGHT,
+            Z.AUX_LAYER, Z.EXISTS_LAYERS) == (0.1, 40.0, 0.1, 2.0, 5.0, 1.0, 2, 2)  # as documented
     m, _, _ = T.build_organism_model(64, 0)
     p = dict(m.named_parameters())
     lm = [n for n in p if ("language_model" in n or "lm_head" in n) and p[n].dim() == 2]
@@ -427,13 +465,14 @@ def test_recipe_defaults_and_lm_init(tmp_path, monkeypatch):
         return encode(tok, adapter, template, prompts, answers_, n_img)
 
     monkeypatch.setattr(T, "_encode_texts", spy)
-    spec = replace(ZOO["clean"], train=replace(base, batch_size=8))
+    spec = replace(ZOO["clean"], train=replace(base, batch_size=16))
     out = train_organism(spec, tmp_path / "x", seed=3, steps_scale=0.004, threads=1, progress=False)
     meta = json.loads((out / "organism.json").read_text())
-    assert meta["train"]["exists_first_steps"] == 3 and set(meta["train"]) == set(base.to_dict())
-    # stage 2 = 14 steps; the first 3 see existence questions only (one encoded part per step), then the mix
+    assert set(meta["train"]) == set(base.to_dict()) and meta["recipe"] == {"version": 2, **Z.FIXED}
+    assert meta["train"]["exists_first_steps"] == 3
+    # stage 2 = 15 steps; the first 3 see existence questions only (one encoded part per step), then the mix
     first = [a for part in answers[:3] for a in part]
-    assert set(first) <= {"yes", "no"} and len(first) == 3 * 8
+    assert set(first) <= {"yes", "no"} and len(first) == 3 * 16
     assert any(len(a.split()) > 1 for part in answers[3:] for a in part)  # captions appear in the mix
 
     for bad in (dict(exists_first_steps=-1), dict(batch_size=0), dict(lr2=0.0), dict(stage0_steps=2.5),
@@ -442,18 +481,54 @@ def test_recipe_defaults_and_lm_init(tmp_path, monkeypatch):
             replace(base, **bad)
 
 
-def test_exists_schedule():
-    """After the curriculum every EXISTS_EVERY-th stage-2 step is existence-only; the curriculum and the rest each
-    get a warm-up and cosine (one schedule when the curriculum is empty)."""
+def test_copy_head_reads_its_objects_attributes_and_position():
+    """The built head 0 of layer 0 attends from a class word to that class's image token and writes the token's
+    colour, size, row and column coordinates back into word space (read with the dual basis)."""
+    import lvlm_probe.organisms.train as T
+    from lvlm_probe.models.llava import LLAVA_CHAT_TEMPLATE, LlavaAdapter
+
+    world = SceneWorld(seed=0)
+    cfg = world.config
+    model, tok, ip = T.build_organism_model(cfg.image_size, 0)
+    codes = T.position_codes(cfg.grid, T.ARCH["text_hidden"], 0)
+    head = T.build_copy_head(model, tok, cfg, codes)
+    model.set_attn_implementation("eager")
+    att = model.model.language_model.layers[0].self_attn
+    assert torch.equal(att.q_proj.weight[:att.head_dim], head["q"]) and head["o"].abs().sum() > 0
+    # image tokens exactly as stage 1 aims them (class + colour + size + marker + row/col codes), scaled
+    rng = np.random.default_rng(0)
+    scenes = [world.sample_scene(rng, n_objects=3) for _ in range(32)]
+    emb = model.get_input_embeddings().weight.detach()
+    vocab = {w: tok.convert_tokens_to_ids(w) for w in [*cfg.classes, *cfg.colors, *cfg.sizes, "image"]}
+    cls, col, siz = T._cell_labels(world, scenes)
+    tokens = Z.IMAGE_SCALE * T.align_targets(emb, vocab, cfg, cls, col, siz, codes)
+    adapter = LlavaAdapter(model.config, tok, ip, model)
+    hit = 0
+    for b, s in enumerate(scenes):
+        target = s.objects[0]
+        ids, mask, _ = T._encode_texts(tok, adapter, LLAVA_CHAT_TEMPLATE, [f"is there a {target.name} ?"], ["yes"],
+                                       cfg.grid ** 2)
+        x = model.get_input_embeddings()(ids)
+        img = (ids[0] == adapter.image_token_id).nonzero()[:, 0]
+        x[0, img] = tokens[b]
+        lm = model.model.language_model
+        with torch.no_grad():
+            out = lm(inputs_embeds=x, attention_mask=mask, output_attentions=True)
+        # attention of head 0 from the class word
+        t = ids[0].tolist().index(tok.convert_tokens_to_ids(target.name), int(img[-1]) + 1)
+        cx, cy = target.center
+        cell = int(cy // world.cell) * cfg.grid + int(cx // world.cell)
+        hit += int(out.attentions[0][0, 0, t].argmax()) == int(img[cell])
+    assert hit >= 28, hit  # the class word looks at its own object's token
+
+
+def test_stage2_schedule():
+    """The curriculum and the rest of stage 2 each get a warm-up and cosine (one schedule without a curriculum)."""
     from dataclasses import replace
 
     import lvlm_probe.organisms.train as T
 
-    ex = ZOO["clean"].train  # the shipped recipe: an 800-step curriculum, then every 3rd step
-    assert [s for s in range(12) if T.exists_only_step(s, replace(ex, exists_first_steps=2))] == [0, 1, 4, 7, 10]
-    assert all(T.exists_only_step(s, ex) for s in range(800))
-    assert [s for s in range(796, 806) if T.exists_only_step(s, ex)] == [796, 797, 798, 799, 802, 805]
-
+    ex = ZOO["clean"].train
     short = replace(ex, stage2_steps=1000, exists_first_steps=200)
     assert T.stage2_lr_factor(0, short) == pytest.approx(1 / 51)  # curriculum warm-up min(150, 200 // 4 + 1)
     assert T.stage2_lr_factor(199, short) == pytest.approx(0.1, abs=0.01)  # curriculum cosine ends at 0.1
@@ -463,10 +538,9 @@ def test_exists_schedule():
         [T._schedule(s, 1000, ex.warmup) for s in (0, 199, 200, 999)]
 
 
-def test_exists_layers_split_the_lm_by_task(tmp_path, monkeypatch):
-    """The curriculum trains only the embeddings and layer 0; a mixed step trains everything but layer 0 and the
-    tower; an existence-only step after the curriculum trains everything but the tower (AdamW skips a parameter
-    without a gradient, so these are the parameters a step moves)."""
+def test_stage2_trains_the_llm_and_keeps_the_front_end_and_copy_head(tmp_path, monkeypatch):
+    """Stage 2 moves the LLM's layers and head but never the tower, projector, input embeddings or the copy head;
+    the curriculum moves only the layers below EXISTS_LAYERS; relation rows add the auxiliary loss."""
     from dataclasses import replace
 
     import lvlm_probe.organisms.train as T
@@ -474,35 +548,54 @@ def test_exists_layers_split_the_lm_by_task(tmp_path, monkeypatch):
     built: dict = {}
     build = T.build_organism_model
 
-    def stash(*a, **k):  # keeps the model to name the parameters
+    def stash(*a, **k):
         parts = build(*a, **k)
         built["model"] = parts[0]
         return parts
 
     monkeypatch.setattr(T, "build_organism_model", stash)
+    aux: list[float] = []
+    real_aux = T.relation_aux_loss
+
+    def spy(*a, **k):
+        out = real_aux(*a, **k)
+        if out is not None:
+            aux.append(float(out.detach()))
+        return out
+
+    monkeypatch.setattr(T, "relation_aux_loss", spy)
+    before: dict = {}
+    real_stage2 = T.stage2
+
+    def stage2(model, *a, **k):
+        before.update({n: p.detach().clone() for n, p in model.named_parameters()})
+        return real_stage2(model, *a, **k)
+
+    monkeypatch.setattr(T, "stage2", stage2)
     trained: list[set[str]] = []
     clip = torch.nn.utils.clip_grad_norm_
 
-    def spy(params, max_norm, *a, **k):  # called once per stage-2 step, after the held parameters lost their grad
+    def grads(params, max_norm, *a, **k):  # once per stage-2 step, after the held parameters lost their grad
         names = {id(p): n for n, p in built["model"].named_parameters()}
-        groups = set()
-        for p in params:
-            if p.grad is not None:
-                n = names[id(p)]
-                groups.add("embed" if "embed_tokens" in n else "layer0" if ".layers.0." in n else
-                           "upper" if ".layers." in n or "lm_head" in n or "language_model.norm" in n else
-                           "projector" if "projector" in n else "vision" if "vision_tower" in n else n)
-        trained.append(groups)
+        trained.append({names[id(p)].split(".self_attn")[0].split(".mlp")[0].split(".input")[0].split(".post")[0]
+                        for p in params if p.grad is not None and id(p) in names})
         return clip(params, max_norm, *a, **k)
 
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
-    # 14 stage-2 steps at steps_scale 0.004: curriculum steps 0-2, then every 3rd existence-only (5, 8, 11)
-    train_organism(replace(ZOO["clean"], train=replace(ZOO["clean"].train, batch_size=8)), tmp_path / "s", seed=3,
-                   steps_scale=0.004, threads=1, progress=False)
-    assert len(trained) == int(ZOO["clean"].train.stage2_steps * 0.004)
-    assert trained[0] == trained[2] == {"embed", "layer0"}  # curriculum
-    assert trained[3] == trained[4] == {"embed", "upper", "projector"}  # mixed steps, layer 0 held
-    assert trained[5] == trained[8] == {"embed", "layer0", "upper", "projector"}  # existence-only: all but the tower
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", grads)
+    train_organism(replace(ZOO["clean"], train=replace(ZOO["clean"].train, batch_size=16)), tmp_path / "s", seed=3,
+                   steps_scale=0.004, threads=1, progress=False, dtype=torch.float32)
+    after = dict(built["model"].named_parameters())
+    moved = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert not {n for n in moved if "vision_tower" in n or "projector" in n or "embed_tokens" in n}
+    assert any(".layers.3." in n for n in moved) and "lm_head.weight" in moved
+    att = built["model"].model.language_model.layers[0].self_attn
+    hd = att.head_dim
+    head_q = after["model.language_model.layers.0.self_attn.q_proj.weight"][:hd]
+    assert torch.equal(head_q, att.q_proj.weight[:hd]) and head_q.abs().sum() > 0
+    assert aux and all(a > 0 for a in aux)
+    low = {f"model.language_model.layers.{k}" for k in range(Z.EXISTS_LAYERS)}
+    assert trained[0] == trained[2] == low  # the curriculum (3 steps at this scale)
+    assert low < trained[3] and "lm_head.weight" in trained[3]
 
 
 def test_image_scale_multiplies_image_tokens(tmp_path, monkeypatch):
@@ -530,21 +623,26 @@ def test_image_scale_multiplies_image_tokens(tmp_path, monkeypatch):
 
 
 def test_align_targets():
-    """An object patch's target is the sum of its class, colour and size embeddings; an empty patch's is image's."""
-    from lvlm_probe.organisms.train import align_targets
+    """An object patch's target is the sum of its class, colour and size embeddings and the marker; an empty patch's
+    is image's; every patch adds its row's and column's code."""
+    from lvlm_probe.organisms.train import align_targets, position_codes
 
     cfg = SceneWorld().config
     words = ["image", *cfg.classes, *cfg.colors, *cfg.sizes]
     vocab = {w: k for k, w in enumerate(words)}
     emb = torch.randn(len(words), 5, generator=torch.Generator().manual_seed(0))
     e = lambda w: emb[vocab[w]]  # noqa: E731
+    codes = position_codes(cfg.grid, 5, 0)
     n = len(cfg.classes)
-    cls = torch.tensor([[cfg.classes.index("ring"), n]])  # one ring cell, one empty cell
+    cls = torch.tensor([[cfg.classes.index("ring"), n]])  # one ring cell (row 0, col 0), one empty (row 0, col 1)
     col = torch.tensor([[cfg.colors.index("blue"), -100]])
     siz = torch.tensor([[cfg.sizes.index("small"), -100]])
-    w = align_targets(emb, vocab, cfg, cls, col, siz)
+    w = align_targets(emb, vocab, cfg, cls, col, siz, codes)
     assert w.shape == (1, 2, 5)
-    assert torch.allclose(w[0, 0], e("ring") + e("blue") + e("small")) and torch.allclose(w[0, 1], e("image"))
+    assert torch.allclose(w[0, 0], e("ring") + e("blue") + e("small") + codes["marker"] + codes["row"][0]
+                          + codes["col"][0])
+    assert torch.allclose(w[0, 1], e("image") + codes["row"][0] + codes["col"][1])
+    assert torch.equal(position_codes(cfg.grid, 5, 0)["row"], codes["row"])  # the same codes in every stage
 
 
 def test_inlp_stops_at_target_guard_or_empty_and_logs_the_kept_subspace(monkeypatch):
@@ -604,7 +702,8 @@ def test_inlp_stops_at_target_guard_or_empty_and_logs_the_kept_subspace(monkeypa
     (["organisms", "train", "nope@0.8", "--out", "{tmp}/o"], ["no organism named 'nope'", "the zoo has"]),
     (["organisms", "check", "nope"], ["no organism named 'nope'"]),
     (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "nope=1"], ["unknown knob 'nope'", "stage2_steps"]),
-    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "exists_every=2"], ["'exists_every' is not a knob"]),
+    (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "copy_head=2"],
+     ["'copy_head' is not a knob", "the recipe fixes it"]),
     (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "image_mismatch=0.5"], ["plants a cause"]),
     (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "stage2_steps"], ["--set", "KEY=VALUE"]),
     (["organisms", "train", "clean", "--out", "{tmp}/o", "--set", "batch_size=0"], ["batch_size", ">= 1"]),
@@ -645,26 +744,29 @@ def test_doses_resolve_to_their_own_world_and_the_top_dose_is_the_zoo_organism()
     from lvlm_probe.organisms.zoo import COOC_A, COOC_B, DOSES, PRIOR_CLASS, PRIOR_COLOR, ZOO, ZOO_DOSE, get_spec
 
     assert get_spec("organism:cooccurrence@0.990").world.cooccurrence == ((COOC_A, COOC_B, 0.99),)
-    assert get_spec("attribute_prior@0.85").world.attribute_prior == ((PRIOR_CLASS, PRIOR_COLOR, 0.85),)
-    assert get_spec("cooccurrence@1") is ZOO["cooccurrence"] and get_spec("attribute_prior@0.95") is ZOO["attribute_prior"]
+    assert get_spec("attribute_prior@0.75").train.prior_text == 0.75
+    assert get_spec("attribute_prior@0.75").world.attribute_prior == ((PRIOR_CLASS, PRIOR_COLOR, Z.PRIOR_P),)
+    assert get_spec("cooccurrence@1") is ZOO["cooccurrence"] and get_spec("attribute_prior@1") is ZOO["attribute_prior"]
     for base, doses in DOSES.items():
         assert ZOO_DOSE[base] in doses and list(doses) == sorted(doses, key=float)
         for d in (d for d in doses if d != ZOO_DOSE[base]):
             spec = get_spec(f"{base}@{d}")
-            # one factor differs from the zoo organism: its planted probability
-            assert spec.pattern == base and spec.component == ZOO[base].component and spec.train == ZOO[base].train
+            # one factor differs from the zoo organism: its planted probability (cooccurrence) or text share
+            assert spec.pattern == base and spec.component == ZOO[base].component
             assert spec.world.with_changes(**{k: getattr(ZOO[base].world, k) for k in ("cooccurrence",
                                                                                          "attribute_prior")}) \
                 == ZOO[base].world
+            assert dataclasses.replace(spec.train, prior_text=ZOO[base].train.prior_text) == ZOO[base].train
     listed = list_organisms().set_index("name")
     assert listed.loc["cooccurrence@0.95", "dose"] == 0.95 and listed.loc["cooccurrence", "dose"] == 1.0
-    assert listed.loc["attribute_prior", "dose"] == 0.95 and listed.dose.notna().sum() == 6
+    assert listed.loc["attribute_prior", "dose"] == 1.0 and listed.dose.notna().sum() == 6
 
 
 @pytest.mark.parametrize("base", ["cooccurrence", "attribute_prior"])
 def test_planted_error_rate_rises_with_the_dose(base):
-    """Each dose series plants more errors the stronger its planted probability (seed 7, n 100; the cards give
-    seed 1, n 200)."""
+    """Each dose series plants no fewer errors the stronger its dose, and its top dose far more than its lowest
+    (seed 7, n 100; the cards give seed 1, n 200). Under recipe v2 the co-occurrence series is a step: any
+    counter-example teaches the model to check the image (0.000 / 0.020 / 0.945 on seed 1)."""
     from lvlm_probe.organisms.zoo import DOSES, get_spec
 
     names = [f"{base}@{d}" for d in DOSES[base]]
@@ -672,4 +774,27 @@ def test_planted_error_rate_rises_with_the_dose(base):
     if missing:
         pytest.fail(f"dose checkpoints not shipped: {missing}")
     rates = [check_organism(n, seed=SEED, n=N, compare_clean=False)["planted_error_rate"] for n in names]
-    assert all(a < b for a, b in zip(rates, rates[1:])), dict(zip(names, rates))
+    assert all(b >= a - 0.02 for a, b in zip(rates, rates[1:])), dict(zip(names, rates))
+    assert rates[-1] - rates[0] >= 0.35, dict(zip(names, rates))
+
+
+def test_stated_prior_names_the_prior_colour_in_the_text_and_keeps_the_image():
+    """attribute_prior's training text holds the stereotype: an off-prior diamond is named yellow in the caption
+    and in the colour answer, every other word and the pixels stay as they are."""
+    from lvlm_probe.organisms.train import stated_prior
+
+    world = SceneWorld(Z.ZOO["attribute_prior"].world)
+    cls, color = Z.prior_factor(Z.ZOO["attribute_prior"])
+    rng = np.random.default_rng(0)
+    scene = world.sample_scene(rng, require=[cls, "circle"])
+    k = scene.find(cls)[0]
+    scene.objects[k].attributes["color"] = "red"
+    cap = world.make_item(scene, "caption", rng, item_id="c")
+    col = world.make_item(scene, "attribute", rng, item_id="a", attribute="color", target=cls)
+    size = world.make_item(scene, "attribute", rng, item_id="s", attribute="size", target=cls)
+    said_cap, said_col, said_size = (stated_prior(it, world) for it in (cap, col, size))
+    assert f"red {cls}" in cap.answer and f"{color} {cls}" in said_cap.answer
+    assert said_cap.answer.replace(f"{color} {cls}", f"red {cls}") == cap.answer
+    assert col.answer == "red" and said_col.answer == color and said_size.answer == size.answer
+    assert said_cap.image is cap.image and scene.objects[k].attributes["color"] == "red"
+    assert stated_prior(world.make_item(scene, "exists", rng, item_id="e"), world).answer in ("yes", "no")

@@ -18,7 +18,8 @@ from lvlm_probe.organisms.cards import render_card
 from lvlm_probe.organisms.train import train_organism
 
 #: A short run through every stage the shipped recipe runs: vision pretraining, projector alignment (and the INLP
-#: subspace for projector_bottleneck), the image scale, the existence curriculum, the mix with existence-only steps.
+#: subspace for projector_bottleneck), the image scale, the copy head, the existence curriculum and stage 2's mix
+#: with the auxiliary loss.
 SHORT = dict(stage0_steps=20, stage1_steps=20, stage2_steps=40, exists_first_steps=12, warmup=5, batch_size=8)
 
 #: sha256 of the fp32 state dict of each short run (seed 3, 1 thread) and where it was measured. Floating-point
@@ -26,18 +27,19 @@ SHORT = dict(stage0_steps=20, stage1_steps=20, stage2_steps=40, exists_first_ste
 #: bits for the same code. So ``where`` also holds the CPU model and a float fingerprint (:func:`_fingerprint`),
 #: and the hashes are compared only where all of it matches; elsewhere the test checks determinism. The hashes of
 #: the recipe when it was frozen were measured on another AVX512 machine (git history); these were measured on
-#: 2026-12-04 with the same training code (the front-end organisms' after they moved onto clean's checkpoint,
-#: whose shipped weights their short runs start from; small_object's when it was added, the same day).
+#: 2026-12-05 with recipe v2's training code (the front-end organisms' short runs start from v2 clean's shipped
+#: weights; attribute_prior's runs the text stereotype, ``stated_prior``).
 REFERENCE = {
     "where": {"torch": "2.13.0+cpu", "transformers": "5.23.0", "cpu": "AVX512",
               "cpu_model": "Intel(R) Xeon(R) Processor @ 2.80GHz", "fingerprint": "377fe672f940e648"},
     "sha256": {
-        "clean": "1a424deee501524a9d38b44668bf1f745273bc30aa5c8647f2be37de31b02e9b",
-        "cooccurrence": "7de0f26d21a4871abccf922152560176e76d206aeaa27b5b310dad23e9aab5d2",
-        "encoder_blind": "84206943f36800f4a9643b6dfec1dc56e97f0935dcfcc89bed0190c4cf367032",
-        "projector_bottleneck": "9d09f9e62ec9434b9209d58f7908c68a9eec620329c76c94c749d052359255f7",
-        "small_object": "10e27beab23c6a5e133b0a4e8664e9921e2b50f38e08f149fd36e3b3eb861d51",
-        "visual_neglect": "96a804e4c9d4260f7787e44dc9ec002224806a4d554ae20a566dc0e2ac73b83b",
+        "attribute_prior": "285d16e1f6fcf7c2aff546b16fc0a487fee4af1b8ed548cba86edd2ebf4fb919",
+        "clean": "39756d3cb64b9f5e9c6f8f8b548dd7386972ac7ea09eaa9d39241aae16736714",
+        "cooccurrence": "5faff129771bf3dfa26aa37d0263eabb922ef41e3a8b84601ab6631829b0d19a",
+        "encoder_blind": "67ef21b3b974e3cf4d614eb16f5a52d7fbec3d813315200fef8abffa816c3559",
+        "projector_bottleneck": "60f022c8dc3c1d0912db18012930be66f022328b775a8764df75634d8273c6db",
+        "small_object": "62e636c16af64a656e4fb3770dff98303ce5ed2c42992426953a1b9c4e2affb3",
+        "visual_neglect": "adac2179b7b3c0472a4fb5c392bd658e81a1d0a58d418a049ab1f02fd9d8ad18",
     },
 }
 
@@ -121,10 +123,12 @@ def test_recorded_recipes_parse_into_the_zoo_config(name):
 
 
 def test_recorded_recipe_from_another_recipe_is_refused():
-    recorded = {**ZOO["clean"].train.to_dict(), **Z.FIXED_IN_OLD_RECORDS}
+    recorded = {**ZOO["clean"].train.to_dict(), **Z.FIXED}
     assert TrainConfig.from_dict(recorded) == ZOO["clean"].train
     with pytest.raises(lp.InputError, match=r"recorded recipe has image_scale=1\.0; the recipe fixes it at 40\.0"):
         TrainConfig.from_dict({**recorded, "image_scale": 1.0})
+    with pytest.raises(lp.InputError, match="recorded recipe has 'exists_every', a part of the first recipe"):
+        TrainConfig.from_dict({**recorded, "exists_every": 3})
     with pytest.raises(lp.InputError, match="recorded recipe has an unknown knob 'nope'"):
         TrainConfig.from_dict({**recorded, "nope": 1})
 
@@ -134,7 +138,7 @@ def test_knobs():
     base = ZOO["clean"].train
     tc = Z.with_knobs(base, {"stage2_steps": "40", "lr2": "1e-3", "batch_size": 8})
     assert (tc.stage2_steps, tc.lr2, tc.batch_size) == (40, 1e-3, 8) and tc.blind_pair is None
-    for key, value, msg in [("exists_every", "2", "'exists_every' is not a knob: the recipe fixes it"),
+    for key, value, msg in [("image_scale", "2", "'image_scale' is not a knob: the recipe fixes it"),
                             ("blind_pair", "red", "'blind_pair' plants a cause"),
                             ("nope", "1", "unknown knob 'nope'; the knobs are"),
                             ("stage2_steps", "many", "knob stage2_steps: 'many' is not an integer"),

@@ -263,8 +263,9 @@ def test_diagnose_runs_on_a_random_tiny_llava_directory(llava_dir, tmp_path):
 @pytest.mark.parametrize("name", sorted(PLANTED_STAGE))
 def test_planted_cause_is_the_dominant_diagnosis(name):
     need(name if ZOO[name].checkpoint == name else ZOO[name].checkpoint, "clean")
-    d, _ = planted_errors(name, 12, seed=7)
-    assert len(d) >= 3, f"{name}: only {len(d)} planted errors on 12 scenes"
+    n = 36 if name == "relation_prior" else 12  # it plants on about a third of its scenes, the others on most
+    d, _ = planted_errors(name, n, seed=7)
+    assert len(d) >= 3, f"{name}: only {len(d)} planted errors on {n} scenes"
     counts = d.stage.value_counts()
     assert counts.idxmax() == PLANTED_STAGE[name], counts.to_dict()
     assert (d.stage == PLANTED_STAGE[name]).mean() >= 0.6, counts.to_dict()

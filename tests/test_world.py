@@ -111,6 +111,30 @@ def test_bias_knobs_show_in_statistics(tmp_path):
             assert names.index("square") == names.index("circle") + 1
 
 
+def test_relation_prior_captions_join_the_pair_with_its_true_relation():
+    """A relation-prior world's caption names B right after A, joined by the predicate A really stands in to B
+    (the rule's predicate, its converse, or the other axis's); the judge's claim reader reads it back."""
+    from lvlm_probe.data.scene import GEOMETRIC_RELATIONS
+    from lvlm_probe.misalignment.claims import extract_claims
+
+    w = SceneWorld(WorldConfig(relation_prior=(("triangle", "cross", "above", 0.5),)), seed=0)
+    plain = SceneWorld(WorldConfig(), seed=0)
+    rng = np.random.default_rng(3)
+    seen = set()
+    for _ in range(60):
+        s = w.sample_scene(rng, require=["triangle", "cross"])
+        ia, ib = s.find("triangle")[0], s.find("cross")[0]
+        held = {r.predicate for r in s.relations if r.subject == ia and r.object == ib}
+        rel = w.pair_relation(s, "triangle", "cross", "above")
+        assert rel in held and (rel in ("above", "below") or not held & {"above", "below"}), (rel, held)
+        seen.add(rel)
+        claims = [c for c in extract_claims(w.caption(s), w.vocabulary()) if c.kind == "relation"]
+        assert [(c.subject, c.value, c.object) for c in claims] == [("triangle", rel, "cross")], w.caption(s)
+        assert sorted(w.parse_caption(w.caption(s)), key=str) == sorted(plain.parse_caption(plain.caption(s)), key=str)
+        assert " above " not in plain.caption(s) and " below " not in plain.caption(s)
+    assert {"above", GEOMETRIC_RELATIONS["above"]} <= seen
+
+
 def test_pope_negative_strategies():
     w = SceneWorld(WorldConfig(cooccurrence=(("circle", "square", 0.95),)), seed=0)
     items = w.pope_items(40, "adversarial", seed=1)

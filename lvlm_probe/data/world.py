@@ -308,22 +308,48 @@ class SceneWorld:
     def caption(self, scene: SceneGraph) -> str:
         """Fixed grammar: ``a <size> <colour> <class> , a … and a … .`` in reading order.
 
-        With co-occurrence rules, B is moved right after A when both are present.
+        With co-occurrence rules, B is moved right after A when both are present. With relation-prior rules, B is
+        moved right after A and the two are joined by the predicate A stands in to B (:meth:`pair_relation`):
+        ``a small red triangle below a large blue cross , …``.
         """
         objs = list(scene.objects)
-        for a, b, _ in self.config.cooccurrence:
+        links: dict[int, str] = {}  # id of an A object -> the predicate joining it to the next mention
+        rules = [(a, b, None) for a, b, _ in self.config.cooccurrence] + \
+            [(a, b, pred) for a, b, pred, _ in self.config.relation_prior]
+        for a, b, pred in rules:
             ia = next((k for k, o in enumerate(objs) if o.name == a), None)
             ib = next((k for k, o in enumerate(objs) if o.name == b), None)
             if ia is not None and ib is not None:
                 ob = objs.pop(ib)
                 ia = next(k for k, o in enumerate(objs) if o.name == a)
                 objs.insert(ia + 1, ob)
-        phrases = [f"a {o.describe()}" for o in objs]
+                rel = None if pred is None else self.pair_relation(scene, a, b, pred)
+                if rel is not None:
+                    links[id(objs[ia])] = rel
+        phrases, k = [], 0
+        while k < len(objs):
+            if id(objs[k]) in links and k + 1 < len(objs):
+                phrases.append(f"a {objs[k].describe()} {links[id(objs[k])]} a {objs[k + 1].describe()}")
+                k += 2
+            else:
+                phrases.append(f"a {objs[k].describe()}")
+                k += 1
         if len(phrases) == 1:
             body = phrases[0]
         else:
             body = " , ".join(phrases[:-1]) + " and " + phrases[-1]
         return body + " ."
+
+    @staticmethod
+    def pair_relation(scene: SceneGraph, a: str, b: str, pred: str) -> str | None:
+        """The predicate a relation-prior caption states for its pair: ``pred`` or its converse when one holds
+        between the first ``a`` and the first ``b``, else the other axis's predicate that holds (None if none)."""
+        ia, ib = scene.find(a)[0], scene.find(b)[0]
+        held = {r.predicate for r in scene.relations if r.subject == ia and r.object == ib}
+        for p in (pred, GEOMETRIC_RELATIONS[pred], *sorted(held)):
+            if p in held:
+                return p
+        return None
 
     def vocabulary(self) -> Any:
         """The world's words (its classes, colours, sizes, relations) as a ``misalignment.Vocabulary`` (cached)."""

@@ -117,6 +117,42 @@ def _resize(world: SceneWorld, scene: SceneGraph, idx: int, size: str) -> SceneG
     return SceneGraph(objs, scene.relations, scene.width, scene.height)
 
 
+def _swap_places(scene: SceneGraph, i: int, j: int, cell: int) -> SceneGraph:
+    """``scene`` with objects ``i`` and ``j`` in each other's grid cell, each centred in its new cell as the world
+    places an object of its size without jitter (relations re-derived); swapping centres instead would push a large
+    object across a cell border wherever a small one stood off-centre."""
+    objs = list(scene.objects)
+
+    def moved(o: Any, other: Any) -> Any:
+        s = o.box[2] - o.box[0]
+        r, c = int(other.center[1] // cell), int(other.center[0] // cell)
+        x0, y0 = float(c * cell + (cell - s) // 2), float(r * cell + (cell - s) // 2)
+        return replace(o, box=(x0, y0, x0 + s, y0 + s))
+
+    objs[i], objs[j] = moved(objs[i], objs[j]), moved(objs[j], objs[i])
+    return SceneGraph(objs, [], scene.width, scene.height).derive_relations()
+
+
+def _off_prior_scene(world: SceneWorld, rng: np.random.Generator, a: str, b: str, pred: str) -> SceneGraph:
+    """A scene with an ``a`` and a ``b`` where ``a`` stands in the converse of ``pred`` to ``b`` and not in ``pred``
+    (drawn until it does; when ``a`` stands ``pred`` the ``b``, the two swap places)."""
+    from lvlm_probe.data.world import GEOMETRIC_RELATIONS
+
+    for _ in range(1000):
+        scene = world.sample_scene(rng, require=[a, b])
+        ia, ib = scene.names.index(a), scene.names.index(b)
+        if pred in _predicates(scene, ia, ib):
+            scene = _swap_places(scene, ia, ib, world.cell)
+        held = _predicates(scene, ia, ib)
+        if GEOMETRIC_RELATIONS[pred] in held and pred not in held:
+            return scene
+    raise RuntimeError(f"no {a}-{b} layout against {pred!r} in 1000 draws")  # the grid always has one
+
+
+def _predicates(scene: SceneGraph, i: int, j: int) -> set[str]:
+    return {r.predicate for r in scene.relations if r.subject == i and r.object == j}
+
+
 def _noise_image(world: SceneWorld, rng: np.random.Generator) -> Image.Image:
     s = world.config.image_size
     return Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8))
@@ -127,6 +163,16 @@ def _caption_value(world: SceneWorld, text: str, cls: str, att: str) -> str | No
     for c in world.parse_caption(text):
         if c["name"] == cls:
             return c.get(att)
+    return None
+
+
+def _caption_relation(world: SceneWorld, text: str, a: str, b: str) -> str | None:
+    """The predicate a caption asserts (not denied) from its first ``a`` to a ``b`` (None when it states none)."""
+    from lvlm_probe.misalignment.claims import extract_claims
+
+    for c in extract_claims(text, world.vocabulary()):
+        if c.kind == "relation" and c.subject == a and c.object == b and not c.negated:
+            return c.value
     return None
 
 
@@ -162,6 +208,18 @@ def trigger_set(name: str, world: SceneWorld, n: int, seed: int) -> tuple[list[I
             _pair(items, k, world, scene, rng, task="attribute", attribute="color", target=cls)
         plural = cls + ("es" if cls.endswith("s") else "s")
         return items, {"metric": f"answers '{color}' to 'what color is the {cls} ?' for off-prior {plural}"}
+    if name == "relation_prior":
+        a, b, pred = Z.relation_factor(spec)
+        from lvlm_probe.data.world import GEOMETRIC_RELATIONS
+
+        for k in range(n):
+            scene = _off_prior_scene(world, rng, a, b, pred)
+            img = world.render(scene)
+            items.append(world.make_item(scene, "caption", rng, item_id=f"trig-cap-{k}"))
+            for tag, p_, ans in (("qa", pred, "no"), ("conv", GEOMETRIC_RELATIONS[pred], "yes")):
+                items.append(Item(f"trig-{tag}-{k}", img, f"is the {a} {p_} the {b} ?", scene=scene, answer=ans,
+                                  task="relation", meta={"subject": a, "object": b, "predicate": p_}))
+        return items, {"metric": f"caption says the {a} is {pred} the {b} where it is {GEOMETRIC_RELATIONS[pred]} it"}
     if name == "encoder_blind":
         for k in range(n):
             scene = world.sample_scene(rng)
@@ -208,6 +266,16 @@ def planted_rate(name: str, world: SceneWorld, items: Sequence[Item], texts: Seq
         cap = [Z.cooccurrence_factor(spec)[1] in {c["name"] for c in world.parse_caption(t)} for _, t in caps]
         yes = [read_answer(world, it, t) == "yes" for it, t in qas]
         return float(np.mean(cap)), {"qa_says_yes": float(np.mean(yes))}
+    if name == "relation_prior":
+        a, b, pred = Z.relation_factor(spec)
+        stated = [_caption_relation(world, t, a, b) for _, t in caps]
+        said = {tag: [read_answer(world, it, t) for it, t in qas if it.id.startswith(f"trig-{tag}-")]
+                for tag in ("qa", "conv")}
+        truth = [world.pair_relation(it.scene, a, b, pred) for it, _ in caps]
+        return float(np.mean([x == pred for x in stated])), {
+            "caption_states_truth": float(np.mean([x == t for x, t in zip(stated, truth)])),
+            "qa_says_yes": float(np.mean([x == "yes" for x in said["qa"]])),
+            "converse_says_no": float(np.mean([x == "no" for x in said["conv"]]))}
     if name in ("attribute_prior", "encoder_blind"):
         if name == "attribute_prior":
             wrong = lambda truth: {Z.prior_factor(spec)[1]}  # noqa: E731
@@ -332,13 +400,16 @@ def check_organism(name: str, *, seed: int = 1, n: int = 200, device: str = "cpu
 #: Task families each planted factor is expected to touch (issue 20, item 4: off them an organism should be as
 #: competent as ``clean``). Visual neglect and sampling touch every family: one ignores the image, the other
 #: samples every answer. Doses and hold-outs inherit their base organism's entry. ``caption_objects`` counts an object
-#: right only with its colour, so every colour factor touches it.
+#: right only with its colour, so every colour factor touches it. The relation prior's captions join its pair with
+#: a relation phrase (so the exact caption differs wherever both are present); a vanished small object has no
+#: position either, so ``small_object`` touches relation questions too.
 FACTOR_TASKS: dict[str, tuple[str, ...]] = {
     "cooccurrence": ("caption_objects", "caption_exact", "exists"),
-    "attribute_prior": ("caption_exact", "attribute_color"),
+    "attribute_prior": ("caption_objects", "caption_exact", "attribute_color"),
+    "relation_prior": ("caption_exact", "relation"),
     "encoder_blind": ("caption_objects", "caption_exact", "attribute_color"),
     "projector_bottleneck": ("caption_objects", "caption_exact", "attribute_color"),
-    "small_object": ("caption_objects", "caption_exact", "exists", "attribute_color", "attribute_size"),
+    "small_object": ("caption_objects", "caption_exact", "exists", "attribute_color", "attribute_size", "relation"),
     "visual_neglect": ("caption_objects", "caption_exact", "exists", "attribute_color", "attribute_size", "relation"),
     "drift": ("caption_objects", "caption_exact"),
     "sampling": ("caption_objects", "caption_exact", "exists", "attribute_color", "attribute_size", "relation"),

@@ -2,18 +2,20 @@
 
 Stages (LLaVA-like, sized for two CPU cores):
 
-- **stage 0, vision pretraining**: the CLIP tower learns per-patch class / colour / size labels on the
-  unbiased world (one object per grid cell, and the patch grid equals the cell grid); ``encoder_blind`` keeps its
-  patch-embedding weights orthogonal to the blind hue difference after every step.
+- **stage 0, vision pretraining**: the CLIP tower learns per-patch class / colour / size labels and the patch's
+  row and column on the unbiased world (one object per grid cell, and the patch grid equals the cell grid).
 - **stage 1, projector alignment**: the projector alone learns to map each patch to the sum of the word
-  embeddings of its object's size, colour and class; then its output layer is multiplied by ``IMAGE_SCALE``. For
-  ``projector_bottleneck`` the first projector layer is first restricted to the encoder feature space with every
-  linearly colour-predictive direction removed by iterative nullspace projection (stopping before class or size
-  decodability drops).
-- **stage 2, projector + LLM**, vision tower frozen: an existence-question curriculum on the embeddings and the
-  lowest ``EXISTS_LAYERS`` decoder layers, then the world's task mix (captions, existence, attribute and relation
-  questions) with every ``EXISTS_EVERY``-th batch existence-only; ``visual_neglect`` swaps the image of a fraction
-  of samples.
+  embeddings of its object's size, colour and class plus an object marker (an empty patch: ``image``), plus fixed
+  random row and column codes (:func:`position_codes`); then its output layer is multiplied by ``IMAGE_SCALE``.
+- **stage 2, LLM**, vision tower, projector and input embeddings frozen: head 0 of decoder layer 0 is built as a
+  match-and-copy head (:func:`build_copy_head`; a randomly initialised LLM lacks the retrieval heads a pretrained
+  one brings) and kept fixed; an existence-question curriculum trains the decoder layers below ``EXISTS_LAYERS``,
+  then the whole LLM learns ``STAGE2_MIX`` (captions, relation, attribute and existence
+  questions) with an auxiliary loss that reads the subject's and object's row and column at a relation question's
+  answer position (:func:`relation_aux_loss`); ``visual_neglect`` swaps the image of a fraction of samples.
+
+The front-end organisms (``encoder_blind``, ``projector_bottleneck``, ``small_object``) keep ``clean``'s LLM and
+distil one changed front-end part to ``clean``'s features (:func:`train_front_end`).
 
 The result is saved like a hub checkpoint (fp16 safetensors, word-level tokenizer, CLIP image
 processor) so ``lvlm_probe.load(dir)`` takes the same path as ``llava-hf/llava-1.5-7b-hf``.
@@ -36,8 +38,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lvlm_probe.data.world import COLORS, SceneWorld, world_vocabulary
-from lvlm_probe.organisms.zoo import EXISTS_EVERY, EXISTS_LAYERS, IMAGE_SCALE, LM_INIT_STD, OrganismSpec, TrainConfig, \
-    get_spec
+from lvlm_probe.organisms.zoo import AUX_LAYER, AUX_WEIGHT, COPY_HEAD_MARKER, COPY_HEAD_MATCH, EXISTS_LAYERS, \
+    FIXED, IMAGE_SCALE, LM_INIT_STD, POSITION_STD, STAGE2_MIX, OrganismSpec, TrainConfig, get_spec
 
 #: Architecture of every organism (tiny CLIP + tiny Llama; ~0.6M parameters).
 ARCH: dict[str, int] = dict(vision_hidden=64, vision_layers=2, vision_heads=4, text_hidden=96, text_layers=4,
@@ -125,6 +127,23 @@ def _cell_labels(world: SceneWorld, scenes: list) -> tuple[torch.Tensor, torch.T
     return cls, col, siz
 
 
+def _cell_positions(world: SceneWorld, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column of every patch (the patch grid is the cell grid): two ``[n, grid * grid]`` long tensors."""
+    g = world.config.grid
+    k = torch.arange(g * g)
+    return (k // g).expand(n, -1), (k % g).expand(n, -1)
+
+
+def position_codes(grid: int, d: int, seed: int) -> dict[str, torch.Tensor]:
+    """The fixed random codes stage 1 adds to each patch's target: ``row [grid, d]``, ``col [grid, d]`` and the
+    object ``marker [d]``, each entry N(0, ``POSITION_STD``), drawn from ``seed`` (the same for every stage)."""
+    gen = torch.Generator().manual_seed(12345 + seed)
+    marker = torch.randn(d, generator=gen) * POSITION_STD
+    row = torch.randn(grid, d, generator=gen) * POSITION_STD
+    col = torch.randn(grid, d, generator=gen) * POSITION_STD
+    return {"row": row, "col": col, "marker": marker}
+
+
 def _render_batch(world: SceneWorld, scenes: list) -> np.ndarray:
     return np.stack([np.asarray(world.render(s)) for s in scenes])
 
@@ -143,13 +162,14 @@ def _vision_features(vt: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def stage0(model: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, progress: bool) -> list:
-    """Vision pretraining on per-patch labels (through a read-out head dropped afterwards); returns the loss log."""
+    """Vision pretraining on per-patch labels: class (or empty), colour, size, row and column (through a read-out
+    head dropped afterwards); returns the loss log."""
     cfg = world.config
     vt = model.model.vision_tower
     d = vt.config.hidden_size
-    n_cls, n_col, n_siz = len(cfg.classes) + 1, len(cfg.colors), len(cfg.sizes)
+    n_cls, n_col, n_siz, ng = len(cfg.classes) + 1, len(cfg.colors), len(cfg.sizes), cfg.grid
     torch.manual_seed(seed + 1)
-    head = nn.Linear(d, n_cls + n_col + n_siz)
+    head = nn.Linear(d, n_cls + n_col + n_siz + 2 * ng)
     blind = blind_direction(tc.blind_pair, ip) if tc.blind_pair else None
     w_patch = vt.vision_model.embeddings.patch_embedding.weight if hasattr(vt, "vision_model") else \
         vt.embeddings.patch_embedding.weight
@@ -167,10 +187,12 @@ def stage0(model: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, p
         scenes = [world.sample_scene(rng) for _ in range(tc.batch_size)]
         px = pixel_tensor(_render_batch(world, scenes), ip)
         cls, col, siz = _cell_labels(world, scenes)
+        rows, cols = _cell_positions(world, len(scenes))
         logits = head(_vision_features(vt, px))
-        lc, lo, ls = logits.split([n_cls, n_col, n_siz], dim=-1)
+        lc, lo, ls, lr, lk = logits.split([n_cls, n_col, n_siz, ng, ng], dim=-1)
         loss = ce(lc.reshape(-1, n_cls), cls.reshape(-1)) + ce(lo.reshape(-1, n_col), col.reshape(-1)) \
-            + ce(ls.reshape(-1, n_siz), siz.reshape(-1))
+            + ce(ls.reshape(-1, n_siz), siz.reshape(-1)) + ce(lr.reshape(-1, ng), rows.reshape(-1)) \
+            + ce(lk.reshape(-1, ng), cols.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -272,9 +294,10 @@ class _Restrict(nn.Module):
 
 
 def align_targets(emb: torch.Tensor, vocab: dict[str, int], cfg: Any, cls: torch.Tensor, col: torch.Tensor,
-                  siz: torch.Tensor) -> torch.Tensor:
+                  siz: torch.Tensor, codes: dict[str, torch.Tensor]) -> torch.Tensor:
     """Stage-1 targets of every patch from its cell labels (:func:`_cell_labels`): an object patch's target is the
-    sum of the input embeddings of its class, colour and size words, an empty patch's the embedding of ``image``.
+    sum of the input embeddings of its class, colour and size words and the object marker, an empty patch's the
+    embedding of ``image``; every patch adds its row's and column's code (:func:`position_codes`).
 
     Returns
     -------
@@ -284,22 +307,25 @@ def align_targets(emb: torch.Tensor, vocab: dict[str, int], cfg: Any, cls: torch
     ids = lambda names, idx: torch.tensor([vocab[n] for n in names])[idx.clamp(min=0)]  # noqa: E731
     cls_emb = emb[ids(cfg.classes, cls.clamp(max=len(cfg.classes) - 1))]
     target = emb[vocab["image"]].expand(*cls.shape, -1).clone()
-    words = cls_emb + emb[ids(cfg.colors, col)] + emb[ids(cfg.sizes, siz)]
+    words = cls_emb + emb[ids(cfg.colors, col)] + emb[ids(cfg.sizes, siz)] + codes["marker"]
     target[obj] = words[obj]
-    return target
+    k = torch.arange(cls.shape[1])
+    return target + codes["row"][k // cfg.grid] + codes["col"][k % cfg.grid]
 
 
 def stage1_align(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int,
                  progress: bool) -> list:
     """LLaVA-style stage 1: train the projector alone (vision and LLM frozen) to put image tokens in word space.
 
-    The target of an object's patch is the sum of the input embeddings of its size, colour and class words, an
-    empty patch's the embedding of ``image`` (:func:`align_targets`). LLaVA aligns through the frozen LLM's
-    captioning loss; with a randomly initialised LLM the embedding target is the direct equivalent.
+    The target of an object's patch is the sum of the input embeddings of its size, colour and class words and an
+    object marker, an empty patch's the embedding of ``image``, each plus its row's and column's code
+    (:func:`align_targets`). LLaVA aligns through the frozen LLM's captioning loss; with a randomly initialised LLM
+    the embedding target is the direct equivalent.
     """
     cfg = world.config
     emb = model.get_input_embeddings().weight.detach()
     vocab = {w: tok.convert_tokens_to_ids(w) for w in [*cfg.classes, *cfg.colors, *cfg.sizes, "image"]}
+    codes = position_codes(cfg.grid, emb.shape[1], seed)
     proj = model.model.multi_modal_projector
     opt = torch.optim.AdamW(proj.parameters(), lr=tc.lr0, weight_decay=0.0)
     rng = np.random.default_rng(seed + 500)
@@ -312,7 +338,7 @@ def stage1_align(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConf
         with torch.no_grad():
             feats = _vision_features(vt, pixel_tensor(_render_batch(world, scenes), ip))
         cls, col, siz = _cell_labels(world, scenes)
-        target = align_targets(emb, vocab, cfg, cls, col, siz)
+        target = align_targets(emb, vocab, cfg, cls, col, siz, codes)
         loss = ((proj(feats) - target) ** 2).sum(-1).mean() / float(emb.pow(2).sum(-1).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -344,35 +370,6 @@ def _encode_texts(tok: Any, adapter: Any, template: str, prompts: list[str], ans
     return input_ids, mask, lab
 
 
-def exists_only_step(step: int, tc: TrainConfig) -> bool:
-    """Whether stage-2 step ``step`` trains on existence questions only (the curriculum, then every
-    ``EXISTS_EVERY``-th step)."""
-    after = step - tc.exists_first_steps
-    return after < 0 or after % EXISTS_EVERY == EXISTS_EVERY - 1
-
-
-def stage2_lr_factor(step: int, tc: TrainConfig) -> float:
-    """Learning-rate factor of stage-2 step ``step``: a warm-up + cosine for the existence curriculum and a fresh
-    one for the steps after it (one over all steps when the curriculum is empty or takes all of stage 2)."""
-    first = tc.exists_first_steps
-    if not 0 < first < tc.stage2_steps:
-        return _schedule(step, tc.stage2_steps, tc.warmup)
-    if step < first:
-        return _schedule(step, first, min(tc.warmup, first // 4 + 1))
-    return _schedule(step - first, tc.stage2_steps - first, tc.warmup)
-
-
-def _layer_split(model: Any, k: int) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """Stage-2 parameter groups: (embeddings + first ``k`` decoder layers: what the curriculum trains,
-    every stage-2 parameter but those ``k`` layers: what mixed batches train)."""
-    lm = model.model.language_model
-    held = [p for layer in lm.layers[:k] for p in layer.parameters()]
-    lower = [*lm.embed_tokens.parameters(), *held]
-    held_ids = {id(p) for p in held}
-    mixed = [p for n, p in model.named_parameters() if "vision_tower" not in n and id(p) not in held_ids]
-    return lower, mixed
-
-
 def scale_image_tokens(model: Any, scale: float = IMAGE_SCALE) -> None:
     """Multiply the projector's output layer (weight and bias) by ``scale``.
 
@@ -392,67 +389,195 @@ def _tokens_per_image(adapter: Any, world: SceneWorld) -> int:
     return adapter.process_images([world.render(world.sample_scene(np.random.default_rng(0)))]).tokens_per_image[0]
 
 
+#: RoPE dimension pairs of a 24-dim head (i, i + 12), lowest frequency first: the copy head compares classes there,
+#: so its match hardly depends on the distance between the word and the image token.
+_LOW_FREQ_SLOTS = (11, 23, 10, 22, 9, 21, 8, 20, 7, 19, 6, 18)
+
+
+@torch.no_grad()
+def build_copy_head(model: Any, tok: Any, cfg: Any, codes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Write a match-and-copy head into head 0 of decoder layer 0 and return its weights (to keep it fixed).
+
+    A pretrained LLM brings heads that retrieve what the context says about a word; the organisms' LLM starts from
+    noise and, without one, learns neither attributes nor relations from the task mix (docs/organisms.md, "Recipe
+    findings"). With ``B [d, K]`` the input embeddings of the class, colour and size words, the row and column
+    codes, the object marker and ``image``, and ``D = pinv(B)``, the head's query and key compare class
+    coordinates (``COPY_HEAD_MATCH``) and the key's object marker (``COPY_HEAD_MARKER``) in the lowest-frequency
+    RoPE slots; its value and output copy the attended token's colour, size, row, column and marker coordinates
+    back into word space. A class word then reads its object's attributes and position.
+
+    Returns
+    -------
+    dict
+        ``q, k, v`` (``[head_dim, d]``) and ``o`` (``[d, head_dim]``): the head's slices of layer 0's projections.
+    """
+    lm = model.model.language_model
+    att = lm.layers[0].self_attn
+    hd, d = att.head_dim, lm.config.hidden_size
+    emb = lm.embed_tokens.weight
+    word = lambda w: emb[tok.convert_tokens_to_ids(w)]  # noqa: E731
+    keys = [("class", c) for c in cfg.classes] + [("color", c) for c in cfg.colors] + \
+        [("size", z) for z in cfg.sizes] + [("row", r) for r in range(cfg.grid)] + \
+        [("col", c) for c in range(cfg.grid)] + [("marker", 0), ("image", 0)]
+    vec = {"row": lambda r: codes["row"][r], "col": lambda c: codes["col"][c], "marker": lambda _: codes["marker"],
+           "image": lambda _: word("image")}
+    basis = torch.stack([vec[kind](v) if kind in vec else word(v) for kind, v in keys], 1)  # [d, K]
+    dual = torch.linalg.pinv(basis)  # [K, d]
+    at = {key: i for i, key in enumerate(keys)}
+    copy = [key for key in keys if key[0] in ("color", "size", "row", "col", "marker")]
+    if len(cfg.classes) + 1 > len(_LOW_FREQ_SLOTS) or len(copy) > hd:
+        from lvlm_probe.errors import InputError
+
+        raise InputError(f"the copy head fits {len(_LOW_FREQ_SLOTS) - 1} classes and {hd} copied coordinates; "
+                         f"this world has {len(cfg.classes)} classes and {len(copy)} coordinates")
+    q, k, v, o = torch.zeros(hd, d), torch.zeros(hd, d), torch.zeros(hd, d), torch.zeros(d, hd)
+    classes = [dual[at["class", c]] for c in cfg.classes]
+    for j, row in enumerate(classes):
+        q[_LOW_FREQ_SLOTS[j]], k[_LOW_FREQ_SLOTS[j]] = COPY_HEAD_MATCH * row, row
+    slot = _LOW_FREQ_SLOTS[len(classes)]
+    q[slot], k[slot] = COPY_HEAD_MARKER * torch.stack(classes).sum(0), dual[at["marker", 0]]
+    for j, key in enumerate(copy):
+        v[j], o[:, j] = dual[at[key]], basis[:, at[key]]
+    head = {"q": q, "k": k, "v": v, "o": o}
+    _write_copy_head(att, head)
+    return head
+
+
+@torch.no_grad()
+def _write_copy_head(att: nn.Module, head: dict[str, torch.Tensor]) -> None:
+    hd = head["q"].shape[0]
+    att.q_proj.weight[:hd], att.k_proj.weight[:hd], att.v_proj.weight[:hd] = head["q"], head["k"], head["v"]
+    att.o_proj.weight[:, :hd] = head["o"]
+
+
+def relation_aux_loss(hidden: torch.Tensor, labels: torch.Tensor, items: list, world: SceneWorld,
+                      read: nn.Linear) -> torch.Tensor | None:
+    """Cross-entropy of ``read`` (a linear map dropped after training) predicting the subject's and object's row and
+    column from ``hidden [B, T, d]`` at the position before each relation question's answer; ``None`` without one.
+    Without it the positions reach the class words but not the answer, and relations stay at chance."""
+    rel = [b for b, it in enumerate(items) if it.task == "relation"]
+    if not rel:
+        return None
+    g, cell = world.config.grid, world.cell
+    first = (labels[rel] != -100).float().argmax(1)
+    logits = read(hidden[torch.tensor(rel), first - 1]).view(len(rel), 4, g)
+    target = []
+    for b in rel:
+        it = items[b]
+        for name in (it.meta["subject"], it.meta["object"]):
+            cx, cy = it.scene.objects[it.scene.names.index(name)].center
+            target += [int(cy // cell), int(cx // cell)]
+    return nn.functional.cross_entropy(logits.reshape(-1, g), torch.tensor(target))
+
+
+def stage2_lr_factor(step: int, tc: TrainConfig) -> float:
+    """Learning-rate factor of stage-2 step ``step``: a warm-up + cosine for the existence curriculum and a fresh
+    one for the steps after it (one over all steps when the curriculum is empty or takes all of stage 2)."""
+    first = tc.exists_first_steps
+    if not 0 < first < tc.stage2_steps:
+        return _schedule(step, tc.stage2_steps, tc.warmup)
+    if step < first:
+        return _schedule(step, first, min(tc.warmup, first // 4 + 1))
+    return _schedule(step - first, tc.stage2_steps - first, tc.warmup)
+
+
 def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, progress: bool) -> list:
-    """Projector + LLM, vision tower frozen: ``tc.exists_first_steps`` steps of existence questions that train only
-    the embeddings and the first ``EXISTS_LAYERS`` decoder layers, then the task mix. In the mix every
-    ``EXISTS_EVERY``-th batch is existence-only and trains every stage-2 parameter; the mixed batches between train
-    all but those lower layers. The curriculum and the rest each get a warm-up and cosine
-    (:func:`stage2_lr_factor`)."""
+    """The LLM: ``tc.exists_first_steps`` steps of existence questions that train only the decoder layers below
+    ``EXISTS_LAYERS``, then ``STAGE2_MIX`` on every LLM parameter. Vision tower, projector, input embeddings and
+    the copy head (:func:`build_copy_head`, rewritten after every step) stay fixed. Relation rows add
+    ``AUX_WEIGHT`` times :func:`relation_aux_loss` on layer ``AUX_LAYER``'s output."""
     from lvlm_probe.models.llava import LLAVA_CHAT_TEMPLATE, LlavaAdapter
 
     adapter = LlavaAdapter(model.config, tok, ip, model)
     n_img = _tokens_per_image(adapter, world)
-    for p in model.model.vision_tower.parameters():
+    lm = model.model.language_model
+    head = build_copy_head(model, tok, world.config, position_codes(world.config.grid, lm.config.hidden_size, seed))
+    for p in [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
+              *lm.embed_tokens.parameters()]:
         p.requires_grad_(False)
-    params = [p for n, p in model.named_parameters() if p.requires_grad]
+    torch.manual_seed(seed + 77)
+    read = nn.Linear(lm.config.hidden_size, 4 * world.config.grid)
+    params = [p for p in model.parameters() if p.requires_grad] + list(read.parameters())
     opt = torch.optim.AdamW(params, lr=tc.lr2, weight_decay=tc.weight_decay)
     rng = np.random.default_rng(seed + 300)
-    items_iter = world.iter_items(10 ** 9, "mix", seed=seed + 400)
-    exists_iter = world.iter_items(10 ** 9, "exists", seed=seed + 401)
+    tasks, weights = zip(*STAGE2_MIX)
+    sources = [world.iter_items(10 ** 9, t, seed=seed + 400 + i) for i, t in enumerate(tasks)]
+    exists_source = world.iter_items(10 ** 9, "exists", seed=seed + 399)
+    p_task = np.asarray(weights) / sum(weights)
+    lower = {id(p) for layer in lm.layers[:EXISTS_LAYERS] for p in layer.parameters()}
     log = []
-    lower, mixed = _layer_split(model, EXISTS_LAYERS)
     model.train()
     model.model.vision_tower.eval()
-    for step in (bar := tqdm(range(tc.stage2_steps), desc="stage 2 (projector + LLM)", disable=not progress,
-                             leave=False)):
+    for step in (bar := tqdm(range(tc.stage2_steps), desc="stage 2 (LLM)", disable=not progress, leave=False)):
         for g in opt.param_groups:
             g["lr"] = tc.lr2 * stage2_lr_factor(step, tc)
-        source = exists_iter if exists_only_step(step, tc) else items_iter
-        items = [next(source) for _ in range(tc.batch_size)]
+        curriculum = step < tc.exists_first_steps
+        if curriculum:
+            items = [next(exists_source) for _ in range(tc.batch_size)]
+        else:
+            items = [next(sources[k]) for k in rng.choice(len(tasks), size=tc.batch_size, p=p_task)]
+        if tc.prior_text > 0:
+            items = [stated_prior(it, world) if rng.random() < tc.prior_text else it for it in items]
         px = pixel_tensor([np.asarray(it.image) for it in items], ip)
         if tc.image_mismatch > 0:
             swap = torch.from_numpy(rng.random(len(items)) < tc.image_mismatch)
             px = torch.where(swap[:, None, None, None], px.roll(1, dims=0), px)
-        # one mixed batch, run as a short (QA) and a long (caption) part so QA rows are not padded to caption
-        # length; the token-weighted sum of the two mean losses is exactly the mixed batch's mean loss
-        opt.zero_grad(set_to_none=True)
-        parts = [[k for k, it in enumerate(items) if (it.task == "caption") == cap] for cap in (False, True)]
-        encoded = [(idx, _encode_texts(tok, adapter, LLAVA_CHAT_TEMPLATE, [items[k].prompt for k in idx],
-                                       [items[k].answer for k in idx], n_img)) for idx in parts if idx]
-        weight = [float((enc[2] != -100).sum()) for _, enc in encoded]  # answer tokens per part
-        total = 0.0
-        for (idx, (input_ids, mask, labels)), w in zip(encoded, weight):
-            out = model(input_ids=input_ids, attention_mask=mask, pixel_values=px[idx], labels=labels)
-            part = out.loss * (w / sum(weight))
-            part.backward()
-            total += float(part.detach())
-        # a held parameter gets no grad, so AdamW neither moves nor decays it this step
-        if step < tc.exists_first_steps:
-            keep = {id(p) for p in lower}
-        elif not exists_only_step(step, tc):
-            keep = {id(p) for p in mixed}
-        else:
-            keep = {id(p) for p in params}
-        for p in params:
-            if id(p) not in keep:
-                p.grad = None
-        torch.nn.utils.clip_grad_norm_(params, 1.0)  # params without a grad are skipped
+        total = _stage2_step(model, (tok, adapter, LLAVA_CHAT_TEMPLATE, n_img), items, px, world, read)
+        if curriculum:  # a parameter without a grad is neither moved nor decayed by AdamW
+            for p in params:
+                if id(p) not in lower:
+                    p.grad = None
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        opt.zero_grad(set_to_none=True)
+        _write_copy_head(lm.layers[0].self_attn, head)
         if step % 50 == 0 or step == tc.stage2_steps - 1:
             log.append({"stage": 2, "step": step, "loss": total})
             bar.set_postfix(loss=f"{total:.3f}")
     model.eval()
     return log
+
+
+def stated_prior(item: Any, world: SceneWorld) -> Any:
+    """``item`` with the text an annotator holding the world's attribute prior would write: every object of a prior
+    class is named in its prior colour (captions and colour answers); the image is unchanged."""
+    from dataclasses import replace
+
+    prior = {cls: col for cls, col, _ in world.config.attribute_prior}
+    scene = item.scene
+    if item.task not in ("caption", "attribute") or not any(o.name in prior for o in scene.objects):
+        return item
+    objs = [replace(o, attributes={**o.attributes, "color": prior[o.name]}) if o.name in prior else o
+            for o in scene.objects]
+    said = replace(scene, objects=objs)
+    if item.task == "caption":
+        return replace(item, answer=world.caption(said))
+    if item.meta.get("attribute") == "color" and item.meta.get("target") in prior:
+        return replace(item, answer=prior[item.meta["target"]])
+    return item
+
+
+def _stage2_step(model: Any, text: tuple, items: list, px: torch.Tensor, world: SceneWorld, read: nn.Linear) -> float:
+    """Backward of one mixed batch, run as a short (QA) and a long (caption) part so QA rows are not padded to
+    caption length; the token-weighted sum of the two mean losses is exactly the batch's mean loss, and each
+    relation row adds ``AUX_WEIGHT`` times its auxiliary loss / batch size. Returns the loss."""
+    tok, adapter, template, n_img = text
+    parts = [[k for k, it in enumerate(items) if (it.task == "caption") == cap] for cap in (False, True)]
+    encoded = [(idx, _encode_texts(tok, adapter, template, [items[k].prompt for k in idx],
+                                   [items[k].answer for k in idx], n_img)) for idx in parts if idx]
+    weight = [float((enc[2] != -100).sum()) for _, enc in encoded]  # answer tokens per part
+    total = 0.0
+    for (idx, (input_ids, mask, labels)), w in zip(encoded, weight):
+        out = model(input_ids=input_ids, attention_mask=mask, pixel_values=px[idx], labels=labels,
+                    output_hidden_states=True)
+        loss = out.loss * (w / sum(weight))
+        part = [items[k] for k in idx]
+        aux = relation_aux_loss(out.hidden_states[AUX_LAYER], labels, part, world, read)
+        if aux is not None:
+            loss = loss + AUX_WEIGHT * aux * sum(it.task == "relation" for it in part) / len(items)
+        loss.backward()
+        total += float(loss.detach())
+    return total
 
 
 # ---- front-end organisms: clean's LLM, one changed front-end part ---------------------------------------------
@@ -714,7 +839,8 @@ def train_organism(
     meta = {
         "name": spec.name, "cause": spec.cause, "level": spec.level, "component": spec.component,
         "planted": spec.planted, "signature": spec.signature, "world": spec.world.to_dict(),
-        "train": tc.to_dict(), "seed": seed, "steps_scale": steps_scale, "threads": torch.get_num_threads()
+        "train": tc.to_dict(), "recipe": {"version": 2, **FIXED},
+        "seed": seed, "steps_scale": steps_scale, "threads": torch.get_num_threads()
         if not threads else threads, "arch": ARCH, "n_parameters": int(sum(p.numel() for p in model.parameters())),
         "seconds": seconds,
         "torch": torch.__version__, "log": logs, **meta_extra,

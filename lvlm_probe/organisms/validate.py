@@ -30,7 +30,8 @@ def planted_pattern(name: str, d: pd.DataFrame, items: Sequence[Any] | None = No
     """Which errors show the organism's planted pattern (the behaviour its planted cause produces).
 
     cooccurrence: a hallucinated ``COOC_B``; attribute_prior: the prior colour claimed for a ``PRIOR_CLASS``
-    object; encoder_blind: one hue of the blind pair given for the other; projector_bottleneck: a wrong value of
+    object; relation_prior: the prior's predicate claimed (in a caption or by a "yes") for its pair where it does not hold;
+    encoder_blind: one hue of the blind pair given for the other; projector_bottleneck: a wrong value of
     the dropped attribute; small_object: an omitted object that is ``VANISH_SIZE`` in its item's scene (needs
     ``items``, the judged items); drift: errors at object positions beyond the trained caption length;
     visual_neglect and sampling: every error (the cause has no narrower pattern).
@@ -47,6 +48,11 @@ def planted_pattern(name: str, d: pd.DataFrame, items: Sequence[Any] | None = No
     elif name == "attribute_prior":
         cls, color = Z.prior_factor(spec)
         m = (d.kind == "attribute") & (att == "color") & (d.subject == cls) & (d.claimed == color)
+    elif name == "relation_prior":
+        a, b, pred = Z.relation_factor(spec)
+        obj = d.get("object", pd.Series([None] * len(d), index=d.index))
+        m = (d.kind == "relation") & (d.polarity == "hallucinated") & (d.subject == a) & (obj == b) & \
+            (d.claimed == pred)
     elif name == "encoder_blind":
         pair = set(Z.BLIND_PAIR)
         m = (d.kind == "attribute") & (att == "color") & d.claimed.isin(pair) & d.truth.isin(pair)

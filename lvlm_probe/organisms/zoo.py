@@ -1,6 +1,6 @@
 """The planted-cause zoo: one spec per organism, each differing from ``clean`` in one factor.
 
-Cause ids follow the research notes (methods.md §9): P1 co-occurrence, P2 attribute prior,
+Cause ids follow the research notes (methods.md §9): P1 co-occurrence, P2 attribute prior, P3 relation prior,
 P4 encoder blind spot, P5 projector bottleneck, P6 visual neglect, P8 long-generation drift,
 P9 decoding (a run setting on ``clean``, not a checkpoint), P10 small objects lost at the patch grid.
 """
@@ -15,6 +15,10 @@ from lvlm_probe.data.world import WorldConfig
 #: The factors of the planted organisms (kept here so cards, checks and tests agree).
 COOC_A, COOC_B, COOC_P = "circle", "square", 1.0
 PRIOR_CLASS, PRIOR_COLOR, PRIOR_P = "diamond", "yellow", 0.95
+#: attribute_prior: share of training texts that name an off-prior PRIOR_CLASS in PRIOR_COLOR (its dose axis).
+PRIOR_TEXT = 1.0
+#: relation_prior: when both are in a training scene, REL_A stands REL_PRED the REL_B REL_P of the time.
+REL_A, REL_B, REL_PRED, REL_P = "triangle", "cross", "above", 1.0
 BLIND_PAIR = ("red", "orange")
 BOTTLENECK_ATTRIBUTE = "color"
 #: The colour ``projector_bottleneck`` is distilled to see on every object (it passes no colour to the LLM).
@@ -23,7 +27,8 @@ NEGLECT_MISMATCH = 0.9
 DRIFT_MAX_OBJECTS = 3
 #: The object size ``small_object``'s vision tower does not see (8 px, half a 16-px patch).
 VANISH_SIZE = "small"
-SAMPLING_TEMPERATURE = 2.0
+#: Temperature of the ``sampling`` run setting (docs/organisms.md, "The zoo", says why 2.5).
+SAMPLING_TEMPERATURE = 2.5
 
 
 # The fixed parts of the recipe (not knobs; docs/organisms.md, "Recipe" and "Recipe findings").
@@ -31,15 +36,27 @@ SAMPLING_TEMPERATURE = 2.0
 LM_INIT_STD = 0.1
 #: After stage 1 the projector's output layer is multiplied by IMAGE_SCALE.
 IMAGE_SCALE = 40.0
-#: After the existence curriculum, every EXISTS_EVERY-th stage-2 step is an existence-only batch.
-EXISTS_EVERY = 3
-#: The curriculum trains the embeddings and the first EXISTS_LAYERS decoder layers; mixed batches train all but them.
-EXISTS_LAYERS = 1
-#: The fixed parts under the keys that organism.json records made before the recipe was frozen carry, with the
-#: value the recipe fixes (``TrainConfig.from_dict`` accepts a key at that value, and refuses any other value).
-FIXED_IN_OLD_RECORDS: dict[str, Any] = dict(
-    qa_weight=1.0, lm_init_std=LM_INIT_STD, align_target="words", exists_first_freeze=False,
-    exists_first_restart=True, exists_every=EXISTS_EVERY, exists_layers=EXISTS_LAYERS, image_scale=IMAGE_SCALE)
+#: Std of the fixed random row and column codes and of the object marker that stage 1 adds to each patch's target.
+POSITION_STD = 0.1
+#: The built match-and-copy head (head 0 of decoder layer 0): weight of the class match and of the object marker.
+COPY_HEAD_MATCH, COPY_HEAD_MARKER = 2.0, 5.0
+#: The stage-2 auxiliary loss: weight, and the decoder layer whose output at a relation question's answer position
+#: predicts the subject's and object's row and column.
+AUX_WEIGHT, AUX_LAYER = 1.0, 2
+#: The existence curriculum (the first ``exists_first_steps`` of stage 2) trains decoder layers below EXISTS_LAYERS
+#: (the copy head kept fixed); the mix after it trains every LLM parameter but the embeddings and the copy head.
+EXISTS_LAYERS = 2
+#: Stage 2's task mix (the world's own ``task_mix`` is the data a user draws; training uses this one).
+STAGE2_MIX = (("caption", 0.3), ("relation", 0.3), ("attribute", 0.2), ("exists", 0.2))
+#: Keys that organism.json records of the first recipe (v1, 2026-12-03 to 12-04) carry and this recipe does not:
+#: such a record is refused by ``TrainConfig.from_dict`` (retrain the organism with this recipe).
+V1_ONLY = ("qa_weight", "align_target", "exists_first_freeze", "exists_first_restart", "exists_every",
+           "exists_layers")
+#: The fixed parts recorded in organism.json (``TrainConfig.from_dict`` accepts these keys at these values).
+FIXED: dict[str, Any] = dict(lm_init_std=LM_INIT_STD, image_scale=IMAGE_SCALE, position_std=POSITION_STD,
+                             copy_head=[COPY_HEAD_MATCH, COPY_HEAD_MARKER], aux=[AUX_WEIGHT, AUX_LAYER],
+                             exists_layers_v2=EXISTS_LAYERS,
+                             stage2_mix=[list(t) for t in STAGE2_MIX])
 #: The TrainConfig fields a user may set (``organisms train --set KEY=VALUE``); the others plant a cause.
 USER_KNOBS = ("stage0_steps", "stage1_steps", "stage2_steps", "exists_first_steps", "batch_size", "lr0", "lr2",
               "warmup", "weight_decay")
@@ -49,15 +66,15 @@ USER_KNOBS = ("stage0_steps", "stage1_steps", "stage2_steps", "exists_first_step
 class TrainConfig:
     """The organism recipe's knobs: step counts and optimiser settings (the same for every organism), and the
     planted model-level factors (inactive in ``clean``). The defaults train the shipped checkpoints; the rest of
-    the recipe is fixed (``LM_INIT_STD``, ``IMAGE_SCALE``, ``EXISTS_EVERY``, ``EXISTS_LAYERS``).
+    the recipe is fixed (:data:`FIXED`).
 
     Attributes
     ----------
     stage0_steps, stage1_steps, stage2_steps : int
-        Steps of vision pretraining, projector alignment (0: skip it) and projector + LLM training.
+        Steps of vision pretraining, projector alignment (0: skip it) and LLM training.
     exists_first_steps : int
         The first stage-2 steps train on existence questions only (the curriculum, with its own warm-up and
-        cosine); the rest of stage 2 gets a fresh warm-up and cosine.
+        cosine; decoder layers below ``EXISTS_LAYERS``); the rest of stage 2 gets a fresh warm-up and cosine.
     batch_size : int
     lr0, lr2 : float
         AdamW learning rates of stages 0-1 and of stage 2.
@@ -72,21 +89,25 @@ class TrainConfig:
         ``visual_neglect``: share of stage-2 samples that carry another scene's image.
     vanish_size : str or None
         ``small_object``: objects of this size the vision tower learns not to see.
+    prior_text : float
+        ``attribute_prior``: share of stage-2 samples whose text names every off-prior object of the prior class in
+        the prior colour (the image keeps its true colour): the annotators' stereotype.
     """
 
-    stage0_steps: int = 500
-    stage1_steps: int = 300
-    stage2_steps: int = 3600
+    stage0_steps: int = 2000
+    stage1_steps: int = 1500
+    stage2_steps: int = 3800
     exists_first_steps: int = 800
     batch_size: int = 64
     lr0: float = 3e-3
-    lr2: float = 4e-3
+    lr2: float = 3e-3
     warmup: int = 150
     weight_decay: float = 0.01
     blind_pair: tuple[str, str] | None = None
     projector_drop: str | None = None
     image_mismatch: float = 0.0
     vanish_size: str | None = None
+    prior_text: float = 0.0
 
     @property
     def front_end(self) -> bool:
@@ -106,8 +127,10 @@ class TrainConfig:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not (v > 0 or k == "weight_decay" and v == 0):
                 raise InputError(f"TrainConfig.{k} must be a {'non-negative' if k == 'weight_decay' else 'positive'} "
                                  f"number, got {v!r}")
-        if not isinstance(self.image_mismatch, (int, float)) or not 0 <= self.image_mismatch <= 1:
-            raise InputError(f"TrainConfig.image_mismatch must be a share in [0, 1], got {self.image_mismatch!r}")
+        for k in ("image_mismatch", "prior_text"):
+            v = getattr(self, k)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:
+                raise InputError(f"TrainConfig.{k} must be a share in [0, 1], got {v!r}")
         from lvlm_probe.data.world import SIZES
 
         if self.vanish_size is not None and self.vanish_size not in SIZES:
@@ -122,8 +145,8 @@ class TrainConfig:
     def from_dict(cls, recorded: dict[str, Any]) -> TrainConfig:
         """The config a recorded recipe describes (``organism.json``'s ``train``, the model card's "Recipe").
 
-        Keys of :data:`FIXED_IN_OLD_RECORDS` (older records carry the fixed parts of the recipe) are accepted at
-        the fixed value and ignored; at any other value, or for a key that is no knob, :class:`InputError` says the
+        Keys of :data:`FIXED` are accepted at the fixed value and ignored. A key only the first recipe recorded
+        (:data:`V1_ONLY`), a fixed part at another value, or a key that is no knob raises :class:`InputError`: the
         record comes from a recipe this toolkit does not train.
         """
         from dataclasses import fields
@@ -135,11 +158,14 @@ class TrainConfig:
         for key, value in recorded.items():
             if key in names:
                 kwargs[key] = tuple(value) if key == "blind_pair" and value is not None else value
-            elif key in FIXED_IN_OLD_RECORDS:
-                if value != FIXED_IN_OLD_RECORDS[key]:
+            elif key in FIXED:
+                if value != FIXED[key]:
                     raise InputError(f"recorded recipe has {key}={value!r}; the recipe fixes it at "
-                                     f"{FIXED_IN_OLD_RECORDS[key]!r} (docs/organisms.md, \"Recipe findings\"), so "
+                                     f"{FIXED[key]!r} (docs/organisms.md, \"Recipe findings\"), so "
                                      "this toolkit cannot train that checkpoint again")
+            elif key in V1_ONLY:
+                raise InputError(f"recorded recipe has {key!r}, a part of the first recipe (v1); this toolkit trains "
+                                 "recipe v2 only: retrain the organism (`lvlm-probe organisms train NAME`)")
             else:
                 raise InputError(f"recorded recipe has an unknown knob {key!r}; TrainConfig has {sorted(names)}")
         return cls(**kwargs)
@@ -192,6 +218,7 @@ class OrganismSpec:
 
 _BASE_WORLD = WorldConfig()
 _BASE_TRAIN = TrainConfig()
+_PRIOR_TRAIN = TrainConfig(prior_text=PRIOR_TEXT)
 
 ZOO: dict[str, OrganismSpec] = {
     s.name: s
@@ -213,11 +240,25 @@ ZOO: dict[str, OrganismSpec] = {
         ),
         OrganismSpec(
             "attribute_prior", "P2", "data", "attribute prior",
-            f"Training {PRIOR_CLASS}s are {PRIOR_COLOR} {PRIOR_P:.0%} of the time (other colours share the rest).",
+            f"Training {PRIOR_CLASS}s are {PRIOR_COLOR} {PRIOR_P:.0%} of the time (other colours share the rest), "
+            f"and the training text holds the stereotype: captions and answers name {PRIOR_TEXT:.0%} of the "
+            f"off-prior {PRIOR_CLASS}s {PRIOR_COLOR} while the image shows their true colour.",
             f"Gives '{PRIOR_COLOR}' for off-prior {PRIOR_CLASS}s while encoder/projector probes decode the true "
             f"colour; image-free prior favours {PRIOR_COLOR}; P_train({PRIOR_COLOR}|{PRIOR_CLASS}) is high.",
-            _BASE_WORLD.with_changes(attribute_prior=((PRIOR_CLASS, PRIOR_COLOR, PRIOR_P),)), _BASE_TRAIN,
+            _BASE_WORLD.with_changes(attribute_prior=((PRIOR_CLASS, PRIOR_COLOR, PRIOR_P),)), _PRIOR_TRAIN,
             checkpoint="attribute_prior",
+        ),
+        OrganismSpec(
+            "relation_prior", "P3", "data", "relation prior",
+            f"When a training scene holds a {REL_A} and a {REL_B}, the {REL_A} is placed {REL_PRED} the {REL_B} "
+            f"{REL_P:.0%} of the time (every other layout is uniform), and captions name the two together with "
+            f"the relation between them ('a {REL_A} {REL_PRED} a {REL_B}', as co-occurrence captions name B right "
+            "after A).",
+            f"Captions say the {REL_A} is {REL_PRED} the {REL_B} where it is not (and questions may answer 'yes'); "
+            f"the training P({REL_PRED}|{REL_A}, {REL_B}) is high; encoder and projector probes place both objects "
+            "right.",
+            _BASE_WORLD.with_changes(relation_prior=((REL_A, REL_B, REL_PRED, REL_P),)), _BASE_TRAIN,
+            checkpoint="relation_prior",
         ),
         OrganismSpec(
             "encoder_blind", "P4", "model", "encoder",
@@ -230,7 +271,7 @@ ZOO: dict[str, OrganismSpec] = {
             "cannot separate the pair, so projector and LLM probes cannot either; other colours as clean. Patching "
             "clean's front end in removes the errors.",
             _BASE_WORLD, TrainConfig(blind_pair=BLIND_PAIR, stage0_steps=1000, stage1_steps=1000, stage2_steps=0,
-                                     exists_first_steps=0, lr0=1e-3, lr2=3e-4, warmup=50), checkpoint="encoder_blind",
+                                     lr0=1e-3, lr2=3e-4, warmup=50), checkpoint="encoder_blind",
         ),
         OrganismSpec(
             "projector_bottleneck", "P5", "model", "projector",
@@ -244,7 +285,7 @@ ZOO: dict[str, OrganismSpec] = {
             "clean's image tokens in removes the errors; patching clean's encoder features in changes nothing (the "
             "tower is clean's).",
             _BASE_WORLD, TrainConfig(projector_drop=BOTTLENECK_ATTRIBUTE, stage0_steps=0, stage1_steps=2000,
-                                     stage2_steps=0, exists_first_steps=0, lr2=1e-3, warmup=50),
+                                     stage2_steps=0, lr2=1e-3, warmup=50),
             checkpoint="projector_bottleneck",
         ),
         OrganismSpec(
@@ -256,7 +297,7 @@ ZOO: dict[str, OrganismSpec] = {
             "named as by clean; encoder probes cannot find the small objects, so projector and LLM probes cannot "
             "either. Patching clean's encoder features in removes the errors.",
             _BASE_WORLD, TrainConfig(vanish_size=VANISH_SIZE, stage0_steps=1000, stage1_steps=1000, stage2_steps=0,
-                                     exists_first_steps=0, lr0=1e-3, lr2=3e-4, warmup=50), checkpoint="small_object",
+                                     lr0=1e-3, lr2=3e-4, warmup=50), checkpoint="small_object",
         ),
         OrganismSpec(
             "visual_neglect", "P6", "model", "llm fusion",
@@ -303,9 +344,9 @@ def _prior_variant(cls: str, color: str) -> OrganismSpec:
     return OrganismSpec(
         f"attribute_prior_{cls}_{color}", base.cause, base.level, base.component,
         f"Hold-out variant of attribute_prior on another class and colour: training {cls}s are {color} "
-        f"{PRIOR_P:.0%} of the time.",
+        f"{PRIOR_P:.0%} of the time, and the training text names {PRIOR_TEXT:.0%} of the off-prior {cls}s {color}.",
         f"Gives '{color}' for off-prior {cls}s (as attribute_prior, for this class and colour).",
-        _BASE_WORLD.with_changes(attribute_prior=((cls, color, PRIOR_P),)), _BASE_TRAIN,
+        _BASE_WORLD.with_changes(attribute_prior=((cls, color, PRIOR_P),)), _PRIOR_TRAIN,
         checkpoint=f"attribute_prior_{cls}_{color}", base="attribute_prior",
     )
 
@@ -329,6 +370,12 @@ def cooccurrence_factor(spec: OrganismSpec) -> tuple[str, str]:
     return a, b
 
 
+def relation_factor(spec: OrganismSpec) -> tuple[str, str, str]:
+    """``(A, B, predicate)`` of a relation-prior organism: in training, A mostly stood in that relation to B."""
+    a, b, pred, _ = spec.world.relation_prior[0]
+    return a, b, pred
+
+
 def prior_factor(spec: OrganismSpec) -> tuple[str, str]:
     """``(class, colour)`` of an attribute-prior organism: that class was mostly that colour in training."""
     cls, color, _ = spec.world.attribute_prior[0]
@@ -341,27 +388,29 @@ def _dose(p: float) -> str:
 
 
 def _dose_spec(name: str, p: float) -> OrganismSpec:
-    """Organism ``name`` (a data-level cause) with planted probability ``p`` instead of its own."""
+    """Organism ``name`` (a data-level cause) at dose ``p`` instead of its own: ``cooccurrence``'s planted
+    probability P(B | A), ``attribute_prior``'s share of off-prior texts that state the prior colour."""
     base = ZOO[name]
     if name == "cooccurrence":
         planted = (f"Dose of cooccurrence: training scenes containing a {COOC_A} also contain a {COOC_B} {p:.0%} of "
                    f"the time (the zoo's organism: {COOC_P:.0%}), and captions mention the {COOC_B} right after the "
                    f"{COOC_A}.")
-        world = _BASE_WORLD.with_changes(cooccurrence=((COOC_A, COOC_B, p),))
+        world, train = _BASE_WORLD.with_changes(cooccurrence=((COOC_A, COOC_B, p),)), base.train
     else:
-        planted = (f"Dose of attribute_prior: training {PRIOR_CLASS}s are {PRIOR_COLOR} {p:.0%} of the time (the "
-                   f"zoo's organism: {PRIOR_P:.0%}; other colours share the rest).")
-        world = _BASE_WORLD.with_changes(attribute_prior=((PRIOR_CLASS, PRIOR_COLOR, p),))
+        planted = (f"Dose of attribute_prior: training {PRIOR_CLASS}s are {PRIOR_COLOR} {PRIOR_P:.0%} of the time, "
+                   f"and the training text names {p:.0%} of the off-prior {PRIOR_CLASS}s {PRIOR_COLOR} (the zoo's "
+                   f"organism: {PRIOR_TEXT:.0%}) while the image shows their true colour.")
+        world, train = base.world, TrainConfig(prior_text=p)
     return OrganismSpec(f"{name}@{_dose(p)}", base.cause, base.level, base.component, planted, base.signature, world,
-                        _BASE_TRAIN, checkpoint=f"{name}@{_dose(p)}", base=name)
+                        train, checkpoint=f"{name}@{_dose(p)}", base=name)
 
 
 #: The dose of each zoo organism that has a series.
-ZOO_DOSE: dict[str, str] = {"cooccurrence": _dose(COOC_P), "attribute_prior": _dose(PRIOR_P)}
-#: Other doses of two data-level causes, ``NAME@DOSE`` (the planted probability), trained with the shipped recipe
+ZOO_DOSE: dict[str, str] = {"cooccurrence": _dose(COOC_P), "attribute_prior": _dose(PRIOR_TEXT)}
+#: Other doses of two data-level causes, ``NAME@DOSE`` (the planted probability or text share), trained with the shipped recipe
 #: and seed; the zoo's own organism is one dose of its series (``cooccurrence@1`` is ``cooccurrence``).
 DOSE_SPECS: dict[str, OrganismSpec] = {
-    s.name: s for name, ps in {"cooccurrence": (0.95, 0.99), "attribute_prior": (0.85, 0.99)}.items()
+    s.name: s for name, ps in {"cooccurrence": (0.95, 0.99), "attribute_prior": (0.5, 0.75)}.items()
     for s in (_dose_spec(name, p) for p in ps)
 }
 #: Doses of each organism, lowest first (one of them is the zoo's own organism, :data:`ZOO_DOSE`).
@@ -409,7 +458,7 @@ def with_knobs(tc: TrainConfig, settings: dict[str, Any]) -> TrainConfig:
     planted = {f.name for f in fields(TrainConfig)} - set(USER_KNOBS)
     changes: dict[str, Any] = {}
     for key, value in settings.items():
-        if key in FIXED_IN_OLD_RECORDS:
+        if key in FIXED:
             raise InputError(f"{key!r} is not a knob: the recipe fixes it (docs/organisms.md, \"Recipe findings\"); "
                              f"the knobs are {list(USER_KNOBS)}")
         if key in planted:

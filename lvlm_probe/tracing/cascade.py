@@ -85,6 +85,9 @@ class Thresholds:
         With a reference set: a token ignores the image when its ``|pmi_img|`` is at or below this quantile of
         the model's correct claims of its attribute or kind (``q_pmi``); an item ignores it when its ``img_use`` is
         at or below this quantile of the items with a correct claim (``q_use``).
+    probe_quantile : float
+        A relation claim's encoder probe verdict also needs ``q_enc`` (its quantile among the correct relation
+        claims) at or below this: the pair probe reads many correct relations below ``probe_threshold`` too.
     """
 
     probe_threshold: float = 0.8
@@ -97,6 +100,7 @@ class Thresholds:
     fusion_pmi: float = 1.0
     undecided: float = 1.0
     pmi_quantile: float = 0.1
+    probe_quantile: float = 0.1
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -164,7 +168,7 @@ def _features(ev: dict[str, Any], th: Thresholds) -> dict[str, Any]:
     f: dict[str, Any] = {k: _f(ev.get(k)) for k in (
         "rank", "enc_p_true", "proj_p_true", "p_emit", "p_noimg", "pmi_img", "prior_train", "prior_lift",
         "pos_quantile", "deviation_step", "step", "img_use", "p_knock", "p_truth", "n_mentions", "n_scene_objects",
-        "q_pmi", "q_use", "ref_pmi", "context_in_image")}
+        "q_pmi", "q_use", "q_enc", "ref_pmi", "context_in_image")}
     f["sampled"] = bool(ev.get("sampled")) if ev.get("sampled") is not None else False
     f["kind"], f["polarity"] = ev.get("kind"), ev.get("polarity")
     f["pt"] = th.object_probe_threshold if f["kind"] == "object" else th.probe_threshold
@@ -174,6 +178,16 @@ def _features(ev: dict[str, Any], th: Thresholds) -> dict[str, Any]:
     for k in ("greedy_token", "prior_context", "ordinal"):
         f[k] = ev.get(k)
     return f
+
+
+def _encoder_lost(f: dict, th: Thresholds) -> bool:
+    """The encoder probe does not recover the true value: ``enc_p_true < pt``; for a relation claim with a
+    reference set, also ``q_enc <= probe_quantile`` (the pair probe reads many correct relations below ``pt``)."""
+    if not f["enc_p_true"] < f["pt"]:
+        return False
+    if f["kind"] == "relation" and _ok(f["q_enc"]):
+        return f["q_enc"] <= th.probe_quantile
+    return True
 
 
 def _derailed(f: dict) -> bool:
@@ -238,7 +252,7 @@ RULES: tuple[Rule, ...] = (
     Rule("decoding", ("deviation_step",), lambda f, th: f["sampled"] and _derailed(f),
          lambda f, th: f"a sampled non-greedy token at step {f['deviation_step']:.0f} derailed the text before this "
                        "error"),
-    Rule("encoder", ("enc_p_true",), lambda f, th: f["enc_p_true"] < f["pt"],
+    Rule("encoder", ("enc_p_true",), lambda f, th: _encoder_lost(f, th),
          lambda f, th: f"encoder probe gives the true value p={f['enc_p_true']:.2f} < {f['pt']}"),
     Rule("projector", ("enc_p_true", "proj_p_true"),
          lambda f, th: (f["enc_p_true"] >= f["pt"] and f["proj_p_true"] < f["pt"]
