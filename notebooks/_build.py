@@ -339,8 +339,8 @@ fig = plot_patch_heatmap(item.image, ig.frame(), boxes=item.scene, colorbar_labe
 The attribution sits on the patch under the circle's box, and the IG delta (sum of attributions minus
 f(input) − f(baseline)) is a small fraction of the difference it explains. That needs many steps here: the
 organisms' image tokens enter the LLM at 40× the scale stage 1 aligned them to, so the log-probability
-changes steeply along the path. With 64 steps the delta was larger than the difference itself (13.2 against
-9.8); with 1,024 it is about −0.16. Checked, not eyeballed:"""),
+changes steeply along the path. On the first recipe's `clean`, 64 steps left a delta larger than the difference
+itself (13.2 against 9.8); with 1,024 steps it is below 0.001 here. Checked, not eyeballed:"""),
     ("code", """\
 m = ig.maps[0][0]
 grid = tuple(m.shape)
@@ -356,8 +356,8 @@ assert abs(float(ig.delta[0])) < 0.1 * abs(float(ig.f_input[0] - ig.f_baseline[0
 word's probability (one forward per patch, no gradients). Its default baseline is each image's background
 colour (the per-channel median), so occluding a patch removes what is on it. To see how much the answer
 depends on the baseline, take the dark baseline (`-1`) for the *second* object word: the caption follows
-raster order, so the word after "circle ," is the next occupied cell. Darkening an *empty* cell before the
-hourglass can make that cell look occupied, and the model would name something else there."""),
+raster order, so the word after "circle ," is the next occupied cell. Could darkening an *empty* cell before
+the hourglass make that cell look occupied, so that the model names something else there?"""),
     ("code", """\
 second = steps[1]
 occ = patch_attribution(model, one, step=second, method="occlusion", output="prob", baseline=-1.0, progress=False)
@@ -377,17 +377,17 @@ after = [(r, c) for r in range(grid[0]) for c in range(grid[1]) if (r, c) > own]
 om = occ.maps[0][0]
 print("own cell", own, "Δp", round(float(om[own]), 3), "| empty cells before it", before)
 print({rc: round(float(om[rc]), 2) for rc in before})
-assert om[own] > 0.5 and max(om[rc] for rc in before) > 0.5 and all(abs(om[rc]) < 0.1 for rc in after)
+assert om[own] > 0.5 and all(abs(om[rc]) < 0.1 for rc in before + after)
 bg = patch_attribution(model, one, step=second, method="occlusion", output="prob", progress=False).maps[0][0]
 print("background baseline: own cell Δp", round(float(bg[own]), 3), "| empty cells before it",
       {rc: round(float(bg[rc]), 2) for rc in before})
 assert bg[own] > 0.5 and all(float(bg[rc]) == 0.0 for rc in before)"""),
     ("md", """\
-Both readings are right: the word needs its own patch *and* the emptiness of (some of) the cells before it:
-darkening the empty cells of the first row removes the word, the empty cell just left of it much less. Cells
-after it do not matter. With the default background baseline an empty cell stays empty when occluded (exactly
-zero effect) and only the word's own patch matters. Which cells an attribution shows depends on the baseline;
-look at more than one method, and at `delta`."""),
+Not for this organism: with either baseline only the word's own patch matters, and a dark empty cell stays
+empty (its vision tower learned every cell's class, "empty" included, before the LLM was trained). The first
+recipe's tower, trained a quarter as long, was fooled: darkening the empty cells of the first row removed the
+word. With the default background baseline an occluded empty cell is unchanged (exactly zero effect). Which
+cells an attribution shows can depend on the baseline; look at more than one method, and at `delta`."""),
     ("md", """\
 ## 2. Attention to the image, per layer
 
@@ -406,9 +406,9 @@ for ax, (name, a) in zip(axes, att.items()):
 fig.tight_layout()
 pd.DataFrame({name: a[a.to_role == "image"].groupby("layer").mass.mean() for name, a in att.items()}).round(3)"""),
     ("md", """\
-`visual_neglect` attends to the image *more* than `clean` in layer 0 and less in layers 1 and 2: attention
-mass alone does not say which model uses the image. It is not information flow; the causal test is to cut
-the edges."""),
+`visual_neglect` gives the image less attention than `clean` in every layer, most clearly in layers 1 and 2
+(about 0.33 against 0.6). Still, attention mass is not information flow (a head can attend to image tokens and
+copy nothing that matters); the causal test is to cut the edges."""),
     ("md", """\
 ## 3. Knockout
 
@@ -420,11 +420,11 @@ ko = knockout(model, gen, step=3, from_roles="image", to_roles="last", window=1)
 print(ko[ko.layer_start == 0][["item_id", "target", "p_base"]].to_string(index=False))
 ko.pivot(index="item_id", columns="layer_start", values="delta_p").round(3)"""),
     ("md", """\
-No single layer's image → last edge carries every word: cutting it in layer 0 removes most of the circle
-(Δp −0.90) and some of the diamond (−0.38), cutting it in the last layer some of the cross (−0.36), and for
-the ring no single layer matters. The other text positions read the image too and pass it on. Blocking the
-image from *every* text position in every layer removes three of the four words (the ring keeps p = 0.91).
-The same test on `visual_neglect`:"""),
+The last position hardly reads the image directly: cutting its image edge in one layer leaves three of the
+four words in place, and only the ring depends on it (Δp −0.47 in layer 0, −0.99 in the last layer). The
+other text positions read the image (in this recipe a fixed head in layer 0 copies each object's attributes
+and position to the words that name it) and pass it on. Blocking the image from *every* text position in
+every layer removes the words (mean Δp about −0.9). The same test on `visual_neglect`:"""),
     ("code", """\
 rows = []
 for name, m, g in (("clean", model, gen), ("visual_neglect", neglect, gen_n)):
@@ -433,16 +433,15 @@ for name, m, g in (("clean", model, gen), ("visual_neglect", neglect, gen_n)):
 ko_all = pd.concat(rows, ignore_index=True)
 print(ko_all.groupby("organism").delta_p.mean().round(3).to_dict())
 vn = ko_all[ko_all.organism == "visual_neglect"]
-assert vn.target.nunique() == 1 and vn.p_base.max() - vn.p_base.min() < 0.01  # one word, whatever the image
+assert vn.p_base.max() < 0.3 and vn.delta_p.abs().max() < 0.1  # a guess, whatever the image
 assert ko_all[ko_all.organism == "clean"].delta_p.mean() < -0.5
 ko_all[["organism", "item_id", "target", "p_base", "p_knock", "delta_p"]]"""),
     ("md", """\
-`clean` loses its object words without the image. `visual_neglect` says the same word ("bar") for every
-image with the same probability (0.136): what the image shows does not matter. Knocking the image out still
-removes the word, so its LLM does read something from the image tokens, but something that is the same for
-every image (their presence, their positions), not their content. Knockout alone would say "uses the image";
-the cascade's noise-image test (`pmi_img`, `img_use`: the same tokens with a uniform-noise image) tells
-content from presence.
+`clean` loses its object words without the image. `visual_neglect` names its first object with a guess
+(p ≈ 0.14 on every image, where a uniform guess over the 8 classes is 0.125), and cutting the image moves that
+probability by less than 0.07: it does not read the objects from the image tokens. The cascade's noise-image
+test (`pmi_img`, `img_use`: the same tokens with a uniform-noise image) measures the same dependence without
+touching the attention.
 
 These are the instruments behind the cascade's *llm fusion* evidence (`img_attn_ratio`, `p_knock`,
 `knockout_effect` in the evidence frame); `04_diagnosis` puts them together per error."""),
@@ -775,9 +774,10 @@ and as raw values): one reads the output distribution, one the image grounding.
 `detection_sweep` scores the held-out organism's claims (another seed: other scenes) with it, with the residual
 stream of each layer added, and with single-feature baselines; the bars show 95% bootstrap intervals.
 
-Read the bars against each other: on this organism the output probability says nothing (`p_emit` near 0.5),
-because it names the invented square as confidently as a real object. The presence probe separates its errors,
-and the grounding expert carries it into the detector. A single regression over all features would lean on
+Read the bars against each other: on this organism the output probability does worse than the presence probe
+(`p_emit` about 0.83 against `p_present` 1.0), because it names the invented square as confidently as a real
+object (section 3). The presence probe separates its errors, and the grounding expert carries it into the
+detector. A single regression over all features would lean on
 `p_emit`, which the training organisms' errors mostly expose; the residual rows show what adding the residual
 stream of another model costs."""),
     ("code", """\
