@@ -30,8 +30,8 @@ from lvlm_probe.organisms.zoo import get_spec
 from lvlm_probe.tracing.confirm import CONFIRMING
 
 #: Planted organisms of the matrix (rows).
-CAUSES: tuple[str, ...] = ("cooccurrence", "attribute_prior", "encoder_blind", "projector_bottleneck",
-                           "small_object", "visual_neglect", "drift", "sampling")
+CAUSES: tuple[str, ...] = ("cooccurrence", "attribute_prior", "relation_prior", "encoder_blind",
+                           "projector_bottleneck", "small_object", "visual_neglect", "drift", "sampling")
 #: Cause -> the intervention expected to fix it: the confirming intervention of its planted stage
 #: (:data:`lvlm_probe.tracing.confirm.CONFIRMING`, one map for both), so the matrix measures what confirmation
 #: assumes. Encoder and projector causes have the swap of that part for ``clean``'s (their organisms share
