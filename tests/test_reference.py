@@ -75,6 +75,23 @@ def test_fusion_reads_the_quantile_when_a_reference_exists():
     assert neglect.stage == "llm fusion" and "correct claims by 0.10" in neglect.rule
 
 
+def test_relation_encoder_verdict_reads_the_correct_relations():
+    """The pair probe reads correct relations below 0.8 too: a relation error is the encoder's only when its probe
+    verdict is also low among the correct relations (q_enc); without a reference, and for other kinds, the
+    absolute bound decides."""
+    th = Thresholds()
+    rel = dict(kind="relation", polarity="wrong", claimed="above", truth="below", enc_p_true=0.6, proj_p_true=0.9,
+               p_emit=0.99, pmi_img=3.0, img_use=2.0, q_pmi=0.5, q_use=0.5, ref_pmi=3.0)
+    low = diagnose_error({**rel, "q_enc": 0.05}, th)
+    assert low.stage == "encoder" and "quantile 0.05 of the correct relations'" in low.rule, low.rule
+    assert diagnose_error({**rel, "q_enc": 0.3}, th).stage != "encoder"
+    assert diagnose_error({**rel, "q_enc": 0.3}, Thresholds(probe_quantile=0.5)).stage == "encoder"
+    assert diagnose_error({**rel, "enc_p_true": 0.9, "q_enc": 0.01}, th).stage != "encoder"  # above 0.8
+    assert diagnose_error(rel, th).stage == "encoder"  # no reference: the absolute bound
+    colour = {**rel, "kind": "attribute", "claimed": "red", "truth": "blue", "q_enc": 0.3}
+    assert diagnose_error(colour, th).stage == "encoder"  # other kinds keep the probability
+
+
 @pytest.fixture(scope="module")
 def organism_report():
     from lvlm_probe.organisms.check import default_items

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lvlm_probe.data.items import Item
 from lvlm_probe.data.world import COLORS, SceneWorld, world_vocabulary
 from lvlm_probe.organisms.zoo import AUX_LAYER, AUX_WEIGHT, COPY_HEAD_MARKER, COPY_HEAD_MATCH, EXISTS_LAYERS, \
     FIXED, IMAGE_SCALE, LM_INIT_STD, POSITION_STD, STAGE2_MIX, OrganismSpec, TrainConfig, get_spec
@@ -538,7 +539,7 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
     return log
 
 
-def stated_prior(item: Any, world: SceneWorld) -> Any:
+def stated_prior(item: Item, world: SceneWorld) -> Item:
     """``item`` with the text an annotator holding the world's attribute prior would write: every object of a prior
     class is named in its prior colour (captions and colour answers); the image is unchanged."""
     from dataclasses import replace

@@ -253,7 +253,9 @@ RULES: tuple[Rule, ...] = (
          lambda f, th: f"a sampled non-greedy token at step {f['deviation_step']:.0f} derailed the text before this "
                        "error"),
     Rule("encoder", ("enc_p_true",), lambda f, th: _encoder_lost(f, th),
-         lambda f, th: f"encoder probe gives the true value p={f['enc_p_true']:.2f} < {f['pt']}"),
+         lambda f, th: f"encoder probe gives the true value p={f['enc_p_true']:.2f} < {f['pt']}"
+                       + (f" (quantile {f['q_enc']:.2f} of the correct relations')"
+                          if f["kind"] == "relation" and _ok(f["q_enc"]) else "")),
     Rule("projector", ("enc_p_true", "proj_p_true"),
          lambda f, th: (f["enc_p_true"] >= f["pt"] and f["proj_p_true"] < f["pt"]
                         and f["enc_p_true"] - f["proj_p_true"] >= th.probe_drop),
