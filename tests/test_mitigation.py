@@ -72,6 +72,25 @@ def test_a_fix_keeps_the_claim_where_it_has_to_be_made():
     assert fixed_after(cap, "a small green diamond , a large red ring and a cross .",
                        "a small green diamond and a large red ring .") == 1.0  # hallucinated object dropped
 
+    # a false relation in a caption is repaired by a true relation between the same two objects (either order),
+    # not by a caption that no longer relates them
+    from lvlm_probe.data.scene import SceneObject
+    from lvlm_probe.misalignment import states_relation
+
+    below = SceneGraph([SceneObject("triangle", {"color": "red", "size": "small"}, (0.0, 40.0, 8.0, 48.0)),
+                        SceneObject("cross", {"color": "blue", "size": "small"}, (0.0, 0.0, 8.0, 8.0))]
+                       ).derive_relations()
+    rcap = Item(id="r", image=None, task="caption", prompt="describe the image .", scene=below)
+    assert states_relation("a cross above a triangle .", "triangle", "cross", "below")
+    assert not states_relation("a triangle and a cross .", "triangle", "cross", "below")
+    assert not states_relation("the triangle is not below the cross .", "triangle", "cross", "below")
+    assert states_relation("a triangle and a cross .", "triangle", "cross", None)
+    wrong = "a small red triangle above a small blue cross ."
+    assert fixed_after(rcap, wrong, "a small red triangle below a small blue cross .") == 1.0
+    assert fixed_after(rcap, wrong, "a small blue cross above a small red triangle .") == 1.0
+    assert fixed_after(rcap, wrong, "a small red triangle and a small blue cross .") == 0.0  # relation dropped
+    assert fixed_after(rcap, wrong, "a small red triangle left of a small blue cross .") == 0.0  # another false one
+
 
 def test_target_compares_with_causes_the_intervention_is_not_intended_for():
     effect = {"cooccurrence": {"vcd": 0.15, "pai": 0.0}, "attribute_prior": {"vcd": 0.19, "pai": 1.0},

@@ -391,6 +391,25 @@ def states_truth(text: str, subject: str, attribute: str, truth: Any, vocabulary
                and c.value in true for c in extract_claims(str(text), vocab))
 
 
+def states_relation(text: str, subject: str, obj: str, truth: Any, vocabulary: Vocabulary | None = None) -> bool:
+    """Does ``text`` state a true relation between ``subject`` and ``obj``: ``subject <p> obj`` with ``p`` one of
+    ``truth`` (a predicate or the judge's ``"a|b"`` join), or ``obj <q> subject`` with ``q`` the converse of one?
+    A fix of a relation error in free text needs it, as an attribute fix needs the true value: a caption that no
+    longer relates the two has no relation error left but has not been repaired. With no true relation between
+    them (``truth`` None) there is nothing true to state, and the claim's absence is the fix."""
+    if truth is None or (isinstance(truth, float) and truth != truth):
+        return True
+    true = set(str(truth).split("|"))
+    converse = {GEOMETRIC_RELATIONS[p] for p in true if p in GEOMETRIC_RELATIONS}
+    for c in extract_claims(str(text), _vocab(vocabulary)):
+        if c.kind != "relation" or c.negated:
+            continue
+        if (c.subject, c.object) == (subject, obj) and c.value in true or \
+                (c.subject, c.object) == (obj, subject) and c.value in converse:
+            return True
+    return False
+
+
 def claims_kept(errors: pd.DataFrame, items: Sequence[Any], texts: dict[str, str],
                 vocabulary: Vocabulary | None = None) -> np.ndarray:
     """Bool [n_errors]: is each error's claim still made where it has to be, in the new ``texts`` (item id -> text)?
@@ -398,8 +417,9 @@ def claims_kept(errors: pd.DataFrame, items: Sequence[Any], texts: dict[str, str
     A question must still get a readable answer (:func:`~lvlm_probe.misalignment.answers_question`: a colour
     question answered "no" has no error left but is not fixed), and an attribute error in free text needs the true
     value stated for the same object (:func:`~lvlm_probe.misalignment.states_truth`: a caption that drops the
-    object or its colour is not repaired). A hallucinated object dropped from a caption, or an omitted one now
-    named, is fixed by the error's absence alone. The cause × intervention matrix and interventional confirmation
+    object or its colour is not repaired), and a false relation in free text a true relation between the same two
+    objects (:func:`~lvlm_probe.misalignment.states_relation`). A hallucinated object dropped from a caption, or an
+    omitted one now named, is fixed by the error's absence alone. The cause × intervention matrix and interventional confirmation
     both read it."""
     if not len(errors):
         return np.zeros(0, dtype=bool)
@@ -418,6 +438,9 @@ def claims_kept(errors: pd.DataFrame, items: Sequence[Any], texts: dict[str, str
                                  "judge's output has it) to check that the true value is stated; pass the judged "
                                  "errors, not only their keys")
             out.append(states_truth(text, r.subject, r.attribute, getattr(r, "truth", None), vocabulary))
+        elif r.kind == "relation" and r.polarity == "hallucinated":
+            out.append(states_relation(text, r.subject, getattr(r, "object", None), getattr(r, "truth", None),
+                                       vocabulary))
         else:
             out.append(True)
     return np.array(out, dtype=bool)
