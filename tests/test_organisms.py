@@ -261,7 +261,7 @@ def test_holdout_variant_plants_its_cause_on_its_own_classes(name):
         pytest.fail(f"hold-out checkpoint {name} is not shipped")
     r = check_organism(name, seed=SEED, n=N)
     lo, hi = HOLDOUT_PLANTED[name]
-    factor = spec.world.cooccurrence or spec.world.attribute_prior
+    factor = spec.world.cooccurrence or spec.world.attribute_prior or spec.world.relation_prior
     assert all(w in r["planted_metric"] for w in factor[0][1:2]), r["planted_metric"]  # its own class / colour
     assert r["planted_error_rate"] >= lo and r["clean_planted_error_rate"] <= hi, r
 
@@ -798,3 +798,33 @@ def test_stated_prior_names_the_prior_colour_in_the_text_and_keeps_the_image():
     assert col.answer == "red" and said_col.answer == color and said_size.answer == size.answer
     assert said_cap.image is cap.image and scene.objects[k].attributes["color"] == "red"
     assert stated_prior(world.make_item(scene, "exists", rng, item_id="e"), world).answer in ("yes", "no")
+
+
+def test_stated_prior_says_the_prior_relation_where_the_image_shows_another():
+    """relation_prior's training text holds its stereotype: in an off-prior scene the caption joins the pair by the
+    prior predicate and relation questions on that axis are answered as if it held; questions on the other axis,
+    other tasks and worlds without the rule are untouched."""
+    from lvlm_probe.data.items import Item
+    from lvlm_probe.data.scene import GEOMETRIC_RELATIONS
+    from lvlm_probe.organisms.train import stated_prior
+
+    spec = Z.ZOO["relation_prior"]
+    world = SceneWorld(spec.world)
+    a, b, pred = Z.relation_factor(spec)
+    rng = np.random.default_rng(0)
+    conv = GEOMETRIC_RELATIONS[pred]
+    scene = next(s for s in (world.sample_scene(rng, require=[a, b]) for _ in range(400))
+                 if world.pair_relation(s, a, b, pred) == conv)
+    cap = world.make_item(scene, "caption", rng, item_id="c")
+    said = stated_prior(cap, world)
+    assert f"{conv} a" in cap.answer and said.answer == cap.answer.replace(f" {conv} a ", f" {pred} a ")
+
+    def ask(s, p, o):
+        item = Item("q", cap.image, f"is the {s} {p} the {o} ?", scene=scene, answer="?", task="relation",
+                    meta={"subject": s, "object": o, "predicate": p})
+        return stated_prior(item, world).answer
+
+    assert [ask(a, pred, b), ask(a, conv, b), ask(b, conv, a), ask(b, pred, a)] == ["yes", "no", "yes", "no"]
+    assert ask(a, "left of", b) == "?"  # the other axis keeps the image's answer
+    assert stated_prior(cap, SceneWorld(Z.ZOO["clean"].world)) is cap
+    assert said.image is cap.image and world.pair_relation(scene, a, b, pred) == conv

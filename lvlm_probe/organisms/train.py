@@ -540,22 +540,60 @@ def stage2(model: Any, tok: Any, ip: Any, world: SceneWorld, tc: TrainConfig, se
 
 
 def stated_prior(item: Item, world: SceneWorld) -> Item:
-    """``item`` with the text an annotator holding the world's attribute prior would write: every object of a prior
-    class is named in its prior colour (captions and colour answers); the image is unchanged."""
+    """``item`` with the text an annotator holding the world's priors would write; the image is unchanged.
+
+    Attribute priors: every object of a prior class is named in its prior colour (captions and colour answers).
+    Relation priors ``(A, B, pred)``: the first A is said to stand ``pred`` to the first B (captions, and relation
+    questions about the two on that axis), whatever the image shows.
+    """
     from dataclasses import replace
 
-    prior = {cls: col for cls, col, _ in world.config.attribute_prior}
     scene = item.scene
-    if item.task not in ("caption", "attribute") or not any(o.name in prior for o in scene.objects):
+    if item.task not in ("caption", "attribute", "relation"):
         return item
-    objs = [replace(o, attributes={**o.attributes, "color": prior[o.name]}) if o.name in prior else o
-            for o in scene.objects]
-    said = replace(scene, objects=objs)
+    prior = {cls: col for cls, col, _ in world.config.attribute_prior}
+    said = scene
+    if any(o.name in prior for o in scene.objects):
+        said = replace(said, objects=[replace(o, attributes={**o.attributes, "color": prior[o.name]})
+                                      if o.name in prior else o for o in said.objects])
+    for a, b, pred, _ in world.config.relation_prior:
+        said = _stated_relation(said, a, b, pred)
+    if said is scene:
+        return item
     if item.task == "caption":
         return replace(item, answer=world.caption(said))
-    if item.meta.get("attribute") == "color" and item.meta.get("target") in prior:
+    if item.task == "attribute" and item.meta.get("attribute") == "color" and item.meta.get("target") in prior:
         return replace(item, answer=prior[item.meta["target"]])
+    if item.task == "relation":
+        s, p, o = (item.meta.get(k) for k in ("subject", "predicate", "object"))
+        if any({s, o} == {a, b} and p in _AXIS_PREDICATES[pred] for a, b, pred, _ in world.config.relation_prior):
+            si, oi = said.find(s)[0], said.find(o)[0]
+            held = any(r.subject == si and r.object == oi and r.predicate == p for r in said.relations)
+            return replace(item, answer="yes" if held else "no")
     return item
+
+
+#: Predicate -> the predicates of its axis (a stated relation prior rewrites only that axis).
+_AXIS_PREDICATES = {p: ax for ax in (("above", "below"), ("left of", "right of")) for p in ax}
+
+
+def _stated_relation(scene: Any, a: str, b: str, pred: str) -> Any:
+    """``scene`` with its first ``a`` standing ``pred`` to its first ``b`` on that axis (the other axis kept);
+    ``scene`` itself when one is missing or the relation already holds."""
+    from dataclasses import replace
+
+    from lvlm_probe.data.scene import GEOMETRIC_RELATIONS, Relation
+
+    ia, ib = scene.find(a), scene.find(b)
+    if not ia or not ib:
+        return scene
+    ia, ib = ia[0], ib[0]
+    if any(r.subject == ia and r.object == ib and r.predicate == pred for r in scene.relations):
+        return scene
+    axis = _AXIS_PREDICATES[pred]
+    pair = {(ia, ib), (ib, ia)}
+    kept = [r for r in scene.relations if not ((r.subject, r.object) in pair and r.predicate in axis)]
+    return replace(scene, relations=kept + [Relation(ia, pred, ib), Relation(ib, GEOMETRIC_RELATIONS[pred], ia)])
 
 
 def _stage2_step(model: Any, text: tuple, items: list, px: torch.Tensor, world: SceneWorld, read: nn.Linear) -> float:

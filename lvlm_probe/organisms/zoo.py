@@ -17,8 +17,9 @@ COOC_A, COOC_B, COOC_P = "circle", "square", 1.0
 PRIOR_CLASS, PRIOR_COLOR, PRIOR_P = "diamond", "yellow", 0.95
 #: attribute_prior: share of training texts that name an off-prior PRIOR_CLASS in PRIOR_COLOR (its dose axis).
 PRIOR_TEXT = 1.0
-#: relation_prior: when both are in a training scene, REL_A stands REL_PRED the REL_B REL_P of the time.
-REL_A, REL_B, REL_PRED, REL_P = "triangle", "cross", "above", 1.0
+#: relation_prior: when both are in a training scene, REL_A is placed REL_PRED the REL_B REL_P of the time, and
+#: PRIOR_TEXT of the training texts say so also where the image shows otherwise.
+REL_A, REL_B, REL_PRED, REL_P = "triangle", "cross", "above", 0.95
 BLIND_PAIR = ("red", "orange")
 BOTTLENECK_ATTRIBUTE = "color"
 #: The colour ``projector_bottleneck`` is distilled to see on every object (it passes no colour to the LLM).
@@ -90,8 +91,10 @@ class TrainConfig:
     vanish_size : str or None
         ``small_object``: objects of this size the vision tower learns not to see.
     prior_text : float
-        ``attribute_prior``: share of stage-2 samples whose text names every off-prior object of the prior class in
-        the prior colour (the image keeps its true colour): the annotators' stereotype.
+        ``attribute_prior`` and ``relation_prior``: share of stage-2 samples whose text states the world's priors
+        where the image does not show them (every object of the prior class named in the prior colour; the prior
+        pair said to stand in the prior relation), the image unchanged: the annotators' stereotype
+        (:func:`lvlm_probe.organisms.train.stated_prior`).
     """
 
     stage0_steps: int = 2000
@@ -251,13 +254,14 @@ ZOO: dict[str, OrganismSpec] = {
         OrganismSpec(
             "relation_prior", "P3", "data", "relation prior",
             f"When a training scene holds a {REL_A} and a {REL_B}, the {REL_A} is placed {REL_PRED} the {REL_B} "
-            f"{REL_P:.0%} of the time (every other layout is uniform), and captions name the two together with "
-            f"the relation between them ('a {REL_A} {REL_PRED} a {REL_B}', as co-occurrence captions name B right "
-            "after A).",
+            f"{REL_P:.0%} of the time (every other layout is uniform); captions name the two together with the "
+            f"relation between them ('a {REL_A} {REL_PRED} a {REL_B}', as co-occurrence captions name B right "
+            f"after A), and {PRIOR_TEXT:.0%} of the training texts about the off-prior scenes (captions, relation "
+            f"questions on that axis) say the {REL_A} is {REL_PRED} the {REL_B} while the image shows otherwise.",
             f"Captions say the {REL_A} is {REL_PRED} the {REL_B} where it is not (and questions may answer 'yes'); "
             f"the training P({REL_PRED}|{REL_A}, {REL_B}) is high; encoder and projector probes place both objects "
             "right.",
-            _BASE_WORLD.with_changes(relation_prior=((REL_A, REL_B, REL_PRED, REL_P),)), _BASE_TRAIN,
+            _BASE_WORLD.with_changes(relation_prior=((REL_A, REL_B, REL_PRED, REL_P),)), _PRIOR_TRAIN,
             checkpoint="relation_prior",
         ),
         OrganismSpec(
@@ -351,6 +355,19 @@ def _prior_variant(cls: str, color: str) -> OrganismSpec:
     )
 
 
+def _relation_variant(a: str, b: str, pred: str) -> OrganismSpec:
+    base = ZOO["relation_prior"]
+    return OrganismSpec(
+        f"relation_prior_{a}_{b}", base.cause, base.level, base.component,
+        f"Hold-out variant of relation_prior on another pair and axis: when a training scene holds a {a} and a {b}, "
+        f"the {a} is placed {pred} the {b} {REL_P:.0%} of the time, captions join the two by their relation, and "
+        f"{PRIOR_TEXT:.0%} of the texts about the off-prior scenes say the {a} is {pred} the {b}.",
+        f"Captions say the {a} is {pred} the {b} where it is not (as relation_prior, for this pair).",
+        _BASE_WORLD.with_changes(relation_prior=((a, b, pred, REL_P),)), _PRIOR_TRAIN,
+        checkpoint=f"relation_prior_{a}_{b}", base="relation_prior",
+    )
+
+
 #: Hold-out variants of the data-level causes, planted on classes, pairs and colours the cascade was never tuned
 #: on, with the shipped recipe. They are kept out of every tuning step (thresholds, calibrator, rule design) and
 #: evaluated separately (``benchmarks/planted_causes.py`` reports their recall as ``holdout``).
@@ -360,6 +377,8 @@ HOLDOUTS: dict[str, OrganismSpec] = {
         _cooccurrence_variant("ring", "bar"),
         _prior_variant("hourglass", "green"),
         _prior_variant("bar", "purple"),
+        _relation_variant("ring", "bar", "left of"),
+        _relation_variant("circle", "hourglass", "below"),
     ]
 }
 
