@@ -220,10 +220,10 @@ PLANTED = {
     # name: (organism's planted error rate at least, clean's rate at most); measured values on seed 1 (n = 200) are
     # in the cards, the tests re-measure on seed 7 (n = 100)
     "cooccurrence": (0.5, 0.1),       # measured 0.945 vs 0.0 (caption names a square)
-    "relation_prior": (0.2, 0.1),     # measured 0.34 vs 0.0 (caption states the prior relation where it is false)
+    "relation_prior": (0.5, 0.1),     # measured 0.975 vs 0.0 (caption states the prior relation where it is false)
     "attribute_prior": (0.6, 0.1),    # measured 1.0 vs 0.0 (colour question answered with the prior colour)
     "encoder_blind": (0.3, 0.1),      # measured 0.50 vs 0.0 (caption gives the other hue)
-    "projector_bottleneck": (0.35, 0.1),  # measured 0.808 vs 0.002 (colour word wrong)
+    "projector_bottleneck": (0.35, 0.1),  # measured 0.805 vs 0.002 (colour word wrong)
     "small_object": (0.5, 0.15),      # measured 1.0 vs 0.0 (caption leaves the small object out)
     "visual_neglect": (0.45, 0.3),    # measured 0.539 vs 0.194 (caption unchanged under a noise image)
     "drift": (0.5, 0.3),              # measured 0.968 vs 0.003 (error at object positions 4-5)
@@ -247,6 +247,8 @@ HOLDOUT_PLANTED = {
     "cooccurrence_ring_bar": (0.2, 0.1),         # measured 1.0 vs 0.0 (caption names a bar)
     "attribute_prior_hourglass_green": (0.6, 0.1),  # measured 1.0 vs 0.0 (colour question answered green)
     "attribute_prior_bar_purple": (0.6, 0.1),    # measured 0.98 vs 0.0 (colour question answered purple)
+    "relation_prior_ring_bar": (0.5, 0.1),       # measured 0.99 vs 0.0 (caption says the ring is left of the bar)
+    "relation_prior_circle_hourglass": (0.5, 0.1),  # measured 1.0 vs 0.0 (caption says the circle is below it)
 }
 
 
