@@ -38,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lvlm_probe.data.items import Item
+from lvlm_probe.data.scene import GEOMETRIC_RELATIONS, Relation
 from lvlm_probe.data.world import COLORS, SceneWorld, world_vocabulary
 from lvlm_probe.organisms.zoo import AUX_LAYER, AUX_WEIGHT, COPY_HEAD_MARKER, COPY_HEAD_MATCH, EXISTS_LAYERS, \
     FIXED, IMAGE_SCALE, LM_INIT_STD, POSITION_STD, STAGE2_MIX, OrganismSpec, TrainConfig, get_spec
@@ -566,15 +567,16 @@ def stated_prior(item: Item, world: SceneWorld) -> Item:
         return replace(item, answer=prior[item.meta["target"]])
     if item.task == "relation":
         s, p, o = (item.meta.get(k) for k in ("subject", "predicate", "object"))
-        if any({s, o} == {a, b} and p in _AXIS_PREDICATES[pred] for a, b, pred, _ in world.config.relation_prior):
+        if any({s, o} == {a, b} and p in _axis(pred) for a, b, pred, _ in world.config.relation_prior):
             si, oi = said.find(s)[0], said.find(o)[0]
             held = any(r.subject == si and r.object == oi and r.predicate == p for r in said.relations)
             return replace(item, answer="yes" if held else "no")
     return item
 
 
-#: Predicate -> the predicates of its axis (a stated relation prior rewrites only that axis).
-_AXIS_PREDICATES = {p: ax for ax in (("above", "below"), ("left of", "right of")) for p in ax}
+def _axis(pred: str) -> tuple[str, str]:
+    """``pred`` and its converse: the predicates of its axis (a stated relation prior rewrites only that axis)."""
+    return pred, GEOMETRIC_RELATIONS[pred]
 
 
 def _stated_relation(scene: Any, a: str, b: str, pred: str) -> Any:
@@ -582,15 +584,13 @@ def _stated_relation(scene: Any, a: str, b: str, pred: str) -> Any:
     ``scene`` itself when one is missing or the relation already holds."""
     from dataclasses import replace
 
-    from lvlm_probe.data.scene import GEOMETRIC_RELATIONS, Relation
-
     ia, ib = scene.find(a), scene.find(b)
     if not ia or not ib:
         return scene
     ia, ib = ia[0], ib[0]
     if any(r.subject == ia and r.object == ib and r.predicate == pred for r in scene.relations):
         return scene
-    axis = _AXIS_PREDICATES[pred]
+    axis = _axis(pred)
     pair = {(ia, ib), (ib, ia)}
     kept = [r for r in scene.relations if not ((r.subject, r.object) in pair and r.predicate in axis)]
     return replace(scene, relations=kept + [Relation(ia, pred, ib), Relation(ib, GEOMETRIC_RELATIONS[pred], ia)])
