@@ -65,13 +65,14 @@ EVIDENCE_COLUMNS: tuple[str, ...] = (
     "img_use", "deviation_step",
     "img_attn", "img_attn_ratio", "enc_p_true", "proj_p_true", "enc_site", "proj_site",
     "prior_train", "prior_lift", "prior_context", "class_freq", "pos_quantile", "n_mentions", "n_scene_objects",
-    "context_in_image",
+    "context_in_image", "qa_truth", "qa_claim",
 )
 #: Numeric evidence columns (cast to float; NaN = not measured).
 FLOAT_EVIDENCE: tuple[str, ...] = (
     "p_emit", "p_truth", "rank", "entropy", "p_noimg", "p_knock", "img_use", "deviation_step", "pmi_img",
     "knockout_effect", "img_attn", "img_attn_ratio", "enc_p_true", "proj_p_true", "prior_train", "prior_lift",
-    "class_freq", "pos_quantile", "n_mentions", "n_scene_objects", "context_in_image")
+    "class_freq", "pos_quantile", "n_mentions", "n_scene_objects", "context_in_image",
+    "qa_truth", "qa_claim")
 #: Diagnoses frame: these, one ``score_<stage>`` per stage, then the evidence columns.
 DIAGNOSIS_COLUMNS: tuple[str, ...] = ("error_id", "item_id", "kind", "polarity", "claimed", "truth", "level",
                                       "stage", "confidence", "causes", "rule")

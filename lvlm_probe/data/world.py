@@ -35,6 +35,8 @@ from lvlm_probe.data.scene import GEOMETRIC_RELATIONS, SceneGraph, SceneObject
 from lvlm_probe.errors import InputError
 from lvlm_probe.schema import TASKS as SCHEMA_TASKS
 
+#: The world's relation question (the organisms learn it; a diagnosis asks it about each false relation).
+RELATION_QUESTION: str = "is the {subject} {predicate} the {object} ?"
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "ring", "bar", "hourglass")
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30), "orange": (245, 140, 0), "yellow": (235, 215, 0),
@@ -433,8 +435,8 @@ class SceneWorld:
                 lab = "no"
                 pred = false[int(rng.integers(len(false)))]
             meta.update(subject=names[i], object=names[j], predicate=pred)
-            return Item(item_id, img, f"is the {names[i]} {pred} the {names[j]} ?", scene=scene, answer=lab,
-                        task=task, meta=meta)
+            return Item(item_id, img, RELATION_QUESTION.format(subject=names[i], predicate=pred, object=names[j]),
+                        scene=scene, answer=lab, task=task, meta=meta)
         raise InputError(f"unknown task {task!r}; tasks are {TASKS}")
 
     def negative(self, scene: SceneGraph, strategy: str, rng: np.random.Generator) -> str:

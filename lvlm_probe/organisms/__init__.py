@@ -14,6 +14,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lvlm_probe.data.world import RELATION_QUESTION
 from lvlm_probe.errors import InputError
 from lvlm_probe.schema import RUN_DEFAULTS_FILE
 
@@ -51,14 +52,16 @@ def organism_path(name: str) -> Path:
 def run_defaults(name: str) -> dict:
     """What a diagnosis run of organism ``name`` needs: its decoding (run-setting organisms such as ``sampling``
     decode their checkpoint their own way) and the unbiased probe world (image size and grid of its scenes) whose
-    fresh scenes train the diagnosis probes; for a front-end organism also the ``reference`` that shares its LLM
+    fresh scenes train the diagnosis probes; the relation question in the words it was trained on (asked about each
+    false relation, :mod:`lvlm_probe.tracing.ask`); for a front-end organism also the ``reference`` that shares its LLM
     (``organism:clean``, swapped in to confirm an encoder or projector cause). Written beside every checkpoint as
     ``run_defaults.json``; ``load("organism:NAME")`` puts it on ``model.run_defaults``."""
     from lvlm_probe.organisms.zoo import get_spec
 
     spec = get_spec(name)
     out = {"organism": spec.name, "decoding": dict(spec.run_settings),
-           "probe_world": {"image_size": spec.world.image_size, "grid": spec.world.grid}}
+           "probe_world": {"image_size": spec.world.image_size, "grid": spec.world.grid},
+           "questions": {"relation": RELATION_QUESTION}}
     if spec.train.front_end:  # a front-end organism: clean's LLM, swap to confirm
         out["reference"] = "organism:clean"
     return out

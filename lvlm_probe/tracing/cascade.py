@@ -7,7 +7,9 @@ Rules, tried in order; the first that holds names the stage (every rule that hol
    (``rank > 1``), or an earlier sampled token already left the greedy path (``deviation_step <= step``; an
    omission counts when any token did). Greedy decoding would not have produced this text.
 2. **encoder** (model): a probe on the encoder output does not recover the true value of this object
-   (``enc_p_true < probe_threshold``). The fact never reached the rest of the model.
+   (``enc_p_true < probe_threshold``). The fact never reached the rest of the model. Rules 2, 3 and 7 never fire
+   on a false relation the model gets right when asked the direct question about the same image (``qa_truth == 1``
+   and ``qa_claim == 0``, :mod:`lvlm_probe.tracing.ask`): then the relation did reach the LLM.
 3. **projector** (model): the encoder probe recovers it but the projector-output probe does not (and falls at
    least ``probe_drop`` below it).
 4. **prior** (data): the training statistics support the claim given its context
@@ -28,7 +30,10 @@ Rules, tried in order; the first that holds names the stage (every rule that hol
    prior or position explains the claim: the fact did not reach the LLM in a usable form. This is the
    behavioural form of rule 3 for when a linear probe at the projector output still reads the fact (a
    nonlinear residue the LLM does not use).
-8. otherwise **undetermined**: no rule holds; the error is not forced into a cause.
+8. **displaced** (after the others, across an item's errors, :func:`displaced`): an omitted object no other rule
+   explains, whose caption still names as many objects as the scene holds beside hallucinated objects that all got
+   one stage, gets that stage: the hallucination took its place.
+9. otherwise **undetermined**: no rule holds; the error is not forced into a cause.
 
 Why the order differs from "encoder → projector → usage → prior → inference" in the design notes: an error
 driven by a training prior also ignores the image, so the usage test alone cannot tell P1/P2 from P6;
@@ -53,7 +58,7 @@ from lvlm_probe.schema import DIAGNOSIS_COLUMNS, LEVEL_OF, PRIOR_STAGE, STAGES, 
 
 # the shared names (one spelling per stage) live in lvlm_probe.schema and are re-exported here
 __all__ = ["DIAGNOSIS_COLUMNS", "LEVEL_OF", "PRIOR_STAGE", "RULES", "STAGES", "Diagnosis", "Rule", "Thresholds",
-           "balanced_accuracy", "cascade", "diagnose_error", "rule_holds", "score_column", "summarize"]
+           "balanced_accuracy", "cascade", "diagnose_error", "displaced", "rule_holds", "score_column", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,7 @@ def _features(ev: dict[str, Any], th: Thresholds) -> dict[str, Any]:
     f: dict[str, Any] = {k: _f(ev.get(k)) for k in (
         "rank", "enc_p_true", "proj_p_true", "p_emit", "p_noimg", "pmi_img", "prior_train", "prior_lift",
         "pos_quantile", "deviation_step", "step", "img_use", "p_knock", "p_truth", "n_mentions", "n_scene_objects",
-        "q_pmi", "q_use", "q_enc", "ref_pmi", "context_in_image")}
+        "q_pmi", "q_use", "q_enc", "ref_pmi", "context_in_image", "qa_truth", "qa_claim")}
     f["sampled"] = bool(ev.get("sampled")) if ev.get("sampled") is not None else False
     f["kind"], f["polarity"] = ev.get("kind"), ev.get("polarity")
     f["pt"] = th.object_probe_threshold if f["kind"] == "object" else th.probe_threshold
@@ -180,10 +185,17 @@ def _features(ev: dict[str, Any], th: Thresholds) -> dict[str, Any]:
     return f
 
 
+def _answers_right(f: dict) -> bool:
+    """Asked directly about the same image, the model says "yes" to every true relation and "no" to the claimed
+    one (``qa_truth == 1``, ``qa_claim == 0``; :mod:`lvlm_probe.tracing.ask`): the fact reached the LLM."""
+    return f["qa_truth"] == 1.0 and f["qa_claim"] == 0.0
+
+
 def _encoder_lost(f: dict, th: Thresholds) -> bool:
     """The encoder probe does not recover the true value: ``enc_p_true < pt``; for a relation claim with a
-    reference set, also ``q_enc <= probe_quantile`` (the pair probe reads many correct relations below ``pt``)."""
-    if not f["enc_p_true"] < f["pt"]:
+    reference set, also ``q_enc <= probe_quantile`` (the pair probe reads many correct relations below ``pt``).
+    Never when the model answers the direct question right (:func:`_answers_right`)."""
+    if _answers_right(f) or not f["enc_p_true"] < f["pt"]:
         return False
     if f["kind"] == "relation" and _ok(f["q_enc"]):
         return f["q_enc"] <= th.probe_quantile
@@ -258,7 +270,7 @@ RULES: tuple[Rule, ...] = (
                           if f["kind"] == "relation" and _ok(f["q_enc"]) else "")),
     Rule("projector", ("enc_p_true", "proj_p_true"),
          lambda f, th: (f["enc_p_true"] >= f["pt"] and f["proj_p_true"] < f["pt"]
-                        and f["enc_p_true"] - f["proj_p_true"] >= th.probe_drop),
+                        and f["enc_p_true"] - f["proj_p_true"] >= th.probe_drop and not _answers_right(f)),
          lambda f, th: f"encoder probe p={f['enc_p_true']:.2f} but projector probe p={f['proj_p_true']:.2f} "
                        f"< {f['pt']}"),
     Rule("prior", ("prior_train", "prior_lift", "p_emit", "p_free"),
@@ -293,7 +305,8 @@ def _undelivered(f: dict, th: Thresholds) -> tuple[bool, str]:
     enc, use, pmi, p, ptrue = f["enc_p_true"], f["img_use"], f["pmi_img"], f["p_emit"], f["p_truth"]
     ignores = _ok(pmi) and _token_ignores(f, th)
     undecided = _ok(p) and _ok(ptrue) and ptrue > 0 and p > 0 and abs(math.log(p) - math.log(ptrue)) <= th.undecided
-    holds = (ignores or undecided) and _ok(use) and not _item_ignores(f, th) and _ok(enc) and enc >= f["pt"]
+    holds = ((ignores or undecided) and _ok(use) and not _item_ignores(f, th) and _ok(enc) and enc >= f["pt"]
+             and not _answers_right(f))
     pmi_txt = f"noise-image PMI {pmi:+.2f}; " if _ok(pmi) else ""
     truth_txt = f"p={p:.2f} vs p(true)={ptrue:.2f}" if undecided else f"p={p:.2f}"
     return holds, (f"the encoder decodes the true value (p={enc:.2f}) and the model uses the image for its other "
@@ -309,10 +322,11 @@ def _scores(f: dict, prior_stage: str, decoding: bool) -> dict[str, float]:
     """A score in [0, 1] per stage that grades its rule's evidence independently of the cascade order."""
     enc, proj, q, pmi, use, p, p_free = (f["enc_p_true"], f["proj_p_true"], f["pos_quantile"], f["pmi_img"],
                                          f["img_use"], f["p_emit"], f["p_free"])
+    front = 0.0 if _answers_right(f) else 1.0  # the fact reached the LLM: no front-end loss
     scores = {
         "decoding": 1.0 if decoding else 0.0,
-        "encoder": _clip(1.0 - enc) if _ok(enc) else 0.0,
-        "projector": _clip(enc * (1.0 - proj)) if _ok(enc) and _ok(proj) else 0.0,
+        "encoder": front * _clip(1.0 - enc) if _ok(enc) else 0.0,
+        "projector": front * _clip(enc * (1.0 - proj)) if _ok(enc) and _ok(proj) else 0.0,
         "cooccurrence": 0.0, "attribute prior": 0.0, "relation prior": 0.0,
         "long generation": _clip((q - 0.5) / 0.5) if _ok(q) else 0.0,
         "llm fusion": _clip(math.exp(-abs(pmi)) * math.exp(-use)) if _ok(pmi) and _ok(use) else 0.0,
@@ -344,6 +358,8 @@ def diagnose_error(ev: dict[str, Any], th: Thresholds | None = None) -> Diagnosi
         stage, rule = causes[0], fired[causes[0]]
     else:
         stage, rule = UNDETERMINED, "no rule holds"
+    if _answers_right(f):
+        rule += "; asked directly, the model answers the true relation, so encoder and projector did not lose it"
     from lvlm_probe.tracing.calibration import shipped_calibrator
 
     conf = shipped_calibrator().probability(stage, scores, len(causes))
@@ -376,7 +392,43 @@ def cascade(evidence: pd.DataFrame, thresholds: Thresholds | None = None) -> pd.
     cols = list(DIAGNOSIS_COLUMNS) + [score_column(s) for s in STAGES]
     out = pd.DataFrame(rows, columns=cols)
     extra = evidence.drop(columns=[c for c in evidence.columns if c in out.columns], errors="ignore")
-    return pd.concat([out.reset_index(drop=True), extra.reset_index(drop=True)], axis=1)
+    return displaced(pd.concat([out.reset_index(drop=True), extra.reset_index(drop=True)], axis=1))
+
+
+def displaced(diagnoses: pd.DataFrame) -> pd.DataFrame:
+    """Rule 8: an undetermined omission that a hallucination took the place of gets the hallucination's stage.
+
+    An object a caption leaves out is *displaced* when the caption still names as many objects as the scene holds
+    (``n_mentions >= n_scene_objects``), the same caption names at least as many hallucinated objects as it omits,
+    and every one of them has the same determined stage: the model filled the object's slot with the
+    hallucination (``"a small orange square"`` where the scene holds a small orange cross), so one cause made
+    both errors. Only rows no other rule explained change; the stage's score is the hallucination's, and the
+    confidence is computed from it as for any diagnosis. Needs the item's other errors, so :func:`cascade` runs it
+    and :func:`diagnose_error` (one row) does not.
+    """
+    if not len(diagnoses) or not {"n_mentions", "n_scene_objects"} <= set(diagnoses.columns):
+        return diagnoses
+    from lvlm_probe.tracing.calibration import shipped_calibrator
+
+    out = diagnoses.copy()
+    objects = out[out.kind.eq("object")]
+    for _, g in objects.groupby(objects.item_id.astype(str), sort=False):
+        hal, omi = g[g.polarity.eq("hallucinated")], g[g.polarity.eq("omitted") & g.stage.eq(UNDETERMINED)]
+        stages = set(hal.stage)
+        n_m, n_s = _f(g.n_mentions.iloc[0]), _f(g.n_scene_objects.iloc[0])
+        if not len(omi) or len(hal) < len(omi) or len(stages) != 1 or UNDETERMINED in stages or not n_m >= n_s:
+            continue
+        stage = stages.pop()
+        col = score_column(stage)
+        score, names = float(hal[col].min()), ", ".join(f"{c!r}" for c in dict.fromkeys(hal.claimed.astype(str)))
+        for i in omi.index:
+            scores = {s: float(out.at[i, score_column(s)]) for s in STAGES}
+            scores[stage] = score
+            out.loc[i, [col, "stage", "level", "causes"]] = [score, stage, LEVEL_OF[stage], stage]
+            out.at[i, "rule"] = (f"displaced: the caption names {n_m:.0f} objects for the scene's {n_s:.0f}; the "
+                                 f"hallucinated {names} ({stage}) took this object's place")
+            out.at[i, "confidence"] = shipped_calibrator().probability(stage, scores, 1)
+    return out
 
 
 def summarize(diagnoses: pd.DataFrame) -> pd.DataFrame:

@@ -1,9 +1,10 @@
 """Step 2 of a diagnosis: evidence for every error of a :class:`~lvlm_probe.tracing.run.Run`.
 
-Three parts, each a public function a notebook can call alone (see :mod:`lvlm_probe.tracing.evidence` for the
+Four parts, each a public function a notebook can call alone (see :mod:`lvlm_probe.tracing.evidence` for the
 features): :func:`run_token_evidence` (teacher-forced passes over the stored generations), :func:`data_evidence`
-(training statistics and positions) and :func:`probe_verdicts` (probes on captured encoder / projector
-activations, plus the report's probe curves). :func:`collect_evidence` joins them into the evidence frame.
+(training statistics and positions), :func:`probe_verdicts` (probes on captured encoder / projector
+activations, plus the report's probe curves) and :func:`~lvlm_probe.tracing.ask.answer_evidence` (the direct
+question about each false relation). :func:`collect_evidence` joins them into the evidence frame.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from lvlm_probe._dist import gather, on_rank0, process_group, rank_share, shared
 from lvlm_probe.data.items import Item
 from lvlm_probe.models import LVLM
 from lvlm_probe.schema import EVIDENCE_COLUMNS, FLOAT_EVIDENCE
+from lvlm_probe.tracing.ask import answer_evidence
 from lvlm_probe.tracing.config import DiagnoseConfig
 from lvlm_probe.tracing.reference import CALIBRATED_COLUMNS, calibrate, reference_claims
 from lvlm_probe.tracing.evidence import (as_float, mention_ordinal, n_object_mentions, probe_evidence,
@@ -67,7 +69,7 @@ class Evidence:
 def collect_evidence(model: LVLM, items: Sequence[Item], run: Run, config: DiagnoseConfig | None = None, *,
                      training_stats: Any = "auto", probe_items: Sequence[Item] | None = None, vocabulary: Any = None,
                      store: str | Path | None = None, progress: bool = True) -> Evidence:
-    """Token, data and probe evidence for every error of ``run``.
+    """Token, data, probe and answer evidence for every error of ``run``.
 
     Parameters
     ----------
@@ -103,7 +105,11 @@ def collect_evidence(model: LVLM, items: Sequence[Item], run: Run, config: Diagn
     scenes = {it.id: it.scene for it in items}
     sites = dict(enc_site=cfg.probe_sites[0], proj_site=cfg.probe_sites[-1])
     probes = probe_evidence(errors, pred, scenes, **sites)
-    frame = _joined(errors, tok.reindex(errors.index), data, probes)
+    t1 = time.time()
+    asked = on_rank0(lambda: answer_evidence(model, items, errors, batch_size=cfg.batch_size, progress=progress),
+                     "relation questions")
+    timings["relation_questions"] = round(time.time() - t1, 1)
+    frame = _joined(errors, tok.reindex(errors.index), data, probes, asked)
     reference = _joined(ref, probe_evidence(ref, pred, scenes, **sites)) if len(ref) else ref
     return Evidence(calibrate(frame, reference), curves, timings, reference)
 
