@@ -103,7 +103,7 @@ def test_target_compares_with_causes_the_intervention_is_not_intended_for():
 
 
 def test_intended_is_the_confirming_intervention_of_each_planted_stage():
-    assert INTENDED == {"cooccurrence": "verify_objects", "attribute_prior": "pai", "relation_prior": "vcd",
+    assert INTENDED == {"cooccurrence": "verify_objects", "attribute_prior": "pai", "relation_prior": "verify_relations",
                         "visual_neglect": "early_readout",
                         "drift": "region_restart", "sampling": "greedy", "encoder_blind": "swap_encoder",
                         "projector_bottleneck": "swap_projector", "small_object": "swap_encoder"}

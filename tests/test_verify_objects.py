@@ -75,3 +75,61 @@ def test_verify_objects_bad_input_is_one_line(llava, qwen):
         decode(llava, batch, VerifyObjects(), max_new_tokens=2, output_scores=True)
     with pytest.raises(InputError, match="one image per item"):
         decode(qwen, qwen.prepare([rand_image(1)], ["describe the image ."]), VerifyObjects(), max_new_tokens=2)
+
+
+# ---- verify-and-correct for relations ------------------------------------------------------------------------
+
+
+def test_verify_relations_corrects_the_text_borne_relation_prior():
+    """organism:relation_prior writes "triangle above cross" where the triangle is below; asked "is the triangle
+    above the cross ?" it says no and "below" yes, so the relation is rewritten to the true one; a caption whose
+    relation it affirms, and every other word, stay as generated."""
+    from lvlm_probe.data.world import SceneWorld
+    from lvlm_probe.interventions import VerifyRelations
+    from lvlm_probe.organisms.check import trigger_set
+    from lvlm_probe.organisms.zoo import get_spec
+
+    spec = get_spec("relation_prior")
+    items, _ = trigger_set("relation_prior", SceneWorld(spec.world, seed=3), 12, seed=3011)
+    items = [it for it in items if it.task == "caption"][:8]
+    model = lp.load("organism:relation_prior", device="cpu")
+    batch = model.prepare_items(items)
+    plain = decode(model, batch, Greedy(), max_new_tokens=48)
+    fixed = decode(model, batch, VerifyRelations(), max_new_tokens=48)
+    wrong = {name: int((e.kind == "relation").sum()) for name, e in
+             (("plain", judge_batch(plain, items=items)), ("fixed", judge_batch(fixed, items=items)))}
+    assert wrong["plain"] >= 6 and wrong["fixed"] <= wrong["plain"] // 4, wrong
+    for p, v in zip(plain.text, fixed.text):  # only predicates change: the same objects, in the same order
+        assert [(c.kind, c.subject) for c in extract_claims(p) if c.kind != "relation"] == \
+            [(c.kind, c.subject) for c in extract_claims(v) if c.kind != "relation"], (p, v)
+    assert fixed.settings["intervention"]["method"] == "verify_relations"
+    assert torch.equal(fixed.sequences[:, :batch.input_ids.shape[1]], batch.input_ids)
+
+
+def test_verify_relations_keeps_what_the_model_affirms(monkeypatch):
+    """A relation the model affirms stays; a denied one with no affirmed alternative stays too (nothing to write)."""
+    from lvlm_probe.interventions import VerifyRelations
+
+    from lvlm_probe.data.world import SceneWorld
+    from lvlm_probe.organisms.check import trigger_set
+    from lvlm_probe.organisms.zoo import get_spec
+
+    items, _ = trigger_set("relation_prior", SceneWorld(get_spec("relation_prior").world, seed=4), 6, seed=4011)
+    model = lp.load("organism:relation_prior", device="cpu")
+    batch = model.prepare_items([it for it in items if it.task == "caption"][:3])
+    plain = decode(model, batch, Greedy(), max_new_tokens=48)
+    assert sum(c.kind == "relation" for t in plain.text for c in extract_claims(t)) >= 1, plain.text
+    monkeypatch.setattr(VerifyRelations, "_answers", lambda self, m, b, asks: ["yes"] * len(asks))
+    assert decode(model, batch, VerifyRelations(), max_new_tokens=48).tokens == plain.tokens
+    monkeypatch.setattr(VerifyRelations, "_answers", lambda self, m, b, asks: ["no"] * len(asks))
+    assert decode(model, batch, VerifyRelations(), max_new_tokens=48).tokens == plain.tokens
+
+
+def test_verify_relations_bad_input_is_one_line(llava):
+    from lvlm_probe.interventions import VerifyRelations
+
+    batch = llava.prepare([rand_image(1)], ["describe the image ."])
+    with pytest.raises(InputError, match=r"needs \{predicate\}"):
+        decode(llava, batch, VerifyRelations(question="is the {subject} near the {object} ?"), max_new_tokens=2)
+    with pytest.raises(InputError, match="per-step scores"):
+        decode(llava, batch, VerifyRelations(), max_new_tokens=2, output_scores=True)

@@ -6,7 +6,8 @@
 
 Methods (each cites its paper in ``.paper``): :class:`VCD`, :class:`ImageFreeContrast` (M3ID-style), :class:`PAI`,
 :class:`ProjectAway`, :class:`EarlyReadout` (DeCo-style), :class:`RegionRestart` (restart the enumeration per
-image region), :class:`VerifyObjects` (ask about each named object, delete the denied ones), :class:`Greedy`,
+image region), :class:`VerifyObjects` (ask about each named object, delete the denied ones), :class:`VerifyRelations` (ask
+about each stated relation, write the affirmed predicate for a denied one), :class:`Greedy`,
 :class:`SwapComponent` (a reference model's encoder or projector, for a front-end cause); controls of Yin et al. 2025:
 :class:`Greedy`, :class:`PlausibilityOnly`, :class:`YesRatioMatched` (+ :func:`yes_ratio_shift`).
 See docs/interventions.md.
@@ -18,13 +19,14 @@ from lvlm_probe.interventions.methods import (PAI, VCD, EarlyReadout, Greedy, Im
                                               diffusion_noise, word_direction, yes_margins, yes_ratio_shift)
 from lvlm_probe.interventions.restart import RegionRestart, region_views
 from lvlm_probe.interventions.swap import SwapComponent
-from lvlm_probe.interventions.verify import VerifyObjects, delete_mentions
+from lvlm_probe.interventions.verify import VerifyObjects, VerifyRelations, delete_mentions
 
 #: Every method and control by its ``name`` (what benchmark tables and ``settings["intervention"]`` use).
 METHODS = {c.name: c for c in (Greedy, PlausibilityOnly, VCD, ImageFreeContrast, PAI, ProjectAway, EarlyReadout,
-                               RegionRestart, VerifyObjects, YesRatioMatched)}
+                               RegionRestart, VerifyObjects, VerifyRelations, YesRatioMatched)}
 
 __all__ = ["METHODS", "EarlyReadout", "Greedy", "ImageFreeContrast", "Intervention", "PAI", "PlausibilityOnly",
-           "ProjectAway", "RegionRestart", "SwapComponent", "VCD", "VerifyObjects", "YesRatioMatched",
+           "ProjectAway", "RegionRestart", "SwapComponent", "VCD", "VerifyObjects", "VerifyRelations",
+           "YesRatioMatched",
            "amplify_image_attention", "apc", "aux_logits", "decode", "delete_mentions", "diffusion_noise",
            "image_blind", "region_views", "word_direction", "yes_margins", "yes_ratio_shift"]

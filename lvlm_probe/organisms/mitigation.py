@@ -58,7 +58,8 @@ def default_interventions() -> dict[str, Any]:
     room = confirming_interventions()
     return {"greedy": room["greedy"], "vcd": room["vcd"], "image_free": ImageFreeContrast(), "pai": room["pai"],
             "project_away": ProjectAway(words=("_",)), "early_readout": room["early_readout"],
-            "region_restart": room["region_restart"], "verify_objects": room["verify_objects"]}
+            "region_restart": room["region_restart"], "verify_objects": room["verify_objects"],
+            "verify_relations": room["verify_relations"]}
 
 
 def swap_interventions(model: Any, clean: Any) -> dict[str, Any]:
