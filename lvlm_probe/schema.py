@@ -39,6 +39,8 @@ STAGE_DISPLAY_ORDER: tuple[str, ...] = ("cooccurrence", "attribute prior", "rela
 #: File beside a checkpoint with the defaults a diagnosis run of it uses (``decoding``, ``probe_world``); organisms
 #: ship one and ``lvlm_probe.load`` reads it onto ``model.run_defaults``.
 RUN_DEFAULTS_FILE: str = "run_defaults.json"
+#: The synthetic world's relation question (the organisms learn it; a diagnosis asks it about each false relation).
+RELATION_QUESTION: str = "is the {subject} {predicate} the {object} ?"
 
 
 def score_column(stage: str) -> str:

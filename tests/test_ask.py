@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 import lvlm_probe as lp
-from lvlm_probe.data.world import RELATION_QUESTION, SceneWorld
+from lvlm_probe.data.world import SceneWorld
+from lvlm_probe.schema import RELATION_QUESTION
 from lvlm_probe.errors import InputError
 from lvlm_probe.organisms import organism_path, run_defaults
 from lvlm_probe.organisms.zoo import get_spec

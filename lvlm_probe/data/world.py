@@ -33,10 +33,9 @@ from lvlm_probe.data.items import Item
 from lvlm_probe._atomic import atomic_write_text
 from lvlm_probe.data.scene import GEOMETRIC_RELATIONS, SceneGraph, SceneObject
 from lvlm_probe.errors import InputError
+from lvlm_probe.schema import RELATION_QUESTION
 from lvlm_probe.schema import TASKS as SCHEMA_TASKS
 
-#: The world's relation question (the organisms learn it; a diagnosis asks it about each false relation).
-RELATION_QUESTION: str = "is the {subject} {predicate} the {object} ?"
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "ring", "bar", "hourglass")
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30), "orange": (245, 140, 0), "yellow": (235, 215, 0),

@@ -14,9 +14,8 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lvlm_probe.data.world import RELATION_QUESTION
 from lvlm_probe.errors import InputError
-from lvlm_probe.schema import RUN_DEFAULTS_FILE
+from lvlm_probe.schema import RELATION_QUESTION, RUN_DEFAULTS_FILE
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 _FROM_ZOO: tuple[str, ...] = ("ZOO", "OrganismSpec", "TrainConfig", "get_spec")

@@ -62,7 +62,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lvlm_probe.data.items import Item
-from lvlm_probe.data.world import RELATION_QUESTION
+from lvlm_probe.schema import RELATION_QUESTION
 from lvlm_probe.errors import InputError
 from lvlm_probe.misalignment.vocab import Vocabulary
 
