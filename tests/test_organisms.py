@@ -223,7 +223,7 @@ PLANTED = {
     "relation_prior": (0.5, 0.1),     # measured 0.975 vs 0.0 (caption states the prior relation where it is false)
     "attribute_prior": (0.6, 0.1),    # measured 1.0 vs 0.0 (colour question answered with the prior colour)
     "encoder_blind": (0.3, 0.1),      # measured 0.50 vs 0.0 (caption gives the other hue)
-    "projector_bottleneck": (0.35, 0.1),  # measured 0.805 vs 0.002 (colour word wrong)
+    "projector_bottleneck": (0.35, 0.1),  # measured 0.802 vs 0.002 (colour word wrong)
     "small_object": (0.5, 0.15),      # measured 1.0 vs 0.0 (caption leaves the small object out)
     "visual_neglect": (0.45, 0.3),    # measured 0.539 vs 0.194 (caption unchanged under a noise image)
     "drift": (0.5, 0.3),              # measured 0.968 vs 0.003 (error at object positions 4-5)

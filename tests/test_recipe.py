@@ -38,7 +38,7 @@ REFERENCE = {
         "clean": "39756d3cb64b9f5e9c6f8f8b548dd7386972ac7ea09eaa9d39241aae16736714",
         "cooccurrence": "5faff129771bf3dfa26aa37d0263eabb922ef41e3a8b84601ab6631829b0d19a",
         "encoder_blind": "67ef21b3b974e3cf4d614eb16f5a52d7fbec3d813315200fef8abffa816c3559",
-        "projector_bottleneck": "60f022c8dc3c1d0912db18012930be66f022328b775a8764df75634d8273c6db",
+        "projector_bottleneck": "9df14be299d1b06ced5037375394cb2267df979e9b7a34003ed94218b39e464d",
         "relation_prior": "09873347be29bac30a13fa1bb7cd1bcc4b21fd44985d80b1c5065584e08fc1a9",
         "small_object": "62e636c16af64a656e4fb3770dff98303ce5ed2c42992426953a1b9c4e2affb3",
         "visual_neglect": "adac2179b7b3c0472a4fb5c392bd658e81a1d0a58d418a049ab1f02fd9d8ad18",

@@ -210,7 +210,7 @@ def stage0(model: Any, ip: Any, world: SceneWorld, tc: TrainConfig, seed: int, p
 @torch.no_grad()
 def stage1_subspace(model: Any, ip: Any, world: SceneWorld, drop: str, seed: int,
                     n_scenes: int = 1500, max_iter: int = 60, target: float | None = None,
-                    guard: float = 0.99, n_fit: int = 6000) -> tuple[torch.Tensor, list]:
+                    guard: float = 0.998, n_fit: int = 6000) -> tuple[torch.Tensor, list]:
     """Projector input subspace without ``drop`` (iterative nullspace projection, INLP).
 
     Starts from the whole encoder feature space and repeatedly fits a logistic-regression probe for
