@@ -13,8 +13,9 @@ Step by step (each step alone, replaceable)::
 """
 
 from lvlm_probe.tracing.cascade import (DIAGNOSIS_COLUMNS, LEVEL_OF, RULES, STAGES, Diagnosis, Rule, Thresholds,
-                                        balanced_accuracy, cascade, diagnose_error, rule_holds, score_column,
-                                        summarize)
+                                        balanced_accuracy, cascade, diagnose_error, displaced, rule_holds,
+                                        score_column, summarize)
+from lvlm_probe.tracing.ask import answer_evidence
 from lvlm_probe.tracing.collect import (Evidence, collect_evidence, data_evidence, default_probe_items,
                                         probe_verdicts, run_token_evidence)
 from lvlm_probe.tracing.config import Decoding, DiagnoseConfig
@@ -26,7 +27,8 @@ from lvlm_probe.tracing.stats import PRIOR_COLUMNS, PriorLookup, prior_evidence,
 __all__ = [
     "DIAGNOSIS_COLUMNS", "Decoding", "DiagnoseConfig", "Diagnosis", "DiagnosisReport", "EVIDENCE_COLUMNS", "Evidence",
     "LEVEL_OF", "PRIOR_COLUMNS", "PriorLookup", "RULES", "Rule", "Run", "STAGES", "Thresholds", "balanced_accuracy",
-    "cascade", "collect_evidence", "data_evidence", "default_probe_items", "diagnose", "diagnose_error",
+    "answer_evidence", "cascade", "collect_evidence", "data_evidence", "default_probe_items", "diagnose",
+    "diagnose_error", "displaced",
     "generate_and_judge", "mention_ordinal", "prior_evidence", "probe_evidence", "probe_verdicts", "rule_holds",
     "run_token_evidence", "score_column", "summarize", "token_evidence", "training_statistics",
 ]
