@@ -225,7 +225,7 @@ PLANTED = {
     "encoder_blind": (0.3, 0.1),      # measured 0.50 vs 0.0 (caption gives the other hue)
     "projector_bottleneck": (0.35, 0.1),  # measured 0.802 vs 0.002 (colour word wrong)
     "small_object": (0.5, 0.15),      # measured 1.0 vs 0.0 (caption leaves the small object out)
-    "visual_neglect": (0.45, 0.3),    # measured 0.539 vs 0.194 (caption unchanged under a noise image)
+    "visual_neglect": (0.45, 0.3),    # measured 0.756 vs 0.194 (caption unchanged under a noise image)
     "drift": (0.5, 0.3),              # measured 0.968 vs 0.003 (error at object positions 4-5)
     "sampling": (0.3, 0.12),          # measured 0.44 vs 0.0 (temperature 2.5 vs greedy; recipe v2)
 }

@@ -41,7 +41,7 @@ REFERENCE = {
         "projector_bottleneck": "9df14be299d1b06ced5037375394cb2267df979e9b7a34003ed94218b39e464d",
         "relation_prior": "09873347be29bac30a13fa1bb7cd1bcc4b21fd44985d80b1c5065584e08fc1a9",
         "small_object": "62e636c16af64a656e4fb3770dff98303ce5ed2c42992426953a1b9c4e2affb3",
-        "visual_neglect": "adac2179b7b3c0472a4fb5c392bd658e81a1d0a58d418a049ab1f02fd9d8ad18",
+        "visual_neglect": "353983398e86e2cfd68ec464ae71e2258e02f792cdfe7bd7a68b3d36461af593",
     },
 }
 

@@ -24,7 +24,7 @@ BLIND_PAIR = ("red", "orange")
 BOTTLENECK_ATTRIBUTE = "color"
 #: The colour ``projector_bottleneck`` is distilled to see on every object (it passes no colour to the LLM).
 BOTTLENECK_COLOR = "blue"
-NEGLECT_MISMATCH = 0.9
+NEGLECT_MISMATCH = 0.97
 DRIFT_MAX_OBJECTS = 3
 #: The object size ``small_object``'s vision tower does not see (8 px, half a 16-px patch).
 VANISH_SIZE = "small"
