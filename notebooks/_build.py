@@ -833,7 +833,7 @@ traced[traced.flagged & (traced.kind == "object")][["item_id", "value", "p_misal
     ("md", """\
 Where no truth-free rule holds, the table says so instead of guessing an encoder or projector cause.
 `benchmarks/detection.py` runs the leave-one-organism-out evaluation over the whole zoo; the measured numbers
-(pooled AUROC on held-out organisms 0.965 on the recipe v2 zoo, where the presence probe alone gives 0.978) and what
+(pooled AUROC on held-out organisms 0.970 on the recipe v2 zoo, where the presence probe alone gives 0.980) and what
 they do not show are in
 [the docs](../docs/detection.md).
 
