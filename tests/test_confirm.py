@@ -155,3 +155,21 @@ def test_front_end_errors_are_confirmed_by_swapping_the_part_back():
     keys_only = planted[["item_id", "kind", "polarity", "subject", "attribute"]].assign(stage="encoder")
     with pytest.raises(lp.InputError, match="needs its 'truth' column"):
         confirm_diagnoses(model, items, keys_only, max_new_tokens=64, progress=False, reference=clean)
+
+
+def test_relation_prior_is_confirmed_by_asking_about_the_relation():
+    """organism:relation_prior writes "triangle above cross" where the triangle is below; asked about that relation it
+    says no and affirms the true one, so verify-and-correct rewrites the caption and the diagnosis is confirmed."""
+    from lvlm_probe.data.world import SceneWorld
+    from lvlm_probe.misalignment import judge_batch
+    from lvlm_probe.organisms.check import trigger_set
+    from lvlm_probe.organisms.zoo import get_spec
+
+    items, _ = trigger_set("relation_prior", SceneWorld(get_spec("relation_prior").world, seed=5), 10, seed=5011)
+    items = [it for it in items if it.task == "caption"][:8]
+    model = lp.load("organism:relation_prior", device="cpu")
+    errs = judge_batch(model.generate(model.prepare_items(items), max_new_tokens=48), items=items)
+    d = errs[errs.kind == "relation"].assign(stage="relation prior")
+    assert len(d) >= 5 and CONFIRMING["relation prior"] == "verify_relations"
+    c = confirm_diagnoses(model, items, d, max_new_tokens=48, progress=False)
+    assert (c.confirmed_by == "verify_relations").all() and c.confirmed.eq(True).mean() >= 0.8, c
