@@ -9,8 +9,8 @@ cause instead.
 For each relation error with a claimed predicate, the model is asked, greedily and about the item's own image, the
 question of every true predicate (``qa_truth``: the share answered "yes") and of the claimed one (``qa_claim``:
 1.0 "yes", 0.0 "no"). An answer without a yes/no word counts as not "yes" (for the claim, as not "no"). The
-claimed predicate guards against a model that says "yes" to anything (the controls of Yin et al., 2025, "The
-Mirage of Performance Gains", https://arxiv.org/abs/2504.10020).
+claimed predicate guards against a model that says "yes" to anything, the bias the yes-ratio control of Yin et al.,
+2025 ("The Mirage of Performance Gains", https://arxiv.org/abs/2504.10020) exists for.
 """
 
 from __future__ import annotations
