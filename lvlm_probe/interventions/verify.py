@@ -162,10 +162,7 @@ class VerifyRelations(Intervention):
     paper = ("toolkit: relation verification after Woodpecker (Yin et al., 2023, https://arxiv.org/abs/2310.16045): "
              "ask about each stated relation, replace a denied one by the predicate the model affirms")
 
-    def describe(self) -> dict:
-        """JSON-able ``{"method", "paper", **knobs}`` (a custom vocabulary is named, not written out)."""
-        return {"method": self.name, "paper": self.paper, "question": self.question,
-                "answer_tokens": self.answer_tokens, "vocabulary": "default" if self.vocabulary is None else "custom"}
+    describe = VerifyObjects.describe  # the same knobs: question, answer_tokens, vocabulary
 
     def generate(self, model: Any, batch: Batch, **generate_kwargs: Any) -> Generation:
         """Generate under the intervention (called by :func:`~lvlm_probe.interventions.decode`)."""
