@@ -154,9 +154,25 @@ def test_label_errors_name_the_item_and_the_fix():
     with pytest.raises(lp.InputError, match="item 'a'.*no image size"):
         check_labels(pd.DataFrame({"item_id": ["a"], "concept": ["c"], "value": ["v"], "x0": [1.0], "y0": [2.0],
                                    "x1": [3.0], "y1": [4.0]}))
+    with pytest.raises(lp.InputError, match="item 'a', concept 'c' has no value"):
+        check_labels(pd.DataFrame({"item_id": ["a"], "concept": ["c"], "value": [None]}))
+    with pytest.raises(lp.InputError, match=r"unknown level\(s\) \['patch'\]"):
+        check_labels(pd.DataFrame({"item_id": ["a"], "concept": ["c"], "value": ["v"], "level": ["patch"]}))
+    with pytest.raises(lp.InputError, match="item 'a', concept 'c' is object-level but lacks its box"):
+        check_labels(pd.DataFrame({"item_id": ["a"], "concept": ["c"], "value": ["v"], "level": ["object"]}))
+    box = {"x0": [1.0] * 2, "y0": [2.0] * 2, "x1": [3.0] * 2, "y1": [4.0] * 2, "width": [8] * 2, "height": [8] * 2}
+    with pytest.raises(lp.InputError, match="concept 'c' mixes levels \\['image', 'object'\\]"):
+        check_labels(pd.DataFrame({"item_id": ["a", "b"], "concept": ["c", "c"], "value": ["v", "w"],
+                                   "level": ["object", "image"], **box}))
+    with pytest.raises(lp.InputError, match="concept 'c' has task"):
+        check_labels(pd.DataFrame({"item_id": ["a", "b"], "concept": ["c", "c"], "value": ["v", "w"],
+                                   "task": ["classification", "regression"]}))
     ok = check_labels(pd.DataFrame({"item_id": [1, 2], "concept": ["c", "c"], "value": [0.5, 1.7]}))
     assert ok.task.tolist() == ["regression"] * 2 and ok.level.tolist() == ["image"] * 2
     assert ok.family.tolist() == ["custom"] * 2 and ok.item_id.tolist() == ["1", "2"]
+    assert list(ok.columns) == list(LABEL_COLUMNS) and ok.image.tolist() == [0, 0]
+    obj = check_labels(pd.DataFrame({"item_id": ["a", "b"], "concept": ["c", "c"], "value": ["v", "w"], **box}))
+    assert obj.level.tolist() == ["object"] * 2 and obj.task.tolist() == ["classification"] * 2
 
 
 # ---- statistics -------------------------------------------------------------------------------

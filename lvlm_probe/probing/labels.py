@@ -209,7 +209,16 @@ def check_labels(labels: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise InputError(f"labels lack column(s) {missing}; a labels frame needs item_id, concept, value "
                          "(see docs/probing.md, 'Labels format')")
-    df = labels.copy().reset_index(drop=True)
+    df = _fill_optional(labels.copy().reset_index(drop=True))
+    has_box, has_other = _check_boxes(df)
+    _check_levels(df, has_box, has_other)
+    df["task"] = df["concept"].map(_concept_tasks(df))
+    extra = [c for c in df.columns if c not in LABEL_COLUMNS]
+    return df[list(LABEL_COLUMNS) + extra]
+
+
+def _fill_optional(df: pd.DataFrame) -> pd.DataFrame:
+    """String ids and concepts, a value on every row, and every optional column present with its default."""
     df["item_id"] = df["item_id"].astype(str)
     df["concept"] = df["concept"].astype(str)
     nan_val = df["value"].isna()
@@ -217,19 +226,20 @@ def check_labels(labels: pd.DataFrame) -> pd.DataFrame:
         r = df[nan_val].iloc[0]
         raise InputError(f"labels row of item {r['item_id']!r}, concept {r['concept']!r} has no value; drop it or "
                          "give it one")
-    if "family" not in df:
-        df["family"] = "custom"
-    df["family"] = df["family"].fillna("custom").astype(str)
-    if "image" not in df:
-        df["image"] = 0
-    df["image"] = df["image"].fillna(0).astype(int)
+    df["family"] = df["family"].fillna("custom").astype(str) if "family" in df else "custom"
+    df["image"] = df["image"].fillna(0).astype(int) if "image" in df else 0
     for c in ("object_index", "other_index"):
         df[c] = pd.array(df[c] if c in df else [pd.NA] * len(df), dtype="Int64")
-    for c in ("name", "other_name"):
+    for c in ("name", "other_name", "task"):
         if c not in df:
             df[c] = None
     for c in (*BOX_COLUMNS, *OTHER_BOX_COLUMNS, "width", "height"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float) if c in df else math.nan
+    return df
+
+
+def _check_boxes(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each row's box and other box are complete or absent; returns the masks of present coordinates."""
     has_box = df[list(BOX_COLUMNS)].notna()
     has_other = df[list(OTHER_BOX_COLUMNS)].notna()
     for cols, mask in ((BOX_COLUMNS, has_box), (OTHER_BOX_COLUMNS, has_other)):
@@ -238,6 +248,11 @@ def check_labels(labels: pd.DataFrame) -> pd.DataFrame:
             r = df[partial].iloc[0]
             raise InputError(f"labels row of item {r['item_id']!r}, concept {r['concept']!r}: incomplete box "
                              f"{[r[c] for c in cols]}; give all of {list(cols)} or none")
+    return has_box, has_other
+
+
+def _check_levels(df: pd.DataFrame, has_box: pd.DataFrame, has_other: pd.DataFrame) -> None:
+    """Infer missing levels from the boxes (in place); object and pair rows need their boxes and the image size."""
     inferred = np.where(has_other.all(axis=1), "pair", np.where(has_box.all(axis=1), "object", "image"))
     if "level" not in df:
         df["level"] = inferred
@@ -257,8 +272,10 @@ def check_labels(labels: pd.DataFrame) -> pd.DataFrame:
         r = df[no_size].iloc[0]
         raise InputError(f"labels row of item {r['item_id']!r}, concept {r['concept']!r} has a box but no image size; "
                          "give width and height (pixels of the item's image) so the box can be mapped to the patch grid")
-    if "task" not in df:
-        df["task"] = None
+
+
+def _concept_tasks(df: pd.DataFrame) -> dict[str, str]:
+    """Concept -> its one task (given, or inferred from its values); a concept keeps one level."""
     tasks = {}
     for concept, g in df.groupby("concept", sort=False):
         levels = set(g["level"])
@@ -268,9 +285,7 @@ def check_labels(labels: pd.DataFrame) -> pd.DataFrame:
         if len(given) > 1 or (given and not given <= set(TASKS)):
             raise InputError(f"concept {concept!r} has task(s) {sorted(given)}; use one of {TASKS}")
         tasks[concept] = given.pop() if given else _infer_task(g["value"])
-    df["task"] = df["concept"].map(tasks)
-    extra = [c for c in df.columns if c not in LABEL_COLUMNS]
-    return df[list(LABEL_COLUMNS) + extra]
+    return tasks
 
 
 # ---- boxes → patches -------------------------------------------------------------------------
