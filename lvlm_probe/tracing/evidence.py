@@ -82,9 +82,6 @@ def token_evidence(model: Any, generation: Any, errors: pd.DataFrame, *, sampled
         p_emit``; ``img_use`` the median ``|pmi_img|`` over all generated tokens of the item (does the model use
         the image at all?); ``deviation_step`` the first step whose token was not the greedy choice (-1: none).
     """
-    from lvlm_probe.attribution import block_attention
-    from lvlm_probe.attribution._common import word_token_id
-
     out = pd.DataFrame(index=errors.index, columns=[
         "emitted", "position", "step", "n_generated", "sampled", "p_emit", "rank", "greedy_token", "entropy",
         "p_truth", "p_noimg", "p_knock", "pmi_img", "knockout_effect", "img_use", "deviation_step", "img_attn",
@@ -93,21 +90,43 @@ def token_evidence(model: Any, generation: Any, errors: pd.DataFrame, *, sampled
     out["n_generated"] = [len(generation.tokens[int(b)]) for b in errors.b]
     if not len(errors):
         return out
-    batch = generation.as_batch()
-    T = generation.prompt_length
+    logits, logp, logp0, logpk = _three_branches(model, generation.as_batch())
+    use, dev = _image_use(generation, logits, logp, logp0, {int(x) for x in errors.b})
+    out["img_use"] = [use[int(b)] for b in errors.b]
+    out["deviation_step"] = [dev[int(b)] for b in errors.b]
+    has = errors.first_token.notna()
+    if not has.any():
+        return out
+    for i, r in errors[has].iterrows():
+        _token_features(model, generation, r, (logits, logp, logp0, logpk), out, i)
+    _attention_evidence(model, generation, errors[has], out)
+    return out
+
+
+def _three_branches(model: Any, batch: Any) -> tuple[torch.Tensor, ...]:
+    """``logits`` [B, T, V] of the batch as it is, and the log-probabilities with the image (``logp``), with the
+    image replaced by noise (``logp0``: N(0, 1) in the processor's normalised pixel space, same token layout) and
+    with every text position blocked from every image token in every LLM layer (``logpk``)."""
+    from lvlm_probe.attribution import block_attention
+
     logits = model.forward(batch).float()
-    n_layers = model.adapter.n_llm_layers
-    with block_attention(model, batch, from_roles="image", to_roles=list(TEXT_ROLES), layers=range(n_layers)):
+    with block_attention(model, batch, from_roles="image", to_roles=list(TEXT_ROLES),
+                         layers=range(model.adapter.n_llm_layers)):
         logits_k = model.forward(batch).float()
-    # the image replaced by noise (same token layout; N(0, 1) in the processor's normalised pixel space)
     rng = torch.Generator().manual_seed(0)
     pv = batch.pixel_values
     noise = torch.randn(pv.shape, generator=rng, dtype=torch.float32).to(device=pv.device, dtype=pv.dtype)
     logits0 = model.forward(replace(batch, pixel_values=noise)).float()
-    logp, logp0, logpk = logits.log_softmax(-1), logits0.log_softmax(-1), logits_k.log_softmax(-1)
-    # per item: median |PMI with the image| over its generated tokens, and the first non-greedy step
+    return logits, logits.log_softmax(-1), logits0.log_softmax(-1), logits_k.log_softmax(-1)
+
+
+def _image_use(generation: Any, logits: torch.Tensor, logp: torch.Tensor, logp0: torch.Tensor,
+               rows: set[int]) -> tuple[dict[int, float], dict[int, int]]:
+    """Per generated item ``b`` of ``rows``: the median |PMI with the image| over its generated tokens, and its
+    first step whose token was not the greedy choice (-1: none)."""
+    T = generation.prompt_length
     use, dev = {}, {}
-    for b in {int(x) for x in errors.b}:
+    for b in rows:
         toks = torch.as_tensor(generation.tokens[b], dtype=torch.long)
         if not len(toks):
             use[b], dev[b] = float("nan"), -1
@@ -116,40 +135,36 @@ def token_evidence(model: Any, generation: Any, errors: pd.DataFrame, *, sampled
         use[b] = float((logp[b, pos, toks] - logp0[b, pos, toks]).abs().median())
         off = (logits[b, pos].argmax(-1) != toks).nonzero()
         dev[b] = int(off[0]) if len(off) else -1
-    out["img_use"] = [use[int(b)] for b in errors.b]
-    out["deviation_step"] = [dev[int(b)] for b in errors.b]
-    has = errors.first_token.notna()
-    if not has.any():
-        return out
-    steps_needed: dict[int, set[int]] = {}
+    return use, dev
+
+
+def _token_features(model: Any, generation: Any, r: pd.Series, branches: tuple[torch.Tensor, ...],
+                    out: pd.DataFrame, i: Any) -> None:
+    """Fill row ``i`` of ``out`` with the token features of error ``r`` (its first token, ``r.first_token``)."""
+    from lvlm_probe.attribution._common import word_token_id
+
+    logits, logp, logp0, logpk = branches
+    b, t = int(r.b), int(r.first_token)
+    pos = generation.prompt_length + t - 1
+    tid = int(generation.tokens[b][t])
     tok = model.tokenizer if hasattr(model, "tokenizer") else model.adapter.tokenizer
-    for i, r in errors[has].iterrows():
-        b, t = int(r.b), int(r.first_token)
-        pos = T + t - 1
-        tid = int(generation.tokens[b][t])
-        lp, lp0 = logp[b, pos], logp0[b, pos]
-        p = float(lp[tid].exp())
-        p0 = float(lp0[tid].exp())
-        out.loc[i, ["emitted", "position", "step"]] = [tok.decode([tid]).strip(), pos, t]
-        out.loc[i, "p_emit"] = p
-        out.loc[i, "rank"] = int((logits[b, pos] > logits[b, pos, tid]).sum()) + 1
-        out.loc[i, "greedy_token"] = tok.decode([int(logits[b, pos].argmax())]).strip()
-        out.loc[i, "entropy"] = float(-(lp.exp() * lp).sum())
-        pk = float(logpk[b, pos, tid].exp())
-        truth = r.get("truth")
-        if isinstance(truth, str) and truth and "|" not in truth:
-            try:
-                tt = word_token_id(model, truth)
-                out.loc[i, "p_truth"] = float(lp[tt].exp())
-            except Exception:  # noqa: BLE001 - a truth word the tokenizer cannot map as one token
-                pass
-        out.loc[i, "p_noimg"] = p0
-        out.loc[i, "p_knock"] = pk
-        out.loc[i, "pmi_img"] = float(lp[tid] - lp0[tid])
-        out.loc[i, "knockout_effect"] = 1.0 - pk / p if p > 0 else float("nan")
-        steps_needed.setdefault(b, set()).add(t)
-    _attention_evidence(model, generation, errors[has], out)
-    return out
+    lp, lp0 = logp[b, pos], logp0[b, pos]
+    p, p0, pk = float(lp[tid].exp()), float(lp0[tid].exp()), float(logpk[b, pos, tid].exp())
+    out.loc[i, ["emitted", "position", "step"]] = [tok.decode([tid]).strip(), pos, t]
+    out.loc[i, "p_emit"] = p
+    out.loc[i, "rank"] = int((logits[b, pos] > logits[b, pos, tid]).sum()) + 1
+    out.loc[i, "greedy_token"] = tok.decode([int(logits[b, pos].argmax())]).strip()
+    out.loc[i, "entropy"] = float(-(lp.exp() * lp).sum())
+    truth = r.get("truth")
+    if isinstance(truth, str) and truth and "|" not in truth:
+        try:
+            out.loc[i, "p_truth"] = float(lp[word_token_id(model, truth)].exp())
+        except Exception:  # noqa: BLE001 - a truth word the tokenizer cannot map as one token
+            pass
+    out.loc[i, "p_noimg"] = p0
+    out.loc[i, "p_knock"] = pk
+    out.loc[i, "pmi_img"] = float(lp[tid] - lp0[tid])
+    out.loc[i, "knockout_effect"] = 1.0 - pk / p if p > 0 else float("nan")
 
 
 def _attention_evidence(model: Any, generation: Any, errors: pd.DataFrame, out: pd.DataFrame) -> None:
