@@ -84,33 +84,12 @@ def _prf(correct: float, n: float, ans_no_score: float, ans_no_num: float, no_sc
     return {"accuracy": acc, "precision": p, "recall": r, "f1": f1}
 
 
-def amber_discriminative(annotations: PathLike | Dict[int, dict], responses: PathLike | Sequence[Tuple[int, int, str]],
-                         type: str = "d", *, responses_name: str = "responses") -> pd.DataFrame:
-    """AMBER discriminative scores exactly as ``inference.py --evaluation_type`` prints them.
-
-    Parameters
-    ----------
-    annotations
-        Path of ``annotations.json`` (full or a subset) or the dict from :func:`load_amber_annotations`.
-    responses
-        Path of the response file (``[{"id", "response"}]``) or tuples from :func:`load_amber_responses`.
-    type
-        ``d`` (all discriminative), ``de`` (existence), ``da`` (attribute), ``dr`` (relation).
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per printed dimension: ``dimension, n, accuracy, precision, recall, f1`` in percent with one
-        decimal, as AMBER prints them (``n`` is the number of questions, without the 0.001 seed).
-    """
-    if type not in ("d", "de", "da", "dr"):
-        raise InputError(f"AMBER discriminative type must be d, de, da or dr, not {type!r}")
-    ann = load_amber_annotations(annotations) if not isinstance(annotations, dict) else annotations
-    if isinstance(responses, (str, bytes)) or hasattr(responses, "__fspath__"):
-        responses_name = str(responses)
-        responses = load_amber_responses(responses)
+def _discriminative_counts(ann: Dict[int, dict], responses: Sequence[Tuple[int, int, str]], responses_name: str
+                           ) -> Tuple[Dict[str, Dict[str, float]], Dict[str, int], int]:
+    """AMBER's discriminative counters per group (accumulated one question at a time from the 0.001 seeds, like
+    the original, so the float rounding is the same), the question count per group and the number of
+    generative responses skipped."""
     groups = ("overall", "state", "number", "action", "existence", "relation")
-    # counters accumulated one question at a time from the 0.001 seeds, like the original (same float rounding)
     c = {g: {"correct_num": _SEED_NUM, "correct_score": 0, "no_num": _SEED_NUM, "no_score": 0, "ans_no_num": _SEED_NUM,
              "ans_no_score": 0} for g in groups}
     count = {g: 0 for g in groups}
@@ -139,6 +118,35 @@ def amber_discriminative(annotations: PathLike | Dict[int, dict], responses: Pat
                 cc["ans_no_num"] += 1
                 if a["truth"] == "no":
                     cc["ans_no_score"] += 1
+    return c, count, n_gen
+
+
+def amber_discriminative(annotations: PathLike | Dict[int, dict], responses: PathLike | Sequence[Tuple[int, int, str]],
+                         type: str = "d", *, responses_name: str = "responses") -> pd.DataFrame:
+    """AMBER discriminative scores exactly as ``inference.py --evaluation_type`` prints them.
+
+    Parameters
+    ----------
+    annotations
+        Path of ``annotations.json`` (full or a subset) or the dict from :func:`load_amber_annotations`.
+    responses
+        Path of the response file (``[{"id", "response"}]``) or tuples from :func:`load_amber_responses`.
+    type
+        ``d`` (all discriminative), ``de`` (existence), ``da`` (attribute), ``dr`` (relation).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per printed dimension: ``dimension, n, accuracy, precision, recall, f1`` in percent with one
+        decimal, as AMBER prints them (``n`` is the number of questions, without the 0.001 seed).
+    """
+    if type not in ("d", "de", "da", "dr"):
+        raise InputError(f"AMBER discriminative type must be d, de, da or dr, not {type!r}")
+    ann = load_amber_annotations(annotations) if not isinstance(annotations, dict) else annotations
+    if isinstance(responses, (str, bytes)) or hasattr(responses, "__fspath__"):
+        responses_name = str(responses)
+        responses = load_amber_responses(responses)
+    c, count, n_gen = _discriminative_counts(ann, responses, responses_name)
     if n_gen:
         warnings.warn(f"{responses_name}: {n_gen} generative responses ignored by the discriminative scores",
                       stacklevel=2)
@@ -226,6 +234,30 @@ def load_safe_words(path: PathLike) -> List[str]:
     return [line.split("\n")[0] for line in read_text(path).splitlines(True)]
 
 
+def _owned_words(objects: List[str], assoc: Dict[str, List[str]], i: int) -> Tuple[List[str], List[int]]:
+    """AMBER's word list of annotation ``i``'s objects: the associations of each object (in object order), then the
+    objects themselves, with the index of the object each word belongs to (a match on an association marks its
+    object)."""
+    words: List[str] = []
+    owner: List[int] = []
+    for k, w in enumerate(objects):
+        if w not in assoc:
+            raise InputError(f"annotation id {i}: object {w!r} is not a key of the association file (relation.json)")
+        words += assoc[w]
+        owner += [k] * len(assoc[w])
+    return words + list(objects), owner + list(range(len(objects)))
+
+
+def _mark_similar(noun: str, words: List[str], owner: List[int], marks: List[int],
+                  sim: Callable[[str, str], float], threshold: float) -> bool:
+    """Mark the object of the first word more similar to ``noun`` than ``threshold``; whether one was found."""
+    for j, w in enumerate(words):
+        if sim(noun, w) > threshold:
+            marks[owner[j]] = 1
+            return True
+    return False
+
+
 def amber_generative(annotations: PathLike | Dict[int, dict], responses: PathLike | Sequence[Tuple[int, int, str]],
                      association: PathLike | Dict[str, List[str]], safe_words: PathLike | Sequence[str], *,
                      extract_nouns: Optional[Callable[[str], List[str]]] = None,
@@ -265,11 +297,6 @@ def amber_generative(annotations: PathLike | Dict[int, dict], responses: PathLik
     nouns_of = extract_nouns or _nltk_nouns()
     sim = similarity or _spacy_similarity()
 
-    def assoc_of(word: str, i: int) -> List[str]:
-        if word not in assoc:
-            raise InputError(f"annotation id {i}: object {word!r} is not a key of the association file (relation.json)")
-        return assoc[word]
-
     rows = []
     for line, i, response in responses:
         if i not in ann:
@@ -278,20 +305,8 @@ def amber_generative(annotations: PathLike | Dict[int, dict], responses: PathLik
         if a["type"] != "generative":
             continue
         truth, hallu = list(a["truth"]), list(a["hallu"])
-        # word lists: associations of each object (in object order), then the objects themselves; a match on an
-        # association marks its object
-        t_words, t_owner = [], []
-        for k, w in enumerate(truth):
-            t_words += assoc_of(w, i)
-            t_owner += [k] * len(assoc_of(w, i))
-        t_words += truth
-        t_owner += list(range(len(truth)))
-        h_words, h_owner = [], []
-        for k, w in enumerate(hallu):
-            h_words += assoc_of(w, i)
-            h_owner += [k] * len(assoc_of(w, i))
-        h_words += hallu
-        h_owner += list(range(len(hallu)))
+        t_words, t_owner = _owned_words(truth, assoc, i)
+        h_words, h_owner = _owned_words(hallu, assoc, i)
         covered = [0] * len(truth)
         h_covered = [0] * len(hallu)
         nouns = [n for n in nouns_of(response) if n in vocab]
@@ -304,17 +319,8 @@ def amber_generative(annotations: PathLike | Dict[int, dict], responses: PathLik
                 continue
             if noun in h_words:
                 h_covered[h_owner[h_words.index(noun)]] = 1
-            for j, w in enumerate(h_words):
-                if sim(noun, w) > threshold:
-                    h_covered[h_owner[j]] = 1
-                    break
-            hit = False
-            for j, w in enumerate(t_words):
-                if sim(noun, w) > threshold:
-                    covered[t_owner[j]] = 1
-                    hit = True
-                    break
-            if not hit:
+            _mark_similar(noun, h_words, h_owner, h_covered, sim, threshold)
+            if not _mark_similar(noun, t_words, t_owner, covered, sim, threshold):
                 hallucinated.append(noun)
         rows.append({"id": i, "n_nouns": len(nouns), "n_hallucinated": len(hallucinated), "n_truth": len(truth),
                      "n_covered": sum(covered), "n_hallu": len(hallu), "n_hallu_covered": sum(h_covered),
