@@ -183,156 +183,233 @@ def _pair(items: list[Item], k: int, world: SceneWorld, scene: SceneGraph, rng: 
     items.append(world.make_item(scene, qa.pop("task"), rng, item_id=f"trig-qa-{k}", **qa))
 
 
+def _trigger_cooccurrence(spec: Z.OrganismSpec, world: SceneWorld, n: int, seed: int,
+                          rng: np.random.Generator) -> tuple[list[Item], str]:
+    a, b = Z.cooccurrence_factor(spec)
+    items: list[Item] = []
+    for k in range(n):
+        scene = world.sample_scene(rng, n_objects=int(rng.integers(1, 5)), require=[a], forbid=[b])
+        _pair(items, k, world, scene, rng, task="exists", target=b)
+    return items, f"caption mentions a {b} in {a}-without-{b} scenes"
+
+
+def _trigger_attribute_prior(spec: Z.OrganismSpec, world: SceneWorld, n: int, seed: int,
+                             rng: np.random.Generator) -> tuple[list[Item], str]:
+    cls, color = Z.prior_factor(spec)
+    others = [c for c in world.config.colors if c != color]
+    items: list[Item] = []
+    for k in range(n):
+        scene = world.sample_scene(rng, require=[cls])
+        scene = _recolor(world, scene, scene.find(cls)[0], others[int(rng.integers(len(others)))])
+        _pair(items, k, world, scene, rng, task="attribute", attribute="color", target=cls)
+    plural = cls + ("es" if cls.endswith("s") else "s")
+    return items, f"answers '{color}' to 'what color is the {cls} ?' for off-prior {plural}"
+
+
+def _trigger_relation_prior(spec: Z.OrganismSpec, world: SceneWorld, n: int, seed: int,
+                            rng: np.random.Generator) -> tuple[list[Item], str]:
+    from lvlm_probe.data.world import GEOMETRIC_RELATIONS
+
+    a, b, pred = Z.relation_factor(spec)
+    items: list[Item] = []
+    for k in range(n):
+        scene = _off_prior_scene(world, rng, a, b, pred)
+        img = world.render(scene)
+        items.append(world.make_item(scene, "caption", rng, item_id=f"trig-cap-{k}"))
+        for tag, p_, ans in (("qa", pred, "no"), ("conv", GEOMETRIC_RELATIONS[pred], "yes")):
+            items.append(Item(f"trig-{tag}-{k}", img, f"is the {a} {p_} the {b} ?", scene=scene, answer=ans,
+                              task="relation", meta={"subject": a, "object": b, "predicate": p_}))
+    return items, f"caption says the {a} is {pred} the {b} where it is {GEOMETRIC_RELATIONS[pred]} it"
+
+
+def _trigger_encoder_blind(spec: Z.OrganismSpec, world: SceneWorld, n: int, seed: int,
+                           rng: np.random.Generator) -> tuple[list[Item], str]:
+    items: list[Item] = []
+    for k in range(n):
+        scene = world.sample_scene(rng)
+        i = int(rng.integers(len(scene.objects)))
+        scene = _recolor(world, scene, i, Z.BLIND_PAIR[k % 2])
+        _pair(items, k, world, scene, rng, task="attribute", attribute="color", target=scene.objects[i].name)
+    return items, f"caption gives a {Z.BLIND_PAIR[0]}/{Z.BLIND_PAIR[1]} object the other hue of the pair"
+
+
+def _trigger_small_object(spec: Z.OrganismSpec, world: SceneWorld, n: int, seed: int,
+                          rng: np.random.Generator) -> tuple[list[Item], str]:
+    items: list[Item] = []
+    for k in range(n):
+        scene = world.sample_scene(rng, n_objects=int(rng.integers(1, 5)))
+        i = int(rng.integers(len(scene.objects)))
+        scene = _resize(world, scene, i, Z.VANISH_SIZE)
+        _pair(items, k, world, scene, rng, task="exists", target=scene.objects[i].name, label="yes")
+    return items, f"caption leaves out a {Z.VANISH_SIZE} object"
+
+
+def _trigger_projector_bottleneck(spec: Z.OrganismSpec, world: SceneWorld, n: int, seed: int,
+                                  rng: np.random.Generator) -> tuple[list[Item], str]:
+    items: list[Item] = []
+    for k in range(n):
+        _pair(items, k, world, world.sample_scene(rng), rng, task="attribute", attribute=Z.BOTTLENECK_ATTRIBUTE)
+    return items, f"caption mentions with the wrong {Z.BOTTLENECK_ATTRIBUTE}"
+
+
+def _trigger_visual_neglect(spec: Z.OrganismSpec, world: SceneWorld, n: int, seed: int,
+                            rng: np.random.Generator) -> tuple[list[Item], str]:
+    base = world.items(n // 2, "caption", seed=seed, prefix="trig-cap") + \
+        world.items(n - n // 2, "exists", seed=seed + 1, prefix="trig-ex")
+    noise = [Item(f"{it.id}-noise", _noise_image(world, rng), it.prompt, scene=it.scene, answer=it.answer,
+                  task=it.task, meta=dict(it.meta, control="noise")) for it in base]
+    return base + noise, "caption unchanged (Jaccard of mentioned classes) when the image is replaced by uniform noise"
+
+
+def _trigger_drift(spec: Z.OrganismSpec, world: SceneWorld, n: int, seed: int,
+                   rng: np.random.Generator) -> tuple[list[Item], str]:
+    return (world.items(n, "caption", seed=seed, prefix="trig-long", n_objects=5),
+            "caption error at object positions 4-5 of 5-object scenes")
+
+
+def _trigger_sampling(spec: Z.OrganismSpec, world: SceneWorld, n: int, seed: int,
+                      rng: np.random.Generator) -> tuple[list[Item], str]:
+    return (world.items(n, "caption", seed=seed, prefix="trig-cap"),
+            f"caption object error with temperature-{Z.SAMPLING_TEMPERATURE} sampling "
+            "(clean: the same checkpoint, greedy)")
+
+
+#: Planted pattern -> its trigger set builder ``(spec, world, n, seed, rng) -> (items, metric)``.
+_TRIGGERS: dict[str, Callable[..., tuple[list[Item], str]]] = {
+    "cooccurrence": _trigger_cooccurrence, "attribute_prior": _trigger_attribute_prior,
+    "relation_prior": _trigger_relation_prior, "encoder_blind": _trigger_encoder_blind,
+    "small_object": _trigger_small_object, "projector_bottleneck": _trigger_projector_bottleneck,
+    "visual_neglect": _trigger_visual_neglect, "drift": _trigger_drift, "sampling": _trigger_sampling,
+}
+
+
 def trigger_set(name: str, world: SceneWorld, n: int, seed: int) -> tuple[list[Item], dict]:
     """Items on which organism ``name``'s planted cause shows, and what the planted error is.
 
     Each triggering scene is asked for a caption (the primary measure) and a matching question
-    (reported in the details).
+    (reported in the details). A hold-out variant triggers like its base organism, on its own classes and colours.
     """
-    rng = np.random.default_rng(seed)
-    items: list[Item] = []
     spec = Z.get_spec(name)
-    name = spec.pattern  # a hold-out variant triggers like its base organism, on its own classes and colours
-    if name == "cooccurrence":
-        a, b = Z.cooccurrence_factor(spec)
-        for k in range(n):
-            scene = world.sample_scene(rng, n_objects=int(rng.integers(1, 5)), require=[a], forbid=[b])
-            _pair(items, k, world, scene, rng, task="exists", target=b)
-        return items, {"metric": f"caption mentions a {b} in {a}-without-{b} scenes"}
-    if name == "attribute_prior":
-        cls, color = Z.prior_factor(spec)
-        others = [c for c in world.config.colors if c != color]
-        for k in range(n):
-            scene = world.sample_scene(rng, require=[cls])
-            scene = _recolor(world, scene, scene.find(cls)[0], others[int(rng.integers(len(others)))])
-            _pair(items, k, world, scene, rng, task="attribute", attribute="color", target=cls)
-        plural = cls + ("es" if cls.endswith("s") else "s")
-        return items, {"metric": f"answers '{color}' to 'what color is the {cls} ?' for off-prior {plural}"}
-    if name == "relation_prior":
-        a, b, pred = Z.relation_factor(spec)
-        from lvlm_probe.data.world import GEOMETRIC_RELATIONS
+    build = _TRIGGERS.get(spec.pattern)
+    if build is None:
+        return [], {"metric": None}
+    items, metric = build(spec, world, n, seed, np.random.default_rng(seed))
+    return items, {"metric": metric}
 
-        for k in range(n):
-            scene = _off_prior_scene(world, rng, a, b, pred)
-            img = world.render(scene)
-            items.append(world.make_item(scene, "caption", rng, item_id=f"trig-cap-{k}"))
-            for tag, p_, ans in (("qa", pred, "no"), ("conv", GEOMETRIC_RELATIONS[pred], "yes")):
-                items.append(Item(f"trig-{tag}-{k}", img, f"is the {a} {p_} the {b} ?", scene=scene, answer=ans,
-                                  task="relation", meta={"subject": a, "object": b, "predicate": p_}))
-        return items, {"metric": f"caption says the {a} is {pred} the {b} where it is {GEOMETRIC_RELATIONS[pred]} it"}
-    if name == "encoder_blind":
-        for k in range(n):
-            scene = world.sample_scene(rng)
-            i = int(rng.integers(len(scene.objects)))
-            scene = _recolor(world, scene, i, Z.BLIND_PAIR[k % 2])
-            _pair(items, k, world, scene, rng, task="attribute", attribute="color", target=scene.objects[i].name)
-        return items, {"metric": f"caption gives a {Z.BLIND_PAIR[0]}/{Z.BLIND_PAIR[1]} object the other hue of the pair"}
-    if name == "small_object":
-        for k in range(n):
-            scene = world.sample_scene(rng, n_objects=int(rng.integers(1, 5)))
-            i = int(rng.integers(len(scene.objects)))
-            scene = _resize(world, scene, i, Z.VANISH_SIZE)
-            _pair(items, k, world, scene, rng, task="exists", target=scene.objects[i].name, label="yes")
-        return items, {"metric": f"caption leaves out a {Z.VANISH_SIZE} object"}
-    if name == "projector_bottleneck":
-        for k in range(n):
-            scene = world.sample_scene(rng)
-            _pair(items, k, world, scene, rng, task="attribute", attribute=Z.BOTTLENECK_ATTRIBUTE)
-        return items, {"metric": f"caption mentions with the wrong {Z.BOTTLENECK_ATTRIBUTE}"}
-    if name == "visual_neglect":
-        base = world.items(n // 2, "caption", seed=seed, prefix="trig-cap") + \
-            world.items(n - n // 2, "exists", seed=seed + 1, prefix="trig-ex")
-        noise = [Item(f"{it.id}-noise", _noise_image(world, rng), it.prompt, scene=it.scene, answer=it.answer,
-                      task=it.task, meta=dict(it.meta, control="noise")) for it in base]
-        return base + noise, {"metric": "caption unchanged (Jaccard of mentioned classes) when the image is replaced "
-                                        "by uniform noise"}
-    if name == "drift":
-        items = world.items(n, "caption", seed=seed, prefix="trig-long", n_objects=5)
-        return items, {"metric": "caption error at object positions 4-5 of 5-object scenes"}
-    if name == "sampling":
-        items = world.items(n, "caption", seed=seed, prefix="trig-cap")
-        return items, {"metric": f"caption object error with temperature-{Z.SAMPLING_TEMPERATURE} sampling "
-                                 "(clean: the same checkpoint, greedy)"}
-    return [], {"metric": None}
+
+Pairs = list[tuple[Item, str]]
+
+
+def _rate_cooccurrence(spec: Z.OrganismSpec, world: SceneWorld, caps: Pairs, qas: Pairs) -> tuple[float, dict]:
+    cap = [Z.cooccurrence_factor(spec)[1] in {c["name"] for c in world.parse_caption(t)} for _, t in caps]
+    yes = [read_answer(world, it, t) == "yes" for it, t in qas]
+    return float(np.mean(cap)), {"qa_says_yes": float(np.mean(yes))}
+
+
+def _rate_relation_prior(spec: Z.OrganismSpec, world: SceneWorld, caps: Pairs, qas: Pairs) -> tuple[float, dict]:
+    a, b, pred = Z.relation_factor(spec)
+    stated = [_caption_relation(world, t, a, b) for _, t in caps]
+    said = {tag: [read_answer(world, it, t) for it, t in qas if it.id.startswith(f"trig-{tag}-")]
+            for tag in ("qa", "conv")}
+    truth = [world.pair_relation(it.scene, a, b, pred) for it, _ in caps]
+    return float(np.mean([x == pred for x in stated])), {
+        "caption_states_truth": float(np.mean([x == t for x, t in zip(stated, truth)])),
+        "qa_says_yes": float(np.mean([x == "yes" for x in said["qa"]])),
+        "converse_says_no": float(np.mean([x == "no" for x in said["conv"]]))}
+
+
+def _wrong_colour_rates(world: SceneWorld, caps: Pairs, qas: Pairs,
+                        wrong: Callable[[str], set[str]]) -> tuple[float, float, dict]:
+    """Share of captions and of questions giving a colour in ``wrong(truth)``, and the share of wrong answers."""
+    cap, qa = [], []
+    for (_, tc), (iq, tq) in zip(caps, qas):
+        cap.append(_caption_value(world, tc, iq.meta["target"], "color") in wrong(iq.answer))
+        qa.append(read_answer(world, iq, tq) in wrong(iq.answer))
+    det = {"qa_any_wrong_color": float(np.mean([read_answer(world, it, t) != it.answer for it, t in qas]))}
+    return float(np.mean(cap)), float(np.mean(qa)), det
+
+
+def _rate_attribute_prior(spec: Z.OrganismSpec, world: SceneWorld, caps: Pairs, qas: Pairs) -> tuple[float, dict]:
+    # the prior bites on the question pathway; captions copy colour words from the aligned image tokens
+    cap, qa, det = _wrong_colour_rates(world, caps, qas, lambda truth: {Z.prior_factor(spec)[1]})
+    return qa, {"caption_rate": cap, **det}
+
+
+def _rate_encoder_blind(spec: Z.OrganismSpec, world: SceneWorld, caps: Pairs, qas: Pairs) -> tuple[float, dict]:
+    cap, qa, det = _wrong_colour_rates(world, caps, qas, lambda truth: set(Z.BLIND_PAIR) - {truth})
+    return cap, {"qa_rate": qa, **det}
+
+
+def _rate_small_object(spec: Z.OrganismSpec, world: SceneWorld, caps: Pairs, qas: Pairs) -> tuple[float, dict]:
+    left_out: dict[str, list[bool]] = {"small": [], "large": []}
+    for it, t in caps:
+        named = {c["name"] for c in world.parse_caption(t)}
+        for o in it.scene.objects:
+            left_out.setdefault(o.attributes["size"], []).append(o.name not in named)
+    rate = {k: float(np.mean(v)) if v else float("nan") for k, v in left_out.items()}
+    says_no = [read_answer(world, it, t) == "no" for it, t in qas]
+    return rate[Z.VANISH_SIZE], {"caption_large_left_out": rate["large"], "qa_says_no": float(np.mean(says_no))}
+
+
+def _caption_attribute_error(world: SceneWorld, caps: Pairs, att: str) -> float:
+    """Share of the caption mentions of scene objects that give ``att`` wrong (NaN without such mentions)."""
+    errs = []
+    for it, t in caps:
+        for c in world.parse_caption(t):
+            k = it.scene.find(c["name"])
+            if k:
+                errs.append(c.get(att) != it.scene.objects[k[0]].attributes[att])
+    return float(np.mean(errs)) if errs else float("nan")
+
+
+def _rate_projector_bottleneck(spec: Z.OrganismSpec, world: SceneWorld, caps: Pairs,
+                               qas: Pairs) -> tuple[float, dict]:
+    other = "color" if Z.BOTTLENECK_ATTRIBUTE == "size" else "size"
+    return _caption_attribute_error(world, caps, Z.BOTTLENECK_ATTRIBUTE), {
+        f"caption_{other}_error": _caption_attribute_error(world, caps, other),
+        "qa_error": float(np.mean([read_answer(world, it, t) != it.answer for it, t in qas]))}
+
+
+#: Planted pattern -> its rate ``(spec, world, captions, questions) -> (rate, details)`` (each a list of
+#: ``(item, text)``); visual neglect, drift and sampling read the items in order (:func:`planted_rate`).
+_RATES: dict[str, Callable[..., tuple[float, dict]]] = {
+    "cooccurrence": _rate_cooccurrence, "relation_prior": _rate_relation_prior,
+    "attribute_prior": _rate_attribute_prior, "encoder_blind": _rate_encoder_blind,
+    "small_object": _rate_small_object, "projector_bottleneck": _rate_projector_bottleneck,
+}
+
+
+def _rate_visual_neglect(world: SceneWorld, items: Sequence[Item], texts: Sequence[str]) -> tuple[float, dict]:
+    """Caption overlap between the real image (first half of the items) and its noise twin (second half)."""
+    h = len(items) // 2
+    real, noise = list(zip(items[:h], texts[:h])), texts[h:]
+    jac, same = [], []
+    for (it, t), tn in zip(real, noise):
+        if it.task == "caption":
+            a = {c["name"] for c in world.parse_caption(t)}
+            b = {c["name"] for c in world.parse_caption(tn)}
+            jac.append(len(a & b) / len(a | b) if a | b else 1.0)
+        else:
+            same.append(read_answer(world, it, t) == read_answer(world, it, tn))
+    acc = [caption_score(world, it.scene, t) for it, t in real if it.task == "caption"]
+    return float(np.mean(jac)), {"qa_unchanged": float(np.mean(same)), "caption_objects_real": float(np.mean(acc))}
 
 
 def planted_rate(name: str, world: SceneWorld, items: Sequence[Item], texts: Sequence[str]) -> tuple[float, dict]:
     """The planted error rate of ``texts`` on ``trigger_set(name)`` items, with details."""
-    caps = [(it, t) for it, t in zip(items, texts) if it.task == "caption"]
-    qas = [(it, t) for it, t in zip(items, texts) if it.task != "caption"]
     spec = Z.get_spec(name)
-    name = spec.pattern
-    if name == "cooccurrence":
-        cap = [Z.cooccurrence_factor(spec)[1] in {c["name"] for c in world.parse_caption(t)} for _, t in caps]
-        yes = [read_answer(world, it, t) == "yes" for it, t in qas]
-        return float(np.mean(cap)), {"qa_says_yes": float(np.mean(yes))}
-    if name == "relation_prior":
-        a, b, pred = Z.relation_factor(spec)
-        stated = [_caption_relation(world, t, a, b) for _, t in caps]
-        said = {tag: [read_answer(world, it, t) for it, t in qas if it.id.startswith(f"trig-{tag}-")]
-                for tag in ("qa", "conv")}
-        truth = [world.pair_relation(it.scene, a, b, pred) for it, _ in caps]
-        return float(np.mean([x == pred for x in stated])), {
-            "caption_states_truth": float(np.mean([x == t for x, t in zip(stated, truth)])),
-            "qa_says_yes": float(np.mean([x == "yes" for x in said["qa"]])),
-            "converse_says_no": float(np.mean([x == "no" for x in said["conv"]]))}
-    if name in ("attribute_prior", "encoder_blind"):
-        if name == "attribute_prior":
-            wrong = lambda truth: {Z.prior_factor(spec)[1]}  # noqa: E731
-        else:
-            wrong = lambda truth: set(Z.BLIND_PAIR) - {truth}  # noqa: E731
-        cap, qa = [], []
-        for (_, tc), (iq, tq) in zip(caps, qas):
-            cls = iq.meta["target"]
-            truth = iq.answer
-            cap.append(_caption_value(world, tc, cls, "color") in wrong(truth))
-            qa.append(read_answer(world, iq, tq) in wrong(truth))
-        det = {"qa_any_wrong_color": float(np.mean([read_answer(world, it, t) != it.answer for it, t in qas]))}
-        if name == "attribute_prior":
-            # the prior bites on the question pathway; captions copy colour words from the aligned image tokens
-            return float(np.mean(qa)), {"caption_rate": float(np.mean(cap)), **det}
-        return float(np.mean(cap)), {"qa_rate": float(np.mean(qa)), **det}
-    if name == "small_object":
-        left_out: dict[str, list[bool]] = {"small": [], "large": []}
-        for it, t in caps:
-            named = {c["name"] for c in world.parse_caption(t)}
-            for o in it.scene.objects:
-                left_out.setdefault(o.attributes["size"], []).append(o.name not in named)
-        rate = {k: float(np.mean(v)) if v else float("nan") for k, v in left_out.items()}
-        says_no = [read_answer(world, it, t) == "no" for it, t in qas]
-        return rate[Z.VANISH_SIZE], {"caption_large_left_out": rate["large"], "qa_says_no": float(np.mean(says_no))}
-    if name == "projector_bottleneck":
-        def err_rate(att: str) -> float:
-            errs = []
-            for it, t in caps:
-                for c in world.parse_caption(t):
-                    k = it.scene.find(c["name"])
-                    if k:
-                        errs.append(c.get(att) != it.scene.objects[k[0]].attributes[att])
-            return float(np.mean(errs)) if errs else float("nan")
-        other = "color" if Z.BOTTLENECK_ATTRIBUTE == "size" else "size"
-        return err_rate(Z.BOTTLENECK_ATTRIBUTE), {
-            f"caption_{other}_error": err_rate(other),
-            "qa_error": float(np.mean([read_answer(world, it, t) != it.answer for it, t in qas]))}
-    if name == "visual_neglect":
-        h = len(items) // 2
-        real, noise = list(zip(items[:h], texts[:h])), texts[h:]
-        jac, same = [], []
-        for (it, t), tn in zip(real, noise):
-            if it.task == "caption":
-                a = {c["name"] for c in world.parse_caption(t)}
-                b = {c["name"] for c in world.parse_caption(tn)}
-                jac.append(len(a & b) / len(a | b) if a | b else 1.0)
-            else:
-                same.append(read_answer(world, it, t) == read_answer(world, it, tn))
-        acc = [caption_score(world, it.scene, t) for it, t in real if it.task == "caption"]
-        return float(np.mean(jac)), {"qa_unchanged": float(np.mean(same)), "caption_objects_real": float(np.mean(acc))}
-    if name == "drift":
-        errs = np.array([position_errors(world, it.scene, t, 5) for it, t in zip(items, texts)])
-        by_pos = errs.mean(0)
+    pattern = spec.pattern
+    if pattern in _RATES:
+        caps = [(it, t) for it, t in zip(items, texts) if it.task == "caption"]
+        qas = [(it, t) for it, t in zip(items, texts) if it.task != "caption"]
+        return _RATES[pattern](spec, world, caps, qas)
+    if pattern == "visual_neglect":
+        return _rate_visual_neglect(world, items, texts)
+    if pattern == "drift":
+        by_pos = np.array([position_errors(world, it.scene, t, 5) for it, t in zip(items, texts)]).mean(0)
         return float(by_pos[3:].mean()), {"error_by_position": [round(float(x), 4) for x in by_pos],
                                           "error_positions_1_3": float(by_pos[:3].mean())}
-    if name == "sampling":
+    if pattern == "sampling":
         return float(np.mean([1 - caption_score(world, it.scene, t) for it, t in zip(items, texts)])), {}
     return float("nan"), {}
 
