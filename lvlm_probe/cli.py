@@ -156,39 +156,17 @@ def _cmd_make_tiny(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from lvlm_probe._version import __version__
+def _model_args(sp: argparse.ArgumentParser) -> None:
+    """The options every model-loading command takes."""
+    sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    sp.add_argument("--dtype", default=None, help="float32, float16 or bfloat16")
+    sp.add_argument("--device-map", default=None, choices=("auto", "balanced", "sequential"),
+                    help="split one model over several GPUs (models larger than one GPU); under torchrun "
+                    "each rank splits over its own block of the node's GPUs")
 
-    p = argparse.ArgumentParser(prog="lvlm-probe", description="Explain and diagnose misalignment in LVLMs.")
-    p.add_argument("--version", action="version", version=f"lvlm-probe {__version__}")
-    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    sub = p.add_subparsers(dest="cmd", required=True)
 
-    def model_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-        sp.add_argument("--dtype", default=None, help="float32, float16 or bfloat16")
-        sp.add_argument("--device-map", default=None, choices=("auto", "balanced", "sequential"),
-                        help="split one model over several GPUs (models larger than one GPU); under torchrun "
-                        "each rank splits over its own block of the node's GPUs")
-
-    sp = sub.add_parser("info", help="describe a model: family, layers, image token, capture sites")
-    sp.add_argument("model", help="hub id, local directory or organism:NAME")
-    model_args(sp)
-    sp.set_defaults(fn=_cmd_info)
-
-    sp = sub.add_parser("capture", help="capture activations of items (JSON lines) into a store")
-    sp.add_argument("--model", required=True)
-    sp.add_argument("--items", required=True, help="JSON lines: id, image, prompt[, answer, meta]")
-    sp.add_argument("--sites", nargs="+", required=True, help="e.g. llm.resid_post.* projector.out")
-    sp.add_argument("--select", nargs="+", required=True, help="image_mean image_patches last_prompt text_mean generated")
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--batch-size", type=int, default=8)
-    sp.add_argument("--generate", type=int, default=None, help="max new tokens to generate while capturing")
-    sp.add_argument("--raw-prompts", action="store_true", help="prompts carry the image placeholder; no chat template")
-    sp.add_argument("--overwrite", action="store_true")
-    model_args(sp)
-    sp.set_defaults(fn=_cmd_capture)
-
+def _add_diagnose_parser(sub: Any) -> None:
+    """``lvlm-probe diagnose``."""
     sp = sub.add_parser("diagnose", help="find misaligned outputs and trace each to its cause; writes a report")
     sp.add_argument("--model", required=True, help="hub id, local directory or organism:NAME")
     sp.add_argument("--out", required=True, help="output directory (report.html, diagnosis.csv, ...)")
@@ -211,14 +189,44 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-p", type=float, default=None)
     sp.add_argument("--top-k", type=int, default=None)
     sp.add_argument("--confirm", action="store_true", help="run each diagnosed error's confirming intervention "
-                    "(VCD for a prior, PAI for llm fusion, greedy for decoding) and record whether it removes it")
+                    "(lvlm_probe.tracing.confirm.CONFIRMING: e.g. verify-and-delete for co-occurrence, greedy for "
+                    "decoding) and record whether it removes it")
     sp.add_argument("--detector", default=None, help="a fitted HallucinationDetector (JSON from "
                     "HallucinationDetector.save): items without a scene go through it (docs/detection.md)")
     sp.add_argument("--detect-threshold", type=float, default=0.5, help="flag a claim of an item without a scene "
                     "when its probability of being misaligned is at least this (default 0.5)")
     sp.add_argument("--overwrite", action="store_true", help="clear --out first (otherwise a rerun resumes)")
-    model_args(sp)
+    _model_args(sp)
     sp.set_defaults(fn=_cmd_diagnose)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lvlm_probe._version import __version__
+
+    p = argparse.ArgumentParser(prog="lvlm-probe", description="Explain and diagnose misalignment in LVLMs.")
+    p.add_argument("--version", action="version", version=f"lvlm-probe {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    sp = sub.add_parser("info", help="describe a model: family, layers, image token, capture sites")
+    sp.add_argument("model", help="hub id, local directory or organism:NAME")
+    _model_args(sp)
+    sp.set_defaults(fn=_cmd_info)
+
+    sp = sub.add_parser("capture", help="capture activations of items (JSON lines) into a store")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--items", required=True, help="JSON lines: id, image, prompt[, answer, meta]")
+    sp.add_argument("--sites", nargs="+", required=True, help="e.g. llm.resid_post.* projector.out")
+    sp.add_argument("--select", nargs="+", required=True, help="image_mean image_patches last_prompt text_mean generated")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--batch-size", type=int, default=8)
+    sp.add_argument("--generate", type=int, default=None, help="max new tokens to generate while capturing")
+    sp.add_argument("--raw-prompts", action="store_true", help="prompts carry the image placeholder; no chat template")
+    sp.add_argument("--overwrite", action="store_true")
+    _model_args(sp)
+    sp.set_defaults(fn=_cmd_capture)
+
+    _add_diagnose_parser(sub)
 
     sp = sub.add_parser("demo", help="diagnose the shipped organism:cooccurrence (the bundled default); writes a report")
     sp.add_argument("--out", default="runs/demo")

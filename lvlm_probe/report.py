@@ -793,10 +793,11 @@ def _tail_sections(report: Report, rep: Any, figs: dict) -> None:
                 *[c for c in ("confirmed", "confirmed_by") if c in d], *[c for c in EVIDENCE_SHOWN if c in d]]
         sec.table(d[cols], "One row per error (the full table is diagnosis.csv)", max_rows=200)
         if "confirmed" in d:
-            from lvlm_probe.tracing.confirm import confirmation_summary
+            from lvlm_probe.tracing.confirm import CONFIRMING, confirmation_summary
 
+            which = "; ".join(f"{st}: {m}" for st, m in CONFIRMING.items() if m)
             sec.table(confirmation_summary(d), "Interventional confirmation per stage: errors the stage's confirming "
-                      "intervention removed (VCD for a prior, PAI for llm fusion, greedy for decoding)")
+                      f"intervention removed ({which}; the swaps need a reference model sharing the LLM)")
     else:
         sec.text("No errors.")
     sec = report.section("Method")

@@ -31,7 +31,9 @@ def test_sampled_errors_are_confirmed_by_greedy_decoding(tmp_path):
     untested = "not tested"
     assert again.diagnoses.confirmed.fillna(untested).tolist() == d.confirmed.fillna(untested).tolist()
     lp.render_diagnosis(rep, tmp_path / "report")
-    assert "Interventional confirmation" in (tmp_path / "report" / "report.html").read_text()
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "Interventional confirmation" in html
+    assert "cooccurrence: verify_objects" in html and "llm fusion: early_readout" in html  # the map in use, not a stale list
 
 
 def test_front_end_stages_without_a_reference_are_not_tested():
