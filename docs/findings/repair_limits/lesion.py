@@ -1,0 +1,111 @@
+"""P6 planted at inference time (methods.md §9.2-9.3): `clean`'s checkpoint whose LLM sees every image key's
+attention weight multiplied by SCALE (log SCALE added to the finite pre-softmax image-key scores, every query
+row) in LLAYERS, permanently. Registered in-process as `visual_neglect@lesion` (visual neglect's planted pattern:
+every error `clean` does not make), so the matrix code runs on it unchanged.
+
+  python lesion.py sweep LAYERS              planted errors per scale at the tuning seed 0 (n 96)
+  python lesion.py matrix SCALE LAYERS SEED  its matrix row: PAI at four settings, the early readout, M3ID
+  python lesion.py card SCALE LAYERS         its card measures (check_organism, seed 1, n 200)
+
+LAYERS is comma-separated, e.g. 0,1,2,3.
+"""
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+import lvlm_probe as lp
+import lvlm_probe.organisms as O
+import lvlm_probe.organisms.zoo as Z
+
+NAME = "visual_neglect@lesion"
+
+
+def register() -> None:
+    """Make `organism:visual_neglect@lesion` resolve to clean's checkpoint with visual neglect's spec."""
+    tmp = Path(tempfile.mkdtemp())
+    for d in O.CHECKPOINTS.iterdir():
+        (tmp / d.name).symlink_to(d)
+    (tmp / NAME).symlink_to((O.CHECKPOINTS / "clean").resolve())
+    O.CHECKPOINTS = tmp
+    Z.DOSE_SPECS[NAME] = dataclasses.replace(Z.ZOO["visual_neglect"], name=NAME, checkpoint=NAME,
+                                             base="visual_neglect")
+    Z.ZOO_DOSE["visual_neglect"] = "0.97"
+    Z.DOSES["visual_neglect"] = ("lesion", "0.97")
+
+
+def install(model, scale: float, layers: list[int]):
+    """Permanent lesion: a pre-forward hook remembers where the image tokens of the last full prompt are, and
+    `blocks.{l}.attn.hook_attn_scores` adds log(scale) to every finite score on those key columns."""
+    state = {}
+    img_id = model.image_token_id
+
+    def remember(mod, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[1] > 1:  # a prefill or a full forward (KV-cached steps feed one token)
+            state["img"] = ids == img_id
+
+    model.hf_model.register_forward_pre_hook(remember, with_kwargs=True)
+    shift = math.log(scale)
+
+    def lesion(scores, hook=None):
+        img = state["img"]
+        cols = torch.zeros(scores.shape[0], scores.shape[-1], dtype=torch.bool, device=scores.device)
+        n = min(scores.shape[-1], img.shape[1])
+        cols[:, :n] = img[:, :n]
+        hit = cols[:, None, None, :] & (scores > torch.finfo(scores.dtype).min / 2)
+        return torch.where(hit, scores + shift, scores)
+
+    for layer in layers:
+        model.bridge.get_hook_point(f"blocks.{layer}.attn.hook_attn_scores").add_hook(lesion, is_permanent=True)
+    return model
+
+
+def patch_load(scale: float, layers: list[int]) -> None:
+    real = lp.load
+
+    def load(name, *a, **k):
+        m = real(name, *a, **k)
+        return install(m, scale, layers) if name == f"organism:{NAME}" else m
+
+    lp.load = load
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    what = sys.argv[1]
+    register()
+    if what == "sweep":
+        from lvlm_probe.organisms import default_items
+        from lvlm_probe.organisms.mitigation import planted_errors_of
+        layers = [int(x) for x in sys.argv[2].split(",")]
+        clean = lp.load("organism:clean", device="cpu")
+        items = default_items(f"organism:{NAME}", 96, 0)
+        for scale in (0.3, 0.1, 0.03, 0.01, 0.001):
+            m = install(lp.load("organism:clean", device="cpu"), scale, layers)
+            planted = planted_errors_of(NAME, m, clean, items, 0)[0]
+            print(layers, scale, len(planted), flush=True)
+        return
+    scale, layers = float(sys.argv[2]), [int(x) for x in sys.argv[3].split(",")]
+    patch_load(scale, layers)
+    if what == "card":
+        from lvlm_probe.organisms.check import check_organism
+        r = check_organism(NAME, seed=1, n=200, loader=lambda n: lp.load(f"organism:{n}", device="cpu"))
+        print(json.dumps({k: r[k] for k in ("tasks", "planted_error_rate", "clean_planted_error_rate")}))
+        return
+    from lvlm_probe.interventions import PAI, EarlyReadout, ImageFreeContrast
+    from lvlm_probe.organisms.mitigation import cause_intervention_matrix
+    room = {"pai_room": PAI(alpha=2.0, gamma=2.0, first_layer=1), "pai_a02": PAI(alpha=0.2, gamma=1.1, first_layer=1),
+            "pai_a05": PAI(alpha=0.5, gamma=1.1, first_layer=1), "pai_a1": PAI(alpha=1.0, gamma=1.1, first_layer=1),
+            "early_readout": EarlyReadout(), "m3id": ImageFreeContrast(alpha=0.0), "image_free": ImageFreeContrast()}
+    r = cause_intervention_matrix([NAME], n=96, seed=int(sys.argv[4]), interventions=room)
+    print(json.dumps({"matrix": r["matrix"], "effect": r["effect"], "n_errors": r["controls"]["n_errors"]},
+                     default=float))
+
+
+if __name__ == "__main__":
+    main()
