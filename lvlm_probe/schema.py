@@ -41,6 +41,8 @@ STAGE_DISPLAY_ORDER: tuple[str, ...] = ("cooccurrence", "attribute prior", "rela
 RUN_DEFAULTS_FILE: str = "run_defaults.json"
 #: The synthetic world's relation question (the organisms learn it; a diagnosis asks it about each false relation).
 RELATION_QUESTION: str = "is the {subject} {predicate} the {object} ?"
+#: The synthetic world's existence question (``{}``: the class; the organisms learn it, verify-and-delete asks it).
+OBJECT_QUESTION: str = "is there a {} ?"
 
 
 def score_column(stage: str) -> str:

@@ -175,3 +175,43 @@ def test_relation_prior_is_confirmed_by_asking_about_the_relation():
     assert len(d) >= 5 and CONFIRMING["relation prior"] == "verify_relations"
     c = confirm_diagnoses(model, items, d, max_new_tokens=48, progress=False)
     assert (c.confirmed_by == "verify_relations").all() and c.confirmed.eq(True).mean() >= 0.8, c
+
+
+def test_hub_models_are_confirmed_with_the_papers_settings(monkeypatch):
+    """The zoo's knobs (set for 4-layer LLMs) and its prompt format apply to organisms only: a model whose run
+    defaults name no organism is confirmed with VCD and PAI at their papers' settings and asked the hub existence
+    question; a `questions.object` in the run defaults wins, and one without a slot for the class is refused."""
+    import types
+
+    import lvlm_probe.interventions as room
+    from lvlm_probe.errors import InputError
+    from lvlm_probe.interventions import PAI, VCD
+    from lvlm_probe.tracing.ask import HUB_OBJECT_QUESTION
+    from lvlm_probe.tracing.confirm import ZOO_KNOBS
+
+    items = default_items("organism:cooccurrence", n=4, seed=0)
+    cap = next(it for it in items if it.task == "caption")
+    d = pd.DataFrame({"item_id": [items[0].id, cap.id], "kind": ["attribute", "object"],
+                      "polarity": ["hallucinated"] * 2, "subject": ["diamond", "square"],
+                      "attribute": ["color", None], "truth": ["purple", None],
+                      "stage": ["attribute prior", "cooccurrence"]})
+    seen = {}
+
+    def fake(model, batch, method, **kw):
+        seen[method.name] = method
+        return types.SimpleNamespace(text=["a circle ."])
+
+    monkeypatch.setattr(room, "decode", fake)
+
+    def run(run_defaults):
+        seen.clear()
+        model = types.SimpleNamespace(prepare_items=lambda x: x, run_defaults=run_defaults)
+        confirm_diagnoses(model, items, d, max_new_tokens=4, progress=False)
+        return seen["pai"], seen["verify_objects"].question
+
+    assert run({}) == (PAI(), HUB_OBJECT_QUESTION)
+    assert PAI().alpha == 0.2 and PAI().first_layer == 2 and VCD().alpha == 1.0  # the papers' settings
+    assert run({"organism": "cooccurrence"}) == (PAI(**ZOO_KNOBS["pai"]), "is there a {} ?")
+    assert run({"questions": {"object": "Q: is a {} shown?"}})[1] == "Q: is a {} shown?"
+    with pytest.raises(InputError, match="needs a \\{\\} where the class goes.*questions.object"):
+        run({"questions": {"object": "is there a cat?"}})

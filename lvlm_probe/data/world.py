@@ -33,7 +33,7 @@ from lvlm_probe.data.items import Item
 from lvlm_probe._atomic import atomic_write_text
 from lvlm_probe.data.scene import GEOMETRIC_RELATIONS, SceneGraph, SceneObject
 from lvlm_probe.errors import InputError
-from lvlm_probe.schema import RELATION_QUESTION
+from lvlm_probe.schema import OBJECT_QUESTION, RELATION_QUESTION
 from lvlm_probe.schema import TASKS as SCHEMA_TASKS
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "ring", "bar", "hourglass")
@@ -411,7 +411,7 @@ class SceneWorld:
             else:
                 cls = self.negative(scene, strategy, rng)
             meta.update(strategy=strategy, target=cls)
-            return Item(item_id, img, f"is there a {cls} ?", scene=scene, answer=lab, task=task, meta=meta)
+            return Item(item_id, img, OBJECT_QUESTION.format(cls), scene=scene, answer=lab, task=task, meta=meta)
         if task == "attribute":
             att = attribute or ("color" if rng.random() < 0.5 else "size")
             cls = target if target is not None else names[int(rng.integers(len(names)))]

@@ -22,6 +22,7 @@ from lvlm_probe.errors import InputError
 from lvlm_probe.interventions.base import Intervention, check_text_strategy
 from lvlm_probe.misalignment.vocab import Vocabulary
 from lvlm_probe.models.records import Batch, Generation
+from lvlm_probe.schema import OBJECT_QUESTION
 
 
 def delete_mentions(text: str, claims: list[Any], drop: set[int]) -> str:
@@ -79,7 +80,7 @@ class VerifyObjects(Intervention):
     that take one ``[C, H, W]`` pixel tensor per image (LLaVA-1.5 and the organisms), one image per item.
     """
 
-    question: str = "is there a {} ?"
+    question: str = OBJECT_QUESTION
     answer_tokens: int = 3
     vocabulary: Vocabulary | None = None
     name = "verify_objects"

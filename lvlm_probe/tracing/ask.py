@@ -25,9 +25,12 @@ from tqdm.auto import tqdm
 from lvlm_probe.data.items import Item
 from lvlm_probe.errors import InputError
 from lvlm_probe.models import LVLM
+from lvlm_probe.schema import OBJECT_QUESTION
 
 #: The relation question of a model without one in its run defaults (a chat model's user turn).
 HUB_RELATION_QUESTION: str = "Is the {subject} {predicate} the {object}? Answer yes or no."
+#: The existence question of a model that is not an organism and names none in its run defaults.
+HUB_OBJECT_QUESTION: str = "Is there a {} in the image? Answer yes or no."
 #: At most this many true predicates are asked per error (a scene pair holds one per axis).
 MAX_TRUTHS: int = 3
 ANSWER_COLUMNS: tuple[str, ...] = ("qa_truth", "qa_claim")
@@ -40,6 +43,24 @@ def relation_question(model: LVLM) -> str:
     missing = [k for k in ("{subject}", "{predicate}", "{object}") if k not in q]
     if missing:
         raise InputError(f"relation question {q!r} needs {', '.join(missing)}; fix `questions.relation` in the "
+                         "model's run_defaults.json")
+    return q
+
+
+def is_organism(model: LVLM) -> bool:
+    """Whether ``model`` is one of the zoo's organisms (its run defaults name it): those are asked in the synthetic
+    world's prompt format and confirmed with the knobs set on the zoo; every other model gets the hub defaults."""
+    return bool((getattr(model, "run_defaults", None) or {}).get("organism"))
+
+
+def object_question(model: LVLM) -> str:
+    """The model's existence question for verify-and-delete: ``run_defaults["questions"]["object"]``, else the
+    synthetic world's (:data:`~lvlm_probe.schema.OBJECT_QUESTION`) for an organism and
+    :data:`HUB_OBJECT_QUESTION` for any other model."""
+    default = OBJECT_QUESTION if is_organism(model) else HUB_OBJECT_QUESTION
+    q = ((getattr(model, "run_defaults", None) or {}).get("questions") or {}).get("object", default)
+    if "{}" not in q:
+        raise InputError(f"object question {q!r} needs a {{}} where the class goes; fix `questions.object` in the "
                          "model's run_defaults.json")
     return q
 

@@ -62,7 +62,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lvlm_probe.data.items import Item
-from lvlm_probe.schema import RELATION_QUESTION
+from lvlm_probe.schema import OBJECT_QUESTION, RELATION_QUESTION
 from lvlm_probe.errors import InputError
 from lvlm_probe.misalignment.vocab import Vocabulary
 
@@ -75,25 +75,34 @@ CONFIRMING: dict[str, str | None] = {
 }
 #: What "the same claim" means (a colour error replaced by another wrong colour is not removed).
 SAME_CLAIM = ("item_id", "kind", "polarity", "subject", "attribute")
+#: Knobs set on the zoo's tuning seed for its 4-layer LLMs (the cause x intervention matrix). They apply to the
+#: organisms only; every other model is confirmed with the papers' own settings (the classes' defaults).
+ZOO_KNOBS: dict[str, dict[str, float | int]] = {"vcd": {"alpha": 3.0},
+                                                "pai": {"alpha": 2.0, "gamma": 2.0, "first_layer": 1}}
 
 
 def confirming_interventions(reference: Any = None, vocabulary: Vocabulary | None = None,
-                             relation_question: str = RELATION_QUESTION) -> dict[str, Any]:
-    """The confirming interventions with their knobs, set once on the zoo's tuning seed for the cause × intervention
-    matrix (never per organism): VCD alpha 3 (alpha 1 fixed 1 of 14 co-occurrence errors); PAI alpha 2, gamma 2
-    from the second layer on (PAI's own 0.2 / 1.1 from the third changed nothing on the zoo's 4-layer LLMs); early
-    readout, greedy decoding, region restart (2 x 2), verify-and-delete (its ``vocabulary`` reads the objects a
-    text names; default the synthetic world's) and verify-and-correct for relations (asked with
-    ``relation_question``, the model's own, :func:`~lvlm_probe.tracing.ask.relation_question`) at their
+                             relation_question: str = RELATION_QUESTION, *, zoo: bool = True,
+                             object_question: str = OBJECT_QUESTION) -> dict[str, Any]:
+    """The confirming interventions and their knobs.
+
+    With ``zoo`` (the organisms, and the cause × intervention matrix) VCD and PAI take :data:`ZOO_KNOBS`, set once on
+    the zoo's tuning seed for its 4-layer LLMs (never per organism): VCD alpha 3 (alpha 1 fixed 1 of 14
+    co-occurrence errors); PAI alpha 2, gamma 2 from the second layer on (PAI's own 0.2 / 1.1 from the third
+    changed nothing on those LLMs). Without it (any other model) both run at their papers' settings. The early
+    readout, greedy decoding, region restart (2 x 2), verify-and-delete (asked with ``object_question``; its
+    ``vocabulary`` reads the objects a text names, default the synthetic world's) and verify-and-correct for
+    relations (asked with ``relation_question``; :func:`~lvlm_probe.tracing.ask.relation_question`) run at their
     defaults. A method a model cannot run (PAI where the bridge ignores attention edits) leaves its errors not
     tested. With a ``reference`` (an LVLM sharing the model's LLM),
     also the encoder and projector swaps (:class:`~lvlm_probe.interventions.SwapComponent`)."""
     from lvlm_probe.interventions import (PAI, VCD, EarlyReadout, Greedy, RegionRestart, SwapComponent, VerifyObjects,
                                           VerifyRelations)
 
-    room: dict[str, Any] = {"vcd": VCD(alpha=3.0), "pai": PAI(alpha=2.0, gamma=2.0, first_layer=1),
+    knobs = ZOO_KNOBS if zoo else {}
+    room: dict[str, Any] = {"vcd": VCD(**knobs.get("vcd", {})), "pai": PAI(**knobs.get("pai", {})),
                             "early_readout": EarlyReadout(), "greedy": Greedy(), "region_restart": RegionRestart(),
-                            "verify_objects": VerifyObjects(vocabulary=vocabulary),
+                            "verify_objects": VerifyObjects(question=object_question, vocabulary=vocabulary),
                             "verify_relations": VerifyRelations(question=relation_question, vocabulary=vocabulary)}
     if reference is not None:
         room.update(swap_encoder=SwapComponent(reference, "encoder"), swap_projector=SwapComponent(reference, "projector"))
@@ -132,9 +141,10 @@ def confirm_diagnoses(model: Any, items: Sequence[Item], diagnoses: pd.DataFrame
 
     out = pd.DataFrame({"confirmed": pd.Series([None] * len(diagnoses), index=diagnoses.index, dtype=object),
                         "confirmed_by": pd.Series([None] * len(diagnoses), index=diagnoses.index, dtype=object)})
-    from lvlm_probe.tracing.ask import relation_question
+    from lvlm_probe.tracing.ask import is_organism, object_question, relation_question
 
-    methods = confirming_interventions(reference, vocabulary, relation_question(model))
+    methods = confirming_interventions(reference, vocabulary, relation_question(model), zoo=is_organism(model),
+                                       object_question=object_question(model))
     by_id = {it.id: it for it in items}
     wanted = diagnoses.stage.map(lambda s: CONFIRMING.get(s) if CONFIRMING.get(s) in methods else None)
     jobs = sorted({(str(i), m) for i, m in zip(diagnoses.item_id, wanted) if isinstance(m, str)})
