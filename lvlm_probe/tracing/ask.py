@@ -36,10 +36,15 @@ MAX_TRUTHS: int = 3
 ANSWER_COLUMNS: tuple[str, ...] = ("qa_truth", "qa_claim")
 
 
+def _own_question(model: LVLM, key: str, default: str) -> str:
+    """``run_defaults["questions"][key]`` of ``model``, else ``default``."""
+    return ((getattr(model, "run_defaults", None) or {}).get("questions") or {}).get(key, default)
+
+
 def relation_question(model: LVLM) -> str:
     """The model's relation question: ``run_defaults["questions"]["relation"]`` (the organisms are asked as they
     were trained, ``"is the {subject} {predicate} the {object} ?"``), else :data:`HUB_RELATION_QUESTION`."""
-    q = ((getattr(model, "run_defaults", None) or {}).get("questions") or {}).get("relation", HUB_RELATION_QUESTION)
+    q = _own_question(model, "relation", HUB_RELATION_QUESTION)
     missing = [k for k in ("{subject}", "{predicate}", "{object}") if k not in q]
     if missing:
         raise InputError(f"relation question {q!r} needs {', '.join(missing)}; fix `questions.relation` in the "
@@ -57,8 +62,7 @@ def object_question(model: LVLM) -> str:
     """The model's existence question for verify-and-delete: ``run_defaults["questions"]["object"]``, else the
     synthetic world's (:data:`~lvlm_probe.schema.OBJECT_QUESTION`) for an organism and
     :data:`HUB_OBJECT_QUESTION` for any other model."""
-    default = OBJECT_QUESTION if is_organism(model) else HUB_OBJECT_QUESTION
-    q = ((getattr(model, "run_defaults", None) or {}).get("questions") or {}).get("object", default)
+    q = _own_question(model, "object", OBJECT_QUESTION if is_organism(model) else HUB_OBJECT_QUESTION)
     if "{}" not in q:
         raise InputError(f"object question {q!r} needs a {{}} where the class goes; fix `questions.object` in the "
                          "model's run_defaults.json")
