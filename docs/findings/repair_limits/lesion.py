@@ -6,8 +6,10 @@ every error `clean` does not make), so the matrix code runs on it unchanged.
   python lesion.py sweep LAYERS              planted errors per scale at the tuning seed 0 (n 96)
   python lesion.py matrix SCALE LAYERS SEED  its matrix row: PAI at four settings, the early readout, M3ID
   python lesion.py card SCALE LAYERS         its card measures (check_organism, seed 1, n 200)
+  python lesion.py cascade SCALE LAYERS SEED how the cascade names its errors (visual neglect's 40 scenes, confirmed)
 
-LAYERS is comma-separated, e.g. 0,1,2,3.
+LAYERS is comma-separated, e.g. 0,1,2,3. With --spare-copy-head anywhere on the line, head 0 of layer 0 (the
+built match-and-copy head that hands a class word its object's attributes) keeps its attention (session 25).
 """
 import dataclasses
 import json
@@ -23,6 +25,9 @@ import lvlm_probe.organisms as O
 import lvlm_probe.organisms.zoo as Z
 
 NAME = "visual_neglect@lesion"
+SPARE = "--spare-copy-head" in sys.argv
+if SPARE:
+    sys.argv.remove("--spare-copy-head")
 
 
 def register() -> None:
@@ -52,16 +57,20 @@ def install(model, scale: float, layers: list[int]):
     model.hf_model.register_forward_pre_hook(remember, with_kwargs=True)
     shift = math.log(scale)
 
-    def lesion(scores, hook=None):
-        img = state["img"]
-        cols = torch.zeros(scores.shape[0], scores.shape[-1], dtype=torch.bool, device=scores.device)
-        n = min(scores.shape[-1], img.shape[1])
-        cols[:, :n] = img[:, :n]
-        hit = cols[:, None, None, :] & (scores > torch.finfo(scores.dtype).min / 2)
-        return torch.where(hit, scores + shift, scores)
+    def make(layer: int):
+        def lesion(scores, hook=None):
+            img = state["img"]
+            cols = torch.zeros(scores.shape[0], scores.shape[-1], dtype=torch.bool, device=scores.device)
+            n = min(scores.shape[-1], img.shape[1])
+            cols[:, :n] = img[:, :n]
+            hit = cols[:, None, None, :] & (scores > torch.finfo(scores.dtype).min / 2)
+            if SPARE and layer == 0:
+                hit[:, 0] = False  # the copy head (scores: batch, head, query, key)
+            return torch.where(hit, scores + shift, scores)
+        return lesion
 
     for layer in layers:
-        model.bridge.get_hook_point(f"blocks.{layer}.attn.hook_attn_scores").add_hook(lesion, is_permanent=True)
+        model.bridge.get_hook_point(f"blocks.{layer}.attn.hook_attn_scores").add_hook(make(layer), is_permanent=True)
     return model
 
 
@@ -92,6 +101,13 @@ def main() -> None:
         return
     scale, layers = float(sys.argv[2]), [int(x) for x in sys.argv[3].split(",")]
     patch_load(scale, layers)
+    if what == "cascade":
+        from lvlm_probe.organisms.validate import planted_errors
+        m = install(lp.load("organism:clean", device="cpu"), scale, layers)
+        d, _ = planted_errors("visual_neglect", n=40, seed=int(sys.argv[4]), model=m, confirm=True)
+        print(json.dumps({"n_errors": len(d), "stage": d.stage.value_counts().to_dict(),
+                          "level": d.level.value_counts().to_dict()}))
+        return
     if what == "card":
         from lvlm_probe.organisms.check import check_organism
         r = check_organism(NAME, seed=1, n=200, loader=lambda n: lp.load(f"organism:{n}", device="cpu"))
