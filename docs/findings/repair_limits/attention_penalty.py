@@ -6,7 +6,8 @@ scenes and planted pattern), so the card and matrix code run on it unchanged.
   python attention_penalty.py train LAM OUT        train it (shipped recipe and seed 0, 1 thread; about 8 min)
   python attention_penalty.py card LAM OUT         its card measures (check_organism, seed 1, n 200)
   python attention_penalty.py matrix LAM OUT SEED  its matrix row: PAI (room, alpha 0.5, alpha 1), early readout
-  python attention_penalty.py mass CKPT            image-attention mass per layer and head (32 captions)
+  python attention_penalty.py mass CKPT            image-attention mass per layer and head (32 caption prompts)
+  python attention_penalty.py generated NAME       the same for the tokens of organism:NAME's own greedy captions
 
 CKPT is a checkpoint directory or organism:NAME.
 """
@@ -106,11 +107,38 @@ def mass(ckpt: str) -> list:
     return [[round(float(x), 3) for x in flat[i:i + heads]] for i in range(0, len(flat), heads)]
 
 
+def generated_mass(name: str) -> list:
+    """Image-attention mass per layer and head of the caption tokens organism ``name`` generates (greedy, teacher-
+    forced after the prompt), averaged over the tokens of each caption and then over 32 captions."""
+    from transformers import LlavaForConditionalGeneration
+
+    import lvlm_probe as lp
+    m = lp.load(f"organism:{name}", device="cpu")
+    hf = LlavaForConditionalGeneration.from_pretrained(O.CHECKPOINTS / name, attn_implementation="eager").eval()
+    items = list(lp.SceneWorld(Z.ZOO["clean"].world, seed=5).iter_items(32, "caption", seed=9))
+    captions = m.generate(m.prepare([i.image for i in items], [i.prompt for i in items]), max_new_tokens=48).text
+    per_item = []
+    for it, text in zip(items, captions):
+        b = m.prepare([it.image], [it.prompt])
+        n0 = b.input_ids.shape[1]
+        ids = torch.cat([b.input_ids, m.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids], 1)
+        with torch.no_grad():
+            out = hf(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=b.pixel_values,
+                     output_attentions=True)
+        img = ids[0] == hf.config.image_token_index
+        per_item.append(torch.stack([a[0, :, n0:, :][..., img].sum(-1).mean(-1) for a in out.attentions]))
+    r = torch.stack(per_item).mean(0)
+    return [[round(float(x), 3) for x in row] for row in r] + [round(float(r.mean()), 3)]
+
+
 def main() -> None:
     torch.set_num_threads(1)
     what = sys.argv[1]
     if what == "mass":
         print(sys.argv[2], json.dumps(mass(sys.argv[2])))
+        return
+    if what == "generated":
+        print(sys.argv[2], json.dumps(generated_mass(sys.argv[2])), "(last: the mean)")
         return
     lam, out = float(sys.argv[2]), Path(sys.argv[3])
     if what == "train":
