@@ -14,7 +14,6 @@ CKPT is a checkpoint directory or organism:NAME.
 import dataclasses
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,26 +21,15 @@ import torch
 import lvlm_probe.organisms as O
 import lvlm_probe.organisms.train as T
 import lvlm_probe.organisms.zoo as Z
+from _register import as_neglect_variant
 
 
 def register(lam: float, out: Path | None = None) -> str:
     """``visual_neglect@attnLAM``: clean's training spec under visual neglect's scenes and pattern."""
-    tag = f"attn{lam:g}"
-    name = f"visual_neglect@{tag}"
-    Z.DOSE_SPECS[name] = dataclasses.replace(Z.ZOO["clean"], name=name, checkpoint=name, base="visual_neglect",
-                                             cause=Z.ZOO["visual_neglect"].cause, level=Z.ZOO["visual_neglect"].level,
-                                             component=Z.ZOO["visual_neglect"].component,
-                                             planted=Z.ZOO["visual_neglect"].planted,
-                                             signature=Z.ZOO["visual_neglect"].signature)
-    Z.ZOO_DOSE["visual_neglect"] = str(Z.NEGLECT_MISMATCH)
-    Z.DOSES["visual_neglect"] = (tag, str(Z.NEGLECT_MISMATCH))
-    if out is not None:
-        tmp = Path(tempfile.mkdtemp())
-        for d in O.CHECKPOINTS.iterdir():
-            (tmp / d.name).symlink_to(d)
-        (tmp / name).symlink_to(out.resolve())
-        O.CHECKPOINTS = tmp
-    return name
+    neglect = Z.ZOO["visual_neglect"]
+    spec = dataclasses.replace(Z.ZOO["clean"], cause=neglect.cause, level=neglect.level,
+                               component=neglect.component, planted=neglect.planted, signature=neglect.signature)
+    return as_neglect_variant(f"attn{lam:g}", spec, out)
 
 
 def image_mass(attentions: tuple, input_ids: torch.Tensor, mask: torch.Tensor, image_id: int) -> torch.Tensor:

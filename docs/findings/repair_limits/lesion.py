@@ -11,18 +11,16 @@ every error `clean` does not make), so the matrix code runs on it unchanged.
 LAYERS is comma-separated, e.g. 0,1,2,3. With --spare-copy-head anywhere on the line, head 0 of layer 0 (the
 built match-and-copy head that hands a class word its object's attributes) keeps its attention (session 25).
 """
-import dataclasses
 import json
 import math
 import sys
-import tempfile
-from pathlib import Path
 
 import torch
 
 import lvlm_probe as lp
 import lvlm_probe.organisms as O
 import lvlm_probe.organisms.zoo as Z
+from _register import as_neglect_variant
 
 NAME = "visual_neglect@lesion"
 SPARE = "--spare-copy-head" in sys.argv
@@ -32,15 +30,7 @@ if SPARE:
 
 def register() -> None:
     """Make `organism:visual_neglect@lesion` resolve to clean's checkpoint with visual neglect's spec."""
-    tmp = Path(tempfile.mkdtemp())
-    for d in O.CHECKPOINTS.iterdir():
-        (tmp / d.name).symlink_to(d)
-    (tmp / NAME).symlink_to((O.CHECKPOINTS / "clean").resolve())
-    O.CHECKPOINTS = tmp
-    Z.DOSE_SPECS[NAME] = dataclasses.replace(Z.ZOO["visual_neglect"], name=NAME, checkpoint=NAME,
-                                             base="visual_neglect")
-    Z.ZOO_DOSE["visual_neglect"] = "0.97"
-    Z.DOSES["visual_neglect"] = ("lesion", "0.97")
+    as_neglect_variant("lesion", Z.ZOO["visual_neglect"], O.CHECKPOINTS / "clean")
 
 
 def install(model, scale: float, layers: list[int]):

@@ -7,46 +7,36 @@ the settings that repair the attention lesion (lesion.py).
 """
 import dataclasses
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
-import lvlm_probe.organisms as O
 import lvlm_probe.organisms.zoo as Z
+from _register import as_neglect_variant
 
 
 def spec(p: str) -> Z.OrganismSpec:
-    """visual_neglect's spec at mismatch share ``p``, registered as a dose of it."""
-    name, base = f"visual_neglect@{p}", Z.ZOO["visual_neglect"]
-    s = dataclasses.replace(base, name=name, checkpoint=name, base="visual_neglect",
-                            train=dataclasses.replace(base.train, image_mismatch=float(p)))
-    Z.DOSE_SPECS[name] = s
-    Z.ZOO_DOSE["visual_neglect"] = str(Z.NEGLECT_MISMATCH)
-    Z.DOSES["visual_neglect"] = (p, str(Z.NEGLECT_MISMATCH))
-    return s
+    """visual_neglect's spec at mismatch share ``p``."""
+    base = Z.ZOO["visual_neglect"]
+    return dataclasses.replace(base, train=dataclasses.replace(base.train, image_mismatch=float(p)))
 
 
 def main() -> None:
     torch.set_num_threads(1)
     what, p, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-    s = spec(p)
     if what == "train":
         from lvlm_probe.organisms.train import train_organism
-        train_organism(s, out, seed=0, threads=1, progress=False)
+        name = as_neglect_variant(p, spec(p))
+        train_organism(Z.DOSE_SPECS[name], out, seed=0, threads=1, progress=False)
         return
-    tmp = Path(tempfile.mkdtemp())
-    for d in O.CHECKPOINTS.iterdir():
-        (tmp / d.name).symlink_to(d)
-    (tmp / s.name).symlink_to(out.resolve())
-    O.CHECKPOINTS = tmp
+    name = as_neglect_variant(p, spec(p), out)
     from lvlm_probe.interventions import PAI
     from lvlm_probe.organisms.mitigation import cause_intervention_matrix
     room = {"pai_a05": PAI(alpha=0.5, gamma=1.1, first_layer=1), "pai_a1": PAI(alpha=1.0, gamma=1.1, first_layer=1)}
-    r = cause_intervention_matrix([s.name], n=96, seed=int(sys.argv[4]), interventions=room)
+    r = cause_intervention_matrix([name], n=96, seed=int(sys.argv[4]), interventions=room)
     for k in ("matrix", "effect"):
-        print(k, {m: round(v, 2) for m, v in r[k][s.name].items()})
-    print("errors", r["controls"]["n_errors"][s.name])
+        print(k, {m: round(v, 2) for m, v in r[k][name].items()})
+    print("errors", r["controls"]["n_errors"][name])
 
 
 if __name__ == "__main__":
